@@ -1,0 +1,132 @@
+"""Typed configuration for HieraVid, with validation that names the bad value and the allowed range.
+
+Every switch named in the method specification (``shared/hieravid-method.md``) is a field here; the
+defaults are the paper's (spec section 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+Segmentation = Literal["merge_ratio", "avgpool", "none"]
+OverlapIndicator = Literal["tau", "topk"]
+RelevanceSign = Literal["negative", "positive"]
+RelevanceQuery = Literal["last", "mean"]
+InLLMSelector = Literal["dpp", "bins"]
+
+
+def check_budget(budget: float, name: str = "budget") -> float:
+    """Return ``budget`` as a float if it lies in (0, 1]; otherwise raise a ``ValueError`` naming it."""
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0:
+        raise ValueError(
+            f"{name} must be a fraction of visual tokens kept in (0, 1], got {budget!r}; "
+            f"e.g. {name}=0.3 keeps 30% of the visual tokens on average over the decoder layers"
+        )
+    return float(budget)
+
+
+def check_ratio(ratio: float, name: str) -> float:
+    """Return ``ratio`` as a float if it is a pruning ratio in [0, 1); otherwise raise a ``ValueError``."""
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(
+            f"{name} must be a pruning ratio (fraction of tokens removed) in [0, 1), got {ratio!r}"
+        )
+    return float(ratio)
+
+
+def check_choice(value: str, name: str, allowed: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``; otherwise raise a ``ValueError`` listing them."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+    return value
+
+
+def check_unit_interval(value: float, name: str, *, closed: bool = True) -> float:
+    """Return ``value`` if it is in [0, 1] (or (0, 1) when ``closed`` is False)."""
+    ok = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
+        interval = "[0, 1]" if closed else "(0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class HieraVidConfig:
+    """All switches of HieraVid (spec sections 2-4).
+
+    Attributes:
+        budget: relative token budget B in (0, 1]: kept visual fraction averaged over decoder layers.
+        ratios: explicit per-stage pruning ratios ``(rho, R_2, ..., R_S)``; overrides ``budget`` when set.
+        num_stages: S, the number of LLM stages (stage 1 is before layer 0).
+        segmentation: ``merge_ratio`` (Eq. 2, default), ``avgpool`` or ``none`` (paper Table 5).
+        overlap_indicator: for ``merge_ratio``: ``tau`` (S > tau, default) or ``topk`` (membership in the
+            Eq. 3 merge set).
+        tau: similarity threshold of Eq. 2.
+        beta: a frame whose overlap ratio is below beta opens a new segment (Eq. 2).
+        avgpool_threshold: ``avgpool`` segmentation cuts where mean-pooled frames' cosine is below it.
+        lam: lambda of Eq. 4 (1 = representativeness only, 0 = diversity only).
+        delta: pruning deviation of Eq. 5.
+        keep_clip: clip range of the per-segment keep rate (Eq. 5).
+        exact_total: top up / trim per-segment keep counts so the stage total is exact (a deviation from
+            the reference, off by default).
+        relevance_sign: ``negative`` (r = Norm(-a), the reference) or ``positive`` (r = Norm(a)).
+        relevance_query: ``last`` prompt token (default) or ``mean`` of the trailing query tokens.
+        query_tokens: how many trailing prompt tokens ``mean`` averages over.
+        in_llm_selector: ``dpp`` at every in-LLM stage (default) or ``bins`` at the first in-LLM stage
+            and DPP after it (the later reference variant).
+        eps: the epsilon of the min-max normalisation (Eq. 8).
+    """
+
+    budget: float = 0.3
+    ratios: tuple[float, ...] | None = None
+    num_stages: int = 4
+    segmentation: Segmentation = "merge_ratio"
+    overlap_indicator: OverlapIndicator = "tau"
+    tau: float = 0.6
+    beta: float = 0.4
+    avgpool_threshold: float = 0.95
+    lam: float = 0.5
+    delta: float = 0.1
+    keep_clip: tuple[float, float] = (0.05, 0.95)
+    exact_total: bool = False
+    relevance_sign: RelevanceSign = "negative"
+    relevance_query: RelevanceQuery = "last"
+    query_tokens: int = 4
+    in_llm_selector: InLLMSelector = "dpp"
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        check_budget(self.budget)
+        if not isinstance(self.num_stages, int) or self.num_stages < 1:
+            raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
+        if self.ratios is not None:
+            ratios = tuple(float(r) for r in self.ratios)
+            if len(ratios) != self.num_stages:
+                raise ValueError(
+                    f"ratios must give one pruning ratio per stage ({self.num_stages}), got {len(ratios)}: "
+                    f"{self.ratios!r}; pass num_stages={len(ratios)} or fix the list"
+                )
+            for i, r in enumerate(ratios):
+                check_ratio(r, "rho" if i == 0 else f"ratios[{i}] (R_{i + 1})")
+            object.__setattr__(self, "ratios", ratios)
+        check_choice(self.segmentation, "segmentation", ("merge_ratio", "avgpool", "none"))
+        check_choice(self.overlap_indicator, "overlap_indicator", ("tau", "topk"))
+        check_choice(self.relevance_sign, "relevance_sign", ("negative", "positive"))
+        check_choice(self.relevance_query, "relevance_query", ("last", "mean"))
+        check_choice(self.in_llm_selector, "in_llm_selector", ("dpp", "bins"))
+        if not isinstance(self.tau, (int, float)) or not -1.0 <= self.tau <= 1.0:
+            raise ValueError(f"tau is a cosine-similarity threshold and must be in [-1, 1], got {self.tau!r}")
+        check_unit_interval(self.beta, "beta")
+        if not isinstance(self.avgpool_threshold, (int, float)) or not -1.0 <= self.avgpool_threshold <= 1.0:
+            raise ValueError(f"avgpool_threshold must be in [-1, 1], got {self.avgpool_threshold!r}")
+        check_unit_interval(self.lam, "lam")
+        if not isinstance(self.delta, (int, float)) or self.delta < 0:
+            raise ValueError(f"delta (pruning deviation) must be >= 0, got {self.delta!r}")
+        lo, hi = self.keep_clip
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"keep_clip must satisfy 0 <= low <= high <= 1, got {self.keep_clip!r}")
+        if not isinstance(self.query_tokens, int) or self.query_tokens < 1:
+            raise ValueError(f"query_tokens must be an integer >= 1, got {self.query_tokens!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
