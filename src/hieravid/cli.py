@@ -1,0 +1,181 @@
+"""The ``hieravid`` command.
+
+Subcommands:
+
+- ``hieravid flops``: prefill FLOPs of a pruning method on a model preset (paper convention and exact).
+- ``hieravid schedule``: the per-stage pruning ratios for a relative token budget.
+
+Each subcommand is registered in :func:`build_parser` by a ``_add_xxx(subparsers)`` function and run by a
+``_cmd_xxx(args) -> int`` function stored as the parser's ``func`` default; to add one, write both and
+call the first from :func:`build_parser`. Bad input prints one line on stderr naming the fix and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from hieravid.flops import MODEL_PRESETS, FlopsReport, compare
+from hieravid.schedule import Schedule, solve_schedule
+
+__all__ = ["build_parser", "main"]
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload))
+
+
+# ----------------------------------------------------------------------------------------- flops
+
+
+def _add_flops(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "flops",
+        help="prefill FLOPs of a pruning method on a model preset",
+        description=(
+            "Prefill FLOPs of a pruning method against the unpruned model. 'paper' numbers follow the "
+            "paper's Eq. 12 (visual tokens only, fractional counts); 'exact' numbers count every matrix "
+            "multiplication (GQA, SwiGLU, text tokens, LM head) with integer token counts."
+        ),
+    )
+    parser.add_argument("--preset", required=True, choices=sorted(MODEL_PRESETS), help="model preset")
+    parser.add_argument(
+        "--method", default="hieravid", choices=("hieravid", "uniform"), help="pruning method (default hieravid)"
+    )
+    parser.add_argument(
+        "--budget", type=float, required=True, help="relative token budget B in (0, 1], e.g. 0.3"
+    )
+    parser.add_argument(
+        "--frames", type=_positive_int, default=None, help="override the preset's frame count"
+    )
+    parser.add_argument(
+        "--text-tokens", type=_non_negative_int, default=None, help="override the preset's text tokens (exact count)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=_cmd_flops)
+
+
+def _format_flops(report: FlopsReport) -> str:
+    lines = [
+        f"{report.preset}  method={report.method}  budget={report.budget:g}  "
+        f"achieved budget={report.achieved_budget:.4f}",
+        f"visual tokens {report.visual_tokens}, text tokens {report.text_tokens} (exact count only)",
+        "",
+        f"{'':24}{'vanilla':>12}{'pruned':>12}{'ratio':>9}",
+        f"{'paper (Eq. 12) TFLOPs':24}{report.vanilla_tflops:>12.2f}{report.pruned_tflops:>12.2f}"
+        f"{100 * report.ratio:>8.1f}%",
+        f"{'exact TFLOPs':24}{report.exact_vanilla_tflops:>12.2f}{report.exact_pruned_tflops:>12.2f}"
+        f"{100 * report.exact_ratio:>8.1f}%",
+        "",
+        f"{'stage':>5}  {'layers':>9}  {'ratio':>7}  {'tokens':>8}",
+    ]
+    ends = list(report.boundaries[1:]) + [len(report.tokens_per_layer)]
+    for k, (start, end, ratio) in enumerate(zip(report.boundaries, ends, report.ratios), start=1):
+        lines.append(
+            f"{k:>5}  {f'[{start},{end})':>9}  {ratio:>7.4f}  {report.tokens_per_layer[start]:>8d}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    """Run ``hieravid flops``."""
+    report = compare(
+        args.preset, args.method, args.budget, frames=args.frames, text_tokens=args.text_tokens
+    )
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(_format_flops(report))
+    return 0
+
+
+# -------------------------------------------------------------------------------------- schedule
+
+
+def _add_schedule(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "schedule",
+        help="per-stage pruning ratios for a relative token budget",
+        description="Solve the per-stage pruning ratios (rho, R_2, ..., R_S) for a relative token budget.",
+    )
+    parser.add_argument(
+        "--budget", type=float, required=True, help="relative token budget B in (0, 1], e.g. 0.3"
+    )
+    parser.add_argument("--layers", type=_positive_int, default=28, help="decoder layers L (default 28)")
+    parser.add_argument("--stages", type=_positive_int, default=4, help="stages S (default 4)")
+    parser.add_argument(
+        "--no-presets", action="store_true", help="always use the solver, even at the paper's budgets"
+    )
+    parser.add_argument(
+        "--tokens", type=_non_negative_int, default=None, help="also show integer tokens per stage for N_v"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=_cmd_schedule)
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    """Run ``hieravid schedule``."""
+    schedule: Schedule = solve_schedule(
+        args.budget, args.layers, args.stages, use_presets=not args.no_presets
+    )
+    if args.json:
+        payload: dict[str, Any] = {"budget": args.budget, **schedule.to_dict()}
+        if args.tokens is not None:
+            payload["stage_tokens"] = schedule.stage_tokens(args.tokens)
+        _print_json(payload)
+    else:
+        print(f"budget {args.budget:g}, {args.layers} layers, {args.stages} stages")
+        print(schedule.describe(args.tokens))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hieravid`` argument parser with one subparser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="hieravid", description="Hierarchical visual-token pruning for fast video LLMs."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    _add_flops(subparsers)
+    _add_schedule(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hieravid`` command; returns the process exit code (2 on bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage and the error on stderr
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    try:
+        return int(args.func(args))
+    except ValueError as exc:  # our validators name the bad value and the fix
+        print(f"hieravid {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

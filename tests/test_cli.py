@@ -1,0 +1,93 @@
+"""Tests of the ``hieravid`` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hieravid.cli import build_parser, main
+
+FLOPS_KEYS = {
+    "vanilla_tflops", "pruned_tflops", "ratio", "exact_vanilla_tflops", "exact_pruned_tflops",
+    "exact_ratio", "tokens_per_layer", "ratios", "achieved_budget", "preset", "method", "budget",
+}
+
+
+def test_flops_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["flops", "--preset", "llava-video-7b", "--method", "hieravid", "--budget", "0.3", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    payload = json.loads(out)  # exactly one JSON object
+    assert FLOPS_KEYS <= payload.keys()
+    assert round(payload["vanilla_tflops"], 2) == 80.16
+    assert round(payload["pruned_tflops"], 2) == 19.61
+    assert round(payload["ratio"], 3) == 0.245
+    assert payload["ratios"] == [0.5, 0.3, 0.3, 0.57]
+    assert payload["tokens_per_layer"][0] == 5408 and len(payload["tokens_per_layer"]) == 28
+    assert payload["exact_pruned_tflops"] > payload["pruned_tflops"]
+    assert (payload["preset"], payload["method"], payload["budget"]) == ("llava-video-7b", "hieravid", 0.3)
+
+
+def test_flops_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["flops", "--preset", "llava-onevision-7b", "--method", "uniform", "--budget", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "40.77" in out and "16.9%" in out and "exact" in out
+
+
+def test_flops_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["flops", "--preset", "qwen2-vl-7b", "--budget", "0.5", "--frames", "4", "--text-tokens", "0", "--json"]
+    assert main(argv) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["visual_tokens"] == 1024 and payload["text_tokens"] == 0
+
+
+@pytest.mark.parametrize("budget", ["0", "1.5", "-0.1", "nan"])
+def test_bad_budget_exits_2(budget: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["flops", "--preset", "llava-video-7b", "--budget", budget])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "budget" in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_unknown_preset_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["flops", "--preset", "llava-video-70b", "--budget", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "llava-video-7b" in err  # names the valid choices
+
+
+def test_schedule_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schedule", "--budget", "0.25", "--layers", "32", "--stages", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["ratios"]) == 3 and payload["boundaries"] == [0, 11, 21]
+    assert abs(payload["achieved_budget"] - 0.25) < 1e-9
+
+
+def test_schedule_table_and_bad_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schedule", "--budget", "0.1"]) == 0
+    assert "0.1100" in capsys.readouterr().out
+    assert main(["schedule", "--budget", "0.3", "--layers", "2", "--stages", "4"]) == 2
+    assert "num_stages" in capsys.readouterr().err
+
+
+def test_parser_has_subcommands() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["schedule", "--budget", "0.3"])
+    assert args.command == "schedule" and callable(args.func)
+
+
+def test_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hieravid.cli", "flops", "--preset", "llava-video-7b", "--budget", "0.2", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert round(json.loads(result.stdout)["pruned_tflops"], 2) == 13.77
+    bad = subprocess.run(
+        [sys.executable, "-m", "hieravid.cli", "flops", "--preset", "llava-video-7b", "--budget", "2"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert bad.returncode == 2 and "budget" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,177 @@
+"""Tests of hieravid.schedule: presets, solver, boundaries and token bookkeeping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hieravid.schedule import PRESETS, Schedule, solve_schedule, stage_boundaries
+
+# The paper's table (spec section 3), written out by hand.
+PAPER_TABLE = {
+    0.3: ((0.5, 0.3, 0.3, 0.57), (0.5, 0.35, 0.245, 0.10535), 0.300),
+    0.2: ((0.5, 0.5, 0.7, 0.8), (0.5, 0.25, 0.075, 0.015), 0.210),
+    0.1: ((0.7, 0.6, 0.85, 0.9), (0.3, 0.12, 0.018, 0.0018), 0.110),
+}
+
+
+@pytest.mark.parametrize("budget", sorted(PAPER_TABLE))
+def test_presets_match_the_paper_table(budget: float) -> None:
+    ratios, kept, achieved = PAPER_TABLE[budget]
+    schedule = solve_schedule(budget)
+    assert schedule.ratios == ratios
+    assert PRESETS[budget] == ratios
+    assert schedule.kept_fractions == pytest.approx(kept, abs=1e-12)
+    assert round(schedule.achieved_budget, 3) == pytest.approx(achieved)
+
+
+def test_presets_can_be_bypassed() -> None:
+    solved = solve_schedule(0.3, use_presets=False)
+    assert solved.ratios != PRESETS[0.3]
+    assert solved.achieved_budget == pytest.approx(0.3, abs=1e-12)
+    # Documented rule: stage 1 keeps sqrt(B) here (the midpoint (0.3 + 1.2) / 2 = 0.75 is larger).
+    assert solved.kept_fractions[0] == pytest.approx(math.sqrt(0.3), abs=1e-12)
+    assert solved.kept_fractions[0] == pytest.approx(0.5477, abs=1e-4)
+
+
+def test_presets_only_for_four_stages() -> None:
+    solved = solve_schedule(0.3, 28, 3)
+    assert len(solved.ratios) == 3
+    assert solved.achieved_budget == pytest.approx(0.3, abs=1e-12)
+
+
+def test_solver_rule_geometric_decay() -> None:
+    """Later stages keep q, q^2, q^3 of the tokens entering them (one q for the whole schedule)."""
+    s = solve_schedule(0.25, 28, 4, use_presets=False)
+    q = 1.0 - s.ratios[1]
+    assert 1.0 - s.ratios[2] == pytest.approx(q**2, rel=1e-12)
+    assert 1.0 - s.ratios[3] == pytest.approx(q**3, rel=1e-12)
+    assert s.ratios[0] == pytest.approx(0.5, abs=1e-12)  # sqrt(0.25)
+
+
+def test_solver_uses_midpoint_when_sqrt_is_too_large() -> None:
+    # L = 4, S = 2: w_1 = 2, feasible f_1 in [B, 2B]; for B = 0.01 the midpoint 0.015 < sqrt(B) = 0.1.
+    s = solve_schedule(0.01, 4, 2)
+    assert s.kept_fractions[0] == pytest.approx(0.015, rel=1e-12)
+    # Stage 2 must then keep (2 * 0.01 - 0.015) / 0.015 of the tokens entering it.
+    assert 1.0 - s.ratios[1] == pytest.approx(1.0 / 3.0, rel=1e-9)
+
+
+def test_one_stage_and_full_budget() -> None:
+    assert solve_schedule(0.37, 10, 1).ratios == pytest.approx((0.63,), abs=1e-15)
+    assert solve_schedule(1.0).ratios == (0.0, 0.0, 0.0, 0.0)
+    assert solve_schedule(1.0, 7, 3).achieved_budget == 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    budget=st.floats(min_value=1e-9, max_value=1.0, exclude_min=False),
+    num_layers=st.integers(min_value=1, max_value=80),
+    data=st.data(),
+)
+def test_solver_hits_budget_and_is_monotone(budget: float, num_layers: int, data: st.DataObject) -> None:
+    num_stages = data.draw(st.integers(min_value=1, max_value=min(num_layers, 6)))
+    s = solve_schedule(budget, num_layers, num_stages, use_presets=False)
+    assert len(s.ratios) == num_stages
+    assert abs(s.achieved_budget - budget) < 1e-6
+    assert all(0.0 <= r < 1.0 for r in s.ratios)
+    kept = s.kept_fractions
+    assert all(a >= b for a, b in zip(kept, kept[1:]))
+    assert all(a <= b for a, b in zip(s.ratios[1:], s.ratios[2:]))  # R_2 <= R_3 <= ...
+    assert 0.0 < kept[-1] <= kept[0] <= 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(budget=st.floats(min_value=1e-9, max_value=1.0), data=st.data())
+def test_achieved_budget_equals_a_direct_layer_loop(budget: float, data: st.DataObject) -> None:
+    num_layers = data.draw(st.integers(min_value=1, max_value=60))
+    num_stages = data.draw(st.integers(min_value=1, max_value=min(num_layers, 6)))
+    s = solve_schedule(budget, num_layers, num_stages)
+    # Independent reference: walk the layers, switching stage at round(k L / S).
+    starts = {round(k * num_layers / num_stages): k for k in range(1, num_stages)}
+    kept, stage, total, fractions = 1.0 - s.ratios[0], 0, 0.0, []
+    for layer in range(num_layers):
+        if layer in starts:
+            stage = starts[layer]
+            kept *= 1.0 - s.ratios[stage]
+        fractions.append(kept)
+        total += kept
+    assert s.layer_fractions() == pytest.approx(fractions, rel=1e-12)
+    assert s.achieved_budget == pytest.approx(total / num_layers, rel=1e-12)
+    assert len(s.layer_fractions()) == num_layers
+
+
+def test_layer_weighted_budget_with_unequal_stages() -> None:
+    # L = 10, S = 4: boundaries [0, 2, 5, 8] (round(2.5) = 2, round(5.0) = 5, round(7.5) = 8).
+    s = Schedule((0.5, 0.5, 0.5, 0.5), 10)
+    assert s.boundaries == [0, 2, 5, 8]
+    expected = (2 * 0.5 + 3 * 0.25 + 3 * 0.125 + 2 * 0.0625) / 10
+    assert s.achieved_budget == pytest.approx(expected, rel=1e-15)
+    # Not the unweighted stage mean.
+    assert s.achieved_budget != pytest.approx((0.5 + 0.25 + 0.125 + 0.0625) / 4)
+
+
+def test_boundaries() -> None:
+    assert stage_boundaries(28, 4) == [0, 7, 14, 21]
+    assert stage_boundaries(5, 1) == [0]
+    assert stage_boundaries(3, 3) == [0, 1, 2]
+    assert stage_boundaries(32, 3) == [0, 11, 21]
+
+
+@given(num_layers=st.integers(1, 200), data=st.data())
+def test_boundaries_give_every_stage_a_layer(num_layers: int, data: st.DataObject) -> None:
+    num_stages = data.draw(st.integers(1, num_layers))
+    b = stage_boundaries(num_layers, num_stages) + [num_layers]
+    assert b[0] == 0 and len(b) == num_stages + 1
+    assert all(y > x for x, y in zip(b, b[1:]))
+
+
+@pytest.mark.parametrize("layers,stages", [(3, 4), (0, 0), (5, 0)])
+def test_boundaries_reject_bad_sizes(layers: int, stages: int) -> None:
+    with pytest.raises(ValueError):
+        stage_boundaries(layers, stages)
+
+
+def test_tokens_per_layer_llava_video() -> None:
+    s = solve_schedule(0.3)
+    tokens = s.tokens_per_layer(10816)
+    assert len(tokens) == 28
+    assert tokens[0] == 5408 == 10816 - math.floor(0.5 * 10816)
+    # Sequential integer counts, by hand: 5408 -> 5408 - 1622 = 3786 -> 3786 - 1135 = 2651
+    # -> 2651 - 1511 = 1140.
+    assert tokens[::7] == [5408, 3786, 2651, 1140]
+    assert tokens[6] == 5408 and tokens[7] == 3786
+    assert s.fractional_tokens_per_layer(10816)[::7] == pytest.approx(
+        [5408.0, 3785.6, 2649.92, 1139.4656], rel=1e-12
+    )
+
+
+def test_describe_mentions_each_stage() -> None:
+    text = solve_schedule(0.2).describe(6272)
+    assert "0.2100" in text and "[21,28)" in text and "3136" in text
+    assert str(solve_schedule(0.2)).count("\n") == 5
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, 1.5, -0.1, float("nan"), float("inf")])
+def test_bad_budgets_are_rejected(bad: float) -> None:
+    with pytest.raises(ValueError, match="budget"):
+        solve_schedule(bad)
+
+
+def test_tiny_budget_is_rejected_with_a_fix() -> None:
+    with pytest.raises(ValueError, match="budget"):
+        solve_schedule(1e-12)
+
+
+@pytest.mark.parametrize("ratios,name", [((1.0, 0.1), "rho"), ((0.1, -0.2), "R_2"), ((0.1, 0.2, 1.2), "R_3")])
+def test_schedule_rejects_bad_ratios(ratios: tuple[float, ...], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Schedule(ratios, 28)
+
+
+def test_schedule_rejects_more_stages_than_layers() -> None:
+    with pytest.raises(ValueError, match="num_stages"):
+        Schedule((0.1, 0.1, 0.1), 2)
