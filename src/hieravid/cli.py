@@ -4,6 +4,7 @@ Subcommands:
 
 - ``hieravid flops``: prefill FLOPs of a pruning method on a model preset (paper convention and exact).
 - ``hieravid schedule``: the per-stage pruning ratios for a relative token budget.
+- ``hieravid bench-ops``: time HieraVid's four-stage decision alone on features of a real model's shape.
 
 Each subcommand is registered in :func:`build_parser` by a ``_add_xxx(subparsers)`` function and run by a
 ``_cmd_xxx(args) -> int`` function stored as the parser's ``func`` default; to add one, write both and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -147,6 +149,65 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------- bench-ops
+
+
+def _add_bench_ops(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench-ops",
+        help="time HieraVid's four-stage decision alone (no model) on features of a real shape",
+        description=(
+            "Time the whole HieraVid decision (stage-1 segmentation and merging, then relevance, keep "
+            "counts and segment DPP at every in-LLM stage) on synthetic video features with planted scene "
+            "cuts. The default shape is LLaVA-Video-7B's: 64 frames x 169 tokens, d = 3584."
+        ),
+    )
+    parser.add_argument("--frames", type=_positive_int, default=64, help="frames T (default 64)")
+    parser.add_argument("--slots", type=_positive_int, default=169, help="tokens per frame P (default 169)")
+    parser.add_argument("--dim", type=_positive_int, default=3584, help="hidden size d (default 3584)")
+    parser.add_argument("--budget", type=float, default=0.3, help="relative token budget (default 0.3)")
+    parser.add_argument("--scenes", type=_positive_int, default=8, help="planted scenes (default 8)")
+    parser.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (default 5)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=_cmd_bench_ops)
+
+
+def _cmd_bench_ops(args: argparse.Namespace) -> int:
+    """Run ``hieravid bench-ops``."""
+    from hieravid.bench.ops import run_ops_bench  # imported here: the other commands need no benchmark
+
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    result = run_ops_bench(
+        frames=args.frames,
+        slots=args.slots,
+        dim=args.dim,
+        budget=args.budget,
+        scenes=args.scenes,
+        repeats=args.repeats,
+        device=args.device,
+        progress=not args.json,
+    )
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"machine: {result.machine}")
+    print(
+        f"shape: {result.frames} frames x {result.slots} tokens, d = {result.dim}, {result.scenes} planted "
+        f"scenes ({result.segments_found} segments found), budget {result.budget:g}, "
+        f"ratios {[round(r, 4) for r in result.ratios]}"
+    )
+    print(f"{'stage':>5}  {'tokens after':>12}  {'median ms':>10}")
+    for k, (tokens, ms) in enumerate(zip(result.tokens_per_stage, result.stage_ms), start=1):
+        print(f"{k:>5}  {tokens:>12d}  {ms:>10.1f}")
+    print(f"total (median of {result.repeats} runs): {result.total_ms:.1f} ms")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -159,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     _add_flops(subparsers)
     _add_schedule(subparsers)
+    _add_bench_ops(subparsers)
     return parser
 
 
@@ -172,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
+        return 0
     except ValueError as exc:  # our validators name the bad value and the fix
         print(f"hieravid {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

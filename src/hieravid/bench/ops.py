@@ -1,0 +1,175 @@
+"""Micro-benchmark of HieraVid's decision alone (no model): the four-stage decision on video features
+of a real model's shape, timed stage by stage.
+
+The features are synthetic but structured like a real video: ``scenes`` scenes separated by hard cuts,
+each scene a fixed pattern per token slot that drifts slowly from frame to frame, so segmentation finds
+the scenes and stage 1 has runs to merge. In-LLM hidden states are the merged tokens; keys and the query
+row are random (they come from the model's own projections in a real run and cost nothing extra).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from hieravid.config import HieraVidConfig
+from hieravid.methods import decide_stage, decide_stage1, selector_for_stage
+from hieravid.ops import relevance
+from hieravid.schedule import solve_schedule
+
+__all__ = ["OpsBenchResult", "synthetic_video", "run_ops_bench", "machine_description"]
+
+
+def synthetic_video(
+    frames: int,
+    slots: int,
+    dim: int,
+    scenes: int,
+    *,
+    drift: float = 0.3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """A ``(frames, slots, dim)`` feature video with ``scenes`` equal-length scenes and hard cuts.
+
+    Inside a scene, frame t is the scene's pattern plus a slowly varying random walk (step ``drift``
+    relative to the pattern's per-channel scale); a new scene starts from a fresh random pattern.
+    """
+    if not 1 <= scenes <= frames:
+        raise ValueError(f"scenes must be in [1, frames={frames}], got {scenes}")
+    gen = torch.Generator().manual_seed(seed)
+    scene_of_frame = (torch.arange(frames) * scenes) // frames  # (T,)
+    patterns = torch.randn(scenes, slots, dim, generator=gen)  # (M, P, D)
+    steps = drift * torch.randn(frames, slots, dim, generator=gen) / 4  # (T, P, D)
+    x = torch.empty(frames, slots, dim)
+    walk = torch.zeros(slots, dim)
+    for t in range(frames):  # benchmark set-up only, not timed
+        if t == 0 or scene_of_frame[t] != scene_of_frame[t - 1]:
+            walk.zero_()
+        walk += steps[t]
+        x[t] = patterns[scene_of_frame[t]] + walk
+    return x.to(device=device, dtype=dtype)
+
+
+@dataclass
+class OpsBenchResult:
+    """Median decision times (milliseconds) of one ops benchmark run, with its shape and machine."""
+
+    machine: str
+    device: str
+    frames: int
+    slots: int
+    dim: int
+    scenes: int
+    budget: float
+    ratios: list[float]
+    segments_found: int
+    tokens_per_stage: list[int]
+    stage_ms: list[float]
+    total_ms: float
+    repeats: int
+    runs_total_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def machine_description(device: torch.device) -> str:
+    """A one-line description of where a benchmark ran."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_ops_bench(
+    *,
+    frames: int = 64,
+    slots: int = 169,
+    dim: int = 3584,
+    budget: float = 0.3,
+    scenes: int = 8,
+    num_layers: int = 28,
+    heads: int = 28,
+    kv_heads: int = 4,
+    head_dim: int = 128,
+    text_tokens: int = 128,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    config: HieraVidConfig | None = None,
+    progress: bool = False,
+) -> OpsBenchResult:
+    """Time the full four-stage HieraVid decision on one video of the given shape.
+
+    Stage 1 = Eq. 1-4 + Eq. 3 merge; each later stage = Eq. 8 relevance from one query row + Eq. 5
+    counts + Eq. 9-10 DPP. Times are medians over ``repeats`` runs after ``warmup`` runs, in ms.
+    """
+    dev = torch.device(device)
+    config = config or HieraVidConfig(budget=budget)
+    schedule = solve_schedule(budget, num_layers, config.num_stages)
+    x = synthetic_video(frames, slots, dim, scenes, device=dev)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    query = torch.randn(1, heads, head_dim, generator=gen).to(dev)  # (1, H, d_h) last prompt token
+
+    def one_run() -> tuple[list[float], list[int], int]:
+        times: list[float] = []
+        _sync(dev)
+        start = time.perf_counter()
+        first = decide_stage1(x, schedule.ratios[0], config)
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+        hidden, segment = first.features, first.token_segment[first.keep]  # (N, D), (N,)
+        counts = [hidden.shape[0]]
+        for stage, ratio in enumerate(schedule.ratios[1:], start=2):
+            num_visual = hidden.shape[0]
+            # Keys of the visual tokens followed by the text tokens (the query is the last of these).
+            keys = torch.randn(num_visual + text_tokens, kv_heads, head_dim, generator=gen).to(dev)
+            visual_index = torch.arange(num_visual, device=dev)
+            _sync(dev)
+            start = time.perf_counter()
+            r = relevance(query, keys, visual_index, sign=config.relevance_sign, eps=config.eps)
+            keep = decide_stage(
+                hidden, r, segment, first.z, ratio, config, selector_for_stage(stage, config)
+            )
+            hidden, segment = hidden[keep], segment[keep]
+            _sync(dev)
+            times.append(time.perf_counter() - start)
+            counts.append(hidden.shape[0])
+        return times, counts, first.num_segments
+
+    for _ in range(warmup):
+        one_run()
+    runs = []
+    for i in range(repeats):
+        runs.append(one_run())
+        if progress:
+            print(f"  run {i + 1}/{repeats}: {1000 * sum(runs[-1][0]):.1f} ms", flush=True)
+    stage_ms = [1000 * statistics.median(r[0][s] for r in runs) for s in range(len(runs[0][0]))]
+    totals = [1000 * sum(r[0]) for r in runs]
+    return OpsBenchResult(
+        machine=machine_description(dev),
+        device=str(dev),
+        frames=frames,
+        slots=slots,
+        dim=dim,
+        scenes=scenes,
+        budget=budget,
+        ratios=list(schedule.ratios),
+        segments_found=runs[0][2],
+        tokens_per_stage=runs[0][1],
+        stage_ms=stage_ms,
+        total_ms=statistics.median(totals),
+        repeats=repeats,
+        runs_total_ms=totals,
+    )

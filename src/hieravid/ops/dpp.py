@@ -1,0 +1,238 @@
+"""Eq. 9-10: conditional DPP kernel blocks and the batched greedy MAP, per segment.
+
+Only the diagonal blocks of the kernel (one per segment) are built, and the greedy loop runs once
+over k for a whole batch of segments (padded), not once per segment.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["conditional_kernel", "greedy_map", "segment_dpp_select", "segment_bin_select", "pack_segments"]
+
+# Pivots whose residual variance falls below this carry no new direction: the kernel's numerical rank
+# is exhausted. Their update row is zero, so the remaining picks still return distinct tokens.
+_RANK_FLOOR = 1e-10
+
+
+def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: ``L~ = diag(r) X X^T diag(r)`` per group, X the L2-normalised features, in float32.
+
+    Args:
+        features: ``(G, n, D)`` tokens of G groups (segments), padded to n.
+        relevance: ``(G, n)`` relevance r of each token.
+        valid: ``(G, n)`` bool, False at padding (those rows and columns are zero).
+
+    Returns:
+        ``(G, n, n)`` float32 kernel blocks.
+    """
+    x = features.float()  # (G, n, D)
+    # Normalise and weight after the product: scale_i = r_i / |x_i| (0 for zero vectors and padding).
+    norm = torch.linalg.vector_norm(x, dim=-1)  # (G, n)
+    scale = torch.where(valid & (norm > 0), relevance.float() / norm.clamp(min=1e-30), 0.0)
+    gram = torch.bmm(x, x.transpose(1, 2))  # (G, n, n)
+    return gram * scale.unsqueeze(2) * scale.unsqueeze(1)
+
+
+def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, block: int = 64) -> torch.Tensor:
+    """Eq. 10: greedy MAP inference (Chen et al. 2018) for a batch of kernels, each with its own k.
+
+    Picks, k_g times per group g, the token with the largest residual variance ``d2`` (the gain in
+    log det), then updates every ``d2`` with the new Cholesky row
+    ``e = (L~[j, :] - sum_t c_t[j] c_t) / sqrt(d2_j)``. All groups advance together in one Python loop
+    over ``max k``.
+
+    The Cholesky rows are applied in blocks (a right-looking blocked Cholesky): within a block of
+    ``block`` picks the new rows are corrected against each other only, and at the end of the block the
+    kernel itself becomes the Schur complement (``L~ -= C_b^T C_b``, one batched matrix product). The
+    picks are those of the unblocked algorithm; memory traffic per pick is O(block * n) instead of
+    O(t * n). Rows and columns of tokens that can no longer be picked are dropped as the loop goes.
+
+    When k exceeds the kernel's numerical rank the remaining picks have ``d2 ~ 0``; their update row is
+    zero, they are still distinct tokens (ties go to the lowest index) and no NaN appears.
+
+    Args:
+        kernel: ``(G, n, n)`` PSD kernels (padded).
+        k: ``(G,)`` int64 number of tokens to pick per group, ``0 <= k_g <= valid[g].sum()``.
+        valid: ``(G, n)`` bool, False at padding.
+        block: picks per blocked update.
+
+    Returns:
+        ``(G, n)`` bool mask of the picked tokens.
+    """
+    num_groups, n, _ = kernel.shape
+    available = valid.sum(dim=1)
+    if bool((k < 0).any()) or bool((k > available).any()):
+        raise ValueError(f"each group's k must be in [0, its token count]; got k={k.tolist()} for {available.tolist()}")
+    device = kernel.device
+    kmax = int(k.max()) if num_groups else 0
+    picked = torch.zeros(num_groups, n, dtype=torch.bool, device=device)
+    if kmax == 0:
+        return picked
+    rows = torch.arange(num_groups, device=device)
+    residual = kernel.float().clone()  # (G, m, m) Schur complement, m shrinks as tokens are used up
+    d2 = torch.diagonal(residual, dim1=1, dim2=2).clone().masked_fill(~valid, float("-inf"))  # (G, m)
+    column = torch.arange(n, device=device).expand(num_groups, n).contiguous()  # (G, m) original index
+    remaining = valid.clone()  # (G, m) may still be picked
+    done = 0
+    while done < kmax:
+        width = min(block, kmax - done)
+        chol = torch.zeros(num_groups, width, residual.shape[1], dtype=torch.float32, device=device)
+        for s in range(width):
+            active = done + s < k  # (G,)
+            j = torch.argmax(d2, dim=1)  # (G,)
+            pivot = d2[rows, j]
+            e = residual[rows, j].unsqueeze(1)  # (G, 1, m)
+            if s:
+                e = torch.baddbmm(e, chol[rows, :s, j].unsqueeze(1), chol[:, :s], alpha=-1.0)
+            scale = torch.where(active & (pivot > _RANK_FLOOR), pivot.clamp(min=_RANK_FLOOR).rsqrt(), 0.0)
+            e = e.squeeze(1) * scale.unsqueeze(1)
+            chol[:, s] = e
+            d2 = d2 - e * e
+            hit_rows, hit_cols = rows[active], j[active]
+            picked[hit_rows, column[hit_rows, hit_cols]] = True
+            remaining[hit_rows, hit_cols] = False
+            d2[hit_rows, hit_cols] = float("-inf")
+        done += width
+        if done >= kmax:
+            break
+        residual.baddbmm_(chol.transpose(1, 2), chol, alpha=-1.0)
+        remaining &= (done < k).unsqueeze(1)  # groups that are finished need nothing more
+        needed = int(remaining.sum(dim=1).max())
+        if needed <= 0.75 * residual.shape[1]:
+            # Keep only still-pickable columns, in their original order.
+            order = torch.argsort((~remaining).to(torch.uint8), dim=1, stable=True)[:, :needed]  # (G, m')
+            residual = residual[rows[:, None, None], order[:, :, None], order[:, None, :]]
+            d2 = d2.gather(1, order)
+            remaining = remaining.gather(1, order)
+            column = column.gather(1, order)
+            d2 = d2.masked_fill(~remaining, float("-inf"))
+    return picked
+
+
+def pack_segments(segment: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Lay out the tokens of some segments as a padded ``(G, n_max)`` grid, keeping sequence order.
+
+    Args:
+        segment: ``(N,)`` int64 segment id of each token.
+        groups: ``(G,)`` int64 ids of the segments to pack, in the order of the grid's rows.
+
+    Returns:
+        ``token_index (G, n_max)`` (sequence index, -1 at padding), ``valid (G, n_max)`` bool, ``n_max``.
+    """
+    num_segments = int(segment.max()) + 1 if segment.numel() else 0
+    row_of = torch.full((max(num_segments, 1),), -1, dtype=torch.long, device=segment.device)
+    row_of[groups] = torch.arange(groups.numel(), device=segment.device)
+    token_row = row_of[segment]  # (N,) grid row of each token, -1 when its segment is not packed
+    selected = torch.nonzero(token_row >= 0).squeeze(1)  # sequence order
+    sel_rows = token_row[selected]
+    counts = torch.bincount(sel_rows, minlength=groups.numel())
+    n_max = int(counts.max()) if counts.numel() else 0
+    # Position of each selected token inside its row: rank among earlier tokens of the same row.
+    order = torch.argsort(sel_rows, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    col_sorted = torch.arange(order.numel(), device=segment.device) - starts[sel_rows[order]]
+    cols = torch.empty_like(col_sorted)
+    cols[order] = col_sorted
+    token_index = torch.full((groups.numel(), n_max), -1, dtype=torch.long, device=segment.device)
+    token_index[sel_rows, cols] = selected
+    return token_index, token_index >= 0, n_max
+
+
+def _size_buckets(present: torch.Tensor, segments: torch.Tensor) -> list[torch.Tensor]:
+    """Split ``segments`` into groups whose sizes are within a factor of two of the group's largest,
+    so padding wastes at most half of any row. Each group lists its segment ids in increasing order."""
+    sizes = present[segments].tolist()
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])  # a few dozen segments at most
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and 2 * sizes[i] >= sizes[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return [segments[torch.tensor(sorted(b), dtype=torch.long, device=segments.device)] for b in buckets]
+
+
+def segment_dpp_select(
+    features: torch.Tensor,
+    relevance: torch.Tensor,
+    segment: torch.Tensor,
+    k: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. 9-10 over all segments: each segment keeps its own ``k_i`` tokens by conditional DPP.
+
+    Segments are packed into a few size buckets (so a long segment does not pad every short one), each
+    bucket builds only its diagonal kernel blocks and runs one batched greedy loop.
+
+    Args:
+        features: ``(N, D)`` hidden states of the visual tokens still present, in sequence order.
+        relevance: ``(N,)`` relevance r (Eq. 8).
+        segment: ``(N,)`` int64 segment id of each token (ids ``0..M-1``; a segment may be empty).
+        k: ``(M,)`` int64 tokens to keep per segment.
+
+    Returns:
+        ``(N,)`` bool keep mask; exactly ``k_i`` True per segment, sequence order untouched.
+    """
+    num_segments = k.numel()
+    present = torch.bincount(segment, minlength=num_segments)
+    if present.numel() != num_segments:
+        raise ValueError(f"segment ids go up to {present.numel() - 1} but k has {num_segments} entries")
+    if bool((k < 0).any()) or bool((k > present).any()):
+        raise ValueError(
+            f"per-segment k must be in [0, tokens of that segment]; got k={k.tolist()} for {present.tolist()}"
+        )
+    keep_all = (k == present)[segment]  # segments kept whole need no DPP
+    keep = keep_all.clone()
+    needs_dpp = torch.nonzero((k > 0) & (k < present)).squeeze(1)
+    if needs_dpp.numel() == 0:
+        return keep
+    for groups in _size_buckets(present, needs_dpp):
+        token_index, valid, _ = pack_segments(segment, groups)
+        safe = token_index.clamp(min=0)
+        kernel = conditional_kernel(features[safe], relevance[safe], valid)  # (G, n, n)
+        picked = greedy_map(kernel, k[groups], valid)
+        keep[token_index[picked]] = True
+    return keep
+
+
+def segment_bin_select(relevance: torch.Tensor, segment: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Stage-2 variant: split each segment's ordered tokens into ``k_i`` equal contiguous bins and keep
+    the highest-relevance token of each bin (ties go to the earlier token).
+
+    Args:
+        relevance: ``(N,)`` relevance r.
+        segment: ``(N,)`` int64 segment id of each token, tokens in sequence order.
+        k: ``(M,)`` int64 tokens to keep per segment (``k_i <= n_i``, so every bin is non-empty).
+
+    Returns:
+        ``(N,)`` bool keep mask with exactly ``k_i`` True per segment.
+    """
+    num_tokens = relevance.numel()
+    num_segments = k.numel()
+    present = torch.bincount(segment, minlength=num_segments)
+    if bool((k < 0).any()) or bool((k > present).any()):
+        raise ValueError(f"per-segment k must be in [0, n_i]; got k={k.tolist()} for {present.tolist()}")
+    order = torch.argsort(segment, stable=True)
+    starts = torch.cumsum(present, 0) - present
+    position = torch.empty_like(segment)
+    position[order] = torch.arange(num_tokens, device=segment.device) - starts[segment[order]]
+    n_tok, k_tok = present[segment], k[segment]
+    has_bins = k_tok > 0
+    bin_in_seg = torch.div(position * k_tok, n_tok.clamp(min=1), rounding_mode="floor")
+    bin_offset = torch.cumsum(k, 0) - k
+    bin_id = torch.where(has_bins, bin_offset[segment] + bin_in_seg, torch.full_like(segment, -1))
+    num_bins = int(k.sum())
+    keep = torch.zeros(num_tokens, dtype=torch.bool, device=relevance.device)
+    if num_bins == 0:
+        return keep
+    idx = torch.nonzero(has_bins).squeeze(1)
+    r = relevance[idx].float()
+    best = torch.full((num_bins,), float("-inf"), device=relevance.device)
+    best = best.scatter_reduce(0, bin_id[idx], r, reduce="amax")
+    is_best = r == best[bin_id[idx]]
+    # First token reaching its bin's maximum: the smallest sequence index among the ties.
+    first = torch.full((num_bins,), num_tokens, dtype=torch.long, device=relevance.device)
+    first = first.scatter_reduce(0, bin_id[idx][is_best], idx[is_best], reduce="amin")
+    keep[first] = True
+    return keep

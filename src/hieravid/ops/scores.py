@@ -1,0 +1,109 @@
+"""Eq. 4-5: segment scores and per-segment keep counts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hieravid.config import check_ratio
+
+__all__ = ["segment_means", "segment_scores", "keep_counts"]
+
+
+def segment_means(x: torch.Tensor, frame_segment: torch.Tensor) -> torch.Tensor:
+    """Mean token of each segment.
+
+    Args:
+        x: ``(T, P, D)`` visual tokens (pre-merge, layer 0).
+        frame_segment: ``(T,)`` int64 segment id of each frame, ids ``0..M-1``.
+
+    Returns:
+        ``(M, D)`` float32 segment means s_i.
+    """
+    num_segments = int(frame_segment.max()) + 1
+    frame_sums = x.float().sum(dim=1)  # (T, D)
+    sums = torch.zeros(num_segments, x.shape[-1], dtype=torch.float32, device=x.device)
+    sums.index_add_(0, frame_segment, frame_sums)
+    frames = torch.bincount(frame_segment, minlength=num_segments).float() * x.shape[1]
+    return sums / frames.unsqueeze(1)
+
+
+def segment_scores(x: torch.Tensor, frame_segment: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
+    """Eq. 4: standardised segment importance z_i (representativeness + diversity).
+
+    ``MV_i = lam * cos(s_i, g_sel_i) + (1 - lam) * (1 - cos(s_i, g_rem_i))`` where g_sel_i is the mean
+    of earlier segments' means and g_rem_i that of later ones; a cosine whose set is empty is 0 (first
+    or last segment). ``z = (MV - mean MV) / (population std + 1e-8)``; a single segment gets z = 0.
+
+    Args:
+        x: ``(T, P, D)`` visual tokens at layer 0, before merging.
+        frame_segment: ``(T,)`` segment id of each frame.
+        lam: lambda in [0, 1].
+
+    Returns:
+        ``(M,)`` float32 z-scores, summing to zero.
+    """
+    s = segment_means(x, frame_segment)  # (M, D)
+    num_segments = s.shape[0]
+    count = torch.arange(num_segments, device=s.device, dtype=torch.float32)
+    prefix = torch.cumsum(s, dim=0) - s  # sum of s_j, j < i
+    suffix = torch.flip(torch.cumsum(torch.flip(s, [0]), dim=0), [0]) - s  # sum of s_j, j > i
+    before = count  # number of segments before i
+    after = (num_segments - 1) - count
+    g_sel = prefix / before.clamp(min=1).unsqueeze(1)
+    g_rem = suffix / after.clamp(min=1).unsqueeze(1)
+    cos_sel = torch.where(before > 0, F.cosine_similarity(s, g_sel, dim=1), torch.zeros_like(count))
+    cos_rem = torch.where(after > 0, F.cosine_similarity(s, g_rem, dim=1), torch.zeros_like(count))
+    mv = lam * cos_sel + (1.0 - lam) * (1.0 - cos_rem)
+    return (mv - mv.mean()) / (mv.std(unbiased=False) + 1e-8)
+
+
+def keep_counts(
+    present: torch.Tensor,
+    z: torch.Tensor,
+    ratio: float,
+    *,
+    delta: float = 0.1,
+    clip: tuple[float, float] = (0.05, 0.95),
+    exact_total: bool = False,
+) -> torch.Tensor:
+    """Eq. 5: how many tokens each segment keeps at one in-LLM stage.
+
+    ``keep_rate_i = clip(1 - ratio + delta * z_i, *clip)`` and ``k_i = floor(n_i * keep_rate_i)``.
+    Only the mean keep rate over segments is tied to ``ratio``; the token total may drift.
+
+    With ``exact_total`` (a documented deviation from the reference) the counts are then topped up
+    one token at a time in descending z order (skipping full segments), or trimmed in ascending z
+    order (skipping empty ones), until they sum to ``n - floor(ratio * n)`` for ``n = sum n_i``.
+
+    Args:
+        present: ``(M,)`` int64 tokens of each segment still in the sequence (n_i).
+        z: ``(M,)`` segment scores from :func:`segment_scores`.
+        ratio: this stage's pruning ratio R_k in [0, 1).
+
+    Returns:
+        ``(M,)`` int64 keep counts, ``0 <= k_i <= n_i``.
+    """
+    check_ratio(ratio, "ratio")
+    rate = (1.0 - ratio + delta * z.double()).clamp(clip[0], clip[1])  # float64, as Python floats
+    k = torch.floor(present.double() * rate).long().clamp(min=0)
+    k = torch.minimum(k, present)
+    if not exact_total:
+        return k
+    total = int(present.sum())
+    target = total - int(ratio * total)
+    diff = target - int(k.sum())
+    # Each pass moves at most one token per segment; the number of passes is <= max n_i.
+    while diff != 0:
+        if diff > 0:
+            order = torch.argsort(z, descending=True, stable=True)
+            room = (k < present)[order]
+        else:
+            order = torch.argsort(z, stable=True)
+            room = (k > 0)[order]
+        chosen = order[room][: abs(diff)]
+        if chosen.numel() == 0:
+            break
+        k[chosen] += 1 if diff > 0 else -1
+        diff -= chosen.numel() if diff > 0 else -chosen.numel()
+    return k
