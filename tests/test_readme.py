@@ -1,0 +1,44 @@
+"""The README stays true: its two set-up commands exist, CI runs the test one verbatim, and the FLOPs
+numbers it prints come from the command it names."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from hieravid.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _setup_commands() -> list[str]:
+    section = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section, flags=re.S)
+
+
+def test_exactly_two_setup_commands_one_each_for_demo_and_tests():
+    commands = _setup_commands()
+    assert len(commands) == 2, commands
+    assert all("\n" not in c for c in commands)
+    assert commands[1].endswith("python -m pytest -q")
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert _setup_commands()[1] in ci.splitlines()
+
+
+def test_readme_flops_table_matches_the_command(capsys):
+    rows = re.findall(r"\| (llava-[a-z-]+7b)[^|]*\| (hieravid|uniform) \| 0.3 / 0.2 / 0.1 \| ([^|]+) \| ([^|]+) %", README)
+    assert len(rows) == 3
+    for preset, method, tflops, ratios in rows:
+        got_t, got_r = [], []
+        for budget in (0.3, 0.2, 0.1):
+            assert main(["flops", "--preset", preset, "--method", method, "--budget", str(budget), "--json"]) == 0
+            out = json.loads(capsys.readouterr().out)
+            got_t.append(f"{out['pruned_tflops']:.2f}")
+            got_r.append(f"{100 * out['ratio']:.1f}")
+        assert [t.strip() for t in tflops.split("/")] == got_t
+        assert [r.strip() for r in ratios.split("/")] == got_r
