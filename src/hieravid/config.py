@@ -44,8 +44,9 @@ def check_choice(value: str, name: str, allowed: Sequence[str]) -> str:
 
 def check_unit_interval(value: float, name: str, *, closed: bool = True) -> float:
     """Return ``value`` if it is in [0, 1] (or (0, 1) when ``closed`` is False)."""
-    ok = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number and (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
+    if not ok:
         interval = "[0, 1]" if closed else "(0, 1)"
         raise ValueError(f"{name} must be in {interval}, got {value!r}")
     return float(value)
@@ -121,7 +122,7 @@ class HieraVidConfig:
         if not isinstance(self.avgpool_threshold, (int, float)) or not -1.0 <= self.avgpool_threshold <= 1.0:
             raise ValueError(f"avgpool_threshold must be in [-1, 1], got {self.avgpool_threshold!r}")
         check_unit_interval(self.lam, "lam")
-        if not isinstance(self.delta, (int, float)) or self.delta < 0:
+        if not isinstance(self.delta, (int, float)) or not self.delta >= 0:  # NaN fails too
             raise ValueError(f"delta (pruning deviation) must be >= 0, got {self.delta!r}")
         lo, hi = self.keep_clip
         if not 0.0 <= lo <= hi <= 1.0:

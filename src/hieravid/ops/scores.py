@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from hieravid.config import check_ratio
+from hieravid.schedule import pruned_count
 
 __all__ = ["segment_means", "segment_scores", "keep_counts"]
 
@@ -91,7 +92,7 @@ def keep_counts(
     if not exact_total:
         return k
     total = int(present.sum())
-    target = total - int(ratio * total)
+    target = total - pruned_count(ratio, total)
     diff = target - int(k.sum())
     # Each pass moves at most one token per segment; the number of passes is <= max n_i.
     while diff != 0:

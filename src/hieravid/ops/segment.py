@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from hieravid.config import check_choice, check_ratio
+from hieravid.schedule import pruned_count
 
 __all__ = [
     "same_slot_similarity",
@@ -56,7 +57,7 @@ def merge_count(num_frames: int, num_slots: int, rho: float) -> int:
     predecessor, so no more tokens can be merged. A one-frame video merges nothing.
     """
     check_ratio(rho, "rho")
-    return min(int(rho * num_frames * num_slots), (num_frames - 1) * num_slots)
+    return min(pruned_count(rho, num_frames * num_slots), (num_frames - 1) * num_slots)
 
 
 def merge_set(similarity: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,12 +71,14 @@ def merge_set(similarity: torch.Tensor, k: int) -> torch.Tensor:
         ``(T, P)`` bool mask of the K highest-similarity candidates. Ties break towards the earlier
         token in sequence order (stable sort), so the result is deterministic.
     """
-    num_candidates = (similarity.shape[0] - 1) * similarity.shape[1]
+    num_slots = similarity.shape[1]
+    num_candidates = (similarity.shape[0] - 1) * num_slots
     if not 0 <= k <= num_candidates:
         raise ValueError(f"k must be in [0, (T-1)*P = {num_candidates}], got {k}")
-    flat = similarity.reshape(-1)
-    order = torch.sort(flat, descending=True, stable=True).indices[:k]
-    mask = torch.zeros_like(flat, dtype=torch.bool)
+    # Rank frames 1..T-1 only: frame 0 has no predecessor even when other candidates score -inf too.
+    candidates = similarity[1:].reshape(-1)
+    order = torch.sort(candidates, descending=True, stable=True).indices[:k] + num_slots
+    mask = torch.zeros(similarity.numel(), dtype=torch.bool, device=similarity.device)
     mask[order] = True
     return mask.view_as(similarity)
 

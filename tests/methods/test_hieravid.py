@@ -1,0 +1,289 @@
+"""Tests of hieravid.methods.hieravid (stage decisions) and of HieraVidConfig validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hieravid.config import HieraVidConfig
+from hieravid.methods.hieravid import decide_stage, decide_stage1, selector_for_stage
+
+
+def planted_video(seed: int, num_frames: int, cuts: list[int], num_slots: int, dim: int = 32, noise: float = 0.01):
+    """Scenes start at frame 0 and at each frame in ``cuts``; frame = scene base + small noise."""
+    gen = torch.Generator().manual_seed(seed)
+    starts = [0] + sorted(cuts)
+    frames = []
+    for s, start in enumerate(starts):
+        end = starts[s + 1] if s + 1 < len(starts) else num_frames
+        base = torch.randn(num_slots, dim, generator=gen)
+        for _ in range(start, end):
+            frames.append(base + noise * torch.randn(num_slots, dim, generator=gen))
+    expected = [sum(1 for c in cuts if c <= t) for t in range(num_frames)]
+    return torch.stack(frames), expected
+
+
+def ref_counts(present: list[int], z: list[float], ratio: float, delta: float = 0.1) -> list[int]:
+    return [math.floor(n * min(max(1 - ratio + delta * zi, 0.05), 0.95)) for n, zi in zip(present, z)]
+
+
+def ref_bins(relevance: list[float], segment: list[int], k: list[int]) -> list[bool]:
+    keep = [False] * len(relevance)
+    for i, ki in enumerate(k):
+        members = [t for t, s in enumerate(segment) if s == i]
+        best: dict[int, int] = {}
+        for p, t in enumerate(members):
+            b = (p * ki) // len(members) if ki else None
+            if b is not None and (b not in best or relevance[t] > relevance[best[b]]):
+                best[b] = t
+        for t in best.values():
+            keep[t] = True
+    return keep
+
+
+@st.composite
+def planted_scenes(draw):
+    num_frames = draw(st.integers(3, 10))
+    num_scenes = draw(st.integers(1, min(num_frames, 4)))
+    cuts = sorted(draw(st.lists(st.integers(1, num_frames - 1), min_size=num_scenes - 1,
+                                max_size=num_scenes - 1, unique=True)))
+    num_slots = draw(st.integers(3, 6))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rho = draw(st.sampled_from([0.0, 0.125, 0.25, 0.5, 0.625]))  # dyadic: floor(rho*T*P) is unambiguous
+    return num_frames, cuts, num_slots, seed, rho
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1
+# --------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(scene=planted_scenes(), segmentation=st.sampled_from(["merge_ratio", "avgpool"]))
+def test_decide_stage1_on_planted_scenes(scene, segmentation):
+    num_frames, cuts, num_slots, seed, rho = scene
+    x, expected = planted_video(seed, num_frames, cuts, num_slots)
+    decision = decide_stage1(x, rho, HieraVidConfig(segmentation=segmentation))
+    n_v = num_frames * num_slots
+    kept = n_v - math.floor(rho * n_v)
+    assert decision.num_kept == kept == int(decision.keep.sum())
+    assert decision.features.shape == (kept, x.shape[2])
+    assert decision.frame_segment.tolist() == expected
+    assert decision.num_segments == len(cuts) + 1
+    assert decision.z.shape == (len(cuts) + 1,)
+    assert abs(float(decision.z.sum())) < 1e-4 * decision.num_segments
+    assert not decision.keep[0].logical_not().any()  # frame 0 is always kept
+    # Each token's segment is its anchor's: walk back to the latest kept frame in the same slot.
+    for t in range(num_frames):
+        for p in range(num_slots):
+            a = t
+            while not bool(decision.keep[a, p]):
+                a -= 1
+            assert int(decision.token_segment[t, p]) == expected[a]
+
+
+def test_decide_stage1_merges_within_scenes_first():
+    # Two scenes of 4 frames: within-scene tokens (cos ~1) are merged before any cross-scene one.
+    x, expected = planted_video(11, 8, [4], 5)
+    decision = decide_stage1(x, 0.5, HieraVidConfig())
+    assert decision.frame_segment.tolist() == expected
+    # K = 20 of the 30 within-scene candidates; frame 4 (a cut) keeps all its tokens.
+    assert decision.num_kept == 20
+    assert bool(decision.keep[4].all())
+
+
+def test_decide_stage1_none_segmentation_one_segment():
+    x, _ = planted_video(2, 6, [2, 4], 4)
+    decision = decide_stage1(x, 0.5, HieraVidConfig(segmentation="none"))
+    assert decision.frame_segment.tolist() == [0] * 6
+    assert decision.z.tolist() == [0.0]
+    assert (decision.token_segment == 0).all()
+
+
+def test_decide_stage1_topk_indicator():
+    x, expected = planted_video(4, 8, [3, 6], 4)
+    decision = decide_stage1(x, 0.5, HieraVidConfig(overlap_indicator="topk"))
+    assert decision.frame_segment.tolist() == expected
+
+
+def test_decide_stage1_with_a_zero_token_does_not_crash():
+    x, _ = planted_video(0, 4, [], 3)
+    x[2, 1] = 0.0
+    decision = decide_stage1(x, 0.7, HieraVidConfig())  # K = 8 of the 9 candidates
+    assert decision.num_kept == 12 - 8
+
+
+def test_decide_stage1_deterministic():
+    x, _ = planted_video(5, 9, [3, 7], 6)
+    cfg = HieraVidConfig()
+    a, b = decide_stage1(x, 0.5, cfg), decide_stage1(x.clone(), 0.5, cfg)
+    assert torch.equal(a.keep, b.keep)
+    assert torch.equal(a.features, b.features)
+    assert torch.equal(a.token_segment, b.token_segment)
+    assert torch.equal(a.z, b.z)
+
+
+# --------------------------------------------------------------------------------------------------
+# In-LLM stages
+# --------------------------------------------------------------------------------------------------
+
+
+def stage_inputs(sizes: list[int], seed: int, dim: int = 24):
+    gen = torch.Generator().manual_seed(seed)
+    segment = torch.cat([torch.full((s,), i, dtype=torch.long) for i, s in enumerate(sizes)])
+    hidden = torch.randn(segment.numel(), dim, generator=gen)
+    relevance = 1e-3 + torch.rand(segment.numel(), generator=gen)
+    z = torch.randn(len(sizes), generator=gen)
+    z = (z - z.mean()) / (z.std(unbiased=False) + 1e-8) if len(sizes) > 1 else torch.zeros(1)
+    return hidden, relevance, segment, z
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=5),
+    seed=st.integers(0, 2**31 - 1),
+    ratio=st.sampled_from([0.0, 0.3, 0.5, 0.57, 0.8, 0.9]),
+    selector=st.sampled_from(["dpp", "bins"]),
+)
+def test_decide_stage_per_segment_counts_follow_eq5(sizes, seed, ratio, selector):
+    hidden, relevance, segment, z = stage_inputs(sizes, seed)
+    keep = decide_stage(hidden, relevance, segment, z, ratio, HieraVidConfig(), selector=selector)
+    assert keep.dtype == torch.bool and keep.shape == segment.shape
+    counts = torch.bincount(segment[keep], minlength=len(sizes)).tolist()
+    assert counts == ref_counts(sizes, z.tolist(), ratio)
+    if selector == "bins":
+        k = ref_counts(sizes, z.tolist(), ratio)
+        assert keep.tolist() == ref_bins(relevance.tolist(), segment.tolist(), k)
+
+
+def test_decide_stage_exact_total_and_delta():
+    hidden, relevance, segment, z = stage_inputs([13, 29, 8], 3)
+    keep = decide_stage(hidden, relevance, segment, z, 0.57, HieraVidConfig(exact_total=True))
+    assert int(keep.sum()) == 50 - math.floor(0.57 * 50)
+    keep = decide_stage(hidden, relevance, segment, z, 0.5, HieraVidConfig(delta=0.3))
+    counts = torch.bincount(segment[keep], minlength=3).tolist()
+    assert counts == ref_counts([13, 29, 8], z.tolist(), 0.5, delta=0.3)
+
+
+def test_decide_stage_dpp_prefers_diverse_tokens():
+    # One segment: 4 copies of one direction and 2 other directions, equal relevance; keep 3.
+    e = torch.eye(3)
+    hidden = torch.stack([e[0], e[0], e[0], e[0], e[1], e[2]])
+    keep = decide_stage(hidden, torch.ones(6), torch.zeros(6, dtype=torch.long), torch.zeros(1), 0.5, HieraVidConfig())
+    assert keep.tolist() == [True, False, False, False, True, True]
+
+
+def test_decide_stage_deterministic():
+    hidden, relevance, segment, z = stage_inputs([20, 35, 9, 14], 8)
+    for selector in ("dpp", "bins"):
+        first = decide_stage(hidden, relevance, segment, z, 0.6, HieraVidConfig(), selector=selector)
+        second = decide_stage(hidden.clone(), relevance.clone(), segment.clone(), z.clone(), 0.6, HieraVidConfig(),
+                              selector=selector)
+        assert torch.equal(first, second)
+
+
+def test_selector_for_stage():
+    dpp, bins = HieraVidConfig(), HieraVidConfig(in_llm_selector="bins")
+    assert [selector_for_stage(s, dpp) for s in (2, 3, 4)] == ["dpp", "dpp", "dpp"]
+    assert [selector_for_stage(s, bins) for s in (2, 3, 4)] == ["bins", "dpp", "dpp"]
+    for stage in (0, 1):
+        with pytest.raises(ValueError, match="stage"):
+            selector_for_stage(stage, dpp)
+
+
+# --------------------------------------------------------------------------------------------------
+# HieraVidConfig validation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_are_the_papers():
+    cfg = HieraVidConfig()
+    assert (cfg.tau, cfg.beta, cfg.lam, cfg.delta, cfg.keep_clip) == (0.6, 0.4, 0.5, 0.1, (0.05, 0.95))
+    assert (cfg.segmentation, cfg.overlap_indicator, cfg.relevance_sign) == ("merge_ratio", "tau", "negative")
+    assert (cfg.num_stages, cfg.relevance_query, cfg.in_llm_selector, cfg.eps) == (4, "last", "dpp", 1e-6)
+    assert HieraVidConfig(budget=1.0).budget == 1.0
+
+
+@pytest.mark.parametrize("budget", [0, 0.0, 1.5, float("nan"), -0.1, float("inf"), True, "0.3"])
+def test_config_bad_budget(budget):
+    with pytest.raises(ValueError, match="budget"):
+        HieraVidConfig(budget=budget)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "name"),
+    [
+        ((1.0, 0.3, 0.3, 0.57), "rho"),
+        ((-0.1, 0.3, 0.3, 0.57), "rho"),
+        ((0.5, 1.0, 0.3, 0.57), "R_2"),
+        ((0.5, 0.3, -0.2, 0.57), "R_3"),
+        ((0.5, 0.3, 0.3, float("nan")), "R_4"),
+        ((0.5, 0.3, 0.3, 1.5), "R_4"),
+    ],
+)
+def test_config_bad_ratios_name_the_stage(ratios, name):
+    with pytest.raises(ValueError, match=name):
+        HieraVidConfig(ratios=ratios)
+
+
+def test_config_ratios_length_must_match_stages():
+    with pytest.raises(ValueError, match="num_stages"):
+        HieraVidConfig(ratios=(0.5, 0.3, 0.3))
+    assert HieraVidConfig(ratios=(0.5, 0.3, 0.3), num_stages=3).ratios == (0.5, 0.3, 0.3)
+    assert HieraVidConfig(ratios=[0, 0.3, 0.3, 0.57]).ratios == (0.0, 0.3, 0.3, 0.57)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("segmentation", "kmeans", ("merge_ratio", "avgpool", "none")),
+        ("overlap_indicator", "cos", ("tau", "topk")),
+        ("relevance_sign", "minus", ("negative", "positive")),
+        ("relevance_query", "first", ("last", "mean")),
+        ("in_llm_selector", "topk", ("dpp", "bins")),
+    ],
+)
+def test_config_bad_choice_lists_allowed(field, value, allowed):
+    with pytest.raises(ValueError) as info:
+        HieraVidConfig(**{field: value})
+    message = str(info.value)
+    assert field in message and repr(value) in message
+    for name in allowed:
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tau", 1.5),
+        ("tau", float("nan")),
+        ("beta", -0.1),
+        ("beta", 1.1),
+        ("lam", 1.5),
+        ("lam", float("nan")),
+        ("delta", -0.1),
+        ("keep_clip", (0.5, 0.4)),
+        ("keep_clip", (-0.1, 0.9)),
+        ("avgpool_threshold", 2.0),
+        ("num_stages", 0),
+        ("query_tokens", 0),
+        ("eps", 0.0),
+    ],
+)
+def test_config_bad_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        HieraVidConfig(**{field: value})
+
+
+def test_config_nan_delta_rejected():
+    with pytest.raises(ValueError, match="delta"):
+        HieraVidConfig(delta=float("nan"))
+
+
+def test_config_non_number_beta_is_value_error():
+    with pytest.raises(ValueError, match="beta"):
+        HieraVidConfig(beta="0.5")

@@ -1,0 +1,380 @@
+"""Tests of hieravid.ops.dpp: conditional kernel (Eq. 9), greedy MAP (Eq. 10), per-segment DPP and the
+relevance-bins selector, against brute-force references written with loops in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from hieravid.ops.dpp import conditional_kernel, greedy_map, pack_segments, segment_bin_select, segment_dpp_select
+
+
+# --------------------------------------------------------------------------------------------------
+# Slow references
+# --------------------------------------------------------------------------------------------------
+
+
+def ref_greedy_logdet(kernel: torch.Tensor, valid: list[bool], k: int) -> tuple[list[int], float]:
+    """Greedy MAP by brute force: at each step add the candidate j maximising det(L[S+j, S+j]) (float64),
+    first index on ties. Also return the smallest margin seen, relative to the kernel's scale: the gap
+    between the best and the second-best gain, and the best gain itself (rank not exhausted)."""
+    L = kernel.double()
+    scale = max(float(L.diagonal().max()), 1e-300)
+    chosen: list[int] = []
+    det_s = 1.0
+    margin = math.inf
+    for _ in range(k):
+        gains = []
+        for j in range(L.shape[0]):
+            if valid[j] and j not in chosen:
+                idx = torch.tensor(chosen + [j])
+                gains.append((float(torch.linalg.det(L[idx][:, idx])), j))
+        best_det, best_j = max(gains, key=lambda g: (g[0], -g[1]))
+        ranked = sorted((g[0] for g in gains), reverse=True)
+        if len(ranked) > 1:
+            margin = min(margin, (ranked[0] - ranked[1]) / det_s / scale)
+        margin = min(margin, best_det / det_s / scale)
+        chosen.append(best_j)
+        det_s = best_det
+    return chosen, margin
+
+
+def ref_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 entry by entry: r_i r_j <x_i, x_j> / (|x_i| |x_j|); zero at padding and zero vectors."""
+    feats = features.double().tolist()
+    rel = relevance.double().tolist()
+    ok = valid.tolist()
+    groups, n = len(feats), len(feats[0])
+    out = torch.zeros(groups, n, n, dtype=torch.float64)
+    for g in range(groups):
+        norms = [math.sqrt(sum(v * v for v in feats[g][i])) for i in range(n)]
+        for i in range(n):
+            for j in range(n):
+                if ok[g][i] and ok[g][j] and norms[i] > 0 and norms[j] > 0:
+                    dot = sum(a * b for a, b in zip(feats[g][i], feats[g][j]))
+                    out[g, i, j] = rel[g][i] * rel[g][j] * dot / (norms[i] * norms[j])
+    return out
+
+
+def ref_bins(relevance: list[float], segment: list[int], k: list[int]) -> list[bool]:
+    """Split each segment's tokens (in sequence order) into k_i bins, bin of position p = floor(p k / n);
+    keep the first token with the largest relevance in each bin."""
+    keep = [False] * len(relevance)
+    for i, ki in enumerate(k):
+        members = [t for t, s in enumerate(segment) if s == i]
+        n = len(members)
+        if ki == 0:
+            continue
+        best: dict[int, int] = {}
+        for p, t in enumerate(members):
+            b = (p * ki) // n
+            if b not in best or relevance[t] > relevance[best[b]]:
+                best[b] = t
+        assert len(best) == ki
+        for t in best.values():
+            keep[t] = True
+    return keep
+
+
+def random_psd(gen: torch.Generator, groups: int, n: int, dim: int, valid: torch.Tensor) -> torch.Tensor:
+    """Diag(r) Xn Xn^T diag(r) built in float64 by the test itself, padding zeroed, returned as float32."""
+    x = torch.randn(groups, n, dim, generator=gen, dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True)
+    r = 0.2 + 0.8 * torch.rand(groups, n, generator=gen, dtype=torch.float64)
+    x = x * r.unsqueeze(-1) * valid.unsqueeze(-1)
+    return (x @ x.transpose(1, 2)).float()
+
+
+@st.composite
+def kernel_batches(draw, max_n=10, full_rank=True):
+    groups = draw(st.integers(1, 3))
+    n = draw(st.integers(1, max_n))
+    valid = [draw(st.lists(st.booleans(), min_size=n, max_size=n)) for _ in range(groups)]
+    if draw(st.booleans()):  # also the usual layout: valid prefix, padding at the end
+        valid = [sorted(v, reverse=True) for v in valid]
+    ks = [draw(st.integers(0, sum(v))) for v in valid]
+    seed = draw(st.integers(0, 2**31 - 1))
+    dim = n + 2 if full_rank else draw(st.integers(1, 3))
+    valid_t = torch.tensor(valid, dtype=torch.bool).view(groups, n)
+    kernel = random_psd(torch.Generator().manual_seed(seed), groups, n, dim, valid_t)
+    return kernel, valid_t, torch.tensor(ks, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------------
+# greedy_map
+# --------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(batch=kernel_batches())
+def test_greedy_map_matches_brute_force_logdet(batch):
+    kernel, valid, k = batch
+    refs = [ref_greedy_logdet(kernel[g], valid[g].tolist(), int(k[g])) for g in range(kernel.shape[0])]
+    # Float32 vs float64: skip near-ties and exhausted ranks, where either pick is right.
+    assume(all(margin > 1e-3 for _, margin in refs))
+    picked = greedy_map(kernel, k, valid)
+    assert picked.dtype == torch.bool and picked.shape == valid.shape
+    for g, (chosen, _) in enumerate(refs):
+        assert sorted(torch.nonzero(picked[g]).squeeze(1).tolist()) == sorted(chosen)
+        assert not (picked[g] & ~valid[g]).any()
+    for block in (1, 3):
+        assert torch.equal(greedy_map(kernel, k, valid, block=block), picked)
+
+
+def test_greedy_map_hand_example():
+    # Token 0 has the largest variance; token 1 is a near copy of 0, token 2 is orthogonal to it.
+    x = torch.tensor([[1.0, 0.0], [0.99, 0.141], [0.0, 0.9]])
+    kernel = (x @ x.T).unsqueeze(0)
+    picked = greedy_map(kernel, torch.tensor([2]), torch.ones(1, 3, dtype=torch.bool))
+    assert picked.tolist() == [[True, False, True]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    groups=st.integers(1, 4),
+    n=st.integers(8, 30),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_greedy_map_blocked_equals_unblocked(groups, n, seed, data):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [data.draw(st.integers(0, n)) for _ in range(groups)]
+    valid = torch.tensor([[c < size for c in range(n)] for size in sizes], dtype=torch.bool).view(groups, n)
+    kernel = random_psd(gen, groups, n, n + 4, valid)
+    k = torch.tensor([data.draw(st.integers(0, size)) for size in sizes], dtype=torch.long)
+    unblocked = greedy_map(kernel, k, valid, block=1)
+    assert unblocked.sum(dim=1).tolist() == k.tolist()
+    for block in (2, 3, 5, 64):
+        assert torch.equal(greedy_map(kernel, k, valid, block=block), unblocked), block
+    assert torch.equal(greedy_map(kernel, k, valid), unblocked)
+
+
+@pytest.mark.parametrize("k", [3, 5, 8])
+@pytest.mark.parametrize("block", [1, 3, 64])
+def test_greedy_map_k_larger_than_rank(k, block):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(8, 2, generator=gen)  # rank 2
+    x = x / x.norm(dim=1, keepdim=True)
+    kernel = (x @ x.T).unsqueeze(0)
+    assert not torch.isnan(kernel).any()
+    picked = greedy_map(kernel, torch.tensor([k]), torch.ones(1, 8, dtype=torch.bool), block=block)
+    assert int(picked.sum()) == k  # k distinct tokens, no NaN pivot picked twice
+    # The first two picks (inside the rank) are the brute-force ones.
+    chosen, _ = ref_greedy_logdet(kernel[0], [True] * 8, 2)
+    assert all(bool(picked[0, j]) for j in chosen)
+
+
+def test_greedy_map_zero_kernel_picks_lowest_indices():
+    picked = greedy_map(torch.zeros(2, 6, 6), torch.tensor([3, 1]), torch.ones(2, 6, dtype=torch.bool))
+    assert picked.tolist() == [[True, True, True, False, False, False], [True, False, False, False, False, False]]
+
+
+def test_greedy_map_duplicate_tokens_are_not_picked_twice_over_others():
+    # Tokens 0 and 1 are identical; with k = 2 the second pick must be the other direction (token 2).
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.5]])
+    picked = greedy_map((x @ x.T).unsqueeze(0), torch.tensor([2]), torch.ones(1, 3, dtype=torch.bool))
+    assert picked.tolist() == [[True, False, True]]
+    # k = 3 exceeds the rank: the copy comes last, still exactly three picks.
+    picked = greedy_map((x @ x.T).unsqueeze(0), torch.tensor([3]), torch.ones(1, 3, dtype=torch.bool))
+    assert picked.tolist() == [[True, True, True]]
+
+
+def test_greedy_map_k_zero():
+    kernel = random_psd(torch.Generator().manual_seed(0), 2, 5, 7, torch.ones(2, 5, dtype=torch.bool))
+    picked = greedy_map(kernel, torch.tensor([0, 0]), torch.ones(2, 5, dtype=torch.bool))
+    assert not picked.any()
+    picked = greedy_map(kernel, torch.tensor([0, 2]), torch.ones(2, 5, dtype=torch.bool))
+    assert picked.sum(dim=1).tolist() == [0, 2]
+
+
+def test_greedy_map_k_too_large_raises():
+    valid = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    kernel = random_psd(torch.Generator().manual_seed(0), 2, 4, 6, valid)
+    with pytest.raises(ValueError):
+        greedy_map(kernel, torch.tensor([3, 1]), valid)  # group 0 has only 2 tokens
+    with pytest.raises(ValueError):
+        greedy_map(kernel, torch.tensor([1, 5]), valid)
+    with pytest.raises(ValueError):
+        greedy_map(kernel, torch.tensor([-1, 1]), valid)
+
+
+# --------------------------------------------------------------------------------------------------
+# conditional_kernel
+# --------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    n=st.integers(1, 6),
+    dim=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_conditional_kernel_matches_explicit(groups, n, dim, seed, data):
+    gen = torch.Generator().manual_seed(seed)
+    features = 3.0 * torch.randn(groups, n, dim, generator=gen)
+    relevance = torch.rand(groups, n, generator=gen)
+    valid = torch.tensor(
+        [data.draw(st.lists(st.booleans(), min_size=n, max_size=n)) for _ in range(groups)], dtype=torch.bool
+    ).view(groups, n)
+    if data.draw(st.booleans()):
+        features[0, 0] = 0.0  # a zero vector: zero row and column, no NaN
+    got = conditional_kernel(features, relevance, valid)
+    assert got.dtype == torch.float32 and got.shape == (groups, n, n)
+    assert not torch.isnan(got).any()
+    torch.testing.assert_close(got.double(), ref_kernel(features, relevance, valid), rtol=1e-5, atol=1e-6)
+    assert torch.equal(got, got.transpose(1, 2)) or torch.allclose(got, got.transpose(1, 2), atol=1e-7)
+
+
+def test_conditional_kernel_bf16_features():
+    features = torch.randn(1, 4, 8).to(torch.bfloat16)
+    relevance = torch.rand(1, 4)
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    got = conditional_kernel(features, relevance, valid)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref_kernel(features, relevance, valid), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[0].diagonal(), relevance[0] ** 2, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# segment_dpp_select / pack_segments
+# --------------------------------------------------------------------------------------------------
+
+
+def per_segment_reference(features, relevance, segment, k):
+    """Run conditional_kernel + greedy_map on each segment on its own (G = 1, no padding)."""
+    keep = torch.zeros(segment.numel(), dtype=torch.bool)
+    for i in range(k.numel()):
+        members = torch.nonzero(segment == i).squeeze(1)
+        if members.numel() == 0:
+            continue
+        valid = torch.ones(1, members.numel(), dtype=torch.bool)
+        kernel = conditional_kernel(features[members].unsqueeze(0), relevance[members].unsqueeze(0), valid)
+        picked = greedy_map(kernel, k[i : i + 1], valid)[0]
+        keep[members[picked]] = True
+    return keep
+
+
+def make_tokens(sizes: list[int], dim: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    segment = torch.cat([torch.full((s,), i, dtype=torch.long) for i, s in enumerate(sizes)])
+    features = torch.randn(segment.numel(), dim, generator=gen)
+    relevance = 1e-3 + torch.rand(segment.numel(), generator=gen)
+    return features, relevance, segment, gen
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_segment_dpp_select_equals_per_segment_greedy_with_buckets(seed):
+    sizes = [3, 40, 7, 0, 19, 1]
+    features, relevance, segment, gen = make_tokens(sizes, 48, seed)
+    k = torch.tensor([int(torch.randint(0, s + 1, (1,), generator=gen)) for s in sizes])
+    k[1] = 17
+    keep = segment_dpp_select(features, relevance, segment, k)
+    assert keep.dtype == torch.bool and keep.shape == segment.shape
+    assert torch.bincount(segment[keep], minlength=len(sizes)).tolist() == k.tolist()
+    assert torch.equal(keep, per_segment_reference(features, relevance, segment, k))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 9), min_size=1, max_size=4),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_segment_dpp_select_matches_brute_force(sizes, seed, data):
+    features, relevance, segment, _ = make_tokens(sizes, 12, seed)
+    k = torch.tensor([data.draw(st.integers(0, s)) for s in sizes], dtype=torch.long)
+    # Brute force on a kernel the test builds itself.
+    expected = torch.zeros(segment.numel(), dtype=torch.bool)
+    for i, ki in enumerate(k.tolist()):
+        members = torch.nonzero(segment == i).squeeze(1)
+        if members.numel() == 0:
+            continue
+        valid = torch.ones(1, members.numel(), dtype=torch.bool)
+        kernel = ref_kernel(features[members].unsqueeze(0), relevance[members].unsqueeze(0), valid)[0]
+        chosen, margin = ref_greedy_logdet(kernel, [True] * members.numel(), ki)
+        assume(margin > 1e-3 or ki in (0, members.numel()))
+        expected[members[torch.tensor(chosen, dtype=torch.long)]] = True
+    keep = segment_dpp_select(features, relevance, segment, k)
+    assert torch.equal(keep, expected)
+
+
+def test_segment_dpp_select_k_zero_and_full():
+    sizes = [5, 6, 4]
+    features, relevance, segment, _ = make_tokens(sizes, 8, 1)
+    keep = segment_dpp_select(features, relevance, segment, torch.tensor([0, 6, 0]))
+    assert keep.tolist() == [False] * 5 + [True] * 6 + [False] * 4
+    assert not segment_dpp_select(features, relevance, segment, torch.tensor([0, 0, 0])).any()
+    assert segment_dpp_select(features, relevance, segment, torch.tensor([5, 6, 4])).all()
+
+
+def test_segment_dpp_select_non_contiguous_segments():
+    # Tokens of two segments interleaved in sequence order; each keeps its own count, order untouched.
+    features, relevance, _, _ = make_tokens([12], 16, 5)
+    segment = torch.tensor([0, 1] * 6)
+    k = torch.tensor([2, 4])
+    keep = segment_dpp_select(features, relevance, segment, k)
+    assert torch.bincount(segment[keep], minlength=2).tolist() == [2, 4]
+    assert torch.equal(keep, per_segment_reference(features, relevance, segment, k))
+
+
+def test_segment_dpp_select_bad_k_raises():
+    features, relevance, segment, _ = make_tokens([3, 4], 8, 0)
+    with pytest.raises(ValueError):
+        segment_dpp_select(features, relevance, segment, torch.tensor([4, 1]))
+    with pytest.raises(ValueError):
+        segment_dpp_select(features, relevance, segment, torch.tensor([1, -1]))
+    with pytest.raises(ValueError):
+        segment_dpp_select(features, relevance, segment, torch.tensor([1]))  # too few entries
+
+
+def test_pack_segments_keeps_sequence_order():
+    segment = torch.tensor([0, 1, 0, 2, 1, 0])
+    token_index, valid, n_max = pack_segments(segment, torch.tensor([2, 0]))
+    assert n_max == 3
+    assert token_index.tolist() == [[3, -1, -1], [0, 2, 5]]
+    assert valid.tolist() == [[True, False, False], [True, True, True]]
+
+
+# --------------------------------------------------------------------------------------------------
+# segment_bin_select
+# --------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 12), min_size=1, max_size=5),
+    data=st.data(),
+    interleave=st.booleans(),
+)
+def test_segment_bin_select_matches_loop(sizes, data, interleave):
+    segment = [i for i, s in enumerate(sizes) for _ in range(s)]
+    if interleave:
+        segment = data.draw(st.permutations(segment))
+    # Few distinct values so that ties inside a bin are common.
+    relevance = [data.draw(st.sampled_from([0.0, 0.25, 0.5, 0.5, 1.0])) for _ in segment]
+    k = [data.draw(st.integers(0, s)) for s in sizes]
+    keep = segment_bin_select(
+        torch.tensor(relevance, dtype=torch.float32), torch.tensor(segment, dtype=torch.long), torch.tensor(k)
+    )
+    assert keep.dtype == torch.bool
+    assert keep.tolist() == ref_bins(relevance, segment, k)
+    counts = [sum(1 for t, s in enumerate(segment) if s == i and keep[t]) for i in range(len(sizes))]
+    assert counts == k
+
+
+def test_segment_bin_select_hand_example():
+    # One segment of 7 tokens, k = 3: bins floor(p*3/7) = [0,0,0,1,1,2,2]; ties go to the earlier token.
+    relevance = torch.tensor([0.1, 0.9, 0.9, 0.3, 0.2, 0.5, 0.6])
+    keep = segment_bin_select(relevance, torch.zeros(7, dtype=torch.long), torch.tensor([3]))
+    assert keep.tolist() == [False, True, False, True, False, False, True]
+
+
+def test_segment_bin_select_bad_k_raises():
+    with pytest.raises(ValueError):
+        segment_bin_select(torch.rand(4), torch.tensor([0, 0, 1, 1]), torch.tensor([3, 1]))
