@@ -1,7 +1,20 @@
-"""hieravid: hierarchical visual-token pruning for fast video LLMs."""
+"""hieravid: hierarchical visual-token pruning for fast video LLMs.
+
+``hieravid.apply(model, method="hieravid", budget=0.3)`` patches a Hugging Face VideoLLM in place;
+the algorithms live in :mod:`hieravid.ops`, the methods in :mod:`hieravid.methods`.
+"""
 
 from hieravid.config import HieraVidConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["HieraVidConfig", "__version__"]
+__all__ = ["HieraVidConfig", "PruneHandle", "apply", "__version__"]
+
+
+def __getattr__(name: str):
+    # The model integration imports transformers; load it only when it is used.
+    if name in ("apply", "PruneHandle"):
+        from hieravid import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hieravid' has no attribute {name!r}")

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from hieravid.config import HieraVidConfig
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens
 from hieravid.ops import (
     keep_counts,
+    minmax_normalize,
     merge_count,
     merge_set,
     same_slot_similarity,
@@ -22,8 +24,9 @@ from hieravid.ops import (
     segment_scores,
     temporal_run_merge,
 )
+from hieravid.schedule import Schedule, solve_schedule
 
-__all__ = ["Stage1Decision", "decide_stage1", "decide_stage", "selector_for_stage"]
+__all__ = ["HieraVid", "Stage1Decision", "decide_stage1", "decide_stage", "selector_for_stage"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Stage1Decision:
 
     Attributes:
         keep: ``(T, P)`` bool, the tokens that stay (run anchors).
+        anchor_frame: ``(T, P)`` int64 frame of the anchor each token is merged into (its own if kept).
         features: ``(N_kept, D)`` the kept tokens in sequence order, merged runs averaged in.
         frame_segment: ``(T,)`` int64 segment id of each frame.
         token_segment: ``(T, P)`` int64 segment id of each token (a merged token keeps its anchor's).
@@ -40,6 +44,7 @@ class Stage1Decision:
     """
 
     keep: torch.Tensor
+    anchor_frame: torch.Tensor
     features: torch.Tensor
     frame_segment: torch.Tensor
     token_segment: torch.Tensor
@@ -80,6 +85,7 @@ def decide_stage1(x: torch.Tensor, rho: float, config: HieraVidConfig) -> Stage1
     merged = temporal_run_merge(x, merge_mask)
     return Stage1Decision(
         keep=merged.keep,
+        anchor_frame=merged.anchor_frame,
         features=merged.features,
         frame_segment=frame_segment,
         token_segment=frame_segment[merged.anchor_frame],
@@ -124,3 +130,58 @@ def decide_stage(
     if selector == "bins":
         return segment_bin_select(relevance, segment, k)
     return segment_dpp_select(hidden, relevance, segment, k)
+
+
+class HieraVid(PruningMethod):
+    """HieraVid as a runtime method: stage 1 before layer 0, in-LLM stages at the schedule's layers.
+
+    In-LLM stages run at the input of their first layer (before its attention), using that layer's own
+    query/key projections for relevance (Eq. 8) and its input hidden states as DPP features (Eq. 9); the
+    reference code prunes inside the layer after its attention block. Both placements are allowed by the
+    specification (Eq. 11); the FLOPs accounting charges the stage at the layer input either way.
+    """
+
+    def __init__(self, config: HieraVidConfig | None = None) -> None:
+        self.name = "hieravid"
+        self.config = config or HieraVidConfig()
+
+    def schedule(self, num_layers: int) -> Schedule:
+        """The stage schedule for a decoder of ``num_layers`` layers."""
+        if self.config.ratios is not None:
+            return Schedule(self.config.ratios, num_layers)
+        return solve_schedule(self.config.budget, num_layers, self.config.num_stages)
+
+    def decision_layers(self, num_layers: int) -> list[int]:
+        return self.schedule(num_layers).boundaries
+
+    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
+        return self.schedule(num_layers).tokens_per_layer(num_visual)
+
+    def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
+        if "schedule" not in state:
+            state["schedule"] = self.schedule(state["num_layers"])
+        schedule: Schedule = state["schedule"]
+        stage = schedule.boundaries.index(layer) + 1
+        ratio = schedule.ratios[stage - 1]
+        if stage == 1:
+            if tokens.num_tokens != tokens.num_frames * tokens.num_slots:
+                raise ValueError("HieraVid's stage 1 needs the full (frames x slots) video grid")
+            x = tokens.features.view(tokens.num_frames, tokens.num_slots, -1)  # (T, P, D)
+            first = decide_stage1(x, ratio, self.config)
+            keep = first.keep.reshape(-1)
+            slot = torch.arange(tokens.num_slots, device=x.device)
+            merge_into = (first.anchor_frame * tokens.num_slots + slot).reshape(-1)
+            state["segment"] = first.token_segment.reshape(-1)[keep]
+            state["z"] = first.z
+            state["num_segments"] = first.num_segments
+            return Decision(keep=keep, merge_into=merge_into, features=first.features)
+        if tokens.relevance_from_attention is None:
+            raise ValueError(f"HieraVid's stage {stage} needs attention relevance at layer {layer}")
+        sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
+        r = minmax_normalize(sign * tokens.relevance_from_attention(), self.config.eps)
+        keep = decide_stage(
+            tokens.features, r, state["segment"], state["z"], ratio, self.config,
+            selector_for_stage(stage, self.config),
+        )
+        state["segment"] = state["segment"][keep]
+        return Decision(keep=keep)

@@ -1,0 +1,120 @@
+"""``hieravid.apply``: patch a Hugging Face VideoLLM in place so its prefill prunes visual tokens."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from torch import nn
+
+from hieravid.methods import PruningMethod, build
+from hieravid.models import CallContext, find_adapter
+from hieravid.runtime import PruneStats, Runtime
+
+__all__ = ["PruneHandle", "apply"]
+
+_MARK = "_hieravid_handle"
+# The call arguments the adapters read to locate the video tokens.
+_CONTEXT_KEYS = ("input_ids", "video_grid_thw", "pixel_values_videos", "attention_mask")
+_VIDEO_KEYS = ("video_grid_thw", "pixel_values_videos")
+_SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+class PruneHandle:
+    """Returned by :func:`apply`. ``last_stats`` describes the last prefill; ``remove()`` (or leaving a
+    ``with`` block) gives the model back exactly as it was."""
+
+    def __init__(self, model: nn.Module, runtime: Runtime, patched: dict[nn.Module, str], hooks: list) -> None:
+        self.model = model
+        self.runtime = runtime
+        self._hooks = hooks
+        # What each patched instance attribute was before (absent for the usual class methods).
+        self._saved = [(module, name, module.__dict__.get(name)) for module, name in patched.items()]
+        self.active = True
+
+    @property
+    def method(self) -> PruningMethod:
+        return self.runtime.method
+
+    @property
+    def last_stats(self) -> PruneStats | None:
+        """Statistics of the last prefill (None before the first call)."""
+        return self.runtime.last_stats
+
+    def remove(self) -> None:
+        """Undo :func:`apply`: restore the language model's forward and remove the hooks."""
+        if not self.active:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        for module, name, before in self._saved:
+            if before is None:
+                module.__dict__.pop(name, None)
+            else:
+                module.__dict__[name] = before
+        self.model.__dict__.pop(_MARK, None)
+        self.active = False
+
+    def __enter__(self) -> "PruneHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def apply(model: nn.Module, method: str | PruningMethod = "hieravid", budget: float = 0.3, **options: Any) -> PruneHandle:
+    """Make ``model``'s prefill prune visual tokens, in place.
+
+    Args:
+        model: a supported transformers VideoLLM (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision /
+            LLaVA-Video), as loaded with ``from_pretrained``; attention ``sdpa`` (default) or ``eager``.
+        method: a name from :func:`hieravid.methods.available` (``"vanilla"`` prunes nothing) or an instance.
+        budget: relative token budget in (0, 1]: visual tokens kept, averaged over the decoder layers.
+        **options: the method's switches (for HieraVid, the fields of :class:`hieravid.HieraVidConfig`).
+
+    Returns:
+        A :class:`PruneHandle`; ``handle.remove()`` restores the model.
+    """
+    if getattr(model, _MARK, None) is not None:
+        raise ValueError("hieravid is already applied to this model: call handle.remove() before applying again")
+    adapter, multimodal = find_adapter(model)
+    implementation = adapter.attn_implementation
+    if implementation not in _SUPPORTED_ATTENTION:
+        raise ValueError(
+            f"hieravid supports attn_implementation {' or '.join(_SUPPORTED_ATTENTION)}, the model uses "
+            f"{implementation!r}: load it with attn_implementation='sdpa'"
+        )
+    runtime = Runtime(adapter, build(method, budget, **options))
+    text_model = adapter.text_model
+
+    signature = inspect.signature(type(multimodal).forward)
+
+    def remember_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = signature.bind_partial(module, *args, **kwargs).arguments
+        runtime.context = CallContext({k: bound.get(k) for k in _CONTEXT_KEYS})
+
+    def forget_call(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        runtime.context = None
+        runtime.video_call = None
+
+    # `generate` encodes the video before the first forward and passes only the encoder outputs, which
+    # do not say how the tokens split into frames: remember the arguments of the video encoding call.
+    encode_video = multimodal.get_video_features
+    encode_signature = inspect.signature(encode_video)
+
+    @functools.wraps(encode_video)  # same signature: `generate` inspects it to pick the arguments
+    def remember_video(*args: Any, **kwargs: Any) -> Any:
+        bound = encode_signature.bind_partial(*args, **kwargs).arguments
+        runtime.video_call = {k: bound[k] for k in _VIDEO_KEYS if k in bound}
+        return encode_video(*args, **kwargs)
+
+    hooks = [
+        multimodal.register_forward_pre_hook(remember_call, with_kwargs=True),
+        multimodal.register_forward_hook(forget_call, with_kwargs=True),
+    ]
+    handle = PruneHandle(model, runtime, {text_model: "forward", multimodal: "get_video_features"}, hooks)
+    text_model.forward = functools.partial(runtime.forward, text_model)
+    multimodal.get_video_features = remember_video
+    model.__dict__[_MARK] = handle
+    return handle

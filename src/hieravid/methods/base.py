@@ -1,0 +1,86 @@
+"""The contract between a pruning method and the runtime.
+
+A method decides, per sample, which visual tokens stay at each of its decision points; the runtime
+gathers hidden states, positions, masks and caches accordingly. Decision point 0 is the LLM input
+(the embeddings after the visual features are placed, before layer 0); decision point ``l > 0`` is the
+input of decoder layer ``l``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+__all__ = ["VideoTokens", "Decision", "PruningMethod"]
+
+
+@dataclass
+class VideoTokens:
+    """One sample's visual tokens still present at a decision point, in sequence order.
+
+    Attributes:
+        features: ``(N, D)`` hidden states entering the decision layer (the input embeddings at layer 0).
+        frame: ``(N,)`` int64 frame of each token (0..T-1).
+        slot: ``(N,)`` int64 slot of each token inside its frame (0..P-1).
+        num_frames: T, frames of the video as the model sees them.
+        num_slots: P, token slots per frame.
+        relevance_from_attention: returns ``(N,)`` attention of the last prompt token(s) to these tokens,
+            averaged over heads (Eq. 8's ``a`` before normalisation), computed on demand from this layer's
+            own projections; ``None`` at layer 0, where no attention exists yet.
+    """
+
+    features: torch.Tensor
+    frame: torch.Tensor
+    slot: torch.Tensor
+    num_frames: int
+    num_slots: int
+    relevance_from_attention: Callable[[], torch.Tensor] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
+class Decision:
+    """What a method decided for one sample at one decision point.
+
+    Attributes:
+        keep: ``(N,)`` bool, the tokens that stay.
+        merge_into: optional ``(N,)`` int64: for a removed token, the index (into the same N) of the kept
+            token it is averaged into; -1 (or the token's own index for kept tokens) otherwise. The runtime
+            averages any per-token side inputs (e.g. Qwen3-VL's deepstack features) the same way.
+        features: optional ``(N_kept, D)`` replacement hidden states of the kept tokens (the merged
+            means); when absent the runtime computes them from ``merge_into``.
+    """
+
+    keep: torch.Tensor
+    merge_into: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+@dataclass
+class PruningMethod:
+    """Base of every method. Subclasses set ``name`` and implement :meth:`decision_layers` and
+    :meth:`decide`.
+
+    ``state`` is per sample and per prefill: the runtime passes the same dict to every decision of one
+    sample in one prefill (with ``state["num_layers"]`` set), so a method can carry segment ids or
+    scores from stage to stage. A method may record ``state["num_segments"]`` for the statistics.
+    """
+
+    name: str = field(default="base", init=False)
+
+    def decision_layers(self, num_layers: int) -> list[int]:
+        """Decision points for a decoder of ``num_layers`` layers (0 = before layer 0)."""
+        raise NotImplementedError
+
+    def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
+        """Decide at ``layer`` for one sample."""
+        raise NotImplementedError
+
+    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
+        """Visual tokens entering each layer that this method aims for (None if data dependent)."""
+        return None

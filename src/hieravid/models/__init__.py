@@ -1,0 +1,42 @@
+"""Model adapters: one per family. ``find_adapter(model)`` picks the right one."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hieravid.models.base import CallContext, ModelAdapter, VideoLayout
+from hieravid.models.llava_onevision import LlavaOnevisionAdapter
+from hieravid.models.qwen_vl import Qwen3VLAdapter, QwenVLAdapter
+
+__all__ = ["CallContext", "ModelAdapter", "VideoLayout", "find_adapter", "SUPPORTED"]
+
+# Class names of the multimodal models (the inner model or its ForConditionalGeneration wrapper).
+_FAMILIES: dict[str, tuple[type[ModelAdapter], str]] = {
+    "Qwen2VLForConditionalGeneration": (QwenVLAdapter, "qwen2_vl"),
+    "Qwen2VLModel": (QwenVLAdapter, "qwen2_vl"),
+    "Qwen2_5_VLForConditionalGeneration": (QwenVLAdapter, "qwen2_5_vl"),
+    "Qwen2_5_VLModel": (QwenVLAdapter, "qwen2_5_vl"),
+    "Qwen3VLForConditionalGeneration": (Qwen3VLAdapter, "qwen3_vl"),
+    "Qwen3VLModel": (Qwen3VLAdapter, "qwen3_vl"),
+    "LlavaOnevisionForConditionalGeneration": (LlavaOnevisionAdapter, "llava_onevision"),
+    "LlavaOnevisionModel": (LlavaOnevisionAdapter, "llava_onevision"),
+}
+
+#: Model classes hieravid supports.
+SUPPORTED = tuple(_FAMILIES)
+
+
+def find_adapter(model: nn.Module) -> tuple[ModelAdapter, nn.Module]:
+    """The adapter for ``model`` and the multimodal module whose calls carry ``input_ids`` (it is
+    ``model`` itself or ``model.model``)."""
+    name = type(model).__name__
+    if name not in _FAMILIES:
+        raise ValueError(
+            f"hieravid does not support {name}; supported model classes: {', '.join(SUPPORTED)}. "
+            "Load the model with its ...ForConditionalGeneration class (e.g. via AutoModelForImageTextToText)"
+        )
+    adapter_cls, family = _FAMILIES[name]
+    multimodal = model.model if name.endswith("ForConditionalGeneration") else model
+    adapter = adapter_cls(model, multimodal.language_model)
+    adapter.family = family
+    return adapter, multimodal

@@ -1,0 +1,134 @@
+"""What an adapter does: locate a model's decoder and its video tokens. Nothing else.
+
+An adapter never decides what to prune and never applies a decision; the runtime does both through
+the hook points an adapter names.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+__all__ = ["VideoLayout", "CallContext", "ModelAdapter"]
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """Where one sample's video tokens sit.
+
+    Attributes:
+        positions: ``(T * P,)`` int64 sequence positions of the video tokens, frame-major (frame 0's P
+            slots, then frame 1's, ...). Tokens of the video that are treated as text (LLaVA-OneVision's
+            trailing newline) are not listed.
+        num_frames: T, frames as the model sees them (Qwen-VL: temporal patch groups).
+        num_slots: P, tokens per frame.
+    """
+
+    positions: torch.Tensor
+    num_frames: int
+    num_slots: int
+
+    def __post_init__(self) -> None:
+        if self.positions.numel() != self.num_frames * self.num_slots:
+            raise ValueError(
+                f"video layout of {self.num_frames} frames x {self.num_slots} slots does not match "
+                f"{self.positions.numel()} video token positions"
+            )
+
+
+@dataclass
+class CallContext:
+    """The arguments of the top-level ``forward`` call, kept for the decoder (which sees only embeddings)."""
+
+    kwargs: dict[str, Any]
+
+    def get(self, name: str) -> Any:
+        return self.kwargs.get(name)
+
+
+class ModelAdapter:
+    """Base class: subclasses know one model family.
+
+    Attributes:
+        family: a short name (``qwen2_vl``, ...).
+        model: the user's model (the module ``generate`` is called on).
+        text_model: the decoder-only language model whose ``forward`` the runtime replaces.
+    """
+
+    family = "base"
+    #: rows of position ids the decoder's rotary embedding takes (3 for M-RoPE, 1 for 1-D RoPE).
+    rope_rows = 1
+
+    def __init__(self, model: nn.Module, text_model: nn.Module) -> None:
+        self.model = model
+        self.text_model = text_model
+
+    # --- the decoder -------------------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.text_model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def text_config(self) -> Any:
+        return self.text_model.config
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.text_config._attn_implementation or "eager"
+
+    def split_positions(
+        self, position_ids: torch.Tensor | None, batch: int, length: int, offset: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotary position ids ``(rope_rows, B, N)`` (or ``(B, N)`` for 1-D RoPE) and the text position ids
+        the decoder layers receive (or None), from what the decoder's ``forward`` was given; positions
+        start at ``offset`` when none are given (as the model itself does)."""
+        if position_ids is None:
+            position_ids = (torch.arange(length, device=device) + offset).view(1, -1).expand(batch, -1)
+        return position_ids, position_ids
+
+    def query_key(
+        self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, query_rows: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries of the last ``query_rows`` positions and keys of all positions of ``layer`` for ``hidden``
+        (B, L, D): the layer's input norm, its own projections (and per-head norms, if any) and rotary
+        embedding, as its attention computes them. Returns ``(B, H, Q, d_h)`` and ``(B, H_kv, L, d_h)``.
+        """
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)  # (B, L, D)
+        xq = x[:, -query_rows:]
+        q = attn.q_proj(xq).view(*xq.shape[:-1], -1, attn.head_dim)  # (B, Q, H, d_h)
+        k = attn.k_proj(x).view(*x.shape[:-1], -1, attn.head_dim)  # (B, L, H_kv, d_h)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        rotate: Callable = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb")
+        # Rotate queries with the cos/sin of their own positions, keys with all positions.
+        q, _ = rotate(q.transpose(1, 2), q.transpose(1, 2), cos[:, -query_rows:], sin[:, -query_rows:])
+        _, k = rotate(k.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        return q, k
+
+    # --- the video ---------------------------------------------------------------------------------
+    def video_layouts(self, context: CallContext, input_length: int) -> list[VideoLayout | None]:
+        """One layout per sample (None where the sample has no video)."""
+        raise NotImplementedError
+
+    def side_inputs(self, kwargs: dict[str, Any], batch: int, length: int) -> list[torch.Tensor]:
+        """Per-token inputs that are added inside the decoder (e.g. deepstack features), as dense
+        ``(B, N, D)`` tensors, one per layer that receives them (layers 0, 1, ...)."""
+        return []
+
+    def strip_side_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` without the side inputs the runtime handles itself."""
+        return kwargs
+
+
+def video_token_positions(input_ids: torch.Tensor, token_id: int) -> list[torch.Tensor]:
+    """Per sample, the ``(n,)`` positions of ``token_id`` in ``input_ids`` (B, N)."""
+    return [torch.nonzero(row == token_id).squeeze(1) for row in input_ids]

@@ -1,0 +1,40 @@
+"""LLaVA-OneVision and LLaVA-Video (Hugging Face format): a Qwen2 decoder with 1-D RoPE."""
+
+from __future__ import annotations
+
+from hieravid.models.base import CallContext, ModelAdapter, VideoLayout, video_token_positions
+
+__all__ = ["LlavaOnevisionAdapter"]
+
+
+class LlavaOnevisionAdapter(ModelAdapter):
+    """A video of F frames becomes F * P pooled tokens followed by one newline token; T = F, and the
+    newline is treated as text (spec section 2, Eq. 1)."""
+
+    family = "llava_onevision"
+
+    def video_layouts(self, context: CallContext, input_length: int) -> list[VideoLayout | None]:
+        input_ids = context.get("input_ids")
+        if input_ids is None:
+            raise ValueError(
+                "hieravid needs input_ids in the model call to locate the video tokens; pass input_ids "
+                "(with pixel_values_videos) rather than inputs_embeds"
+            )
+        pixels = context.get("pixel_values_videos")
+        if pixels is None:  # no video in this call (text only, or a decoding step)
+            return [None] * input_ids.shape[0]
+        positions = video_token_positions(input_ids, int(self.model.config.video_token_index))
+        layouts: list[VideoLayout | None] = []
+        for pos in positions:
+            if pos.numel() == 0:
+                layouts.append(None)
+                continue
+            frames = int(pixels.shape[1])  # (B, F, 3, S, S)
+            slots, rest = divmod(pos.numel() - 1, frames)
+            if rest or slots < 1:
+                raise ValueError(
+                    f"a sample has {pos.numel()} video tokens, which is not {frames} frames x P tokens + 1 "
+                    "newline; hieravid prunes one video per sample: pass one video per sample"
+                )
+            layouts.append(VideoLayout(positions=pos[:-1], num_frames=frames, num_slots=slots))
+        return layouts

@@ -1,0 +1,86 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: M-RoPE decoders; a frame is one temporal patch group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hieravid.models.base import CallContext, ModelAdapter, VideoLayout, video_token_positions
+
+__all__ = ["QwenVLAdapter", "Qwen3VLAdapter"]
+
+
+class QwenVLAdapter(ModelAdapter):
+    """Qwen2-VL and Qwen2.5-VL. Video tokens are ``video_token_id``; the video grid ``(t, h, w)`` gives
+    T = t frames of P = h * w / merge_size^2 tokens, in frame-major order."""
+
+    family = "qwen2_vl"
+    rope_rows = 3
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def split_positions(self, position_ids, batch, length, offset, device):
+        if position_ids is None:
+            position_ids = (torch.arange(length, device=device) + offset).view(1, 1, -1).expand(3, batch, -1)
+        elif position_ids.ndim == 2:
+            position_ids = position_ids[None].expand(3, -1, -1)
+        if position_ids.shape[0] == 4:  # text row + 3 M-RoPE rows (as `generate` passes them)
+            return position_ids[1:], position_ids[0]
+        return position_ids, None
+
+    def video_layouts(self, context: CallContext, input_length: int) -> list[VideoLayout | None]:
+        input_ids = context.get("input_ids")
+        if input_ids is None:
+            raise ValueError(
+                "hieravid needs input_ids in the model call to locate the video tokens; pass input_ids "
+                "(with pixel_values_videos) rather than inputs_embeds"
+            )
+        grid = context.get("video_grid_thw")
+        if grid is None:  # no video in this call (text only, or a decoding step)
+            return [None] * input_ids.shape[0]
+        positions = video_token_positions(input_ids, int(self.model.config.video_token_id))
+        grids = [tuple(int(v) for v in row) for row in grid.tolist()]
+        layouts: list[VideoLayout | None] = []
+        cursor = 0
+        for pos in positions:
+            if pos.numel() == 0:
+                layouts.append(None)
+                continue
+            if cursor >= len(grids):
+                raise ValueError("more samples hold video tokens than video_grid_thw has rows")
+            t, h, w = grids[cursor]
+            cursor += 1
+            slots = h * w // (self.merge_size**2)
+            if t * slots != pos.numel():
+                raise ValueError(
+                    f"a sample has {pos.numel()} video tokens but its video grid {(t, h, w)} gives {t * slots}; "
+                    "hieravid prunes one video per sample: pass one video per sample"
+                )
+            layouts.append(VideoLayout(positions=pos, num_frames=t, num_slots=slots))
+        return layouts
+
+
+class Qwen3VLAdapter(QwenVLAdapter):
+    """Qwen3-VL: as Qwen2-VL (its frames are separated by timestamp text, which stays), plus deepstack:
+    visual features added to the hidden states after each of the first few layers, which are pruned
+    and merged together with the tokens they belong to."""
+
+    family = "qwen3_vl"
+
+    def side_inputs(self, kwargs: dict[str, Any], batch: int, length: int) -> list[torch.Tensor]:
+        embeds = kwargs.get("deepstack_visual_embeds")
+        mask = kwargs.get("visual_pos_masks")
+        if embeds is None or mask is None:
+            return []
+        dense = []
+        for emb in embeds:  # (n_visual, D) in row-major order of the mask
+            full = emb.new_zeros(batch, length, emb.shape[-1])
+            full[mask.to(emb.device)] = emb
+            dense.append(full)
+        return dense
+
+    def strip_side_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in kwargs.items() if k not in ("deepstack_visual_embeds", "visual_pos_masks")}

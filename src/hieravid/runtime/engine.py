@@ -1,0 +1,368 @@
+"""The one place that applies pruning decisions to a decoder stack.
+
+The runtime replaces the ``forward`` of a model's language model (the decoder-only stack) with
+:meth:`Runtime.forward`, which runs the same layers in the same order (readable in one sitting, as the
+model's own forward) and, at each decision point of the method:
+
+1. hands the method one sample's visual tokens (hidden states, frame/slot layout, on-demand relevance
+   from that layer's own query/key projections and rotary embedding);
+2. drops the tokens it removed from the hidden states, the rotary cos/sin (so kept tokens keep their
+   original positions), the text position ids and any per-token side inputs, re-packing the batch with
+   left padding so every sample keeps its own tokens;
+3. records, in a :class:`PrunedCache`, which keys of each layer are padding.
+
+Decoding steps reuse the per-layer caches: new tokens take the positions ``generate`` gives them (which
+continue from the original, unpruned length) and attend to every stored key of each layer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from hieravid.flops import ModelShape
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.models.base import CallContext, ModelAdapter, VideoLayout
+from hieravid.ops import attention_from_queries
+from hieravid.runtime.cache import PrunedCache
+from hieravid.runtime.masks import attention_mask
+from hieravid.runtime.stats import PruneStats, count_flops
+
+__all__ = ["Runtime"]
+
+
+@dataclass
+class _Sequence:
+    """The batch as it currently flows through the decoder. L = current (re-padded) length."""
+
+    index: torch.Tensor  # (B, L) original position of each column
+    valid: torch.Tensor  # (B, L) bool, False at padding
+    hidden: torch.Tensor  # (B, L, D)
+    cos: torch.Tensor  # (B, L, d_h) rotary cos of each column's original position
+    sin: torch.Tensor  # (B, L, d_h)
+    text_pos: torch.Tensor | None  # (B, L) position ids the layers receive, if any
+    side: list[torch.Tensor]  # per-token side inputs, each (B, L, D)
+
+    def gather(self, cols: torch.Tensor, valid: torch.Tensor) -> "_Sequence":
+        """Keep columns ``cols`` (B, L') of every per-token tensor."""
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            idx = cols.view(*cols.shape, *([1] * (t.dim() - 2))).expand(*cols.shape, *t.shape[2:])
+            return t.gather(1, idx)
+
+        return _Sequence(
+            index=self.index.gather(1, cols),
+            valid=valid,
+            hidden=take(self.hidden),
+            cos=take(self.cos),
+            sin=take(self.sin),
+            text_pos=None if self.text_pos is None else self.text_pos.gather(1, cols),
+            side=[take(s) for s in self.side],
+        )
+
+
+def _group_mean(values: torch.Tensor, keep: torch.Tensor, merge_into: torch.Tensor) -> torch.Tensor:
+    """Mean of every kept token with the removed tokens merged into it: ``(N, D) -> (N_kept, D)``."""
+    row = torch.full_like(merge_into, -1)
+    kept = torch.nonzero(keep).squeeze(1)
+    row[kept] = torch.arange(kept.numel(), device=keep.device)
+    removed = torch.nonzero(~keep & (merge_into >= 0)).squeeze(1)
+    target = row[merge_into[removed]]
+    sums = values[kept].float()
+    sums.index_add_(0, target, values[removed].float())
+    counts = torch.ones(kept.numel(), device=values.device).index_add_(
+        0, target, torch.ones(removed.numel(), device=values.device)
+    )
+    return (sums / counts.unsqueeze(1)).to(values.dtype)
+
+
+def _right_align(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Columns to gather so that each row's kept columns end the row, in order (left padding).
+
+    Returns ``cols (B, L')`` and ``valid (B, L')`` with L' the largest kept count."""
+    width = int(keep.sum(dim=1).max())
+    order = torch.argsort(keep.to(torch.int8), dim=1, stable=True)  # dropped first, kept last, in order
+    cols = order[:, order.shape[1] - width:]
+    return cols, keep.gather(1, cols)
+
+
+class Runtime:
+    """Applies a method's decisions inside one model's decoder. Created by :func:`hieravid.apply`."""
+
+    def __init__(self, adapter: ModelAdapter, method: PruningMethod) -> None:
+        self.adapter = adapter
+        self.method = method
+        self.context: CallContext | None = None  # arguments of the current multimodal call
+        self.video_call: dict[str, Any] | None = None  # arguments of its video encoding
+        self.last_stats: PruneStats | None = None
+        self._shape = ModelShape.from_config(adapter.text_config)
+
+    # ------------------------------------------------------------------------------------ dispatch
+    def forward(
+        self,
+        text_model: torch.nn.Module,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """Drop-in replacement of the language model's ``forward`` (same arguments, same output type)."""
+        original = type(text_model).forward
+        call = dict(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+        )
+        if isinstance(attention_mask, dict):
+            raise ValueError(
+                "hieravid needs the 2-D attention mask; prepared 4-D masks come from static/compiled caches, "
+                "which pruning cannot use (every layer keeps a different number of tokens): use the default "
+                "dynamic cache"
+            )
+        if inputs_embeds is None:
+            inputs_embeds = text_model.embed_tokens(input_ids)
+        if use_cache is None:
+            use_cache = text_model.config.use_cache
+        layouts = self._layouts(inputs_embeds.shape[1])
+        has_video = any(layout is not None for layout in layouts)
+        if isinstance(past_key_values, PrunedCache) and past_key_values.virtual_length > 0:
+            if has_video:
+                raise ValueError(
+                    "this call adds a new video after a pruned prefill; hieravid prunes one video per "
+                    "conversation turn started without past_key_values: run the new turn from the full prompt"
+                )
+            return self._decode(text_model, inputs_embeds, attention_mask, position_ids, past_key_values, kwargs)
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            # A continuation of an unpruned cache (e.g. a text-only first turn): nothing to prune.
+            return original(text_model, **call)
+        if not has_video:
+            self.last_stats = self._passthrough_stats(inputs_embeds, attention_mask)
+            return original(text_model, **call)
+        return self._prefill(
+            text_model, inputs_embeds, attention_mask, position_ids, use_cache, layouts, kwargs
+        )
+
+    def _layouts(self, length: int) -> list[VideoLayout | None]:
+        if self.context is None:
+            raise ValueError(
+                "hieravid could not see the model call's inputs: call the model (or generate) on the "
+                "multimodal model hieravid.apply was given, with input_ids"
+            )
+        kwargs = dict(self.context.kwargs)
+        kwargs.update({k: v for k, v in (self.video_call or {}).items() if v is not None})
+        return self.adapter.video_layouts(CallContext(kwargs), length)
+
+    # ------------------------------------------------------------------------------------- prefill
+    def _prefill(
+        self,
+        text_model: torch.nn.Module,
+        embeds: torch.Tensor,
+        mask_2d: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        use_cache: bool,
+        layouts: list[VideoLayout | None],
+        kwargs: dict[str, Any],
+    ) -> BaseModelOutputWithPast:
+        batch, length, _ = embeds.shape
+        device = embeds.device
+        adapter, layers = self.adapter, self.adapter.layers
+        num_layers = len(layers)
+        valid = torch.ones(batch, length, dtype=torch.bool, device=device) if mask_2d is None else mask_2d.bool()
+        rope_pos, text_pos = adapter.split_positions(position_ids, batch, length, 0, device)
+        side = adapter.side_inputs(kwargs, batch, length)
+        kwargs = adapter.strip_side_inputs(kwargs)
+        cos, sin = text_model.rotary_emb(embeds, rope_pos)  # (B, N, d_h) each
+
+        # Frame and slot of every video token; -1 elsewhere.
+        frame_of = torch.full((batch, length), -1, dtype=torch.long, device=device)
+        slot_of = torch.full_like(frame_of, -1)
+        for b, layout in enumerate(layouts):
+            if layout is not None:
+                ids = torch.arange(layout.positions.numel(), device=device)
+                frame_of[b, layout.positions] = ids // layout.num_slots
+                slot_of[b, layout.positions] = ids % layout.num_slots
+        visual = frame_of >= 0
+
+        seq = _Sequence(
+            index=torch.arange(length, device=device).expand(batch, -1),
+            valid=valid, hidden=embeds, cos=cos, sin=sin, text_pos=text_pos, side=side,
+        )
+        states: list[dict] = [{"num_layers": num_layers} for _ in range(batch)]
+        decision_layers = set(self.method.decision_layers(num_layers))
+        cache = PrunedCache(text_model.config) if use_cache else None
+        implementation = adapter.attn_implementation
+        per_sample: list[list[int]] = [[] for _ in range(batch)]
+        kept_positions: list[list[torch.Tensor]] = []
+        decide_seconds = 0.0
+        for layer_idx, layer in enumerate(layers):
+            if layer_idx in decision_layers:
+                start = time.perf_counter()
+                seq = self._decide(layer_idx, layer, seq, layouts, frame_of, slot_of, visual, states)
+                decide_seconds += time.perf_counter() - start
+            present_visual = visual.gather(1, seq.index) & seq.valid  # (B, L)
+            for b, count in enumerate(present_visual.sum(dim=1).tolist()):
+                per_sample[b].append(count)
+            if layer_idx == 0 or layer_idx in decision_layers:
+                kept_positions.append([seq.index[b][seq.valid[b]] for b in range(batch)])
+            else:
+                kept_positions.append(kept_positions[-1])
+            mask = attention_mask(seq.valid, seq.hidden.shape[1], implementation, seq.hidden.dtype)
+            hidden = layer(
+                seq.hidden,
+                attention_mask=mask,
+                position_embeddings=(seq.cos, seq.sin),
+                position_ids=seq.text_pos,
+                past_key_values=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            if layer_idx < len(seq.side):  # deepstack: per-token features added after the first layers
+                hidden = hidden + seq.side[layer_idx].to(hidden.dtype)
+            seq.hidden = hidden
+            if cache is not None:
+                cache.key_valid.append(seq.valid)
+        if cache is not None:
+            cache.virtual_length = length
+        hidden = text_model.norm(seq.hidden)
+
+        original_visual = [0 if layout is None else layout.positions.numel() for layout in layouts]
+        text_tokens = [int(valid[b].sum()) - original_visual[b] for b in range(batch)]
+        self.last_stats = PruneStats(
+            method=self.method.name,
+            per_sample_tokens_per_layer=per_sample,
+            text_tokens=text_tokens,
+            per_sample_segments=[state.get("num_segments") for state in states],
+            flops=count_flops(self._shape, per_sample, text_tokens, original_visual),
+            decide_seconds=decide_seconds,
+            kept_positions=kept_positions,
+        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+
+    def _decide(
+        self,
+        layer_idx: int,
+        layer: torch.nn.Module,
+        seq: _Sequence,
+        layouts: list[VideoLayout | None],
+        frame_of: torch.Tensor,
+        slot_of: torch.Tensor,
+        visual: torch.Tensor,
+        states: list[dict],
+    ) -> _Sequence:
+        """Ask the method about every sample at one decision point and apply the answers."""
+        batch = seq.hidden.shape[0]
+        keep = seq.valid.clone()  # (B, L)
+        replaced_hidden: torch.Tensor | None = None
+        replaced_side: list[torch.Tensor] | None = None
+        keys_cache: dict[str, torch.Tensor] = {}
+
+        def projections(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if f"q{rows}" not in keys_cache:
+                q, k = self.adapter.query_key(layer, seq.hidden, seq.cos, seq.sin, query_rows=rows)
+                keys_cache[f"q{rows}"], keys_cache["k"] = q, k
+            return keys_cache[f"q{rows}"], keys_cache["k"]
+
+        for b, layout in enumerate(layouts):
+            if layout is None:
+                continue
+            cols = torch.nonzero(seq.valid[b] & visual[b].gather(0, seq.index[b])).squeeze(1)  # (N,)
+            if cols.numel() == 0:
+                continue
+            original = seq.index[b, cols]
+
+            def relevance(query_rows: int = 1, b: int = b, cols: torch.Tensor = cols) -> torch.Tensor:
+                q, k = projections(query_rows)  # (B, H, Q, d_h), (B, H_kv, L, d_h)
+                valid_cols = torch.nonzero(seq.valid[b]).squeeze(1)
+                a = attention_from_queries(q[b].transpose(0, 1), k[b][:, valid_cols].transpose(0, 1))
+                return a[torch.searchsorted(valid_cols, cols)]
+
+            tokens = VideoTokens(
+                features=seq.hidden[b, cols],
+                frame=frame_of[b, original],
+                slot=slot_of[b, original],
+                num_frames=layout.num_frames,
+                num_slots=layout.num_slots,
+                relevance_from_attention=relevance if layer_idx > 0 else None,
+            )
+            decision: Decision = self.method.decide(layer_idx, tokens, states[b])
+            if decision.keep.shape != cols.shape:
+                raise RuntimeError(f"method {self.method.name} returned a keep mask of the wrong shape")
+            keep[b, cols[~decision.keep]] = False
+            if decision.merge_into is None and decision.features is None:
+                continue
+            kept_cols = cols[decision.keep]
+            if replaced_hidden is None:
+                replaced_hidden = seq.hidden.clone()
+                replaced_side = [s.clone() for s in seq.side]
+            if decision.features is not None:
+                replaced_hidden[b, kept_cols] = decision.features.to(seq.hidden.dtype)
+            else:
+                replaced_hidden[b, kept_cols] = _group_mean(seq.hidden[b, cols], decision.keep, decision.merge_into)
+            if decision.merge_into is not None:
+                for s, new in zip(seq.side, replaced_side):
+                    new[b, kept_cols] = _group_mean(s[b, cols], decision.keep, decision.merge_into)
+        if replaced_hidden is not None:
+            seq = replace(seq, hidden=replaced_hidden, side=replaced_side)
+        cols, valid = _right_align(keep)
+        return seq.gather(cols, valid)
+
+    # -------------------------------------------------------------------------------------- decode
+    def _decode(
+        self,
+        text_model: torch.nn.Module,
+        embeds: torch.Tensor,
+        mask_2d: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: PrunedCache,
+        kwargs: dict[str, Any],
+    ) -> BaseModelOutputWithPast:
+        batch, query_len, _ = embeds.shape
+        device = embeds.device
+        rope_pos, text_pos = self.adapter.split_positions(
+            position_ids, batch, query_len, cache.virtual_length, device
+        )
+        kwargs = self.adapter.strip_side_inputs(kwargs)
+        cos, sin = text_model.rotary_emb(embeds, rope_pos)
+        new_valid = (
+            torch.ones(batch, query_len, dtype=torch.bool, device=device)
+            if mask_2d is None
+            else mask_2d[:, -query_len:].bool()
+        )
+        hidden = embeds
+        implementation = self.adapter.attn_implementation
+        for layer_idx, layer in enumerate(self.adapter.layers):
+            key_valid = torch.cat([cache.key_valid[layer_idx], new_valid], dim=1)  # (B, stored + q)
+            hidden = layer(
+                hidden,
+                attention_mask=attention_mask(key_valid, query_len, implementation, hidden.dtype),
+                position_embeddings=(cos, sin),
+                position_ids=text_pos,
+                past_key_values=cache,
+                use_cache=True,
+                **kwargs,
+            )
+            cache.key_valid[layer_idx] = key_valid
+        cache.virtual_length += query_len
+        return BaseModelOutputWithPast(last_hidden_state=text_model.norm(hidden), past_key_values=cache)
+
+    # ------------------------------------------------------------------------------------- no video
+    def _passthrough_stats(self, embeds: torch.Tensor, mask_2d: torch.Tensor | None) -> PruneStats:
+        batch, length, _ = embeds.shape
+        text = [length] * batch if mask_2d is None else [int(v) for v in mask_2d.sum(dim=1).tolist()]
+        per_sample = [[0] * self.adapter.num_layers for _ in range(batch)]
+        return PruneStats(
+            method=self.method.name,
+            per_sample_tokens_per_layer=per_sample,
+            text_tokens=text,
+            per_sample_segments=[None] * batch,
+            flops=count_flops(self._shape, per_sample, text, [0] * batch),
+            decide_seconds=0.0,
+            kept_positions=[],
+            pruned=False,
+        )

@@ -1,0 +1,91 @@
+"""Statistics of one pruned prefill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hieravid.flops import ModelShape, exact_flops, paper_flops
+
+__all__ = ["PruneStats", "FlopsCount"]
+
+
+@dataclass(frozen=True)
+class FlopsCount:
+    """Prefill FLOPs of the batch: the paper's convention (Eq. 12, visual tokens only) and the exact
+    matmul count (text tokens, GQA, SwiGLU, LM head for the last token), pruned and unpruned."""
+
+    paper: float
+    exact: float
+    vanilla_paper: float
+    vanilla_exact: float
+
+    @property
+    def ratio(self) -> float:
+        return self.paper / self.vanilla_paper if self.vanilla_paper else 1.0
+
+    @property
+    def exact_ratio(self) -> float:
+        return self.exact / self.vanilla_exact if self.vanilla_exact else 1.0
+
+
+@dataclass
+class PruneStats:
+    """What the last prefill did.
+
+    Attributes:
+        method: the method's name.
+        per_sample_tokens_per_layer: for each sample, visual tokens entering each decoder layer.
+        text_tokens: for each sample, non-padding tokens that are not pruned visual tokens (text, the
+            newline of LLaVA-OneVision, ...).
+        per_sample_segments: segments found per sample (None where the method has no segments or the
+            sample has no video).
+        flops: the batch's prefill FLOPs.
+        decide_seconds: wall time spent deciding (relevance, scoring, selection), in seconds.
+        kept_positions: for each layer, for each sample, the original sequence positions present.
+        pruned: False when nothing could be pruned (no video in the input): a pass-through.
+    """
+
+    method: str
+    per_sample_tokens_per_layer: list[list[int]]
+    text_tokens: list[int]
+    per_sample_segments: list[int | None]
+    flops: FlopsCount
+    decide_seconds: float
+    kept_positions: list[list[torch.Tensor]] = field(repr=False)
+    pruned: bool = True
+
+    @property
+    def tokens_per_layer(self) -> list[int]:
+        """Visual tokens entering each decoder layer, summed over the batch."""
+        return [sum(col) for col in zip(*self.per_sample_tokens_per_layer)]
+
+    @property
+    def num_segments(self) -> int:
+        """Segments found, summed over the batch's samples."""
+        return sum(s or 0 for s in self.per_sample_segments)
+
+    @property
+    def flops_ratio(self) -> float:
+        """Pruned / unpruned prefill FLOPs, paper convention."""
+        return self.flops.ratio
+
+    @property
+    def achieved_budget(self) -> float:
+        """Kept visual fraction averaged over layers and samples (the relative token budget reached)."""
+        full = sum(rows[0] * len(rows) for rows in self.per_sample_tokens_per_layer if rows and rows[0])
+        kept = sum(sum(rows) for rows in self.per_sample_tokens_per_layer)
+        return kept / full if full else 1.0
+
+
+def count_flops(
+    shape: ModelShape, per_sample_tokens: list[list[int]], text_tokens: list[int], original_visual: list[int]
+) -> FlopsCount:
+    """FLOPs of a batch, sample by sample (attention is quadratic per sample)."""
+    paper = sum(paper_flops(rows, shape.hidden_size, shape.intermediate_size) for rows in per_sample_tokens)
+    exact = sum(exact_flops(shape, rows, text) for rows, text in zip(per_sample_tokens, text_tokens))
+    layers = shape.num_layers
+    vanilla_paper = sum(paper_flops([n] * layers, shape.hidden_size, shape.intermediate_size) for n in original_visual)
+    vanilla_exact = sum(exact_flops(shape, [n] * layers, text) for n, text in zip(original_visual, text_tokens))
+    return FlopsCount(paper=paper, exact=exact, vanilla_paper=vanilla_paper, vanilla_exact=vanilla_exact)
