@@ -152,7 +152,13 @@ class HieraVid(PruningMethod):
         return solve_schedule(self.config.budget, num_layers, self.config.num_stages)
 
     def decision_layers(self, num_layers: int) -> list[int]:
-        return self.schedule(num_layers).boundaries
+        """Stage 1 (layer 0) and every in-LLM stage whose ratio is above 0. A stage with ratio 0 is not
+        run at all: Eq. 5's clip would still drop 5% of each segment. Stage 1 always runs when a later
+        stage does (it finds the segments), even with rho = 0; budget 1 runs nothing."""
+        schedule = self.schedule(num_layers)
+        if not any(schedule.ratios):
+            return []
+        return [0] + [layer for layer, r in zip(schedule.boundaries[1:], schedule.ratios[1:]) if r > 0]
 
     def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
         return self.schedule(num_layers).tokens_per_layer(num_visual)

@@ -1,0 +1,368 @@
+"""hieravid.apply on tiny random-weight models of every supported family: the invariants of DESIGN.md.
+
+The independent checks run the model's own decoder layers by hand, in this file, on the tokens the
+runtime reports as kept (``last_stats.kept_positions``): gathered embeddings, rotary cos/sin of the
+original positions, a plain causal mask. They do not go through the runtime.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import FAMILIES, build_inputs, build_model, unbatch, video_token_id
+
+import hieravid
+from hieravid.runtime import PrunedCache
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+# In-LLM stages only (rho = 0): every kept token is an original token, so the by-hand check needs no
+# merge arithmetic. Stage-1 merging is checked on its own below.
+SELECT_ONLY = dict(ratios=(0.0, 0.5, 0.4, 0.5))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model(family):
+    return build_model(family)
+
+
+def _generate(model, inputs, n=4, **kw):
+    return model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
+
+
+def _language_model(model):
+    return model.model.language_model
+
+
+def _capture_decoder_inputs(model, inputs):
+    """Run the UNPATCHED model once and return what its language model was called with."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen.update(kwargs)
+
+    handle = _language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    return seen
+
+
+def _by_hand_last_logits(model, family, captured, kept_per_layer, extra=0):
+    """Last-position logits from running the decoder layers by hand (batch of one).
+
+    ``kept_per_layer[l]``: sorted original positions entering layer l; ``extra`` trailing positions of
+    the captured sequence (generated tokens) are appended to every layer's set."""
+    lm = _language_model(model)
+    embeds = captured["inputs_embeds"][0]  # (N, D)
+    length = embeds.shape[0]
+    positions = captured["position_ids"]
+    if family == "llava_onevision":
+        rope = torch.arange(length)[None] if positions is None else positions
+        text = rope
+    else:
+        rope = positions[1:] if positions.shape[0] == 4 else positions  # (3, 1, N)
+        text = None
+    cos, sin = lm.rotary_emb(embeds[None], rope)  # (1, N, d_h)
+    deepstack = []
+    if captured.get("deepstack_visual_embeds") is not None:
+        where = captured["visual_pos_masks"][0]
+        for emb in captured["deepstack_visual_embeds"]:
+            dense = torch.zeros_like(embeds)
+            dense[where] = emb
+            deepstack.append(dense)
+    tail = torch.arange(length - extra, length)
+    current = None  # original positions of the rows of `hidden`
+    hidden = None
+    for layer_idx, layer in enumerate(lm.layers):
+        keep = torch.cat([kept_per_layer[layer_idx], tail])
+        if current is None:
+            hidden = embeds[keep]
+        else:
+            hidden = hidden[torch.isin(current, keep)]
+        current = keep
+        n = keep.numel()
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool))[None, None]
+        if lm.config._attn_implementation == "eager":
+            causal = torch.zeros(causal.shape).masked_fill(~causal, torch.finfo(torch.float32).min)
+        hidden = layer(
+            hidden[None],
+            attention_mask=causal,
+            position_embeddings=(cos[:, keep], sin[:, keep]),
+            position_ids=None if text is None else text[:, keep],
+        )[0]
+        if layer_idx < len(deepstack):
+            hidden = hidden + deepstack[layer_idx][keep]
+    return model.lm_head(lm.norm(hidden[-1]))
+
+
+# ------------------------------------------------------------------------------------------- invariants
+
+
+def test_vanilla_equals_unpatched_model(family, model):
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2])
+    with torch.no_grad():
+        ref_logits = model(**inputs).logits
+        ref_tokens = _generate(model, inputs)
+        with hieravid.apply(model, "vanilla") as handle:
+            logits = model(**inputs).logits
+            tokens = _generate(model, inputs)
+            stats = handle.last_stats
+    valid = inputs["attention_mask"].bool()
+    torch.testing.assert_close(logits[valid], ref_logits[valid], rtol=1e-5, atol=1e-5)
+    assert torch.equal(tokens, ref_tokens)
+    visual = int((inputs["input_ids"][0] == video_token_id(family, model)).sum())
+    expected_visual = visual - 1 if family == "llava_onevision" else visual  # its newline counts as text
+    assert stats.per_sample_tokens_per_layer[0] == [expected_visual] * len(_language_model(model).layers)
+    assert stats.flops_ratio == pytest.approx(1.0)
+
+
+def test_budget_one_equals_unpatched_model(family, model):
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        ref = model(**inputs).logits[:, -1]
+        with hieravid.apply(model, "hieravid", budget=1.0) as handle:
+            out = model(**inputs).logits[:, -1]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert handle.last_stats.flops_ratio == pytest.approx(1.0)
+
+
+def test_remove_restores_the_model_exactly(family, model):
+    inputs = build_inputs(family, model)
+    lm = _language_model(model)
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    before_attrs = (set(model.__dict__), set(model.model.__dict__), set(lm.__dict__))
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        handle = hieravid.apply(model, "hieravid", 0.3)
+        pruned = model(**inputs).logits
+        handle.remove()
+        after = model(**inputs).logits
+    assert pruned.shape != ref.shape  # it did prune
+    torch.testing.assert_close(after, ref, rtol=0, atol=0)
+    assert (set(model.__dict__), set(model.model.__dict__), set(lm.__dict__)) == before_attrs
+    assert not model.model._forward_hooks and not model.model._forward_pre_hooks
+    assert all(torch.equal(before_state[k], v) for k, v in model.state_dict().items())
+    handle.remove()  # idempotent
+
+
+def test_apply_twice_is_refused(family, model):
+    with hieravid.apply(model, "vanilla"):
+        with pytest.raises(ValueError, match="already applied"):
+            hieravid.apply(model, "hieravid")
+
+
+def test_text_and_last_token_are_never_pruned(family, model):
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[6, 9], left_pad=[1, 0])
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.1) as handle:
+        model(**inputs)
+    stats = handle.last_stats
+    vid = video_token_id(family, model)
+    for b in range(2):
+        valid = inputs["attention_mask"][b].bool()
+        is_text = valid & (inputs["input_ids"][b] != vid)
+        text_positions = torch.nonzero(is_text).squeeze(1)
+        if family == "llava_onevision":  # the trailing newline of the video is text
+            video = torch.nonzero(inputs["input_ids"][b] == vid).squeeze(1)
+            text_positions = torch.sort(torch.cat([text_positions, video[-1:]])).values
+        last = int(torch.nonzero(valid).max())
+        for kept in (layer[b] for layer in stats.kept_positions):
+            assert torch.isin(text_positions, kept).all()
+            assert int(kept.max()) == last
+        assert stats.per_sample_tokens_per_layer[b][-1] < stats.per_sample_tokens_per_layer[b][0]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_pruned_prefill_equals_layers_run_by_hand(family, attn):
+    model = build_model(family, attn_implementation=attn)
+    inputs = build_inputs(family, model)
+    captured = _capture_decoder_inputs(model, inputs)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", **SELECT_ONLY) as handle:
+        logits = model(**inputs).logits[0, -1]
+        kept = [layer[0] for layer in handle.last_stats.kept_positions]
+        assert kept[-1].numel() < kept[0].numel()
+        expected = _by_hand_last_logits(model, family, captured, kept)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_with_cache_equals_recompute_with_same_decisions(family, model):
+    inputs = build_inputs(family, model)
+    n_new = 4
+    with torch.no_grad(), hieravid.apply(model, "hieravid", **SELECT_ONLY) as handle:
+        out = _generate(model, inputs, n_new, return_dict_in_generate=True, output_logits=True)
+        kept = [layer[0] for layer in handle.last_stats.kept_positions]
+    sequence = out.sequences  # (1, N + n_new)
+    prompt_len = inputs["input_ids"].shape[1]
+    for step in range(n_new):
+        full = dict(inputs)
+        full["input_ids"] = sequence[:, : prompt_len + step]
+        full["attention_mask"] = torch.ones_like(full["input_ids"])
+        if "mm_token_type_ids" in inputs:
+            full["mm_token_type_ids"] = torch.cat(
+                [inputs["mm_token_type_ids"], torch.zeros(1, step, dtype=torch.long)], dim=1
+            )
+        captured = _capture_decoder_inputs(model, full)
+        with torch.no_grad():
+            expected = _by_hand_last_logits(model, family, captured, kept, extra=step)
+        torch.testing.assert_close(out.logits[step][0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tokens_per_layer_equal_the_schedule(family, model):
+    inputs = build_inputs(family, model)
+    num_layers = len(_language_model(model).layers)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3, exact_total=True) as handle:
+        model(**inputs)
+    stats = handle.last_stats
+    n0 = stats.per_sample_tokens_per_layer[0][0] * 2  # stage 1 keeps N - floor(0.5 N)
+    assert stats.tokens_per_layer == handle.method.schedule(num_layers).tokens_per_layer(n0)
+    assert 0 < stats.flops_ratio < 0.5
+    assert stats.flops.exact < stats.flops.vanilla_exact
+    assert stats.decide_seconds > 0
+    assert stats.num_segments >= 1
+
+
+def test_batch_equals_each_sample_alone(family, model):
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[9, 4], left_pad=[0, 3], seed=3)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        batched = _generate(model, inputs)[:, -4:]
+        batch_tokens = handle.last_stats.per_sample_tokens_per_layer
+        for b in range(2):
+            alone = _generate(model, unbatch(family, model, inputs, b))[:, -4:]
+            assert torch.equal(batched[b], alone[0])
+            assert handle.last_stats.per_sample_tokens_per_layer[0] == batch_tokens[b]
+
+
+def test_sdpa_and_eager_make_the_same_decisions(family):
+    kept = {}
+    for attn in ("sdpa", "eager"):
+        model = build_model(family, attn_implementation=attn)
+        inputs = build_inputs(family, model, batch=2, prompt_tokens=[7, 3])
+        with torch.no_grad(), hieravid.apply(model, "hieravid", 0.2) as handle:
+            model(**inputs)
+        kept[attn] = handle.last_stats.kept_positions
+    for a, b in zip(kept["sdpa"], kept["eager"]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_decisions_are_deterministic(family, model):
+    inputs = build_inputs(family, model)
+    runs = []
+    for _ in range(2):
+        with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+            model(**inputs)
+        runs.append(handle.last_stats.kept_positions)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(*runs))
+
+
+def test_decoding_never_prunes_again(family, model):
+    inputs = build_inputs(family, model)
+    n_new = 3
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        out = _generate(model, inputs, n_new, return_dict_in_generate=True)
+    cache = out.past_key_values
+    assert isinstance(cache, PrunedCache)
+    prompt = inputs["input_ids"].shape[1]
+    # generate feeds the last new token back only when it needs another one: n_new - 1 decode steps
+    assert cache.get_seq_length() == prompt + n_new - 1
+    for layer_idx, kept in enumerate(handle.last_stats.kept_positions):
+        assert cache.stored_length(layer_idx) == kept[0].numel() + n_new - 1
+
+
+def test_stage1_merges_into_run_means(family, model):
+    """With rho > 0, stage-1 tokens are the means of their temporal runs: the decoder's first layer
+    receives exactly those means at the anchors' positions."""
+    inputs = build_inputs(family, model)
+    captured = _capture_decoder_inputs(model, inputs)
+    seen = {}
+    layer0 = _language_model(model).layers[0]
+
+    def remember(module, args, kwargs):
+        seen["h"] = args[0] if args else kwargs["hidden_states"]
+
+    hook = layer0.register_forward_pre_hook(remember, with_kwargs=True)
+    try:
+        with torch.no_grad(), hieravid.apply(model, "hieravid", ratios=(0.5, 0.0, 0.0, 0.0)) as handle:
+            model(**inputs)
+    finally:
+        hook.remove()
+    kept = handle.last_stats.kept_positions[0][0]
+    embeds = captured["inputs_embeds"][0]
+    vid = torch.nonzero(inputs["input_ids"][0] == video_token_id(family, model)).squeeze(1)
+    if family == "llava_onevision":
+        vid = vid[:-1]
+    frames = {"llava_onevision": 8}.get(family, 4)
+    slots = vid.numel() // frames
+    grid = vid.view(frames, slots)  # positions of (frame, slot)
+    hidden0 = seen["h"][0]  # (L0, D)
+    assert hidden0.shape[0] == kept.numel()
+    for row, position in enumerate(kept.tolist()):
+        hit = torch.nonzero(grid == position)
+        if hit.numel() == 0:  # a text token: unchanged
+            torch.testing.assert_close(hidden0[row], embeds[position])
+            continue
+        frame, slot = hit[0].tolist()
+        end = frame + 1  # the run: following frames of this slot that were removed
+        while end < frames and int(grid[end, slot]) not in kept.tolist():
+            end += 1
+        torch.testing.assert_close(hidden0[row], embeds[grid[frame:end, slot]].mean(0), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_no_video_is_a_passthrough(family, model):
+    inputs = build_inputs(family, model)
+    vid = video_token_id(family, model)
+    text_only = {"input_ids": inputs["input_ids"][:, inputs["input_ids"][0] != vid][:, :12]}
+    text_only["attention_mask"] = torch.ones_like(text_only["input_ids"])
+    with torch.no_grad():
+        ref = model(**text_only).logits
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            out = model(**text_only).logits
+            tokens = _generate(model, text_only)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert tokens.shape[1] == 12 + 4
+    assert handle.last_stats.pruned is False
+
+
+def test_new_video_after_a_pruned_prefill_is_refused(family, model):
+    inputs = build_inputs(family, model)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        out = model(**inputs, use_cache=True)
+        with pytest.raises(ValueError, match="new video"):
+            model(**inputs, past_key_values=out.past_key_values, use_cache=True)
+
+
+@pytest.mark.parametrize("budget", [0.0, 1.5, -0.2, float("nan")])
+def test_budget_out_of_range(family, model, budget):
+    with pytest.raises(ValueError, match="budget"):
+        hieravid.apply(model, "hieravid", budget)
+    assert "_hieravid_handle" not in model.__dict__
+
+
+def test_unknown_method_and_option(family, model):
+    with pytest.raises(ValueError, match="unknown method"):
+        hieravid.apply(model, "nonsense")
+    with pytest.raises(ValueError, match="unknown option"):
+        hieravid.apply(model, "hieravid", 0.3, not_a_switch=1)
+
+
+def test_unsupported_model_class():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    llm = Qwen2ForCausalLM(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
+    with pytest.raises(ValueError, match="does not support Qwen2ForCausalLM"):
+        hieravid.apply(llm, "hieravid")
+
+
+def test_flash_attention_is_refused_with_the_fix(family):
+    model = build_model(family)
+    model.model.language_model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        hieravid.apply(model, "hieravid")
