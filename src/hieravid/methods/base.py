@@ -26,9 +26,12 @@ class VideoTokens:
         slot: ``(N,)`` int64 slot of each token inside its frame (0..P-1).
         num_frames: T, frames of the video as the model sees them.
         num_slots: P, token slots per frame.
-        relevance_from_attention: returns ``(N,)`` attention of the last prompt token(s) to these tokens,
-            averaged over heads (Eq. 8's ``a`` before normalisation), computed on demand from this layer's
-            own projections; ``None`` at layer 0, where no attention exists yet.
+        relevance_from_attention: ``relevance_from_attention(query_rows=1)`` returns ``(N,)`` attention of
+            the last ``query_rows`` prompt tokens to these tokens, averaged over heads and rows (softmax
+            over all keys; Eq. 8's ``a`` before normalisation), computed on demand from this layer's own
+            projections; ``None`` at layer 0, where no attention exists yet.
+        instruction: ``(n_text, D)`` hidden states (at this decision point) of the text tokens that follow
+            the video (the question, the template's closing tokens); ``(0, D)`` if there are none.
     """
 
     features: torch.Tensor
@@ -36,7 +39,8 @@ class VideoTokens:
     slot: torch.Tensor
     num_frames: int
     num_slots: int
-    relevance_from_attention: Callable[[], torch.Tensor] | None = None
+    relevance_from_attention: Callable[..., torch.Tensor] | None = None
+    instruction: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -275,6 +275,7 @@ class Runtime:
             if cols.numel() == 0:
                 continue
             original = seq.index[b, cols]
+            after_video = seq.valid[b] & (seq.index[b] > int(layout.positions.max())) & ~visual[b].gather(0, seq.index[b])
 
             def relevance(query_rows: int = 1, b: int = b, cols: torch.Tensor = cols) -> torch.Tensor:
                 q, k = projections(query_rows)  # (B, H, Q, d_h), (B, H_kv, L, d_h)
@@ -289,6 +290,7 @@ class Runtime:
                 num_frames=layout.num_frames,
                 num_slots=layout.num_slots,
                 relevance_from_attention=relevance if layer_idx > 0 else None,
+                instruction=seq.hidden[b, after_video],
             )
             decision: Decision = self.method.decide(layer_idx, tokens, states[b])
             if decision.keep.shape != cols.shape:
