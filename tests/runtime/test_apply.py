@@ -366,3 +366,23 @@ def test_flash_attention_is_refused_with_the_fix(family):
     model.model.language_model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
         hieravid.apply(model, "hieravid")
+
+
+def test_right_padding_is_repacked(family, model):
+    """A right-padded batch (as some processors pad) is re-packed, so each sample's last logits equal
+    running it alone."""
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 4], left_pad=[0, 2])
+    right = dict(inputs)
+    ids, mask = inputs["input_ids"].clone(), inputs["attention_mask"].clone()
+    for b in range(2):
+        n = int(mask[b].sum())
+        ids[b] = torch.cat([ids[b][mask[b].bool()], torch.zeros(ids.shape[1] - n, dtype=ids.dtype)])
+        mask[b] = (torch.arange(ids.shape[1]) < n).long()
+    right["input_ids"], right["attention_mask"] = ids, mask
+    if "mm_token_type_ids" in inputs:
+        right["mm_token_type_ids"] = (ids == video_token_id(family, model)).long() * 2
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        batched = model(**right).logits[:, -1]
+        for b in range(2):
+            alone = model(**unbatch(family, model, inputs, b)).logits[0, -1]
+            torch.testing.assert_close(batched[b], alone, rtol=1e-4, atol=1e-4)

@@ -177,7 +177,8 @@ class Runtime:
         rope_pos, text_pos = adapter.split_positions(position_ids, batch, length, 0, device)
         side = adapter.side_inputs(kwargs, batch, length)
         kwargs = adapter.strip_side_inputs(kwargs)
-        cos, sin = text_model.rotary_emb(embeds, rope_pos)  # (B, N, d_h) each
+        cos, sin = text_model.rotary_emb(embeds, rope_pos)  # (B or 1, N, d_h) each
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
 
         # Frame and slot of every video token; -1 elsewhere.
         frame_of = torch.full((batch, length), -1, dtype=torch.long, device=device)
@@ -193,6 +194,8 @@ class Runtime:
             index=torch.arange(length, device=device).expand(batch, -1),
             valid=valid, hidden=embeds, cos=cos, sin=sin, text_pos=text_pos, side=side,
         )
+        if not bool(valid[:, -1].all()):  # right padding: re-pack so every row ends with its last token
+            seq = seq.gather(*_right_align(valid))
         states: list[dict] = [{"num_layers": num_layers} for _ in range(batch)]
         decision_layers = set(self.method.decision_layers(num_layers))
         cache = PrunedCache(text_model.config) if use_cache else None
