@@ -6,25 +6,12 @@ import math
 
 import pytest
 import torch
+from synthetic import planted_video
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hieravid.config import HieraVidConfig
 from hieravid.methods.hieravid import decide_stage, decide_stage1, selector_for_stage
-
-
-def planted_video(seed: int, num_frames: int, cuts: list[int], num_slots: int, dim: int = 32, noise: float = 0.01):
-    """Scenes start at frame 0 and at each frame in ``cuts``; frame = scene base + small noise."""
-    gen = torch.Generator().manual_seed(seed)
-    starts = [0] + sorted(cuts)
-    frames = []
-    for s, start in enumerate(starts):
-        end = starts[s + 1] if s + 1 < len(starts) else num_frames
-        base = torch.randn(num_slots, dim, generator=gen)
-        for _ in range(start, end):
-            frames.append(base + noise * torch.randn(num_slots, dim, generator=gen))
-    expected = [sum(1 for c in cuts if c <= t) for t in range(num_frames)]
-    return torch.stack(frames), expected
 
 
 def ref_counts(present: list[int], z: list[float], ratio: float, delta: float = 0.1) -> list[int]:

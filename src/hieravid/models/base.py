@@ -49,6 +49,16 @@ class CallContext:
     def get(self, name: str) -> Any:
         return self.kwargs.get(name)
 
+    def input_ids(self) -> torch.Tensor:
+        """The call's ``(B, N)`` input ids; a clear error when the call passed embeddings instead."""
+        input_ids = self.kwargs.get("input_ids")
+        if input_ids is None:
+            raise ValueError(
+                "hieravid needs input_ids in the model call to locate the video tokens; pass input_ids "
+                "(with pixel_values_videos) rather than inputs_embeds"
+            )
+        return input_ids
+
 
 class ModelAdapter:
     """Base class: subclasses know one model family.

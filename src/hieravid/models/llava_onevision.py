@@ -14,12 +14,7 @@ class LlavaOnevisionAdapter(ModelAdapter):
     family = "llava_onevision"
 
     def video_layouts(self, context: CallContext, input_length: int) -> list[VideoLayout | None]:
-        input_ids = context.get("input_ids")
-        if input_ids is None:
-            raise ValueError(
-                "hieravid needs input_ids in the model call to locate the video tokens; pass input_ids "
-                "(with pixel_values_videos) rather than inputs_embeds"
-            )
+        input_ids = context.input_ids()
         pixels = context.get("pixel_values_videos")
         if pixels is None:  # no video in this call (text only, or a decoding step)
             return [None] * input_ids.shape[0]
