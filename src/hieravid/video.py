@@ -249,6 +249,8 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
     kept = _decode_selected(file, index, sorted(set(wanted)), by_pts=index.pts is not None)
     if kept is None:  # the decoder dropped or re-timed frames: number them in decoding order, counted exactly
         index = _decode_index(file, fps)
+        if index.count == 0:
+            raise ValueError(f"could not decode video at {str(file)!r}: the decoder returned no frames")
         wanted = _select(index, num_frames, start_s, end_s, duration)
         kept = _decode_selected(file, index, sorted(set(wanted)), by_pts=False)
         if kept is None:
