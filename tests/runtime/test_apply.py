@@ -218,8 +218,11 @@ def test_tokens_per_layer_equal_the_schedule(family, model):
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3, exact_total=True) as handle:
         model(**inputs)
     stats = handle.last_stats
-    n0 = stats.per_sample_tokens_per_layer[0][0] * 2  # stage 1 keeps N - floor(0.5 N)
-    assert stats.tokens_per_layer == handle.method.schedule(num_layers).tokens_per_layer(n0)
+    n0 = stats.visual_tokens[0]
+    expected = handle.method.schedule(num_layers).tokens_per_layer(n0)
+    assert stats.tokens_per_layer == expected
+    assert stats.achieved_budget == pytest.approx(sum(expected) / (n0 * num_layers))
+    assert stats.achieved_budget == pytest.approx(0.3, abs=0.02)
     assert 0 < stats.flops_ratio < 0.5
     assert stats.flops.exact < stats.flops.vanilla_exact
     assert stats.decide_seconds > 0

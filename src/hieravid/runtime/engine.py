@@ -239,6 +239,7 @@ class Runtime:
         self.last_stats = PruneStats(
             method=self.method.name,
             per_sample_tokens_per_layer=per_sample,
+            visual_tokens=original_visual,
             text_tokens=text_tokens,
             per_sample_segments=[state.get("num_segments") for state in states],
             flops=count_flops(self._shape, per_sample, text_tokens, original_visual),
@@ -364,6 +365,7 @@ class Runtime:
         return PruneStats(
             method=self.method.name,
             per_sample_tokens_per_layer=per_sample,
+            visual_tokens=[0] * batch,
             text_tokens=text,
             per_sample_segments=[None] * batch,
             flops=count_flops(self._shape, per_sample, text, [0] * batch),

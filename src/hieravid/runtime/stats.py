@@ -37,6 +37,7 @@ class PruneStats:
     Attributes:
         method: the method's name.
         per_sample_tokens_per_layer: for each sample, visual tokens entering each decoder layer.
+        visual_tokens: for each sample, visual tokens before any pruning (the video's tokens).
         text_tokens: for each sample, non-padding tokens that are not pruned visual tokens (text, the
             newline of LLaVA-OneVision, ...).
         per_sample_segments: segments found per sample (None where the method has no segments or the
@@ -49,6 +50,7 @@ class PruneStats:
 
     method: str
     per_sample_tokens_per_layer: list[list[int]]
+    visual_tokens: list[int]
     text_tokens: list[int]
     per_sample_segments: list[int | None]
     flops: FlopsCount
@@ -74,7 +76,7 @@ class PruneStats:
     @property
     def achieved_budget(self) -> float:
         """Kept visual fraction averaged over layers and samples (the relative token budget reached)."""
-        full = sum(rows[0] * len(rows) for rows in self.per_sample_tokens_per_layer if rows and rows[0])
+        full = sum(n * len(rows) for n, rows in zip(self.visual_tokens, self.per_sample_tokens_per_layer))
         kept = sum(sum(rows) for rows in self.per_sample_tokens_per_layer)
         return kept / full if full else 1.0
 
