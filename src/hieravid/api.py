@@ -86,6 +86,7 @@ def apply(model: nn.Module, method: str | PruningMethod = "hieravid", budget: fl
             f"{implementation!r}: load it with attn_implementation='sdpa'"
         )
     runtime = Runtime(adapter, build(method, budget, **options))
+    runtime.method.decision_layers(adapter.num_layers)  # an unreachable budget fails here, not at prefill
     text_model = adapter.text_model
 
     signature = inspect.signature(type(multimodal).forward)

@@ -378,3 +378,25 @@ def test_segment_bin_select_hand_example():
 def test_segment_bin_select_bad_k_raises():
     with pytest.raises(ValueError):
         segment_bin_select(torch.rand(4), torch.tensor([0, 0, 1, 1]), torch.tensor([3, 1]))
+
+
+def test_picks_beyond_the_rank_follow_relevance_and_ignore_round_off():
+    """Past the kernel's rank the residual variances are round-off; the picks must then follow the
+    kernel diagonal (relevance squared), the same under a perturbation far below the floor."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 10, 2, generator=gen)  # rank 2
+    r = torch.linspace(0.1, 1.0, 10).flip(0)[None]  # token 0 most relevant
+    valid = torch.ones(1, 10, dtype=torch.bool)
+    kernel = conditional_kernel(x, r, valid)
+    order = []
+    for k in range(1, 11):
+        picked = greedy_map(kernel, torch.tensor([k]), valid)[0]
+        new = [i for i in torch.nonzero(picked).squeeze(1).tolist() if i not in order]
+        assert len(new) == 1
+        order += new
+    rest = order[2:]  # after the two rank-filling picks
+    assert rest == sorted(rest, key=lambda i: -float(r[0, i]))
+    noisy = kernel + 1e-9 * torch.randn(kernel.shape, generator=gen)
+    noisy = (noisy + noisy.transpose(1, 2)) / 2
+    for k in (3, 6, 10):
+        assert torch.equal(greedy_map(kernel, torch.tensor([k]), valid), greedy_map(noisy, torch.tensor([k]), valid))

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 __all__ = ["conditional_kernel", "greedy_map", "segment_dpp_select", "segment_bin_select", "pack_segments"]
 
-# Pivots whose residual variance falls below this carry no new direction: the kernel's numerical rank
-# is exhausted. Their update row is zero, so the remaining picks still return distinct tokens.
-_RANK_FLOOR = 1e-10
+# A residual variance below this fraction of the group's largest kernel diagonal is round-off: the
+# kernel's numerical rank is used up. Such pivots get a zero update row, and candidates below the floor
+# are ranked by their kernel diagonal (r_j^2 |x_j|^2, their relevance) instead of by noise, so the picks
+# stay deterministic across attention kernels and devices.
+_RANK_FLOOR = 1e-5
 
 
 def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -49,8 +51,9 @@ def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, bl
     picks are those of the unblocked algorithm; memory traffic per pick is O(block * n) instead of
     O(t * n). Rows and columns of tokens that can no longer be picked are dropped as the loop goes.
 
-    When k exceeds the kernel's numerical rank the remaining picks have ``d2 ~ 0``; their update row is
-    zero, they are still distinct tokens (ties go to the lowest index) and no NaN appears.
+    When k exceeds the kernel's numerical rank, residual variances are round-off (below ``1e-5`` of the
+    largest diagonal): the remaining picks follow the kernel diagonal (relevance), get a zero update row,
+    are still distinct tokens, and no NaN appears.
 
     Args:
         kernel: ``(G, n, n)`` PSD kernels (padded).
@@ -72,7 +75,10 @@ def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, bl
         return picked
     rows = torch.arange(num_groups, device=device)
     residual = kernel.float().clone()  # (G, m, m) Schur complement, m shrinks as tokens are used up
-    d2 = torch.diagonal(residual, dim1=1, dim2=2).clone().masked_fill(~valid, float("-inf"))  # (G, m)
+    diag = torch.diagonal(residual, dim1=1, dim2=2).clone()  # (G, m) kernel diagonal (fallback order)
+    floor = (_RANK_FLOOR * diag.masked_fill(~valid, 0.0).amax(dim=1)).clamp(min=1e-30)  # (G,)
+    offset = (2.0 * diag.masked_fill(~valid, 0.0).amax(dim=1) + 1.0).unsqueeze(1)  # above any diagonal
+    d2 = diag.masked_fill(~valid, float("-inf"))  # (G, m)
     column = torch.arange(n, device=device).expand(num_groups, n).contiguous()  # (G, m) original index
     remaining = valid.clone()  # (G, m) may still be picked
     done = 0
@@ -81,12 +87,14 @@ def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, bl
         chol = torch.zeros(num_groups, width, residual.shape[1], dtype=torch.float32, device=device)
         for s in range(width):
             active = done + s < k  # (G,)
-            j = torch.argmax(d2, dim=1)  # (G,)
+            # Above the floor: largest d2 first; below it: largest kernel diagonal (d2 <= diag < offset).
+            fallback = torch.where(d2 > float("-inf"), diag, d2)  # picked and padding stay -inf
+            j = torch.argmax(torch.where(d2 > floor[:, None], d2 + offset, fallback), dim=1)  # (G,)
             pivot = d2[rows, j]
             e = residual[rows, j].unsqueeze(1)  # (G, 1, m)
             if s:
                 e = torch.baddbmm(e, chol[rows, :s, j].unsqueeze(1), chol[:, :s], alpha=-1.0)
-            scale = torch.where(active & (pivot > _RANK_FLOOR), pivot.clamp(min=_RANK_FLOOR).rsqrt(), 0.0)
+            scale = torch.where(active & (pivot > floor), pivot.clamp(min=1e-30).rsqrt(), 0.0)
             e = e.squeeze(1) * scale.unsqueeze(1)
             chol[:, s] = e
             d2 = d2 - e * e
@@ -105,6 +113,7 @@ def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, bl
             order = torch.argsort((~remaining).to(torch.uint8), dim=1, stable=True)[:, :needed]  # (G, m')
             residual = residual[rows[:, None, None], order[:, :, None], order[:, None, :]]
             d2 = d2.gather(1, order)
+            diag = diag.gather(1, order)
             remaining = remaining.gather(1, order)
             column = column.gather(1, order)
             d2 = d2.masked_fill(~remaining, float("-inf"))
