@@ -13,9 +13,9 @@ __all__ = ["conditional_kernel", "greedy_map", "segment_dpp_select", "segment_bi
 
 # A residual variance below this fraction of the group's largest kernel diagonal (a residual norm under
 # about 3% of the most relevant token's) carries no direction float32 can resolve: the kernel's rank is
-# used up, and 1e-6 differences between attention kernels would decide the pick. Such pivots get a zero update row, and candidates below the floor
-# are ranked by their kernel diagonal (r_j^2 |x_j|^2, their relevance) instead of by noise, so the picks
-# stay deterministic across attention kernels and devices.
+# used up, and 1e-6 differences between attention kernels would decide the pick. Such pivots get a zero
+# update row, and candidates below the floor are ranked by their kernel diagonal (r_j^2 |x_j|^2, their
+# relevance) instead of by noise, so the picks stay deterministic across attention kernels.
 _RANK_FLOOR = 1e-3
 
 
