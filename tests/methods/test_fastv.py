@@ -1,0 +1,164 @@
+"""Tests of the FastV baseline (hieravid.methods.fastv)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import FAMILIES, build_inputs, build_model, video_token_id
+
+import hieravid
+from hieravid.methods.base import VideoTokens
+from hieravid.methods.budget import layer_average
+from hieravid.methods.fastv import FastV, create_fastv
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def tokens_with_attention(attention: list[float], dim: int = 4) -> tuple[VideoTokens, list[int]]:
+    """VideoTokens whose attention is ``attention``; the list records the query_rows of every call."""
+    calls: list[int] = []
+
+    def relevance(query_rows: int = 1) -> torch.Tensor:
+        calls.append(query_rows)
+        return torch.tensor(attention, dtype=torch.float32)
+
+    n = len(attention)
+    tokens = VideoTokens(
+        features=torch.randn(n, dim), frame=torch.zeros(n, dtype=torch.long), slot=torch.arange(n),
+        num_frames=1, num_slots=n, relevance_from_attention=relevance, instruction=torch.randn(2, dim),
+    )
+    return tokens, calls
+
+
+# ------------------------------------------------------------------------------------------ budget rule
+
+
+@settings(max_examples=100, deadline=None)
+@given(num_layers=st.integers(3, 64), data=st.data())
+def test_layer_average_of_the_kept_fractions_is_the_budget(num_layers, data):
+    k = data.draw(st.integers(1, num_layers - 1))
+    budget = data.draw(st.floats(k / num_layers, 1.0).filter(lambda b: b > 0))
+    method = FastV(budget, k=k)
+    f = method.keep_fraction(num_layers)
+    assert layer_average([1.0] * k + [f] * (num_layers - k)) == pytest.approx(budget, abs=1e-12)
+
+
+def test_paper_setting_k2_r50_on_28_layers():
+    # FastV K=2, R=50% on a 28-layer decoder: B = (2 + 26 * 0.5) / 28.
+    method = FastV((2 + 26 * 0.5) / 28)
+    assert method.keep_fraction(28) == pytest.approx(0.5)
+    assert method.decision_layers(28) == [2]
+    assert method.expected_tokens_per_layer(1000, 28) == [1000, 1000] + [500] * 26
+
+
+def test_unreachable_budget_names_the_minimum():
+    with pytest.raises(ValueError, match=r"budget >= 0\.071"):
+        FastV(0.05).decision_layers(28)
+    FastV(2 / 28).decision_layers(28)  # the bound itself: f = 0
+
+
+def test_budget_one_decides_nothing():
+    assert FastV(1.0).decision_layers(28) == []
+    assert FastV(1.0).expected_tokens_per_layer(10, 4) == [10] * 4
+
+
+@pytest.mark.parametrize("k", [0, -1, True, 2.0, "2"])
+def test_bad_k(k):
+    with pytest.raises(ValueError, match="k"):
+        FastV(0.5, k=k)
+
+
+def test_k_beyond_the_decoder():
+    with pytest.raises(ValueError, match="lower k"):
+        FastV(0.9, k=8).decision_layers(8)
+
+
+def test_factory_options():
+    method = create_fastv(0.5, k=3)
+    assert isinstance(method, FastV) and method.k == 3 and method.name == "fastv"
+    with pytest.raises(ValueError, match="unknown option"):
+        create_fastv(0.5, ratio=0.5)
+    with pytest.raises(ValueError, match="budget"):
+        create_fastv(0.0)
+
+
+# ---------------------------------------------------------------------------------------------- decide
+
+
+def test_keeps_the_most_attended_tokens_in_sequence_order():
+    attention = [0.1, 0.5, 0.05, 0.3, 0.3, 0.01, 0.2, 0.4]
+    tokens, calls = tokens_with_attention(attention)
+    method = FastV(0.5, k=2)
+    decision = method.decide(2, tokens, {"num_layers": 6})  # f = (3 - 2) / 4 = 0.25: keep 8 - floor(6) = 2
+    assert decision.keep.tolist() == [False, True, False, False, False, False, False, True]
+    assert calls == [1]  # one query row: the last prompt token
+    assert decision.merge_into is None and decision.features is None
+
+
+def test_ties_go_to_the_earlier_token():
+    tokens, _ = tokens_with_attention([0.2, 0.2, 0.2, 0.2])
+    decision = FastV(0.5, k=1).decide(1, tokens, {"num_layers": 3})  # f = 0.25 -> keep 4 - floor(3) = 1
+    assert decision.keep.tolist() == [True, False, False, False]
+
+
+@settings(max_examples=50, deadline=None)
+@given(attention=st.lists(st.floats(0, 1, width=32), min_size=1, max_size=40), budget=st.floats(0.3, 1.0))
+def test_keep_count_and_threshold(attention, budget):
+    tokens, _ = tokens_with_attention(attention)
+    method = FastV(budget, k=2)
+    f = method.keep_fraction(10)
+    keep = method.decide(2, tokens, {"num_layers": 10}).keep
+    n = len(attention)
+    assert int(keep.sum()) == method.expected_tokens_per_layer(n, 10)[-1]
+    a = torch.tensor(attention)
+    if 0 < int(keep.sum()) < n:
+        assert a[keep].min() >= a[~keep].max()
+    assert f <= 1.0
+
+
+def test_refuses_layer_without_attention():
+    tokens, _ = tokens_with_attention([0.1, 0.2])
+    tokens.relevance_from_attention = None
+    with pytest.raises(ValueError, match="needs attention"):
+        FastV(0.5).decide(2, tokens, {"num_layers": 8})
+
+
+# ------------------------------------------------------------------------------------------ on a model
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model(family):
+    return build_model(family)
+
+
+def _num_visual(family, model, inputs) -> int:
+    visual = int((inputs["input_ids"][0] == video_token_id(family, model)).sum())
+    return visual - 1 if family == "llava_onevision" else visual  # its trailing newline is text
+
+
+def test_tokens_per_layer_follow_the_budget_rule(family, model):
+    inputs = build_inputs(family, model)
+    method = FastV(0.5, k=2)
+    with torch.no_grad(), hieravid.apply(model, method) as handle:
+        model(**inputs)
+    stats = handle.last_stats
+    n = _num_visual(family, model, inputs)
+    assert stats.per_sample_tokens_per_layer[0] == method.expected_tokens_per_layer(n, 8)
+    assert stats.per_sample_tokens_per_layer[0][:2] == [n, n]
+    assert stats.achieved_budget == pytest.approx(0.5, abs=1 / n)
+
+
+def test_budget_one_equals_the_unpatched_model(family, model):
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        ref = model(**inputs).logits[:, -1]
+        with hieravid.apply(model, FastV(1.0)):
+            out = model(**inputs).logits[:, -1]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
