@@ -1,0 +1,208 @@
+"""FrameFusion (Fu et al., ICCV 2025, "FrameFusion: Combining Similarity and Importance for Video Token
+Reduction on Large Visual Language Models"): merging, then pruning.
+
+What the method does (public code ``thu-nics/FrameFusion``, ``framefusion/main.py``):
+
+1. **Merging, layer after layer.** Each visual token is compared (cosine) with the previous token of the
+   same patch slot still present (the same slot in the previous frame before any merge). Every token
+   whose similarity is at least ``similarity_lower_bound`` (0.6) is merged into the token before it:
+   each maximal run of such tokens is averaged, with equal weights, into the token that precedes the
+   run. Merging repeats at the next layer while it stays useful:
+
+   - the *sparsity upper bound* u is the pruning ratio that, applied from this layer to the last, would
+     spend exactly what is left of the budget. If the tokens above the threshold are fewer than
+     ``u * n``, all of them are merged; when they are also fewer than ``ratio_lower_bound * n`` (0.1),
+     merging stops and pruning comes next.
+   - otherwise only the ``u * n`` most similar tokens are merged, the budget is met, and nothing is
+     pruned.
+2. **Pruning, once.** At the next decision point the visual tokens are ranked by the attention the last
+   prompt token pays them, averaged over heads (FastV's rule), and the top ones are kept so that the
+   layer average of the kept fraction equals the budget.
+
+Budget: FrameFusion's ``cost`` is the kept visual fraction averaged over the decoder layers (its
+``_compute_pruning_ratio`` charges every merge step as one layer and the pruned count for each layer
+left), which is exactly this project's relative token budget B, so ``cost = B``. Counts are integers
+here: with ``R`` the tokens left in the budget (``B L N_0`` minus the tokens that entered the layers
+already run) and ``l`` the current layer, the target level is ``t = R / (L - l)``; the top-k branch keeps
+``round(t)`` tokens and the pruning step keeps ``round(t)`` (the reference's ``round(n (1 - u))`` is the
+same number; its top-k branch keeps ``n - floor(u n)``, at most one token more). The reference
+hard-codes ``num_layers = 28``; here L is the decoder's own depth.
+
+Placement in this runtime. The reference merges on the embeddings before layer 0's attention, then
+after the attention block of layer 0, 1, 2, ... (before the MLP), and prunes after the attention block
+of the layer following the last merge, with that layer's attention of the last token. Here every
+decision point is a layer input: merge step j runs at the input of layer j (step 0 on the input
+embeddings, as in the reference), and pruning runs at the input of the layer after the last merge, with
+that layer's own query/key projections of the last prompt token
+(``VideoTokens.relevance_from_attention(query_rows=1)``, no eager attention needed). One consequence is
+an improvement in the accounting: the reference charges its two layer-0 merges as two layers, while
+here each merge step is exactly the count entering one layer, so the layer average is exactly B.
+Every layer is a decision point (the number of merge steps depends on the data); once merging and
+pruning are done a decision keeps everything.
+
+Guards where the reference raises ``ValueError("The cost is too small")``: a threshold merge that would
+leave less than nothing for the later layers is replaced by the top-k merge down to the target level;
+when even merging every candidate cannot reach the target (fewer candidates than needed), pruning
+follows at the next layer and keeps ``max(0, round(t))``. Only a budget below what layer 0 alone costs
+(about ``1 / L`` of the tokens when nothing merges) can then end above B.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hieravid.config import check_budget, check_unit_interval
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.ops.ranking import top_k_mask
+
+__all__ = ["FrameFusion", "create_framefusion", "previous_slot_similarity", "run_anchors"]
+
+#: The reference's defaults.
+DEFAULT_SIMILARITY_LOWER_BOUND = 0.6
+DEFAULT_RATIO_LOWER_BOUND = 0.1
+
+
+def previous_slot_similarity(features: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity of each token with the previous token of the same slot that is present.
+
+    Args:
+        features: ``(N, D)`` visual tokens in sequence order (frame-major).
+        slot: ``(N,)`` int64 slot of each token.
+
+    Returns:
+        ``(order, similarity)``: ``order`` ``(N,)`` int64 is the tokens grouped by slot, each slot's tokens
+        in sequence order (a stable sort by slot); ``similarity`` ``(N,)`` float32 is, at place i of that
+        order, the cosine of token ``order[i]`` with token ``order[i - 1]``; ``-inf`` at the first token of
+        each slot (no predecessor) and for zero-norm tokens, so they are never merged.
+    """
+    order = torch.argsort(slot, stable=True)  # (N,)
+    x = features[order].float()  # (N, D)
+    norms = torch.linalg.vector_norm(x, dim=-1)  # (N,)
+    sim = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    if x.shape[0] > 1:
+        cos = torch.linalg.vecdot(x[1:], x[:-1]) / (norms[1:] * norms[:-1])  # (N-1,)
+        same = (slot[order][1:] == slot[order][:-1]) & (norms[1:] > 0) & (norms[:-1] > 0)
+        cos = torch.nan_to_num(cos, nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
+        sim[1:] = torch.where(same, cos, torch.full_like(cos, float("-inf")))
+    return order, sim
+
+
+def run_anchors(order: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+    """Where each token goes when the marked tokens merge into the token before their run.
+
+    Args:
+        order: ``(N,)`` the slot-grouped order from :func:`previous_slot_similarity`.
+        merged: ``(N,)`` bool, in that order: True for the tokens merged away (never the first token of
+            a slot).
+
+    Returns:
+        ``(N,)`` int64 ``merge_into`` in sequence indexing: for a merged token, the (kept) token that
+        precedes its run in the same slot; for a kept token, itself.
+    """
+    place = torch.arange(order.numel(), device=order.device)
+    anchor_place = torch.where(merged, torch.zeros_like(place), place).cummax(dim=0).values  # (N,)
+    merge_into = torch.empty_like(order)
+    merge_into[order] = order[anchor_place]
+    return merge_into
+
+
+class FrameFusion(PruningMethod):
+    """FrameFusion at relative budget ``budget`` (its ``cost``).
+
+    Args:
+        budget: relative token budget B in (0, 1]: kept visual fraction averaged over the layers.
+        similarity_lower_bound: tokens at least this similar to their same-slot predecessor are merged
+            (reference default 0.6).
+        ratio_lower_bound: merging stops after a step that merged fewer than this fraction of the
+            visual tokens present (reference default 0.1).
+    """
+
+    def __init__(
+        self,
+        budget: float = 0.3,
+        similarity_lower_bound: float = DEFAULT_SIMILARITY_LOWER_BOUND,
+        ratio_lower_bound: float = DEFAULT_RATIO_LOWER_BOUND,
+    ) -> None:
+        self.name = "framefusion"
+        self.budget = check_budget(budget)
+        if not isinstance(similarity_lower_bound, (int, float)) or isinstance(similarity_lower_bound, bool) or not (
+            -1.0 <= similarity_lower_bound <= 1.0
+        ):
+            raise ValueError(
+                f"similarity_lower_bound is a cosine similarity in [-1, 1], got {similarity_lower_bound!r} "
+                "(the reference uses 0.6)"
+            )
+        self.similarity_lower_bound = float(similarity_lower_bound)
+        self.ratio_lower_bound = check_unit_interval(ratio_lower_bound, "ratio_lower_bound")
+
+    def decision_layers(self, num_layers: int) -> list[int]:
+        """Every layer (how many merge steps run depends on the data); none at budget 1."""
+        return [] if self.budget >= 1.0 else list(range(num_layers))
+
+    def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
+        num_layers = state["num_layers"]
+        present = tokens.num_tokens
+        if layer == 0:
+            state.update(phase="merge", spent=0, allowed=self.budget * num_layers * present, next_layer=0)
+        elif state["next_layer"] != layer:
+            raise RuntimeError(f"FrameFusion decides at every layer; got layer {layer} after {state['next_layer'] - 1}")
+        else:
+            state["spent"] += present  # the tokens that entered layer - 1
+        state["next_layer"] = layer + 1
+        keep_all = torch.ones(present, dtype=torch.bool, device=tokens.features.device)
+        target = (state["allowed"] - state["spent"]) / (num_layers - layer)  # tokens per remaining layer
+        if state["phase"] == "prune":
+            state["phase"] = "done"
+            kept = min(max(round(target), 0), present)
+            if kept == present:
+                return Decision(keep=keep_all)
+            if tokens.relevance_from_attention is None:
+                raise ValueError(f"FrameFusion prunes by attention at layer {layer}; the runtime gave none")
+            return Decision(keep=top_k_mask(tokens.relevance_from_attention(query_rows=1), kept))
+        if state["phase"] == "done" or present <= target:
+            state["phase"] = "done"
+            return Decision(keep=keep_all)
+        return self._merge(tokens, state, target)
+
+    def _merge(self, tokens: VideoTokens, state: dict, target: float) -> Decision:
+        """One merge step at a decision point (``target``: tokens per remaining layer the budget allows)."""
+        present = tokens.num_tokens
+        order, sim = previous_slot_similarity(tokens.features, tokens.slot)
+        above = sim >= self.similarity_lower_bound  # (N,) in slot order
+        merged_count = int(above.sum())
+        left_after = state["allowed"] - state["spent"] - (present - merged_count)
+        if present - merged_count > target and left_after >= 0:
+            merged = above
+            if merged_count < self.ratio_lower_bound * present:
+                state["phase"] = "prune"
+        else:
+            # Top-k branch: merge just enough to meet the budget at this level; nothing to prune after.
+            candidates = int(torch.isfinite(sim).sum())
+            want = present - round(target)
+            k = min(max(want, 0), candidates)
+            best = torch.argsort(-sim, stable=True)[:k]  # most similar first, ties by slot order
+            merged = torch.zeros_like(above)
+            merged[best] = True
+            state["phase"] = "done" if k == want else "prune"
+        if not bool(merged.any()):
+            return Decision(keep=torch.ones(present, dtype=torch.bool, device=tokens.features.device))
+        keep = torch.empty_like(merged)
+        keep[order] = ~merged
+        return Decision(keep=keep, merge_into=run_anchors(order, merged))
+
+    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
+        return None  # data dependent (how much merges)
+
+
+def create_framefusion(budget: float, **options: Any) -> PruningMethod:
+    """Registry factory: ``FrameFusion(budget, **options)``; options: ``similarity_lower_bound`` (0.6),
+    ``ratio_lower_bound`` (0.1)."""
+    allowed = {"similarity_lower_bound", "ratio_lower_bound"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) for method 'framefusion': {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return FrameFusion(budget, **options)

@@ -1,0 +1,422 @@
+"""PruneVid (Huang, Zhou, Han; ACL 2025, "PruneVid: Visual Token Pruning for Efficient Video Large Language
+Models"): spatio-temporal merging before the LLM, question-guided selection inside it.
+
+What the method does (public code ``Visual-AI/PruneVid``, ``models/pllava/modeling_pllava.py`` and
+``models/pllava/elastic_cache.py``; defaults from ``scripts/eval.sh``):
+
+1. **Temporal segments** (before the LLM). The frames' mean features are clustered with DPC-KNN
+   (:func:`dpc_knn`, ``int(T * temporal_segment_ratio)`` clusters, ratio 0.25, k = 7); the labels are made
+   temporally contiguous (:func:`refine_clusters`: each cluster keeps its longest run, the other runs
+   join their longer neighbour), and every run of equal labels is a segment.
+2. **Static and dynamic tokens.** Inside a segment of W frames, a slot is *static* when the mean pairwise
+   cosine similarity of its W tokens (all pairs of distinct frames) is above ``tau`` (0.8). A static slot
+   is averaged over the W frames into one token; the segment's static tokens are then clustered
+   spatially with DPC-KNN (``int(n * cluster_ratio)`` clusters, k = 7, only when there are more than 14)
+   and each cluster is averaged. The dynamic tokens of each frame are clustered the same way, frame by
+   frame. With one frame in a segment every token is dynamic.
+3. **Question-guided selection** (inside the LLM, at layer M). The visual tokens are ranked by the
+   attention that the text tokens after the video (the question and the template's closing tokens) pay
+   them, and the top fraction alpha (0.4) is kept in every group: the static tokens of each segment, and
+   the dynamic tokens of each frame.
+
+Mapping of the relative token budget B (the kept visual fraction averaged over the L layers). The
+nominal profile keeps ``n_1`` tokens in layers ``[0, M)`` and a fraction ``alpha`` of them after, which
+averages to B when ``n_1 = c_0 N_0`` with::
+
+    c_0 = min(1, B L / (M + alpha (L - M)))
+
+(0.49 at B = 0.3 with L = 28, M = 10: the paper's cluster ratio 0.5 when no token is static). The merging
+strength is the spatial cluster ratio: once the static/dynamic split of every segment is known, the
+cluster ratio is the smallest one (found by bisection) whose merged count reaches ``c_0 N_0``, so a static
+video, whose tokens already shrink W-fold in time, is clustered less (up to ratio 1, no spatial
+clustering) and one without static tokens gets about ``c_0``. The result is still data dependent (whole
+clusters, groups of 14 tokens or fewer are never clustered), so layer M corrects it: with ``N_0`` tokens
+at first and ``n_1`` after merging, layer M keeps ``round((B L N_0 - M n_1) / (L - M))`` tokens (clipped to
+``[0, n_1]``), which makes the layer average B up to that rounding. Only a video so static that its
+temporal merge alone goes below ``B N_0`` ends under the budget (layer M then keeps everything). The kept
+count is split over the groups in proportion to their sizes (largest remainders first; the reference
+keeps ``int(alpha n_g)`` in each group), and each group keeps its highest-attention tokens. At budget 1
+nothing is merged or pruned (no decision points).
+
+Placement and other differences from the reference:
+
+- M defaults to ``round(10 / 28 * L)`` (10 on a 28-layer decoder). The public code selects at layer 10
+  of PLLaVA-7B, a 32-layer LLaMA (``selected_layer = 10``), after that layer has run, using its
+  attention; here the selection runs at the input of layer M with layer M's own query/key projections.
+  ``layer`` sets M explicitly.
+- The attention is averaged over heads and question rows (``relevance_from_attention``, no eager
+  attention needed); the reference takes the maximum over heads, then over question rows.
+- Merged tokens keep an original position: a static cluster sits at its DPC centre's slot in the
+  segment's first frame, a dynamic cluster at its centre token; the runtime averages each cluster's
+  members (equal weights, the reference's means). The reference lays the merged tokens out anew
+  (each segment's static tokens, then its dynamic tokens frame by frame) with fresh positions.
+- DPC-KNN breaks density ties by token index instead of the reference's random 1e-6 noise, so the
+  decisions are deterministic.
+- The reference also drops the pruned tokens from the KV caches of the layers before M (it only matters
+  for decoding); here those layers keep the keys of every merged token they saw.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from hieravid.config import check_budget, check_unit_interval
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.ops.ranking import segment_top_k
+
+__all__ = [
+    "PruneVid",
+    "cluster_ratio_for",
+    "clustered_count",
+    "create_prunevid",
+    "dpc_knn",
+    "group_quotas",
+    "refine_clusters",
+    "static_slots",
+    "temporal_segments",
+]
+
+#: The reference's defaults (scripts/eval.sh, modeling_pllava.py).
+DEFAULT_TAU = 0.8
+DEFAULT_ALPHA = 0.4
+DEFAULT_TEMPORAL_SEGMENT_RATIO = 0.25
+DEFAULT_KNN = 7
+#: Groups of at most this many tokens are not clustered spatially (the reference's ``> 14`` rule).
+MIN_CLUSTERED_TOKENS = 14
+#: The reference's selection layer and the depth it is scaled from (layer ``round(10 / 28 * L)``).
+REFERENCE_LAYER, REFERENCE_DEPTH = 10, 28
+
+
+def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = DEFAULT_KNN) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-peaks clustering with k-nearest-neighbour density (DPC-KNN), batched.
+
+    Distances are Euclidean divided by ``sqrt(C)``. Density ``rho_i = exp(-mean of the squared distances to
+    the k nearest tokens, itself included)``; ``delta_i`` = distance to the nearest denser token (the
+    largest distance of the item for the densest one). The ``num_clusters`` tokens with the highest
+    ``rho * delta`` are the centres; every token joins its nearest centre, and each centre its own
+    cluster. Density ties go to the lower index, score ties to the lower index.
+
+    Args:
+        x: ``(B, N, C)`` B independent sets of N tokens.
+        num_clusters: centres per set, ``1 <= num_clusters <= N``.
+        k: neighbours for the density (capped at N).
+
+    Returns:
+        ``labels`` ``(B, N)`` int64 cluster of each token (``0..num_clusters-1``, in centre-score order) and
+        ``centers`` ``(B, num_clusters)`` int64 token index of each cluster's centre.
+    """
+    batch, num_tokens, channels = x.shape
+    if not 1 <= num_clusters <= num_tokens:
+        raise ValueError(f"num_clusters must be in [1, N={num_tokens}], got {num_clusters}")
+    xf = x.float()
+    dist = torch.cdist(xf, xf) / math.sqrt(channels)  # (B, N, N)
+    nearest = dist.topk(min(k, num_tokens), dim=-1, largest=False).values  # (B, N, k)
+    density = torch.exp(-(nearest**2).mean(dim=-1))  # (B, N)
+    rank = torch.argsort(torch.argsort(-density, dim=-1, stable=True), dim=-1)  # (B, N) 0 = densest
+    denser = rank.unsqueeze(1) < rank.unsqueeze(2)  # (B, N_i, N_j): j is denser than i
+    farthest = dist.flatten(1).max(dim=-1).values  # (B,)
+    delta = torch.where(denser, dist, farthest[:, None, None]).min(dim=-1).values  # (B, N)
+    score = delta * density
+    centers = torch.argsort(-score, dim=-1, stable=True)[:, :num_clusters]  # (B, K)
+    to_centers = dist.gather(1, centers.unsqueeze(-1).expand(-1, -1, num_tokens))  # (B, K, N)
+    labels = to_centers.argmin(dim=1)  # (B, N) first nearest centre on ties
+    ids = torch.arange(num_clusters, device=x.device).expand(batch, -1)
+    labels.scatter_(1, centers, ids)
+    return labels, centers
+
+
+def refine_clusters(labels: list[int]) -> list[int]:
+    """Make frame-cluster labels temporally contiguous, as the reference does.
+
+    Each label keeps its longest run(s) of consecutive frames; a label whose runs all have length 1 keeps
+    none. Every other run is relabelled, left to right, with the label of its longer neighbouring run
+    (the left one on a tie, 0 when it has no neighbour).
+
+    Args:
+        labels: one cluster label per frame.
+
+    Returns:
+        The refined labels (same length).
+    """
+    n = len(labels)
+    runs: list[tuple[int, int]] = []  # (start, end inclusive) of each run of equal labels
+    start = 0
+    for i in range(1, n + 1):
+        if i == n or labels[i] != labels[start]:
+            runs.append((start, i - 1))
+            start = i
+    longest: dict[int, int] = {}
+    for a, b in runs:
+        longest[labels[a]] = max(longest.get(labels[a], 0), b - a + 1)
+    out = list(labels)
+    for a, b in runs:
+        length = b - a + 1
+        if longest[labels[a]] == 1 or length != longest[labels[a]]:
+            out[a : b + 1] = [-1] * length
+    i = 0
+    while i < n:
+        if out[i] != -1:
+            i += 1
+            continue
+        start = i
+        while i < n and out[i] == -1:
+            i += 1
+        end = i - 1
+        left_label, left_len = None, 0
+        if start > 0:
+            left_label = out[start - 1]
+            j = start - 1
+            while j >= 0 and out[j] == left_label:
+                j -= 1
+            left_len = start - 1 - j
+        right_label, right_len = None, 0
+        if end < n - 1:
+            right_label = out[end + 1]
+            j = end + 1
+            while j < n and out[j] == right_label:
+                j += 1
+            right_len = j - end - 1
+        if left_len > right_len:
+            label = left_label
+        elif right_len > left_len:
+            label = right_label
+        else:
+            label = left_label if left_label is not None else right_label
+        out[start : end + 1] = [0 if label is None else label] * (end - start + 1)
+    return out
+
+
+def temporal_segments(
+    x: torch.Tensor, ratio: float = DEFAULT_TEMPORAL_SEGMENT_RATIO, k: int = DEFAULT_KNN
+) -> torch.Tensor:
+    """Step 1: temporally contiguous segments from DPC-KNN on the frames' mean tokens.
+
+    Args:
+        x: ``(T, P, D)`` visual tokens.
+        ratio: clusters per frame (``max(1, int(T * ratio))`` clusters).
+
+    Returns:
+        ``(T,)`` int64 segment id of each frame, 0-based and non-decreasing.
+    """
+    num_frames = x.shape[0]
+    num_clusters = max(1, int(num_frames * ratio))
+    labels, _ = dpc_knn(x.float().mean(dim=1).unsqueeze(0), num_clusters, k)  # (1, T)
+    refined = torch.tensor(refine_clusters(labels[0].tolist()), device=x.device)
+    starts = torch.ones(num_frames, dtype=torch.long, device=x.device)
+    starts[1:] = (refined[1:] != refined[:-1]).long()
+    return torch.cumsum(starts, dim=0) - 1
+
+
+def static_slots(x: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
+    """Step 2: the slots whose tokens barely change over a segment.
+
+    Args:
+        x: ``(W, P, D)`` one segment's tokens.
+        tau: a slot is static when the mean cosine similarity over all pairs of distinct frames is above it.
+
+    Returns:
+        ``(P,)`` bool; all False when W = 1.
+    """
+    frames = x.shape[0]
+    if frames < 2:
+        return torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+    unit = torch.nn.functional.normalize(x.float(), dim=-1)  # (W, P, D)
+    total = unit.sum(dim=0)  # (P, D)
+    pair_sum = (total * total).sum(dim=-1) - (unit * unit).sum(dim=(0, 2))  # (P,) sum over w != w'
+    return pair_sum / (frames * (frames - 1)) > tau
+
+
+def clustered_count(size: int, ratio: float) -> int:
+    """Tokens left of a group of ``size`` after spatial clustering at ``ratio``: ``max(1, int(size * ratio))``
+    clusters when the group has more than 14 tokens, all of them otherwise."""
+    if size <= MIN_CLUSTERED_TOKENS:
+        return size
+    return min(size, max(1, int(size * ratio)))
+
+
+def cluster_ratio_for(sizes: list[int], target: float, steps: int = 40) -> float:
+    """The smallest cluster ratio in (0, 1] whose merged count ``sum_g clustered_count(n_g, ratio)`` reaches
+    ``target`` tokens (bisection; 1 when even ratio 1 stays below it).
+
+    Args:
+        sizes: tokens of each group before spatial clustering (0 for an empty group).
+        target: tokens the merge should leave.
+    """
+    def merged(ratio: float) -> int:
+        return sum(clustered_count(n, ratio) for n in sizes if n)
+
+    low, high = 0.0, 1.0
+    if merged(high) < target:
+        return high
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if merged(mid) >= target:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def _cluster_targets(features: torch.Tensor, ratio: float, k: int) -> torch.Tensor:
+    """For ``(B, n, D)`` groups, the index (0..n-1) of the cluster centre each token merges into: DPC-KNN
+    with :func:`clustered_count` clusters, every token on its own when that is all of them."""
+    batch, n, _ = features.shape
+    num_clusters = clustered_count(n, ratio)
+    if num_clusters >= n:
+        return torch.arange(n, device=features.device).expand(batch, -1)
+    labels, centers = dpc_knn(features, num_clusters, k)  # (B, n), (B, K)
+    return centers.gather(1, labels)
+
+
+def group_quotas(sizes: torch.Tensor, total: int) -> torch.Tensor:
+    """Split ``total`` kept tokens over groups in proportion to their ``sizes`` (largest remainders).
+
+    Args:
+        sizes: ``(G,)`` int64 tokens per group.
+        total: tokens to keep, ``0 <= total <= sizes.sum()``.
+
+    Returns:
+        ``(G,)`` int64 quotas, ``0 <= q_g <= n_g``, summing to ``total``; leftovers go to the largest
+        fractional parts, ties to the lower group.
+    """
+    n = int(sizes.sum())
+    if not 0 <= total <= n:
+        raise ValueError(f"total must be in [0, {n}], got {total}")
+    if n == 0:
+        return torch.zeros_like(sizes)
+    exact = sizes.double() * total / n  # (G,)
+    quota = exact.floor().long()
+    left = total - int(quota.sum())
+    if left:
+        order = torch.argsort(-(exact - quota.double()), stable=True)
+        quota[order[:left]] += 1
+    return quota
+
+
+class PruneVid(PruningMethod):
+    """PruneVid at relative budget ``budget``.
+
+    Args:
+        budget: relative token budget B in (0, 1].
+        tau: static-token threshold (reference 0.8).
+        alpha: the nominal layer-M keep ratio (reference 0.4) used to set the cluster ratio; the count
+            actually kept at layer M is the one that makes the layer average B.
+        temporal_segment_ratio: frame clusters per frame (reference 0.25).
+        knn: k of DPC-KNN (reference 7).
+        layer: M, the selection layer; default ``round(10 / 28 * L)``.
+    """
+
+    def __init__(
+        self,
+        budget: float = 0.3,
+        tau: float = DEFAULT_TAU,
+        alpha: float = DEFAULT_ALPHA,
+        temporal_segment_ratio: float = DEFAULT_TEMPORAL_SEGMENT_RATIO,
+        knn: int = DEFAULT_KNN,
+        layer: int | None = None,
+    ) -> None:
+        self.name = "prunevid"
+        self.budget = check_budget(budget)
+        self.tau = check_unit_interval(tau, "tau")
+        self.alpha = check_unit_interval(alpha, "alpha", closed=False)
+        self.temporal_segment_ratio = check_unit_interval(temporal_segment_ratio, "temporal_segment_ratio")
+        if not isinstance(knn, int) or isinstance(knn, bool) or knn < 1:
+            raise ValueError(f"knn (DPC-KNN's k) must be an integer >= 1, got {knn!r}; the reference uses 7")
+        self.knn = knn
+        if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool) or layer < 1):
+            raise ValueError(f"layer (PruneVid's M) must be an integer >= 1 or None, got {layer!r}")
+        self.layer = layer
+
+    def selection_layer(self, num_layers: int) -> int:
+        """M for a decoder of ``num_layers`` layers (``round(10 / 28 * L)`` unless ``layer`` is set)."""
+        layer = self.layer if self.layer is not None else round(REFERENCE_LAYER * num_layers / REFERENCE_DEPTH)
+        layer = max(layer, 1)
+        if layer >= num_layers:
+            raise ValueError(f"PruneVid's selection layer {layer} must be below the decoder's {num_layers} layers")
+        return layer
+
+    def merged_fraction(self, num_layers: int) -> float:
+        """``c_0 = min(1, B L / (M + alpha (L - M)))``: the fraction of the visual tokens the merge aims to keep."""
+        m = self.selection_layer(num_layers)
+        return min(1.0, self.budget * num_layers / (m + self.alpha * (num_layers - m)))
+
+    def decision_layers(self, num_layers: int) -> list[int]:
+        """Merging before layer 0 and selection at layer M; none at budget 1."""
+        return [] if self.budget >= 1.0 else [0, self.selection_layer(num_layers)]
+
+    def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
+        if layer == 0:
+            return self._merge(tokens, state)
+        return self._select(layer, tokens, state)
+
+    def _merge(self, tokens: VideoTokens, state: dict) -> Decision:
+        num_frames, num_slots = tokens.num_frames, tokens.num_slots
+        if tokens.num_tokens != num_frames * num_slots:
+            raise ValueError("PruneVid's merging needs the full (frames x slots) video grid at layer 0")
+        x = tokens.features.view(num_frames, num_slots, -1)  # (T, P, D)
+        device = x.device
+        segment = temporal_segments(x, self.temporal_segment_ratio, self.knn)  # (T,)
+        bounds = torch.nonzero(torch.diff(segment, prepend=segment[:1] - 1)).squeeze(1).tolist() + [num_frames]
+        spans = list(zip(bounds[:-1], bounds[1:]))
+        static = [static_slots(x[start:end], self.tau) for start, end in spans]  # (P,) each
+        sizes: list[int] = []  # tokens of every group before spatial clustering
+        for (start, end), mask in zip(spans, static):
+            num_static = int(mask.sum())
+            sizes += [num_static] + [num_slots - num_static] * (end - start)
+        ratio = cluster_ratio_for(sizes, self.merged_fraction(state["num_layers"]) * tokens.num_tokens)
+        flat = torch.arange(num_frames * num_slots, device=device).view(num_frames, num_slots)
+        target = flat.clone()  # (T, P) flat index of the token each token merges into
+        group = torch.empty(num_frames, num_slots, dtype=torch.long, device=device)
+        next_group = 0
+        for (start, end), mask in zip(spans, static):
+            span = x[start:end]  # (W, P, D)
+            slots = torch.nonzero(mask).squeeze(1)
+            if slots.numel():
+                centre = _cluster_targets(span[:, slots].float().mean(dim=0, keepdim=True), ratio, self.knn)[0]
+                target[start:end, slots] = flat[start, slots[centre]]
+                group[start:end, slots] = next_group
+            slots = torch.nonzero(~mask).squeeze(1)
+            if slots.numel():
+                centre = _cluster_targets(span[:, slots], ratio, self.knn)  # (W, n_d)
+                target[start:end, slots] = flat[start:end].gather(1, slots[centre])
+                group[start:end, slots] = next_group + 1 + torch.arange(end - start, device=device).unsqueeze(1)
+            next_group += 1 + end - start
+        merge_into = target.reshape(-1)
+        keep = merge_into == flat.reshape(-1)
+        state.update(
+            group=group.reshape(-1)[keep],
+            num_groups=next_group,
+            original=tokens.num_tokens,
+            cluster_ratio=ratio,
+            num_segments=len(spans),
+        )
+        return Decision(keep=keep, merge_into=merge_into)
+
+    def _select(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
+        if tokens.relevance_from_attention is None:
+            raise ValueError(f"PruneVid selects by attention at layer {layer}; the runtime gave none")
+        num_layers, present = state["num_layers"], tokens.num_tokens
+        allowed = self.budget * num_layers * state["original"] - layer * present
+        kept = min(max(round(allowed / (num_layers - layer)), 0), present)
+        query_rows = max(1, 0 if tokens.instruction is None else int(tokens.instruction.shape[0]))
+        attention = tokens.relevance_from_attention(query_rows=query_rows)  # (N,)
+        sizes = torch.bincount(state["group"], minlength=state["num_groups"])
+        return Decision(keep=segment_top_k(attention, state["group"], group_quotas(sizes, kept)))
+
+    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
+        return None  # data dependent (how much merges)
+
+
+def create_prunevid(budget: float, **options: Any) -> PruningMethod:
+    """Registry factory: ``PruneVid(budget, **options)``; options: ``tau`` (0.8), ``alpha`` (0.4),
+    ``temporal_segment_ratio`` (0.25), ``knn`` (7), ``layer`` (M, default ``round(10 / 28 * L)``)."""
+    allowed = {"tau", "alpha", "temporal_segment_ratio", "knn", "layer"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) for method 'prunevid': {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return PruneVid(budget, **options)

@@ -1,0 +1,244 @@
+"""Tests of the FrameFusion baseline (hieravid.methods.framefusion), against slow loop references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from synthetic import planted_video
+from tiny_models import FAMILIES, build_inputs, build_model, video_token_id
+
+import hieravid
+from hieravid.methods.base import VideoTokens
+from hieravid.methods.framefusion import FrameFusion, create_framefusion, previous_slot_similarity, run_anchors
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().tolist(), b.double().tolist()
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def apply_decision(features: torch.Tensor, decision) -> torch.Tensor:
+    """Kept tokens, each the plain mean of itself and the tokens merged into it (loop reference)."""
+    keep = decision.keep.tolist()
+    rows = []
+    for i, kept in enumerate(keep):
+        if not kept:
+            continue
+        members = [i] + (
+            [] if decision.merge_into is None
+            else [j for j, t in enumerate(decision.merge_into.tolist()) if t == i and not keep[j]]
+        )
+        rows.append(torch.stack([features[j].double() for j in members]).mean(dim=0).float())
+    return torch.stack(rows) if rows else features[:0]
+
+
+def simulate(method, x: torch.Tensor, num_layers: int, score: torch.Tensor):
+    """Run every decision of ``method`` over ``num_layers`` layers on a ``(T, P, D)`` video, applying the
+    decisions by hand; relevance of each token = ``score[frame, slot]``. Returns tokens per layer and the
+    query_rows of every relevance call."""
+    num_frames, num_slots, dim = x.shape
+    features = x.reshape(-1, dim)
+    frame = torch.arange(num_frames).repeat_interleave(num_slots)
+    slot = torch.arange(num_slots).repeat(num_frames)
+    state = {"num_layers": num_layers}
+    counts, calls = [], []
+    points = set(method.decision_layers(num_layers))
+    for layer in range(num_layers):
+        if layer in points:
+            def relevance(query_rows=1, frame=frame, slot=slot):
+                calls.append(query_rows)
+                return score[frame, slot]
+
+            tokens = VideoTokens(
+                features=features, frame=frame, slot=slot, num_frames=num_frames, num_slots=num_slots,
+                relevance_from_attention=relevance if layer else None, instruction=torch.zeros(3, dim),
+            )
+            decision = method.decide(layer, tokens, state)
+            features = apply_decision(features, decision)
+            frame, slot = frame[decision.keep], slot[decision.keep]
+        counts.append(features.shape[0])
+    return counts, calls
+
+
+# ------------------------------------------------------------------------------------------ the operations
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), num_frames=st.integers(1, 6), num_slots=st.integers(1, 5))
+def test_previous_slot_similarity_matches_a_loop(seed, num_frames, num_slots):
+    gen = torch.Generator().manual_seed(seed)
+    present = torch.rand(num_frames * num_slots, generator=gen) < 0.7  # an incomplete grid, as after merges
+    frame = torch.arange(num_frames).repeat_interleave(num_slots)[present]
+    slot = torch.arange(num_slots).repeat(num_frames)[present]
+    features = torch.randn(int(present.sum()), 6, generator=gen)
+    order, sim = previous_slot_similarity(features, slot)
+    by_token = dict(zip(order.tolist(), sim.tolist()))
+    for i in range(features.shape[0]):
+        before = [j for j in range(i) if slot[j] == slot[i]]
+        if not before:
+            assert by_token[i] == float("-inf")
+        else:
+            assert by_token[i] == pytest.approx(cosine(features[i], features[before[-1]]), abs=1e-5)
+    # the order groups slots and keeps sequence order inside each slot
+    pairs = [(int(slot[j]), j) for j in order.tolist()]
+    assert pairs == sorted(pairs)
+
+
+def test_zero_tokens_are_never_merged():
+    features = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    _, sim = previous_slot_similarity(features, torch.zeros(3, dtype=torch.long))
+    assert sim.tolist() == [float("-inf")] * 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12), num_slots=st.integers(1, 4))
+def test_run_anchors_matches_a_loop(seed, n, num_slots):
+    gen = torch.Generator().manual_seed(seed)
+    slot = torch.randint(0, num_slots, (n,), generator=gen)
+    order, _ = previous_slot_similarity(torch.randn(n, 3, generator=gen), slot)
+    merged_token = torch.rand(n, generator=gen) < 0.5
+    first = [min(j for j in range(n) if slot[j] == s) for s in set(slot.tolist())]
+    merged_token[first] = False  # the first token of a slot has no predecessor
+    merge_into = run_anchors(order, merged_token[order])
+    for i in range(n):
+        j = i
+        while merged_token[j]:
+            j = max(k for k in range(j) if slot[k] == slot[i])
+        assert int(merge_into[i]) == j
+
+
+# ------------------------------------------------------------------------------------------ the decisions
+
+
+def test_threshold_merge_then_prune_at_the_next_layer():
+    # Two scenes of 4 near-identical frames: 30 of 40 tokens are >= 0.6 similar to their predecessor.
+    x, _ = planted_video(3, 8, [4], 5)
+    method = FrameFusion(0.2)
+    score = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    counts, calls = simulate(method, x, 8, score)
+    # Layer 0: u = 1 - t/n = 0.8 > 30/40, all 30 merge into frames 0 and 4 (10 tokens).
+    # Layer 1: the two scenes are unrelated, nothing merges (< 10%): prune at layer 2 to round(44 / 6) = 7.
+    assert counts == [10, 10, 7, 7, 7, 7, 7, 7]
+    assert calls == [1]  # one relevance call, for the last prompt token
+
+
+def test_layer0_merge_averages_each_run_into_its_anchor():
+    x, _ = planted_video(3, 8, [4], 5)
+    tokens = VideoTokens(
+        features=x.reshape(40, -1), frame=torch.arange(8).repeat_interleave(5), slot=torch.arange(5).repeat(8),
+        num_frames=8, num_slots=5,
+    )
+    decision = FrameFusion(0.2).decide(0, tokens, {"num_layers": 8})
+    assert decision.keep.view(8, 5).all(dim=1).tolist() == [True, False, False, False, True, False, False, False]
+    expected_anchor = torch.tensor([0, 0, 0, 0, 4, 4, 4, 4]).repeat_interleave(5) * 5 + torch.arange(5).repeat(8)
+    assert decision.merge_into.tolist() == expected_anchor.tolist()
+    merged = apply_decision(tokens.features, decision)
+    torch.testing.assert_close(merged[:5], x[0:4].mean(dim=0))
+    torch.testing.assert_close(merged[5:], x[4:8].mean(dim=0))
+
+
+def test_top_k_branch_meets_the_budget_at_layer_0_and_stops():
+    # A static video: every candidate is similar, more than the upper bound allows.
+    x, _ = planted_video(5, 8, [], 10)
+    score = torch.randn(8, 10, generator=torch.Generator().manual_seed(1))
+    counts, calls = simulate(FrameFusion(0.3), x, 6, score)
+    assert counts == [24] * 6  # round(0.3 * 80): merged down to the target level at once
+    assert calls == []  # nothing left to prune
+
+
+def test_nothing_similar_prunes_at_layer_1():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 7, 16, generator=gen)  # unrelated frames: no similarity reaches 0.6
+    score = torch.randn(6, 7, generator=gen)
+    counts, calls = simulate(FrameFusion(0.4), x, 8, score)
+    kept = round((0.4 * 8 * 42 - 42) / 7)
+    assert counts == [42] + [kept] * 7
+    assert calls == [1]
+
+
+def test_pruning_keeps_the_most_attended_tokens():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, 16, generator=gen)
+    score = torch.randn(4, 6, generator=gen)
+    method, state = FrameFusion(0.5), {"num_layers": 4}
+    frame, slot = torch.arange(4).repeat_interleave(6), torch.arange(6).repeat(4)
+
+    def tokens(layer):
+        return VideoTokens(
+            features=x.reshape(24, -1), frame=frame, slot=slot, num_frames=4, num_slots=6,
+            relevance_from_attention=(lambda query_rows=1: score.reshape(-1)) if layer else None,
+        )
+
+    assert method.decide(0, tokens(0), state).keep.all()
+    keep = method.decide(1, tokens(1), state).keep
+    kept = round((0.5 * 4 * 24 - 24) / 3)
+    assert int(keep.sum()) == kept
+    assert set(torch.nonzero(keep).squeeze(1).tolist()) == set(score.reshape(-1).topk(kept).indices.tolist())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    num_frames=st.integers(8, 16),
+    num_slots=st.integers(2, 8),
+    num_layers=st.integers(8, 32),
+    budget=st.floats(0.15, 0.95),
+    noise=st.sampled_from([0.01, 0.5, 1.0, 3.0]),
+    data=st.data(),
+)
+def test_layer_average_is_the_budget(seed, num_frames, num_slots, num_layers, budget, noise, data):
+    cuts = sorted(data.draw(st.sets(st.integers(1, num_frames - 1), max_size=3)))
+    x, _ = planted_video(seed, num_frames, cuts, num_slots, dim=16, noise=noise)
+    score = torch.randn(num_frames, num_slots, generator=torch.Generator().manual_seed(seed))
+    counts, calls = simulate(FrameFusion(budget), x, num_layers, score)
+    n0 = num_frames * num_slots
+    assert counts == sorted(counts, reverse=True)
+    assert len(calls) <= 1
+    # Only the final rounding to whole tokens is off: at most half a token per remaining layer.
+    assert abs(sum(counts) - budget * num_layers * n0) <= 0.5 * num_layers + 1e-9
+
+
+def test_budget_one_has_no_decision_points_and_options_are_checked():
+    assert FrameFusion(1.0).decision_layers(28) == []
+    assert FrameFusion(0.3).decision_layers(4) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="unknown option"):
+        create_framefusion(0.3, cost=0.3)
+    with pytest.raises(ValueError, match="similarity_lower_bound"):
+        FrameFusion(0.3, similarity_lower_bound=2.0)
+    with pytest.raises(ValueError, match="budget"):
+        FrameFusion(0.0)
+    assert create_framefusion(0.3, ratio_lower_bound=0.2).ratio_lower_bound == 0.2
+
+
+# ------------------------------------------------------------------------------------------ on a model
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model(family):
+    return build_model(family)
+
+
+def test_on_a_model_the_budget_is_met_and_text_stays(family, model):
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 1], seed=3)
+    with torch.no_grad(), hieravid.apply(model, FrameFusion(0.4)) as handle:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    stats = handle.last_stats
+    for b, rows in enumerate(stats.per_sample_tokens_per_layer):
+        n0 = stats.visual_tokens[b]
+        assert abs(sum(rows) - 0.4 * 8 * n0) <= 0.5 * 8
+        assert rows == sorted(rows, reverse=True)
+        valid = inputs["attention_mask"][b].bool()
+        text = torch.nonzero(valid & (inputs["input_ids"][b] != video_token_id(family, model))).squeeze(1)
+        assert all(torch.isin(text, layer[b]).all() for layer in stats.kept_positions)
