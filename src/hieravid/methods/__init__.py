@@ -6,8 +6,19 @@ import dataclasses
 from typing import Any, Callable
 
 from hieravid.config import HieraVidConfig, check_budget
+from hieravid.methods.ablations import create_hieravid_no_layer, create_hieravid_no_seg, create_hieravid_topk
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.methods.cdpruner import create_cdpruner
+from hieravid.methods.divprune import create_divprune
+from hieravid.methods.dycoke import create_dycoke
+from hieravid.methods.evs import create_evs
+from hieravid.methods.fastv import create_fastv
+from hieravid.methods.framefusion import create_framefusion
 from hieravid.methods.hieravid import HieraVid, Stage1Decision, decide_stage, decide_stage1, selector_for_stage
+from hieravid.methods.prumerge import create_prumerge
+from hieravid.methods.prunevid import create_prunevid
+from hieravid.methods.pyramiddrop import create_pyramiddrop
+from hieravid.methods.streamingllm import create_streamingllm
 from hieravid.methods.vanilla import Vanilla
 
 __all__ = [
@@ -41,7 +52,26 @@ def _vanilla(budget: float, **options: Any) -> PruningMethod:
     return Vanilla()
 
 
-_REGISTRY: dict[str, Callable[..., PruningMethod]] = {"hieravid": _hieravid, "vanilla": _vanilla}
+_REGISTRY: dict[str, Callable[..., PruningMethod]] = {
+    "hieravid": _hieravid,
+    "vanilla": _vanilla,
+    # the paper's baselines
+    "fastv": create_fastv,
+    "framefusion": create_framefusion,
+    "prunevid": create_prunevid,
+    "prumerge": create_prumerge,
+    "streamingllm": create_streamingllm,
+    # further baselines
+    "divprune": create_divprune,
+    "cdpruner": create_cdpruner,
+    "pyramiddrop": create_pyramiddrop,
+    "evs": create_evs,
+    "dycoke": create_dycoke,
+    # HieraVid's ablations (paper Tables 4-5)
+    "hieravid_no_layer": create_hieravid_no_layer,
+    "hieravid_no_seg": create_hieravid_no_seg,
+    "hieravid_topk": create_hieravid_topk,
+}
 
 
 def available() -> list[str]:

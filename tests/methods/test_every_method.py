@@ -1,0 +1,61 @@
+"""Every registered method through the same adapters on every model family: batches, generation, sdpa
+and eager, text never pruned, and the budget it reaches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import FAMILIES, build_inputs, build_model, unbatch, video_token_id
+
+import hieravid
+from hieravid.methods import available
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+METHODS = [m for m in available() if m != "vanilla"]
+# 8 decoder layers in the tiny models: a budget every method can reach (FastV keeps layers 0-1 whole).
+BUDGET = 0.4
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def models(family):
+    return {attn: build_model(family, attn_implementation=attn) for attn in ("sdpa", "eager")}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_runs_batched_and_matches_single_samples(family, models, method):
+    model = models["sdpa"]
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 1], seed=5)
+    with torch.no_grad(), hieravid.apply(model, method, BUDGET) as handle:
+        batched = model.generate(**inputs, max_new_tokens=3, do_sample=False)[:, -3:]
+        stats = handle.last_stats
+        for b in range(2):
+            alone = model.generate(**unbatch(family, model, inputs, b), max_new_tokens=3, do_sample=False)
+            assert torch.equal(batched[b], alone[0, -3:]), f"{method}: sample {b} differs in the batch"
+            assert handle.last_stats.per_sample_tokens_per_layer[0] == stats.per_sample_tokens_per_layer[b]
+    assert stats.method == method
+    assert stats.achieved_budget == pytest.approx(BUDGET, abs=0.08), stats.per_sample_tokens_per_layer
+    assert stats.flops_ratio < 1.0
+    vid = video_token_id(family, model)
+    for b in range(2):
+        valid = inputs["attention_mask"][b].bool()
+        text = torch.nonzero(valid & (inputs["input_ids"][b] != vid)).squeeze(1)
+        for kept in (layer[b] for layer in stats.kept_positions):
+            assert torch.isin(text, kept).all(), f"{method} pruned a text token"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_decides_the_same_under_sdpa_and_eager(family, models, method):
+    kept = {}
+    for attn, model in models.items():
+        inputs = build_inputs(family, model, batch=2, prompt_tokens=[6, 9])
+        with torch.no_grad(), hieravid.apply(model, method, BUDGET) as handle:
+            model(**inputs)
+        kept[attn] = handle.last_stats.kept_positions
+    for a, b in zip(kept["sdpa"], kept["eager"]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), method
