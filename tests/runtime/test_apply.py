@@ -12,6 +12,7 @@ import torch
 from tiny_models import FAMILIES, build_inputs, build_model, unbatch, video_token_id
 
 import hieravid
+from hieravid.flops import paper_flops
 from hieravid.runtime import PrunedCache
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -223,6 +224,10 @@ def test_tokens_per_layer_equal_the_schedule(family, model):
     assert stats.tokens_per_layer == expected
     assert stats.achieved_budget == pytest.approx(sum(expected) / (n0 * num_layers))
     assert stats.achieved_budget == pytest.approx(0.3, abs=0.02)
+    text_config = _language_model(model).config
+    assert stats.flops.paper == pytest.approx(
+        paper_flops(expected, text_config.hidden_size, text_config.intermediate_size)
+    )
     assert 0 < stats.flops_ratio < 0.5
     assert stats.flops.exact < stats.flops.vanilla_exact
     assert stats.decide_seconds > 0
