@@ -13,7 +13,9 @@ from typing import Callable
 
 import torch
 
-__all__ = ["VideoTokens", "Decision", "PruningMethod"]
+from hieravid.methods.budget import keep_count, keep_fraction_from_layer
+
+__all__ = ["VideoTokens", "Decision", "PruningMethod", "BeforeLLMMethod"]
 
 
 @dataclass
@@ -88,3 +90,26 @@ class PruningMethod:
     def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
         """Visual tokens entering each layer that this method aims for (None if data dependent)."""
         return None
+
+
+class BeforeLLMMethod(PruningMethod):
+    """A method that decides once, on the LLM input embeddings, and keeps a fraction of the visual
+    tokens for every layer: its kept fraction is the budget itself (f = B, spec section 3's average of a
+    flat profile). Subclasses set ``self.budget`` and implement :meth:`decide` for layer 0."""
+
+    budget: float = 1.0
+
+    def keep_fraction(self, num_layers: int) -> float:
+        """Kept fraction f at layer 0 (= B)."""
+        return keep_fraction_from_layer(self.budget, num_layers, 0)
+
+    def decision_layers(self, num_layers: int) -> list[int]:
+        """``[0]``, or nothing at budget 1 (every token stays)."""
+        return [0] if self.keep_fraction(num_layers) < 1.0 else []
+
+    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
+        return [keep_count(self.keep_fraction(num_layers), num_visual)] * num_layers
+
+    def kept_count(self, tokens: VideoTokens, state: dict) -> int:
+        """Tokens this sample keeps: ``keep_count(B, N)``."""
+        return keep_count(self.keep_fraction(state["num_layers"]), tokens.num_tokens)

@@ -53,8 +53,7 @@ from typing import Any
 import torch
 
 from hieravid.config import check_budget, check_choice
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
-from hieravid.methods.budget import keep_count, keep_fraction_from_layer
+from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens
 from hieravid.ops import conditional_kernel, greedy_map, minmax_normalize
 from hieravid.ops.ranking import instruction_similarity
 
@@ -115,7 +114,7 @@ def _check_theta(theta: float | None) -> float | None:
     return float(theta)
 
 
-class CDPruner(PruningMethod):
+class CDPruner(BeforeLLMMethod):
     """CDPruner at relative budget ``budget``: one conditional DPP over the whole video before layer 0,
     keeping ``keep_count(B, N)`` tokens.
 
@@ -131,21 +130,10 @@ class CDPruner(PruningMethod):
         self.relevance_sign = check_choice(relevance_sign, "relevance_sign", ("negative", "positive"))
         self.theta = _check_theta(theta)
 
-    def keep_fraction(self, num_layers: int) -> float:
-        """Kept fraction f at layer 0 (= B)."""
-        return keep_fraction_from_layer(self.budget, num_layers, 0)
-
-    def decision_layers(self, num_layers: int) -> list[int]:
-        """``[0]``, or nothing at budget 1 (every token stays)."""
-        return [0] if self.keep_fraction(num_layers) < 1.0 else []
-
-    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
-        return [keep_count(self.keep_fraction(num_layers), num_visual)] * num_layers
-
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if layer != 0:
             raise ValueError(f"CDPruner decides before layer 0 only, was asked at layer {layer}")
-        kept = keep_count(self.keep_fraction(state["num_layers"]), tokens.num_tokens)
+        kept = self.kept_count(tokens, state)
         r = cdpruner_relevance(tokens.features, tokens.instruction, sign=self.relevance_sign, theta=self.theta)
         return Decision(keep=cdpruner_select(tokens.features, r, kept))
 

@@ -39,8 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from hieravid.config import check_budget
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
-from hieravid.methods.budget import keep_count, keep_fraction_from_layer
+from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens
 
 __all__ = ["DivPrune", "create_divprune", "divprune_select"]
 
@@ -112,7 +111,7 @@ def divprune_select(features: torch.Tensor, k: int, *, max_matrix_elements: int 
     return keep
 
 
-class DivPrune(PruningMethod):
+class DivPrune(BeforeLLMMethod):
     """DivPrune at relative budget ``budget``: one decision before layer 0 keeping
     ``keep_count(B, N)`` of the video's N visual tokens by greedy max-min cosine diversity.
 
@@ -128,21 +127,10 @@ class DivPrune(PruningMethod):
             raise ValueError(f"max_matrix_elements must be an integer >= 0, got {max_matrix_elements!r}")
         self.max_matrix_elements = max_matrix_elements
 
-    def keep_fraction(self, num_layers: int) -> float:
-        """Kept fraction f at layer 0 (= B)."""
-        return keep_fraction_from_layer(self.budget, num_layers, 0)
-
-    def decision_layers(self, num_layers: int) -> list[int]:
-        """``[0]``, or nothing at budget 1 (every token stays)."""
-        return [0] if self.keep_fraction(num_layers) < 1.0 else []
-
-    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
-        return [keep_count(self.keep_fraction(num_layers), num_visual)] * num_layers
-
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if layer != 0:
             raise ValueError(f"DivPrune decides before layer 0 only, was asked at layer {layer}")
-        kept = keep_count(self.keep_fraction(state["num_layers"]), tokens.num_tokens)
+        kept = self.kept_count(tokens, state)
         keep = divprune_select(tokens.features, kept, max_matrix_elements=self.max_matrix_elements)
         return Decision(keep=keep)
 

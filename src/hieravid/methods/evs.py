@@ -39,8 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from hieravid.config import check_budget
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
-from hieravid.methods.budget import keep_count, keep_fraction_from_layer
+from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens
 
 __all__ = ["EVS", "create_evs", "evs_dissimilarity", "evs_keep"]
 
@@ -80,7 +79,7 @@ def evs_keep(x: torch.Tensor, num_keep: int) -> torch.Tensor:
     return keep.view(num_frames, num_slots)
 
 
-class EVS(PruningMethod):
+class EVS(BeforeLLMMethod):
     """EVS at relative budget ``budget``: one decision before layer 0 keeping ``keep_count(B, T P)``
     tokens ranked by temporal dissimilarity.
 
@@ -92,17 +91,6 @@ class EVS(PruningMethod):
         self.name = "evs"
         self.budget = check_budget(budget)
 
-    def keep_fraction(self, num_layers: int) -> float:
-        """Kept fraction f at layer 0 (= B)."""
-        return keep_fraction_from_layer(self.budget, num_layers, 0)
-
-    def decision_layers(self, num_layers: int) -> list[int]:
-        """``[0]``, or nothing at budget 1 (every token stays)."""
-        return [0] if self.keep_fraction(num_layers) < 1.0 else []
-
-    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
-        return [keep_count(self.keep_fraction(num_layers), num_visual)] * num_layers
-
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if layer != 0:
             raise ValueError(f"EVS decides before layer 0 only, was asked at layer {layer}")
@@ -113,7 +101,7 @@ class EVS(PruningMethod):
                 f"{num_frames} frames x {num_slots} slots"
             )
         x = tokens.features.view(num_frames, num_slots, -1)
-        kept = keep_count(self.keep_fraction(state["num_layers"]), tokens.num_tokens)
+        kept = self.kept_count(tokens, state)
         return Decision(keep=evs_keep(x, kept).reshape(-1))
 
 

@@ -59,8 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from hieravid.config import check_budget, check_choice
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
-from hieravid.methods.budget import keep_count, keep_fraction_from_layer
+from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens
 
 __all__ = [
     "PruMerge",
@@ -184,7 +183,7 @@ def prumerge_merge(
     return merged[keep].to(x.dtype)
 
 
-class PruMerge(PruningMethod):
+class PruMerge(BeforeLLMMethod):
     """PruMerge+ (``plus=True``, default) or PruMerge at relative budget ``budget``: one decision before
     layer 0 keeping ``keep_count(B, T P)`` tokens, per frame, with the kept tokens merged.
 
@@ -208,17 +207,6 @@ class PruMerge(PruningMethod):
         self.plus = plus
         self.merge = check_choice(merge, "merge", ("sum", "average"))
 
-    def keep_fraction(self, num_layers: int) -> float:
-        """Kept fraction f at layer 0 (= B)."""
-        return keep_fraction_from_layer(self.budget, num_layers, 0)
-
-    def decision_layers(self, num_layers: int) -> list[int]:
-        """``[0]``, or nothing at budget 1 (every token stays, nothing merged)."""
-        return [0] if self.keep_fraction(num_layers) < 1.0 else []
-
-    def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int]:
-        return [keep_count(self.keep_fraction(num_layers), num_visual)] * num_layers
-
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if layer != 0:
             raise ValueError(f"PruMerge decides before layer 0 only, was asked at layer {layer}")
@@ -229,7 +217,7 @@ class PruMerge(PruningMethod):
                 f"{num_frames} frames x {num_slots} slots"
             )
         x = tokens.features.view(num_frames, num_slots, -1)
-        kept = keep_count(self.keep_fraction(state["num_layers"]), tokens.num_tokens)
+        kept = self.kept_count(tokens, state)
         importance = prumerge_importance(x)
         state["iqr_outliers"] = iqr_outliers(importance).sum(dim=1)
         keep, _ = prumerge_select(importance, frame_counts(kept, num_frames, num_slots), plus=self.plus)

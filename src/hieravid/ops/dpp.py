@@ -7,7 +7,6 @@ over k for a whole batch of segments (padded), not once per segment.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["conditional_kernel", "greedy_map", "segment_dpp_select", "segment_bin_select", "pack_segments"]
 

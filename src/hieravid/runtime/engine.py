@@ -260,7 +260,6 @@ class Runtime:
         states: list[dict],
     ) -> _Sequence:
         """Ask the method about every sample at one decision point and apply the answers."""
-        batch = seq.hidden.shape[0]
         keep = seq.valid.clone()  # (B, L)
         replaced_hidden: torch.Tensor | None = None
         replaced_side: list[torch.Tensor] | None = None
