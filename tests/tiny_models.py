@@ -710,3 +710,9 @@ def processor_inputs(
         for v in videos
     ]
     return processor(text=texts, videos=list(videos), video_metadata=metadata, return_tensors="pt", padding=True)
+
+
+def num_visual_tokens(family: str, model, inputs: dict, sample: int = 0) -> int:
+    """Video tokens hieravid treats as visual in one sample (LLaVA-OV's trailing newline is text)."""
+    visual = int((inputs["input_ids"][sample] == video_token_id(family, model)).sum())
+    return visual - 1 if family == "llava_onevision" else visual

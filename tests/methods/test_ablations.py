@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from synthetic import planted_video
-from tiny_models import FAMILIES, build_inputs, build_model, video_token_id
+from tiny_models import build_inputs, num_visual_tokens
 
 import hieravid
 from hieravid.config import HieraVidConfig
@@ -262,21 +262,6 @@ def test_no_layer_refuses_other_layers_and_partial_grids():
 # ------------------------------------------------------------------------------------------ on a model
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return build_model(family)
-
-
-def _num_visual(family, model, inputs) -> int:
-    visual = int((inputs["input_ids"][0] == video_token_id(family, model)).sum())
-    return visual - 1 if family == "llava_onevision" else visual
-
-
 @pytest.mark.parametrize("variant", ["hieravid_no_seg", "hieravid_topk", "hieravid_no_layer"])
 def test_tokens_per_layer_follow_the_variant(family, model, variant):
     factory = getattr(ablations, f"create_{variant}")
@@ -285,7 +270,7 @@ def test_tokens_per_layer_follow_the_variant(family, model, variant):
     with torch.no_grad(), hieravid.apply(model, method) as handle:
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
     stats = handle.last_stats
-    n = _num_visual(family, model, inputs)
+    n = num_visual_tokens(family, model, inputs)
     for rows in stats.per_sample_tokens_per_layer:
         assert rows == method.expected_tokens_per_layer(n, 8)
     assert stats.method == variant

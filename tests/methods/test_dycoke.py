@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import FAMILIES, build_inputs, build_model, video_token_id
+from tiny_models import build_inputs, video_token_id
 
 import hieravid
 from hieravid.methods.base import VideoTokens
@@ -96,16 +96,6 @@ def test_decision_drops_without_merging():
 
 
 # ------------------------------------------------------------------------------------------ on a model
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return build_model(family)
 
 
 def test_on_a_model_tokens_per_layer_and_text(family, model):

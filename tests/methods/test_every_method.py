@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import FAMILIES, build_inputs, build_model, unbatch, video_token_id
+from tiny_models import build_inputs, build_model, unbatch, video_token_id
 
 import hieravid
 from hieravid.methods import available
@@ -15,11 +15,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 METHODS = [m for m in available() if m != "vanilla"]
 # 8 decoder layers in the tiny models: a budget every method can reach (FastV keeps layers 0-1 whole).
 BUDGET = 0.4
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from synthetic import planted_video
-from tiny_models import FAMILIES, build_inputs, build_model, video_token_id
+from tiny_models import build_inputs, num_visual_tokens
 
 import hieravid
 from hieravid.methods.base import VideoTokens
@@ -147,27 +147,12 @@ def test_factory():
 # ------------------------------------------------------------------------------------------ on a model
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return build_model(family)
-
-
-def _num_visual(family, model, inputs) -> int:
-    visual = int((inputs["input_ids"][0] == video_token_id(family, model)).sum())
-    return visual - 1 if family == "llava_onevision" else visual  # its trailing newline is text
-
-
 def test_tokens_per_layer_follow_the_budget_rule(family, model):
     inputs = build_inputs(family, model)
     method = EVS(0.3)
     with torch.no_grad(), hieravid.apply(model, method) as handle:
         model(**inputs)
-    n = _num_visual(family, model, inputs)
+    n = num_visual_tokens(family, model, inputs)
     assert handle.last_stats.per_sample_tokens_per_layer[0] == method.expected_tokens_per_layer(n, 8)
     assert handle.last_stats.per_sample_tokens_per_layer[0][0] == keep_count(0.3, n)
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from synthetic import planted_video
-from tiny_models import FAMILIES, build_inputs, build_model, video_token_id
+from tiny_models import build_inputs, video_token_id
 
 import hieravid
 from hieravid.methods.base import VideoTokens
@@ -218,16 +218,6 @@ def test_budget_one_has_no_decision_points_and_options_are_checked():
 
 
 # ------------------------------------------------------------------------------------------ on a model
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return build_model(family)
 
 
 def test_on_a_model_the_budget_is_met_and_text_stays(family, model):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import FAMILIES, build_inputs, build_model, video_token_id
+from tiny_models import build_inputs, video_token_id
 
 import hieravid
 from hieravid.methods.base import VideoTokens
@@ -67,16 +67,6 @@ def test_decision_layers_and_options():
 
 
 # ------------------------------------------------------------------------------------------ on a model
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return build_model(family)
 
 
 def test_keeps_the_first_visual_tokens_and_the_latest_ones(family, model):

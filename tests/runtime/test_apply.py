@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import FAMILIES, build_inputs, build_model, unbatch, video_token_id
+from tiny_models import build_inputs, build_model, unbatch, video_token_id
 
 import hieravid
 from hieravid.flops import paper_flops
@@ -20,16 +20,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 # In-LLM stages only (rho = 0): every kept token is an original token, so the by-hand check needs no
 # merge arithmetic. Stage-1 merging is checked on its own below.
 SELECT_ONLY = dict(ratios=(0.0, 0.5, 0.4, 0.5))
-
-
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return build_model(family)
 
 
 def _generate(model, inputs, n=4, **kw):
