@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -30,11 +29,8 @@ def batch_inputs(family, sdpa_model):
     return tm.build_inputs(family, sdpa_model, batch=2, prompt_tokens=(8, 5), left_pad=(0, 4))
 
 
-def test_build_is_small_fast_and_consistent(family: str) -> None:
-    tm.build_model(family)  # warm imports
-    start = time.perf_counter()
+def test_build_is_small_and_consistent(family: str) -> None:
     model = tm.build_model(family)
-    assert time.perf_counter() - start < 2.0
     assert not model.training and model.dtype == torch.float32
     assert model.config.text_config._attn_implementation == "sdpa"
     assert tm.build_model(family, attn_implementation="eager").config.text_config._attn_implementation == "eager"
@@ -87,14 +83,6 @@ def test_padded_batch_equals_samples_alone(family: str, sdpa_model, batch_inputs
         for b in range(2):
             alone = sdpa_model(**tm.unbatch(family, sdpa_model, batch_inputs, b)).logits[0]
             torch.testing.assert_close(batched[b, -alone.shape[0] :], alone, rtol=1e-4, atol=1e-4)
-
-
-def test_forward_is_fast(family: str, sdpa_model, batch_inputs) -> None:
-    with torch.no_grad():
-        sdpa_model(**batch_inputs)  # warm-up
-        start = time.perf_counter()
-        sdpa_model(**batch_inputs)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_generate_runs(family: str, sdpa_model, batch_inputs) -> None:
