@@ -384,3 +384,26 @@ def test_right_padding_is_repacked(family, model):
         for b in range(2):
             alone = model(**unbatch(family, model, inputs, b)).logits[0, -1]
             torch.testing.assert_close(batched[b], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_image_only_input_is_a_passthrough():
+    """An image (no video) goes through unpruned: the output equals the unpatched model's."""
+    model = build_model("qwen2_vl")
+    video = build_inputs("qwen2_vl", model)
+    grid = torch.tensor([[1, 8, 12]])  # one image: 8 x 12 patches -> 24 tokens after 2x2 merging
+    patches = video["pixel_values_videos"][: 8 * 12]
+    image_id = model.config.image_token_id
+    ids = torch.tensor([[2, 20, 21, 5] + [image_id] * 24 + [6, 30, 31, 32]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": patches,
+        "image_grid_thw": grid,
+        "mm_token_type_ids": (ids == image_id).long(),
+    }
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            out = model(**inputs).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert handle.last_stats.pruned is False
