@@ -312,6 +312,8 @@ class Runtime:
             if decision.merge_into is not None:
                 for s, new in zip(seq.side, replaced_side):
                     new[b, kept_cols] = _group_mean(s[b, cols], decision.keep, decision.merge_into)
+        if replaced_hidden is None and torch.equal(keep, seq.valid):
+            return seq  # nothing removed or merged: no copy
         if replaced_hidden is not None:
             seq = replace(seq, hidden=replaced_hidden, side=replaced_side)
         cols, valid = _right_align(keep)
