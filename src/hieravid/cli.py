@@ -5,6 +5,7 @@ Subcommands:
 - ``hieravid flops``: prefill FLOPs of a pruning method on a model preset (paper convention and exact).
 - ``hieravid schedule``: the per-stage pruning ratios for a relative token budget.
 - ``hieravid bench-ops``: time HieraVid's four-stage decision alone on features of a real model's shape.
+- ``hieravid bench``: prefill latency, TTFT, decoding, memory and KV cache of every method on a model shape.
 
 Each subcommand is registered in :func:`build_parser` by a ``_add_xxx(subparsers)`` function and run by a
 ``_cmd_xxx(args) -> int`` function stored as the parser's ``func`` default; to add one, write both and
@@ -207,6 +208,92 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
     print(f"total (median of {result.repeats} runs): {result.total_ms:.1f} ms")
     return 0
 
+# ----------------------------------------------------------------------------------------- bench
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _budget_list(text: str) -> list[float]:
+    try:
+        return [float(item) for item in _comma_list(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated budgets such as 0.3,0.2,0.1, got {text!r}") from exc
+
+
+def _add_bench(subparsers: Any) -> None:
+    from hieravid.bench.shapes import SHAPE_NAMES  # names only: no torch import at parser build
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="prefill latency, TTFT, decoding, memory and KV cache of every method on a model shape",
+        description=(
+            "Build a real model architecture with random weights, then measure every method at every "
+            "budget in one process, interleaved: decoder prefill time, speed-up over vanilla against the "
+            "exact-FLOPs speed-up, time spent deciding, time to first token, decode time per token, peak "
+            "memory and KV-cache bytes after prefill. Medians over --repeats rounds after --warmup rounds."
+        ),
+    )
+    parser.add_argument("--shape", required=True, choices=SHAPE_NAMES,
+                        help="model shape: tiny (seconds), mini (Qwen2-0.5B-shaped decoder), or a 7B shape for a GPU")
+    parser.add_argument("--frames", type=_positive_int, default=None,
+                        help="raw video frames (default: the shape's; Qwen2-VL takes 2 per temporal group)")
+    parser.add_argument("--methods", type=_comma_list, default=["vanilla", "hieravid", "fastv", "framefusion", "evs"],
+                        help="comma-separated methods (default vanilla,hieravid,fastv,framefusion,evs; "
+                             "'unpatched' = the model without hieravid.apply)")
+    parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
+                        help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
+    parser.add_argument("--device", default="cpu", help="torch device, cpu or cuda (default cpu)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights and activations (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds (default 3)")
+    parser.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed rounds first (default 1)")
+    parser.add_argument("--new-tokens", type=_positive_int, default=8,
+                        help="greedy tokens per generate, >= 2 (default 8)")
+    parser.add_argument("--allow-cpu", action="store_true", help="run a 7B shape on the CPU anyway")
+    parser.add_argument("--json", metavar="FILE", default=None, help="also write every number to FILE as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", default=None,
+                        help="also plot speed-up and visual KV cache against the budget to FILE.png")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``hieravid bench``."""
+    import torch
+
+    from hieravid.bench.models import format_report, plot_report, run_model_bench
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = run_model_bench(
+        args.shape,
+        frames=args.frames,
+        methods=args.methods,
+        budgets=args.budgets,
+        device=args.device,
+        dtype=dtype,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        new_tokens=args.new_tokens,
+        allow_cpu=args.allow_cpu,
+        progress=None if args.quiet else progress,
+    )
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+    if args.plot:
+        plot_report(result, args.plot)
+    return 0
+
 
 # ------------------------------------------------------------------------------------------ main
 
@@ -221,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flops(subparsers)
     _add_schedule(subparsers)
     _add_bench_ops(subparsers)
+    _add_bench(subparsers)
     return parser
 
 

@@ -1,0 +1,775 @@
+"""Model-level speed benchmark: prefill latency, time to first token, decoding, memory and KV cache of
+every pruning method on the same model, measured in one process, interleaved.
+
+Models are the real transformers architectures built from configs with random weights (nothing is
+downloaded; latency does not depend on weight values). Inputs are built directly (token ids and random
+pixel values laid out as the family's processor lays them out), so no processor is needed.
+
+How one measurement is taken (one ``model.generate`` call with ``new_tokens`` greedy tokens):
+
+- The vision tower runs once per round, timed on its own (``vision_ms``); its output is cached and the
+  model's ``get_video_features`` returns that cache inside the timed ``generate`` (the pruning runtime
+  still sees the call and its arguments). So the language-model numbers exclude the vision tower and the
+  vision tower is the same for every method.
+- ``prefill_ms``: the decoder prefill, i.e. the language model's ``forward`` on the prompt (the decoder
+  layers, the method's decisions, the final norm), timed by forward hooks on the language model around
+  its first call (the device is synchronised in the hooks).
+- ``ttft_ms``: ``vision_ms`` of the round + the time from entering ``generate`` to the end of its first
+  model forward (input preparation, rotary positions, embedding, prefill, LM head of the last token).
+- ``decode_ms_per_token``: (``generate`` total - time to the end of the first forward) / (new_tokens - 1).
+- ``decide_ms``: ``handle.last_stats.decide_seconds`` (the runtime's own timer around the method's
+  decisions; part of ``prefill_ms``).
+- ``peak_memory``: on CUDA, ``torch.cuda.max_memory_allocated`` during the prefill minus what was
+  allocated before the call (``peak_memory_total_bytes``: the absolute peak, weights included); on CPU,
+  the growth of the process's peak resident set size during the prefill (Linux ``VmHWM`` after
+  ``malloc_trim`` and a reset through ``/proc/self/clear_refs``, minus ``VmRSS`` before): memory the
+  allocator still holds from earlier calls is reused without showing up, so it can under-count; None
+  where the kernel does not allow the reset.
+- ``kv_bytes``: keys + values over every layer of the cache returned by the prefill (read in the hook,
+  before decoding appends); ``kv_text_bytes`` = text tokens x bytes per token per layer x layers;
+  ``kv_visual_bytes`` = the rest.
+
+Speed-up = vanilla's median ``prefill_ms`` / the method's; theoretical speed-up = exact FLOPs of the
+unpruned prefill / the method's (``last_stats.flops``: every matmul, text tokens and the last token's LM
+head included); efficiency = speed-up / theoretical speed-up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import inspect
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+import hieravid
+from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
+from hieravid.config import check_budget
+from hieravid.methods import available
+from hieravid.models import find_adapter
+
+__all__ = [
+    "SHAPES",
+    "BenchShape",
+    "MethodResult",
+    "ModelBenchResult",
+    "build_bench_inputs",
+    "build_bench_model",
+    "check_goals",
+    "format_report",
+    "machine_description",
+    "plot_report",
+    "run_model_bench",
+]
+
+UNPATCHED = "unpatched"  # pseudo-method: the model without hieravid.apply (the runtime's own overhead)
+_PAD, _EOS, _IM_START = TOKEN_IDS["pad"], TOKEN_IDS["eos"], TOKEN_IDS["im_start"]
+_VIDEO, _VISION_START, _VISION_END = TOKEN_IDS["video"], TOKEN_IDS["vision_start"], TOKEN_IDS["vision_end"]
+_LLAVA_VIDEO, _FIRST_WORD = TOKEN_IDS["llava_video"], TOKEN_IDS["first_word"]
+
+
+def _shape(name: str) -> BenchShape:
+    if name not in SHAPES:
+        raise ValueError(f"unknown shape {name!r}; choose one of {', '.join(SHAPES)}")
+    return SHAPES[name]
+
+
+def build_bench_model(
+    shape: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> torch.nn.Module:
+    """The random-weight model of ``shape``, built directly on ``device`` in ``dtype`` (sdpa, eval mode)."""
+    spec = _shape(shape)
+    config = spec.config()
+    import transformers
+
+    cls = {
+        "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+        "llava_onevision": transformers.LlavaOnevisionForConditionalGeneration,
+    }[spec.family]
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = cls._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    model.eval()
+    generation = model.generation_config
+    generation.pad_token_id, generation.eos_token_id, generation.bos_token_id = _PAD, _EOS, None
+    generation.do_sample = False
+    return model
+
+
+def build_bench_inputs(
+    shape: str,
+    model: torch.nn.Module,
+    frames: int | None = None,
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> dict[str, torch.Tensor]:
+    """One prompt with one video, laid out as the family's processor lays it out, on ``device`` (default:
+    the model's).
+
+    ``[<|im_start|>] prefix VIDEO question``; Qwen2-VL: ``<|vision_start|> T*h*w/4 video tokens
+    <|vision_end|>`` with ``pixel_values_videos (T h w, 3 * 2 * 14^2)``, ``video_grid_thw`` and
+    ``mm_token_type_ids``; LLaVA-OneVision: ``F * 196 + 1`` video tokens with ``pixel_values_videos
+    (1, F, 3, 384, 384)``. Pixels are random normal (already "normalized").
+    """
+    spec = _shape(shape)
+    frames = spec.frames if frames is None else frames
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.config.text_config.vocab_size
+
+    def words(n: int) -> list[int]:
+        return torch.randint(_FIRST_WORD, vocab, (n,), generator=gen).tolist()
+
+    height, width = spec.frame_size
+    vc = model.config.vision_config
+    dtype = model.dtype
+    if spec.family == "qwen2_vl":
+        tps, patch, merge = vc.temporal_patch_size, vc.patch_size, vc.spatial_merge_size
+        if frames % tps:
+            raise ValueError(f"{shape}: frames must be a multiple of {tps} (frames per temporal group), got {frames}")
+        t, h, w = frames // tps, height // patch, width // patch
+        video = [_VISION_START] + [_VIDEO] * (t * h * w // merge**2) + [_VISION_END]
+        pixels = torch.randn(t * h * w, vc.in_channels * tps * patch**2, generator=gen)  # (T h w, C tps p^2)
+        extra = {"pixel_values_videos": pixels.to(dtype), "video_grid_thw": torch.tensor([[t, h, w]])}
+    else:
+        side = vc.image_size
+        per_frame = math.ceil(side // vc.patch_size / 2) ** 2
+        video = [_LLAVA_VIDEO] * (frames * per_frame + 1)
+        pixels = torch.randn(1, frames, 3, side, side, generator=gen)  # (B, F, 3, S, S)
+        extra = {"pixel_values_videos": pixels.to(dtype)}
+    ids = torch.tensor([[_IM_START] + words(spec.prefix_tokens) + video + words(spec.question_tokens)])  # (1, N)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}
+    if spec.family == "qwen2_vl":
+        inputs["mm_token_type_ids"] = torch.where(ids == _VIDEO, 2, 0)  # (1, N) 0 text, 2 video
+    device = model.device if device is None else device
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+# -------------------------------------------------------------------------------------------- machine
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: torch.device) -> str:
+    """CPU model, cores, torch threads, torch version (and the GPU on CUDA)."""
+    cpu = f"{_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    gpu = f"{torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
+    return f"{gpu}{cpu}, torch {torch.__version__}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes, ours included), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Give free heap memory back to the system (glibc ``malloc_trim``), then reset the process's peak
+    resident set size (Linux: write 5 to /proc/self/clear_refs). False where the reset is not allowed."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the resident size may include freed memory
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------- recording
+
+
+def _cache_bytes(cache: Any) -> tuple[int, int, int] | None:
+    """(total bytes of keys + values, bytes per token per layer, layers) of a transformers cache."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return None
+    total, per_token = 0, 0
+    for layer in layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            continue
+        total += keys.numel() * keys.element_size() + values.numel() * values.element_size()
+        # keys (B, H_kv, L, d_h): one token of one sample
+        per_token = keys.shape[1] * keys.shape[3] * keys.element_size() + values.shape[1] * values.shape[3] * values.element_size()
+    return total, per_token, len(layers)
+
+
+class _Recorder:
+    """Forward hooks on the whole model and its language model that time one ``generate`` call."""
+
+    def __init__(self, model: torch.nn.Module, text_model: torch.nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.hooks = [
+            model.register_forward_pre_hook(self._model_start),
+            model.register_forward_hook(self._model_end),
+            text_model.register_forward_pre_hook(self._text_start),
+            text_model.register_forward_hook(self._text_end),
+        ]
+        self.reset()
+
+    def reset(self) -> None:
+        self.model_calls = 0
+        self.first_forward_end: float | None = None
+        self.text_start: float | None = None
+        self.prefill_seconds: float | None = None
+        self.cache: tuple[int, int, int] | None = None
+        self.peak_bytes: int | None = None
+        self.peak_total_bytes: int | None = None
+        self.memory_before = 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.memory_before = torch.cuda.memory_allocated(self.device)
+        elif _reset_peak_rss():
+            self.memory_before = (_proc_status_kib("VmRSS") or 0) * 1024
+        else:
+            self.memory_before = -1
+
+    def _model_start(self, module: Any, args: Any) -> None:
+        self.model_calls += 1
+
+    def _model_end(self, module: Any, args: Any, output: Any) -> None:
+        if self.model_calls != 1:
+            return
+        _sync(self.device)
+        self.first_forward_end = time.perf_counter()
+        self.cache = _cache_bytes(getattr(output, "past_key_values", None))
+        if self.device.type == "cuda":
+            self.peak_total_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = self.peak_total_bytes - self.memory_before
+        elif self.memory_before >= 0:
+            hwm = _proc_status_kib("VmHWM")
+            if hwm is not None:
+                self.peak_total_bytes = hwm * 1024
+                self.peak_bytes = self.peak_total_bytes - self.memory_before
+
+    def _text_start(self, module: Any, args: Any) -> None:
+        if self.prefill_seconds is None and self.text_start is None:
+            _sync(self.device)
+            self.text_start = time.perf_counter()
+
+    def _text_end(self, module: Any, args: Any, output: Any) -> None:
+        if self.prefill_seconds is None and self.text_start is not None:
+            _sync(self.device)
+            self.prefill_seconds = time.perf_counter() - self.text_start
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+# ------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class MethodResult:
+    """One method at one budget: medians over the timed repeats (ms, bytes) and derived ratios.
+
+    ``*_runs_ms`` hold every timed run. Ratios against vanilla are filled by :func:`run_model_bench`.
+    """
+
+    method: str
+    budget: float
+    achieved_budget: float
+    tokens_per_layer: list[int]
+    flops_exact: float
+    flops_vanilla_exact: float
+    prefill_ms: float
+    ttft_ms: float
+    decode_ms_per_token: float
+    decide_ms: float
+    peak_memory_bytes: int | None
+    peak_memory_total_bytes: int | None
+    kv_bytes: int
+    kv_text_bytes: int
+    kv_visual_bytes: int
+    prefill_runs_ms: list[float] = field(default_factory=list)
+    ttft_runs_ms: list[float] = field(default_factory=list)
+    decode_runs_ms_per_token: list[float] = field(default_factory=list)
+    decide_runs_ms: list[float] = field(default_factory=list)
+    theoretical_speedup: float = 1.0
+    speedup: float = 1.0
+    ttft_speedup: float = 1.0
+    efficiency: float = 1.0
+    decide_pct_of_vanilla_prefill: float = 0.0
+    kv_visual_ratio: float = 1.0
+
+
+@dataclass
+class ModelBenchResult:
+    """Everything one ``hieravid bench`` run measured, with its machine, shape and protocol."""
+
+    machine: str
+    device: str
+    dtype: str
+    torch_version: str
+    torch_threads: int
+    shape: str
+    shape_description: str
+    frames: int
+    frame_size: list[int]
+    visual_tokens: int
+    text_tokens: int
+    prompt_tokens: int
+    num_layers: int
+    vision_ms: float
+    vision_runs_ms: list[float]
+    vision_note: str
+    repeats: int
+    warmup: int
+    new_tokens: int
+    memory_note: str
+    load_average: list[float | None]
+    results: list[MethodResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelBenchResult":
+        """The inverse of :meth:`to_dict` (e.g. to re-plot a saved ``--json`` file)."""
+        return cls(**{**data, "results": [MethodResult(**r) for r in data["results"]]})
+
+    def get(self, method: str, budget: float | None = None) -> MethodResult:
+        """The result of ``method`` (at ``budget``; vanilla has one, at 1.0)."""
+        for r in self.results:
+            if r.method == method and (budget is None or math.isclose(r.budget, budget)):
+                return r
+        raise KeyError(f"no result for {method} at budget {budget}")
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def _cached_encoder(encode: Callable, output: Any) -> Callable:
+    """A stand-in for ``get_video_features`` that returns ``output`` (same signature, for ``generate``)."""
+
+    @functools.wraps(encode)
+    def cached(*args: Any, **kwargs: Any) -> Any:
+        return output
+
+    return cached
+
+
+def _encoder_kwargs(encode: Callable, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    names = inspect.signature(encode).parameters
+    kwargs: dict[str, Any] = {k: v for k, v in inputs.items() if k in names}
+    kwargs["return_dict"] = True
+    return kwargs
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def run_model_bench(
+    shape: str = "tiny",
+    *,
+    frames: int | None = None,
+    methods: Sequence[str] = ("vanilla", "hieravid"),
+    budgets: Sequence[float] = (0.3, 0.2, 0.1),
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    new_tokens: int = 8,
+    allow_cpu: bool = False,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> ModelBenchResult:
+    """Measure every method at every budget on one random-weight model of ``shape``.
+
+    Args:
+        shape: a key of :data:`SHAPES`.
+        frames: raw frames of the video (default: the shape's); Qwen2-VL takes two per temporal group.
+        methods: names from :func:`hieravid.methods.available`, plus ``unpatched`` (the model without
+            ``hieravid.apply``); ``vanilla`` (``apply`` with nothing pruned) is always measured, once, at
+            budget 1, and is the reference of every ratio.
+        budgets: relative token budgets in (0, 1] for every pruning method.
+        device: ``cpu`` or ``cuda``.
+        dtype: weights and activations (default bfloat16 on CUDA, float32 on CPU).
+        repeats: timed rounds; every round measures every (method, budget) once, interleaved (the order
+            rotates from round to round). Medians are reported.
+        warmup: untimed rounds before them.
+        new_tokens: greedy tokens generated per measurement (>= 2: decode time needs a second token).
+        allow_cpu: run a 7B shape on CPU anyway.
+        progress: called with one line per measurement.
+
+    Returns:
+        A :class:`ModelBenchResult` (times in ms, memory in bytes).
+    """
+    spec = _shape(shape)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if spec.needs_gpu and dev.type != "cuda" and not allow_cpu:
+        raise ValueError(
+            f"shape {shape} is a 7B model meant for a GPU (minutes per prefill and tens of GB on a CPU): "
+            "use --device cuda, a smaller shape (tiny, mini), or --allow-cpu to run it anyway"
+        )
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if new_tokens < 2:
+        raise ValueError(f"new_tokens must be >= 2 (decode time per token needs a second token), got {new_tokens}")
+    known = set(available()) | {UNPATCHED}
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}")
+    budgets = [check_budget(b) for b in budgets]
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    say = progress or (lambda line: None)
+
+    load_start = _load_average()
+    say(f"building {shape} on {dev} ({dtype}) ...")
+    model = build_bench_model(shape, device=dev, dtype=dtype, seed=seed)
+    inputs = build_bench_inputs(shape, model, frames, seed=seed)
+    adapter, multimodal = find_adapter(model)
+    text_model = adapter.text_model
+    num_layers = adapter.num_layers
+
+    configs: list[tuple[str, float]] = [("vanilla", 1.0)]
+    configs += [(m, 1.0) for m in methods if m == UNPATCHED]
+    configs += [(m, b) for m in methods if m not in ("vanilla", UNPATCHED) for b in budgets]
+    for name, budget in configs:  # an unreachable budget (e.g. FastV below K / L) fails now, not midway
+        if name != UNPATCHED:
+            hieravid.apply(model, name, budget).remove()
+
+    encode = multimodal.get_video_features
+    encode_kwargs = _encoder_kwargs(encode, inputs)
+    samples: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
+    vision_runs: list[float] = []
+    stats_of: dict[tuple[str, float], Any] = {}
+    recorder = _Recorder(model, text_model, dev)
+    try:
+        with torch.no_grad():
+            for round_idx in range(warmup + repeats):
+                timed = round_idx >= warmup
+                label = f"round {round_idx + 1 - warmup}/{repeats}" if timed else f"warm-up {round_idx + 1}/{warmup}"
+                _sync(dev)
+                start = time.perf_counter()
+                features = encode(**encode_kwargs)
+                _sync(dev)
+                vision_seconds = time.perf_counter() - start
+                if timed:
+                    vision_runs.append(1000 * vision_seconds)
+                say(f"{label}: vision {1000 * vision_seconds:.1f} ms")
+                multimodal.get_video_features = _cached_encoder(encode, features)
+                try:
+                    shift = round_idx % len(configs)
+                    for name, budget in configs[shift:] + configs[:shift]:
+                        sample, stats = _measure(model, inputs, name, budget, new_tokens, recorder, dev)
+                        sample["ttft_ms"] += 1000 * vision_seconds
+                        if timed:
+                            samples[(name, budget)].append(sample)
+                            stats_of[(name, budget)] = stats
+                        say(
+                            f"{label}: {name:<12} {budget:<4g} prefill {sample['prefill_ms']:9.1f} ms  "
+                            f"decide {sample['decide_ms']:7.1f} ms  decode {sample['decode_ms_per_token']:7.1f} ms/token"
+                        )
+                finally:
+                    del multimodal.get_video_features  # back to the class method
+    finally:
+        recorder.remove()
+
+    vanilla_stats = stats_of[("vanilla", 1.0)]
+    text_tokens = vanilla_stats.text_tokens[0]
+    visual_tokens = vanilla_stats.visual_tokens[0]
+    results = [_summarise(name, budget, samples[(name, budget)], stats_of[(name, budget)], vanilla_stats)
+               for name, budget in configs]
+    _relate(results)
+    height, width = SHAPES[shape].frame_size
+    return ModelBenchResult(
+        machine=machine_description(dev),
+        device=str(dev),
+        dtype=str(dtype).replace("torch.", ""),
+        torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        shape=shape,
+        shape_description=spec.description,
+        frames=spec.frames if frames is None else frames,
+        frame_size=[height, width],
+        visual_tokens=visual_tokens,
+        text_tokens=text_tokens,
+        prompt_tokens=int(inputs["input_ids"].shape[1]),
+        num_layers=num_layers,
+        vision_ms=_median(vision_runs),
+        vision_runs_ms=vision_runs,
+        vision_note=(
+            "the vision tower (random weights, this shape's config) runs once per round, timed alone; "
+            "inside the timed generate calls its cached output is returned, so prefill and decode "
+            "exclude it and TTFT adds the round's vision time"
+        ),
+        repeats=repeats,
+        warmup=warmup,
+        new_tokens=new_tokens,
+        memory_note=(
+            "torch.cuda.max_memory_allocated during prefill minus allocated before"
+            if dev.type == "cuda"
+            else "growth of the peak resident set size (VmHWM, reset via /proc/self/clear_refs after "
+                 "malloc_trim) during prefill over the resident size before it; memory the allocator "
+                 "still caches can hide part of it"
+        ),
+        load_average=[load_start, _load_average()],
+        results=results,
+    )
+
+
+def _measure(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    name: str,
+    budget: float,
+    new_tokens: int,
+    recorder: _Recorder,
+    device: torch.device,
+) -> tuple[dict[str, Any], Any]:
+    """One generate call of one (method, budget): times (ms), memory and cache (bytes), and its stats."""
+    handle = None if name == UNPATCHED else hieravid.apply(model, name, budget)
+    try:
+        _sync(device)
+        recorder.reset()
+        start = time.perf_counter()
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        _sync(device)
+        end = time.perf_counter()
+        stats = None if handle is None else handle.last_stats
+    finally:
+        if handle is not None:
+            handle.remove()
+    generated = out.shape[1] - inputs["input_ids"].shape[1]
+    if generated != new_tokens or recorder.first_forward_end is None or recorder.prefill_seconds is None:
+        raise RuntimeError(f"{name}: expected {new_tokens} new tokens and one prefill, got {generated}")
+    if recorder.cache is None:
+        raise RuntimeError(f"{name}: the prefill returned no cache whose size could be read")
+    first = recorder.first_forward_end - start
+    sample = {
+        "prefill_ms": 1000 * recorder.prefill_seconds,
+        "ttft_ms": 1000 * first,
+        "decode_ms_per_token": 1000 * (end - start - first) / (new_tokens - 1),
+        "decide_ms": 0.0 if stats is None else 1000 * stats.decide_seconds,
+        "peak_memory_bytes": recorder.peak_bytes,
+        "peak_memory_total_bytes": recorder.peak_total_bytes,
+        "cache": recorder.cache,
+    }
+    return sample, stats
+
+
+def _summarise(name: str, budget: float, runs: list[dict[str, Any]], stats: Any, vanilla_stats: Any) -> MethodResult:
+    stats = stats or vanilla_stats  # unpatched: the same tokens as vanilla
+    kv_total, per_token, layers = runs[-1]["cache"]
+    kv_text = stats.text_tokens[0] * per_token * layers
+
+    def median_of(key: str) -> float:
+        return _median([r[key] for r in runs])
+
+    def median_bytes(key: str) -> int | None:
+        values = [r[key] for r in runs if r[key] is not None]
+        return int(statistics.median(values)) if values else None
+
+    return MethodResult(
+        method=name,
+        budget=budget,
+        achieved_budget=stats.achieved_budget,
+        tokens_per_layer=list(stats.tokens_per_layer),
+        flops_exact=stats.flops.exact,
+        flops_vanilla_exact=stats.flops.vanilla_exact,
+        prefill_ms=median_of("prefill_ms"),
+        ttft_ms=median_of("ttft_ms"),
+        decode_ms_per_token=median_of("decode_ms_per_token"),
+        decide_ms=median_of("decide_ms"),
+        peak_memory_bytes=median_bytes("peak_memory_bytes"),
+        peak_memory_total_bytes=median_bytes("peak_memory_total_bytes"),
+        kv_bytes=kv_total,
+        kv_text_bytes=kv_text,
+        kv_visual_bytes=kv_total - kv_text,
+        prefill_runs_ms=[r["prefill_ms"] for r in runs],
+        ttft_runs_ms=[r["ttft_ms"] for r in runs],
+        decode_runs_ms_per_token=[r["decode_ms_per_token"] for r in runs],
+        decide_runs_ms=[r["decide_ms"] for r in runs],
+        theoretical_speedup=stats.flops.vanilla_exact / stats.flops.exact,
+    )
+
+
+def _relate(results: list[MethodResult]) -> None:
+    """Fill the ratios against vanilla (the first result)."""
+    vanilla = results[0]
+    for r in results:
+        r.speedup = vanilla.prefill_ms / r.prefill_ms
+        r.ttft_speedup = vanilla.ttft_ms / r.ttft_ms
+        r.efficiency = r.speedup / r.theoretical_speedup
+        r.decide_pct_of_vanilla_prefill = 100 * r.decide_ms / vanilla.prefill_ms
+        r.kv_visual_ratio = r.kv_visual_bytes / vanilla.kv_visual_bytes if vanilla.kv_visual_bytes else 1.0
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Goal:
+    """One checked goal: what, the numbers, pass or fail."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+def check_goals(result: ModelBenchResult, method: str = "hieravid", budget: float = 0.3) -> list[Goal]:
+    """The issue's goals for ``method``: at ``budget``, measured speed-up >= 0.85 x theoretical and visual
+    KV bytes <= (achieved budget + 0.05) x vanilla's; at every budget, deciding <= 3 % of vanilla's
+    prefill and <= 1.5 x the cheapest other pruning method's deciding time at that budget."""
+    goals: list[Goal] = []
+    mine = [r for r in result.results if r.method == method]
+    if not mine:
+        return goals
+    others = [r for r in result.results if r.method not in (method, "vanilla", UNPATCHED)]
+    at = [r for r in mine if math.isclose(r.budget, budget)]
+    if at:
+        r = at[0]
+        goals.append(Goal(
+            f"{method}@{budget:g} speed-up >= 0.85 x theoretical",
+            r.efficiency >= 0.85,
+            f"{r.speedup:.2f}x measured / {r.theoretical_speedup:.2f}x theoretical = {r.efficiency:.2f}",
+        ))
+        limit = r.achieved_budget + 0.05
+        goals.append(Goal(
+            f"{method}@{budget:g} visual KV <= (achieved + 0.05) x vanilla",
+            r.kv_visual_ratio <= limit,
+            f"{r.kv_visual_ratio:.3f} of vanilla's visual KV, limit {limit:.3f}",
+        ))
+    for r in mine:
+        goals.append(Goal(
+            f"{method}@{r.budget:g} deciding <= 3% of vanilla prefill",
+            r.decide_pct_of_vanilla_prefill <= 3.0,
+            f"{r.decide_ms:.1f} ms = {r.decide_pct_of_vanilla_prefill:.2f}%",
+        ))
+        rivals = [o for o in others if math.isclose(o.budget, r.budget)]
+        if rivals:
+            cheapest = min(rivals, key=lambda o: o.decide_ms)
+            goals.append(Goal(
+                f"{method}@{r.budget:g} deciding <= 1.5 x cheapest baseline",
+                r.decide_ms <= 1.5 * cheapest.decide_ms,
+                f"{r.decide_ms:.1f} ms vs {cheapest.method} {cheapest.decide_ms:.1f} ms "
+                f"({r.decide_ms / cheapest.decide_ms if cheapest.decide_ms else math.inf:.1f}x)",
+            ))
+    return goals
+
+
+def _mb(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    mib = value / 2**20
+    return f"{mib:.0f}" if abs(mib) >= 10 else f"{mib:.2f}"
+
+
+def format_report(result: ModelBenchResult) -> str:
+    """A plain-text report: machine, shape, token counts, one table row per (method, budget), goals."""
+    lines = [
+        f"machine: {result.machine}",
+        f"device: {result.device}, {result.dtype}",
+        f"shape: {result.shape}: {result.shape_description}",
+        f"input: {result.frames} frames of {result.frame_size[0]}x{result.frame_size[1]} -> "
+        f"{result.visual_tokens} visual + {result.text_tokens} text tokens ({result.prompt_tokens} in the prompt), "
+        f"{result.num_layers} decoder layers",
+        f"vision tower: {result.vision_ms:.1f} ms (median; measured apart, added to TTFT only)",
+        f"protocol: {result.warmup} warm-up + {result.repeats} timed rounds, methods interleaved, medians; "
+        f"{result.new_tokens} new tokens per generate",
+        f"load average (1 min) at start / end: {result.load_average[0]} / {result.load_average[1]}"
+        + (" -- other processes were running: timings are unreliable"
+           if (result.load_average[0] or 0) >= 0.75 * (os.cpu_count() or 1) else ""),
+        "",
+        "| method | budget | achieved | tokens L0 | prefill ms | speed-up | theory | eff. | decide ms | "
+        "decide % | TTFT ms | decode ms/tok | peak MB | KV MB | visual KV MB | visual KV ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result.results:
+        lines.append(
+            f"| {r.method} | {r.budget:g} | {r.achieved_budget:.3f} | {r.tokens_per_layer[0]} | "
+            f"{r.prefill_ms:.0f} | {r.speedup:.2f}x | {r.theoretical_speedup:.2f}x | {r.efficiency:.2f} | "
+            f"{r.decide_ms:.1f} | {r.decide_pct_of_vanilla_prefill:.2f} | {r.ttft_ms:.0f} | "
+            f"{r.decode_ms_per_token:.1f} | {_mb(r.peak_memory_bytes)} | {_mb(r.kv_bytes)} | "
+            f"{_mb(r.kv_visual_bytes)} | {r.kv_visual_ratio:.3f} |"
+        )
+    goals = check_goals(result)
+    if goals:
+        lines += ["", "goals (hieravid):"]
+        lines += [f"  [{'pass' if g.passed else 'FAIL'}] {g.name}: {g.detail}" for g in goals]
+    return "\n".join(lines)
+
+
+def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
+    """Two panels against the budget: measured prefill speed-up (dotted: theoretical) and visual KV-cache
+    size, one line per method; vanilla as a horizontal reference. Written as a PNG (Agg backend).
+
+    Returns the (closed) matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vanilla = result.results[0]
+    fig, (ax_speed, ax_kv) = plt.subplots(1, 2, figsize=(12, 4.8))
+    methods = [m for m in dict.fromkeys(r.method for r in result.results) if m not in ("vanilla", UNPATCHED)]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(methods):
+        rows = sorted((r for r in result.results if r.method == name), key=lambda r: r.budget)
+        x = [r.budget for r in rows]
+        color = colors[i % len(colors)]
+        ax_speed.plot(x, [r.speedup for r in rows], "o-", color=color, label=f"{name} measured")
+        ax_speed.plot(x, [r.theoretical_speedup for r in rows], ":", color=color, alpha=0.8,
+                      label=f"{name} FLOPs")
+        ax_kv.plot(x, [r.kv_visual_bytes / 2**20 for r in rows], "o-", color=color, label=name)
+    ax_speed.axhline(1.0, color="gray", lw=1, ls="--", label="vanilla")
+    ax_kv.axhline(vanilla.kv_visual_bytes / 2**20, color="gray", lw=1, ls="--", label="vanilla")
+    ax_speed.set(xlabel="relative token budget B", ylabel="prefill speed-up over vanilla (x)",
+                 title="Prefill speed-up (solid: measured, dotted: exact FLOPs)", ylim=(0, None))
+    ax_kv.set(xlabel="relative token budget B", ylabel="visual KV cache after prefill (MiB)",
+              title="Visual KV cache after prefill", ylim=(0, None))
+    for ax in (ax_speed, ax_kv):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(
+        f"{result.shape}: {result.visual_tokens} visual tokens, {result.device} {result.dtype} "
+        f"({result.machine})", fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig

@@ -1,0 +1,116 @@
+"""The model-level benchmark runs end to end on the tiny shape and reports a complete, consistent result
+(no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from hieravid.bench.models import (
+    SHAPES,
+    MethodResult,
+    ModelBenchResult,
+    build_bench_inputs,
+    build_bench_model,
+    check_goals,
+    format_report,
+    plot_report,
+    run_model_bench,
+)
+from hieravid.cli import main
+
+METHODS = ("hieravid", "evs")
+BUDGETS = (0.3, 0.5)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One CLI run on the tiny shape: 2 methods x 2 budgets (+ vanilla), one timed round, JSON and plot."""
+    out = tmp_path_factory.mktemp("bench")
+    code = main([
+        "bench", "--shape", "tiny", "--methods", ",".join(METHODS), "--budgets", ",".join(map(str, BUDGETS)),
+        "--repeats", "1", "--warmup", "0", "--new-tokens", "3", "--quiet",
+        "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"),
+    ])
+    assert code == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_report_is_complete(bench):
+    _, report = bench
+    for key in ("machine", "device", "dtype", "torch_version", "torch_threads", "shape", "frames", "visual_tokens",
+                "text_tokens", "num_layers", "vision_ms", "repeats", "warmup", "new_tokens", "results"):
+        assert report[key] is not None, key
+    assert report["visual_tokens"] == 4 * 24 and report["num_layers"] == 8
+    rows = report["results"]
+    assert [(r["method"], r["budget"]) for r in rows] == [("vanilla", 1.0)] + [
+        (m, b) for m in METHODS for b in BUDGETS
+    ]
+    assert report["vision_ms"] > 0
+    fields = set(MethodResult.__dataclass_fields__)
+    for row in rows:
+        assert set(row) == fields
+        for key in ("prefill_ms", "ttft_ms", "decode_ms_per_token"):
+            assert row[key] > 0 and math.isfinite(row[key]), key
+        assert len(row["prefill_runs_ms"]) == 1 and len(row["tokens_per_layer"]) == 8
+        assert row["kv_bytes"] == row["kv_text_bytes"] + row["kv_visual_bytes"] > 0
+        # TTFT includes the vision tower and the decoder prefill
+        assert row["ttft_ms"] > report["vision_ms"] + row["prefill_ms"] - 1e-6
+
+
+def test_report_is_consistent(bench):
+    _, report = bench
+    assert ModelBenchResult.from_dict(report).to_dict() == report
+    rows = report["results"]
+    vanilla = rows[0]
+    assert vanilla["decide_ms"] == 0 and vanilla["theoretical_speedup"] == 1.0
+    for row in rows:
+        assert row["speedup"] == pytest.approx(vanilla["prefill_ms"] / row["prefill_ms"])
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["theoretical_speedup"])
+        assert row["decide_pct_of_vanilla_prefill"] == pytest.approx(100 * row["decide_ms"] / vanilla["prefill_ms"])
+        assert row["theoretical_speedup"] == pytest.approx(row["flops_vanilla_exact"] / row["flops_exact"])
+        assert row["kv_visual_ratio"] == pytest.approx(row["kv_visual_bytes"] / vanilla["kv_visual_bytes"])
+        # the text part of the cache is the same for every method
+        assert row["kv_text_bytes"] == vanilla["kv_text_bytes"]
+    for row in rows[1:]:
+        assert row["theoretical_speedup"] > 1
+        assert row["decide_ms"] > 0
+        assert row["kv_bytes"] < vanilla["kv_bytes"]
+        # each layer caches the tokens that entered it: the visual part follows the achieved budget
+        assert row["kv_visual_ratio"] == pytest.approx(row["achieved_budget"], abs=1e-9)
+    hieravid = [r for r in rows if r["method"] == "hieravid"]
+    assert all(r["kv_bytes"] < vanilla["kv_bytes"] for r in hieravid)
+
+
+def test_plot_has_two_panels(bench, tmp_path):
+    out, _ = bench
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=1, warmup=0, new_tokens=2)
+    fig = plot_report(result, tmp_path / "p.png")
+    assert len(fig.axes) == 2
+    assert all(ax.get_xlabel() and ax.get_ylabel() and ax.lines for ax in fig.axes)
+    text = format_report(result)
+    assert "| evs | 0.5 |" in text and "machine:" in text
+    assert check_goals(result) == []  # no hieravid in this run
+
+
+def test_big_shapes_refuse_the_cpu(capsys):
+    assert main(["bench", "--shape", "qwen2-vl-7b", "--quiet"]) == 2
+    assert "--allow-cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("shape", "video_tokens", "params_billions"),
+    [("qwen2-vl-7b", 16 * 256, 8.29), ("llava-onevision-7b", 32 * 196 + 1, 8.03),
+     ("llava-video-7b", 64 * 196 + 1, 8.03), ("mini", 8 * 256, 0.42)],
+)
+def test_real_shapes_build(shape, video_tokens, params_billions):
+    """The real-size configs build (on the meta device: no memory) and the inputs match the tower."""
+    model = build_bench_model(shape, device="meta", dtype=torch.bfloat16)
+    inputs = build_bench_inputs(shape, model, device="cpu")
+    video_id = model.config.video_token_id if SHAPES[shape].family == "qwen2_vl" else model.config.video_token_index
+    assert int((inputs["input_ids"] == video_id).sum()) == video_tokens
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(params_billions, abs=0.01)
