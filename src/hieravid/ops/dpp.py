@@ -73,50 +73,58 @@ def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, bl
     picked = torch.zeros(num_groups, n, dtype=torch.bool, device=device)
     if kmax == 0:
         return picked
-    rows = torch.arange(num_groups, device=device)
+    neg_inf = float("-inf")
     residual = kernel.float().clone()  # (G, m, m) Schur complement, m shrinks as tokens are used up
-    diag = torch.diagonal(residual, dim1=1, dim2=2).clone()  # (G, m) kernel diagonal (fallback order)
-    floor = (_RANK_FLOOR * diag.masked_fill(~valid, 0.0).amax(dim=1)).clamp(min=1e-30)  # (G,)
-    offset = (2.0 * diag.masked_fill(~valid, 0.0).amax(dim=1) + 1.0).unsqueeze(1)  # above any diagonal
-    d2 = diag.masked_fill(~valid, float("-inf"))  # (G, m)
+    diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0)  # (G, m)
+    top = diag.amax(dim=1, keepdim=True)  # (G, 1)
+    floor = (_RANK_FLOOR * top).clamp(min=1e-30)
+    offset = 2.0 * top + 1.0  # above any diagonal entry
+    d2 = diag.masked_fill(~valid, neg_inf)  # (G, m) residual variances, -inf once picked or padding
+    fallback = d2.clone()  # (G, m) kernel diagonal, -inf once picked or padding: order below the floor
     column = torch.arange(n, device=device).expand(num_groups, n).contiguous()  # (G, m) original index
-    remaining = valid.clone()  # (G, m) may still be picked
+    chosen = torch.full((num_groups, kmax), -1, dtype=torch.long, device=device)  # picks, -1 = none
+    counts = torch.arange(kmax, device=device)[None, :] < k[:, None]  # (G, kmax) which picks count
     done = 0
     while done < kmax:
         width = min(block, kmax - done)
-        chol = torch.zeros(num_groups, width, residual.shape[1], dtype=torch.float32, device=device)
+        m = residual.shape[1]
+        chol = torch.zeros(num_groups, width, m, dtype=torch.float32, device=device)  # this block's rows
         for s in range(width):
-            active = done + s < k  # (G,)
+            active = counts[:, done + s : done + s + 1]  # (G, 1)
             # Above the floor: largest d2 first; below it: largest kernel diagonal (d2 <= diag < offset).
-            fallback = torch.where(d2 > float("-inf"), diag, d2)  # picked and padding stay -inf
-            j = torch.argmax(torch.where(d2 > floor[:, None], d2 + offset, fallback), dim=1)  # (G,)
-            pivot = d2[rows, j]
-            e = residual[rows, j].unsqueeze(1)  # (G, 1, m)
+            j = torch.argmax(torch.where(d2 > floor, d2 + offset, fallback), dim=1, keepdim=True)  # (G, 1)
+            pivot = d2.gather(1, j)  # (G, 1)
+            e = residual.gather(1, j[:, :, None].expand(num_groups, 1, m))  # (G, 1, m)
             if s:
-                e = torch.baddbmm(e, chol[rows, :s, j].unsqueeze(1), chol[:, :s], alpha=-1.0)
-            scale = torch.where(active & (pivot > floor), pivot.clamp(min=1e-30).rsqrt(), 0.0)
-            e = e.squeeze(1) * scale.unsqueeze(1)
+                # e -= sum over this block's earlier rows c_s[j] c_s  ->  (G, 1, s) @ (G, s, m)
+                c_j = chol[:, :s].gather(2, j[:, None, :].expand(num_groups, s, 1)).transpose(1, 2)
+                e = torch.baddbmm(e, c_j, chol[:, :s], alpha=-1.0)
+            scale = torch.where(active & (pivot > floor), pivot.clamp(min=1e-30).rsqrt(), 0.0)  # (G, 1)
+            e = e.squeeze(1) * scale
             chol[:, s] = e
-            d2 = d2 - e * e
-            hit_rows, hit_cols = rows[active], j[active]
-            picked[hit_rows, column[hit_rows, hit_cols]] = True
-            remaining[hit_rows, hit_cols] = False
-            d2[hit_rows, hit_cols] = float("-inf")
+            d2 = torch.addcmul(d2, e, e, value=-1.0)
+            # Inactive groups re-pick the same best token each step; only counted picks are removed.
+            d2 = torch.where(active, d2.scatter(1, j, neg_inf), d2)
+            fallback = torch.where(active, fallback.scatter(1, j, neg_inf), fallback)
+            chosen[:, done + s] = torch.where(active, column.gather(1, j), -1).squeeze(1)
         done += width
         if done >= kmax:
             break
         residual.baddbmm_(chol.transpose(1, 2), chol, alpha=-1.0)
-        remaining &= (done < k).unsqueeze(1)  # groups that are finished need nothing more
+        remaining = torch.isfinite(fallback) & (done < k)[:, None]  # groups that are finished need nothing
         needed = int(remaining.sum(dim=1).max())
-        if needed <= 0.75 * residual.shape[1]:
+        if needed <= 0.75 * m:
             # Keep only still-pickable columns, in their original order.
             order = torch.argsort((~remaining).to(torch.uint8), dim=1, stable=True)[:, :needed]  # (G, m')
+            rows = torch.arange(num_groups, device=device)
             residual = residual[rows[:, None, None], order[:, :, None], order[:, None, :]]
-            d2 = d2.gather(1, order)
-            diag = diag.gather(1, order)
             remaining = remaining.gather(1, order)
+            d2 = d2.gather(1, order).masked_fill(~remaining, neg_inf)
+            fallback = fallback.gather(1, order).masked_fill(~remaining, neg_inf)
             column = column.gather(1, order)
-            d2 = d2.masked_fill(~remaining, float("-inf"))
+    hit = chosen >= 0
+    group_of = torch.arange(num_groups, device=device)[:, None].expand_as(chosen)
+    picked[group_of[hit], chosen[hit]] = True
     return picked
 
 
