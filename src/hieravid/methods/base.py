@@ -113,3 +113,15 @@ class BeforeLLMMethod(PruningMethod):
     def kept_count(self, tokens: VideoTokens, state: dict) -> int:
         """Tokens this sample keeps: ``keep_count(B, N)``."""
         return keep_count(self.keep_fraction(state["num_layers"]), tokens.num_tokens)
+
+    def video_grid(self, layer: int, tokens: VideoTokens) -> torch.Tensor:
+        """The sample's tokens as the full ``(T, P, D)`` grid; a clear error off layer 0 or when the
+        grid is incomplete."""
+        if layer != 0:
+            raise ValueError(f"{self.name} decides before layer 0 only, was asked at layer {layer}")
+        if tokens.num_tokens != tokens.num_frames * tokens.num_slots:
+            raise ValueError(
+                f"{self.name} needs the full video grid at layer 0: {tokens.num_tokens} tokens for "
+                f"{tokens.num_frames} frames x {tokens.num_slots} slots"
+            )
+        return tokens.features.view(tokens.num_frames, tokens.num_slots, -1)

@@ -92,15 +92,7 @@ class EVS(BeforeLLMMethod):
         self.budget = check_budget(budget)
 
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
-        if layer != 0:
-            raise ValueError(f"EVS decides before layer 0 only, was asked at layer {layer}")
-        num_frames, num_slots = tokens.num_frames, tokens.num_slots
-        if tokens.num_tokens != num_frames * num_slots:
-            raise ValueError(
-                f"EVS needs the full video grid at layer 0: {tokens.num_tokens} tokens for "
-                f"{num_frames} frames x {num_slots} slots"
-            )
-        x = tokens.features.view(num_frames, num_slots, -1)
+        x = self.video_grid(layer, tokens)  # (T, P, D)
         kept = self.kept_count(tokens, state)
         return Decision(keep=evs_keep(x, kept).reshape(-1))
 

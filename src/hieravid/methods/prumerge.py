@@ -208,19 +208,11 @@ class PruMerge(BeforeLLMMethod):
         self.merge = check_choice(merge, "merge", ("sum", "average"))
 
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
-        if layer != 0:
-            raise ValueError(f"PruMerge decides before layer 0 only, was asked at layer {layer}")
-        num_frames, num_slots = tokens.num_frames, tokens.num_slots
-        if tokens.num_tokens != num_frames * num_slots:
-            raise ValueError(
-                f"PruMerge needs the full video grid at layer 0: {tokens.num_tokens} tokens for "
-                f"{num_frames} frames x {num_slots} slots"
-            )
-        x = tokens.features.view(num_frames, num_slots, -1)
+        x = self.video_grid(layer, tokens)  # (T, P, D)
         kept = self.kept_count(tokens, state)
         importance = prumerge_importance(x)
         state["iqr_outliers"] = iqr_outliers(importance).sum(dim=1)
-        keep, _ = prumerge_select(importance, frame_counts(kept, num_frames, num_slots), plus=self.plus)
+        keep, _ = prumerge_select(importance, frame_counts(kept, tokens.num_frames, tokens.num_slots), plus=self.plus)
         features = prumerge_merge(x, importance, keep, neighbors=self.neighbors, merge=self.merge)
         return Decision(keep=keep.reshape(-1), features=features)
 
