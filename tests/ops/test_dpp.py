@@ -11,6 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from hieravid.ops.dpp import conditional_kernel, greedy_map, pack_segments, segment_bin_select, segment_dpp_select
+import hieravid.ops.dpp as dpp_module
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,8 +269,10 @@ def make_tokens(sizes: list[int], dim: int, seed: int):
     return features, relevance, segment, gen
 
 
+@pytest.mark.parametrize("one_loop_tokens", [0, 256])  # 0: size buckets; 256: one padded loop
 @pytest.mark.parametrize("seed", range(4))
-def test_segment_dpp_select_equals_per_segment_greedy_with_buckets(seed):
+def test_segment_dpp_select_equals_per_segment_greedy_with_buckets(seed, one_loop_tokens, monkeypatch):
+    monkeypatch.setattr(dpp_module, "_ONE_LOOP_TOKENS", one_loop_tokens)
     sizes = [3, 40, 7, 0, 19, 1]
     features, relevance, segment, gen = make_tokens(sizes, 48, seed)
     k = torch.tensor([int(torch.randint(0, s + 1, (1,), generator=gen)) for s in sizes])

@@ -157,10 +157,18 @@ def pack_segments(segment: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Te
     return token_index, token_index >= 0, n_max
 
 
+# Below this many tokens a segment's kernel block is cheap next to the per-pick loop, so all segments
+# share one padded loop; above it, segments are bucketed by size to bound the padding.
+_ONE_LOOP_TOKENS = 256
+
+
 def _size_buckets(present: torch.Tensor, segments: torch.Tensor) -> list[torch.Tensor]:
     """Split ``segments`` into groups whose sizes are within a factor of two of the group's largest,
-    so padding wastes at most half of any row. Each group lists its segment ids in increasing order."""
+    so padding wastes at most half of any row; when no segment exceeds ``_ONE_LOOP_TOKENS`` tokens they
+    form one group (one greedy loop). Each group lists its segment ids in increasing order."""
     sizes = present[segments].tolist()
+    if max(sizes) <= _ONE_LOOP_TOKENS:
+        return [segments]
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])  # a few dozen segments at most
     buckets: list[list[int]] = []
     for i in order:
