@@ -49,6 +49,17 @@ MAX_MATRIX_ELEMENTS = 2**28
 _BLOCK_ELEMENTS = 2**24
 
 
+# Cosine distances below this are float32 round-off of identical directions: they count as 0, so ties
+# between duplicate tokens go to the lowest index instead of to noise.
+_DISTANCE_RESOLUTION = 1e-6
+
+
+def _cosine_distance(dots: torch.Tensor) -> torch.Tensor:
+    """``1 - cos`` from dot products of unit vectors, with round-off below the resolution set to 0."""
+    distance = 1.0 - dots
+    return distance.masked_fill_(distance < _DISTANCE_RESOLUTION, 0.0)
+
+
 def _nearest_neighbour_distance(unit: torch.Tensor) -> torch.Tensor:
     """``(N, D)`` unit vectors -> ``(N,)`` distance of each token to its nearest other token, in row
     blocks (memory O(block * N)); ``inf`` for a lone token."""
@@ -57,7 +68,7 @@ def _nearest_neighbour_distance(unit: torch.Tensor) -> torch.Tensor:
     out = torch.empty(n, dtype=torch.float32, device=unit.device)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        block = 1.0 - unit[start:stop] @ unit.T  # (b, N)
+        block = _cosine_distance(unit[start:stop] @ unit.T)  # (b, N)
         local = torch.arange(stop - start, device=unit.device)
         block[local, local + start] = float("inf")
         out[start:stop] = block.min(dim=1).values
@@ -86,7 +97,7 @@ def divprune_select(features: torch.Tensor, k: int, *, max_matrix_elements: int 
         return keep.fill_(True)
     unit = F.normalize(features.float(), dim=-1)  # (N, D); a zero vector stays zero (distance 1)
     if n * n <= max_matrix_elements:
-        distance = 1.0 - unit @ unit.T  # (N, N)
+        distance = _cosine_distance(unit @ unit.T)  # (N, N)
         # The diagonal is never read again: a pick's own entry is masked right after it is picked.
         nearest = distance.fill_diagonal_(float("inf")).min(dim=1).values  # (N,)
 
@@ -97,7 +108,7 @@ def divprune_select(features: torch.Tensor, k: int, *, max_matrix_elements: int 
         nearest = _nearest_neighbour_distance(unit)
 
         def row(j: torch.Tensor) -> torch.Tensor:
-            return 1.0 - unit @ unit.index_select(0, j).squeeze(0)
+            return _cosine_distance(unit @ unit.index_select(0, j).squeeze(0))
 
     j = torch.argmax(nearest).reshape(1)  # first pick: the most isolated token
     keep.index_fill_(0, j, True)
