@@ -161,10 +161,8 @@ class HieraVidNoLayer(HieraVid):
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if layer != 0:
             raise ValueError(f"hieravid_no_layer decides at layer 0 only, asked at layer {layer}")
-        if tokens.num_tokens != tokens.num_frames * tokens.num_slots:
-            raise ValueError("hieravid_no_layer needs the full (frames x slots) video grid at layer 0")
         num_tokens = tokens.num_tokens
-        x = tokens.features.view(tokens.num_frames, tokens.num_slots, -1)  # (T, P, D)
+        x = tokens.grid("hieravid_no_layer")  # (T, P, D)
         first = decide_stage1(x, self.merge_ratio(state["num_layers"]), self.config)
         merged_keep = first.keep.reshape(-1)  # (N,)
         slot = torch.arange(tokens.num_slots, device=x.device)

@@ -48,6 +48,16 @@ class VideoTokens:
     def num_tokens(self) -> int:
         return int(self.features.shape[0])
 
+    def grid(self, who: str) -> torch.Tensor:
+        """The tokens as the full ``(T, P, D)`` video grid (true at layer 0, before any pruning); a clear
+        error naming ``who`` needs it when tokens are missing."""
+        if self.num_tokens != self.num_frames * self.num_slots:
+            raise ValueError(
+                f"{who} needs the full video grid (frames x slots) at layer 0: {self.num_tokens} tokens for "
+                f"{self.num_frames} frames x {self.num_slots} slots"
+            )
+        return self.features.view(self.num_frames, self.num_slots, -1)
+
 
 @dataclass
 class Decision:
@@ -119,9 +129,4 @@ class BeforeLLMMethod(PruningMethod):
         grid is incomplete."""
         if layer != 0:
             raise ValueError(f"{self.name} decides before layer 0 only, was asked at layer {layer}")
-        if tokens.num_tokens != tokens.num_frames * tokens.num_slots:
-            raise ValueError(
-                f"{self.name} needs the full video grid at layer 0: {tokens.num_tokens} tokens for "
-                f"{tokens.num_frames} frames x {tokens.num_slots} slots"
-            )
-        return tokens.features.view(tokens.num_frames, tokens.num_slots, -1)
+        return tokens.grid(self.name)

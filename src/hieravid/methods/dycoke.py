@@ -135,9 +135,7 @@ class DyCoke(PruningMethod):
 
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         num_frames, num_slots = tokens.num_frames, tokens.num_slots
-        if tokens.num_tokens != num_frames * num_slots:
-            raise ValueError("DyCoke's TTM needs the full (frames x slots) video grid at layer 0")
-        x = tokens.features.view(num_frames, num_slots, -1)  # (T, P, D)
+        x = tokens.grid("DyCoke's TTM")  # (T, P, D)
         keep = ttm_keep(x, frame_keep_counts(self.budget, num_frames, num_slots))
         return Decision(keep=keep.reshape(-1))
 

@@ -170,9 +170,7 @@ class HieraVid(PruningMethod):
         stage = schedule.boundaries.index(layer) + 1
         ratio = schedule.ratios[stage - 1]
         if stage == 1:
-            if tokens.num_tokens != tokens.num_frames * tokens.num_slots:
-                raise ValueError("HieraVid's stage 1 needs the full (frames x slots) video grid")
-            x = tokens.features.view(tokens.num_frames, tokens.num_slots, -1)  # (T, P, D)
+            x = tokens.grid("HieraVid's stage 1")  # (T, P, D)
             first = decide_stage1(x, ratio, self.config)
             keep = first.keep.reshape(-1)
             slot = torch.arange(tokens.num_slots, device=x.device)

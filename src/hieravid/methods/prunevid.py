@@ -354,9 +354,7 @@ class PruneVid(PruningMethod):
 
     def _merge(self, tokens: VideoTokens, state: dict) -> Decision:
         num_frames, num_slots = tokens.num_frames, tokens.num_slots
-        if tokens.num_tokens != num_frames * num_slots:
-            raise ValueError("PruneVid's merging needs the full (frames x slots) video grid at layer 0")
-        x = tokens.features.view(num_frames, num_slots, -1)  # (T, P, D)
+        x = tokens.grid("PruneVid's merging")  # (T, P, D)
         device = x.device
         segment = temporal_segments(x, self.temporal_segment_ratio, self.knn)  # (T,)
         bounds = torch.nonzero(torch.diff(segment, prepend=segment[:1] - 1)).squeeze(1).tolist() + [num_frames]
