@@ -271,14 +271,15 @@ class Runtime:
                 keys_cache[f"q{rows}"], keys_cache["k"] = q, k
             return keys_cache[f"q{rows}"], keys_cache["k"]
 
+        is_visual = visual.gather(1, seq.index)  # (B, L) column holds a video token
         for b, layout in enumerate(layouts):
             if layout is None:
                 continue
-            cols = torch.nonzero(seq.valid[b] & visual[b].gather(0, seq.index[b])).squeeze(1)  # (N,)
+            cols = torch.nonzero(seq.valid[b] & is_visual[b]).squeeze(1)  # (N,)
             if cols.numel() == 0:
                 continue
             original = seq.index[b, cols]
-            after_video = seq.valid[b] & (seq.index[b] > int(layout.positions.max())) & ~visual[b].gather(0, seq.index[b])
+            after_video = seq.valid[b] & ~is_visual[b] & (seq.index[b] > int(layout.positions.max()))
 
             def relevance(query_rows: int = 1, b: int = b, cols: torch.Tensor = cols) -> torch.Tensor:
                 q, k = projections(query_rows)  # (B, H, Q, d_h), (B, H_kv, L, d_h)
