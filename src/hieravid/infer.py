@@ -1,0 +1,224 @@
+"""Answer a question about a video with a supported model, pruned by any method, and time it.
+
+The one code path behind ``hieravid run``, ``hieravid demo`` and ``hieravid eval``:
+
+    loaded = load_model("Qwen/Qwen2-VL-7B-Instruct")      # or a local directory; None -> the shipped proxy model
+    result = answer(loaded, frames, "What happens?", method="hieravid", budget=0.3)
+    result.text, result.stats.tokens_per_layer, result.prefill_seconds
+
+Frames are already sampled ``(T, H, W, 3)`` uint8 arrays (see :mod:`hieravid.video`); the processor is told not to
+sample again. Greedy decoding.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hieravid.api import apply
+from hieravid.models import find_adapter
+from hieravid.runtime import PruneStats
+
+__all__ = ["Answer", "LoadedModel", "answer", "build_inputs", "load_model"]
+
+
+@dataclass
+class LoadedModel:
+    """A model and its processor, ready for :func:`answer`.
+
+    Attributes:
+        model: the ``...ForConditionalGeneration`` model, in eval mode.
+        processor: its ``AutoProcessor``.
+        family: ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` or ``llava_onevision``.
+        name: what it was loaded from (hub id or path).
+    """
+
+    model: nn.Module
+    processor: Any
+    family: str
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+@dataclass
+class Answer:
+    """One generated answer.
+
+    Attributes:
+        text: the generated text, special tokens removed, stripped.
+        stats: what the pruning did in the prefill (tokens per layer, FLOPs, decide time).
+        prefill_seconds: the language model's prefill forward (first forward of ``generate``), seconds.
+        vision_seconds: the vision encoder, seconds.
+        total_seconds: the whole ``generate`` call, seconds (vision, prefill and decoding).
+        new_tokens: tokens generated.
+        input_tokens: prompt length in tokens, video tokens included.
+    """
+
+    text: str
+    stats: PruneStats | None
+    prefill_seconds: float
+    vision_seconds: float
+    total_seconds: float
+    new_tokens: int
+    input_tokens: int
+
+
+def load_model(
+    id_or_path: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "auto",
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load a supported VideoLLM and its processor with ``from_pretrained``.
+
+    Args:
+        id_or_path: a Hugging Face hub id or a local directory; ``None`` loads the small proxy model shipped in
+            the package (:func:`hieravid.proxy.model_dir`), which works offline.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        dtype: ``"auto"`` (the checkpoint's), or a torch dtype / its name (``"bfloat16"``).
+        attn_implementation: ``"sdpa"`` or ``"eager"``.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if id_or_path is None:
+        from hieravid.proxy import model_dir
+
+        id_or_path = model_dir()
+    name = str(id_or_path)
+    local = Path(name).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"{name} has no config.json: pass a model directory saved with save_pretrained")
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
+    adapter, _ = find_adapter(model)  # unsupported classes fail here, with the list of supported ones
+    model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(name)
+    return LoadedModel(model=model, processor=processor, family=adapter.family, name=name)
+
+
+def build_inputs(
+    loaded: LoadedModel,
+    frames: np.ndarray,
+    question: str,
+    *,
+    timestamps_s: Sequence[float] | None = None,
+    system: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Processor inputs for one video and one question, rendered by the model's chat template.
+
+    ``frames`` ``(T, H, W, 3)`` uint8; ``timestamps_s`` the time of each frame (Qwen3-VL writes them into the
+    prompt); without them the frames are taken as 1 per second.
+    """
+    from transformers.video_utils import VideoMetadata
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be a (T, H, W, 3) uint8 array, got {frames.dtype} {frames.shape}")
+    if not question.strip():
+        raise ValueError("the question is empty: pass the text to ask about the video")
+    count = frames.shape[0]
+    if timestamps_s is None:
+        fps, indices = 1.0, list(range(count))
+    else:
+        if len(timestamps_s) != count:
+            raise ValueError(f"{len(timestamps_s)} timestamps for {count} frames")
+        span = float(timestamps_s[-1] - timestamps_s[0])
+        fps = (count - 1) / span if count > 1 and span > 0 else 1.0
+        indices = [int(round(t * fps)) for t in timestamps_s]
+    messages = []
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+    processor = loaded.processor
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    metadata = VideoMetadata(
+        total_num_frames=count, fps=fps, frames_indices=indices, height=frames.shape[1], width=frames.shape[2]
+    )
+    inputs = processor(
+        text=[prompt], videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt"
+    )
+    return {k: v.to(loaded.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+@contextmanager
+def _timed_calls(module: nn.Module, device: torch.device) -> Iterator[list[float]]:
+    """Seconds of each forward call of ``module`` while the block runs."""
+    times: list[float] = []
+    start: list[float] = []
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def before(*_: Any) -> None:
+        sync()
+        start.append(time.perf_counter())
+
+    def after(*_: Any) -> None:
+        sync()
+        times.append(time.perf_counter() - start.pop())
+
+    hooks = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield times
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def answer(
+    loaded: LoadedModel,
+    frames: np.ndarray,
+    question: str,
+    *,
+    method: str = "vanilla",
+    budget: float = 1.0,
+    options: dict[str, Any] | None = None,
+    max_new_tokens: int = 16,
+    timestamps_s: Sequence[float] | None = None,
+    system: str | None = None,
+) -> Answer:
+    """Generate an answer (greedy) about ``frames`` with ``method`` at ``budget``.
+
+    The method is applied for this call only (``vanilla`` runs the same machinery and prunes nothing, so its
+    statistics are comparable). See :func:`build_inputs` for the arguments describing the video.
+    """
+    inputs = build_inputs(loaded, frames, question, timestamps_s=timestamps_s, system=system)
+    model = loaded.model
+    adapter, multimodal = find_adapter(model)
+    vision = getattr(multimodal, "visual", None) or getattr(multimodal, "vision_tower", None)
+    device = loaded.device
+    with apply(model, method, budget, **(options or {})) as handle, torch.inference_mode():
+        with _timed_calls(adapter.text_model, device) as llm_times, _timed_calls(vision, device) as vision_times:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            total = time.perf_counter() - start
+        stats = handle.last_stats
+    prompt_len = inputs["input_ids"].shape[1]
+    new = out[0, prompt_len:]
+    text = loaded.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
+    return Answer(
+        text=text,
+        stats=stats,
+        prefill_seconds=llm_times[0] if llm_times else 0.0,
+        vision_seconds=sum(vision_times),
+        total_seconds=total,
+        new_tokens=int(new.numel()),
+        input_tokens=int(prompt_len),
+    )
