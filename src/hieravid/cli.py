@@ -6,6 +6,7 @@ Subcommands:
 - ``hieravid schedule``: the per-stage pruning ratios for a relative token budget.
 - ``hieravid bench-ops``: time HieraVid's four-stage decision alone on features of a real model's shape.
 - ``hieravid bench``: prefill latency, TTFT, decoding, memory and KV cache of every method on a model shape.
+- ``hieravid train-proxy``: train the small proxy VideoLLM on the synthetic suite.
 
 Each subcommand is registered in :func:`build_parser` by a ``_add_xxx(subparsers)`` function and run by a
 ``_cmd_xxx(args) -> int`` function stored as the parser's ``func`` default; to add one, write both and
@@ -298,6 +299,58 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ main
 
 
+# ----------------------------------------------------------------------------------------- train-proxy
+
+
+def _add_train_proxy(subparsers: Any) -> None:
+    from hieravid.proxy.train import TrainConfig
+
+    defaults = TrainConfig()
+    parser = subparsers.add_parser(
+        "train-proxy",
+        help="train the small proxy VideoLLM from scratch on the synthetic suite (CPU)",
+        description=(
+            "Train the proxy model (a small Qwen2-VL, see hieravid.proxy.build) from scratch on freshly "
+            "generated synthetic videos. Checkpoints every few steps; --resume continues an interrupted run. "
+            "The defaults made the shipped model."
+        ),
+    )
+    parser.add_argument("--out", required=True, help="directory for the model, checkpoint and training log")
+    parser.add_argument("--steps", type=_positive_int, default=defaults.steps, help="optimizer steps")
+    parser.add_argument("--batch", type=_positive_int, default=defaults.batch, help="videos per step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    parser.add_argument("--seed", type=_non_negative_int, default=defaults.seed, help="initial weights' seed")
+    parser.add_argument("--threads", type=_non_negative_int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=_cmd_train_proxy)
+
+
+def _cmd_train_proxy(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from hieravid.proxy.train import TrainConfig, train
+
+    config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads)
+    console = Console(stderr=True)
+
+    def show(entry: dict) -> None:
+        scores = " ".join(f"{k} {v:.2f}" for k, v in entry["validation"].items())
+        console.print(f"step {entry['step']}: loss {entry['loss']:.3f}, validation {scores}")
+
+    try:
+        result = train(args.out, config, resume=args.resume, log=show, progress=not args.json)
+    except FileExistsError as exc:
+        raise ValueError(str(exc)) from exc
+    if args.json:
+        _print_json(result)
+    else:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in result["validation"].items())
+        print(f"trained {result['steps']} steps in {result['train_seconds'] / 60:.1f} min -> {args.out}")
+        print(f"validation accuracy: {scores}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hieravid`` argument parser with one subparser per subcommand."""
     parser = argparse.ArgumentParser(
@@ -309,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schedule(subparsers)
     _add_bench_ops(subparsers)
     _add_bench(subparsers)
+    _add_train_proxy(subparsers)
     return parser
 
 

@@ -1,0 +1,192 @@
+"""Train the proxy model from scratch on the synthetic suite (``hieravid train-proxy``).
+
+Every step draws ``batch`` fresh training samples (sample indices ``step * batch ...``, so a run is reproducible
+and a resumed run sees the same data), renders them, runs the real Qwen2-VL processor and trains the whole model
+(vision tower included) with cross-entropy on the answer: the letter and the ``<|im_end|>`` after it. AdamW,
+linear warm-up then cosine decay. A checkpoint is written every ``checkpoint_every`` steps (atomically), so an
+interrupted run continues where it stopped with ``--resume``. Validation accuracy (teacher-forced: the answer
+letter the model scores highest among A-D) is logged per question type every ``eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from hieravid.proxy.build import build_model, build_processor, save
+from hieravid.synthetic import FPS, LETTERS, QUESTION_TYPES, SyntheticSample, generate_sample
+
+__all__ = ["TrainConfig", "batch_inputs", "letter_accuracy", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of ``hieravid train-proxy`` (defaults: the shipped model's)."""
+
+    steps: int = 1200
+    batch: int = 16
+    lr: float = 1.5e-3
+    warmup: int = 60
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    seed: int = 0
+    val_size: int = 250
+    eval_every: int = 100
+    checkpoint_every: int = 25
+    threads: int = 0  # 0: torch's default
+
+
+def batch_inputs(processor, samples: Sequence[SyntheticSample], with_answer: bool) -> dict[str, torch.Tensor]:
+    """Processor inputs for ``samples``: the question, and the answer turn when ``with_answer`` (training)."""
+    from transformers.video_utils import VideoMetadata
+
+    texts = []
+    for s in samples:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": s.question}]}]
+        if with_answer:
+            messages.append({"role": "assistant", "content": s.answer})
+        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=not with_answer))
+    metadata = [
+        VideoMetadata(
+            total_num_frames=len(s.frames), fps=FPS, frames_indices=list(range(len(s.frames))),
+            height=s.frames.shape[1], width=s.frames.shape[2],
+        )
+        for s in samples
+    ]
+    return processor(
+        text=texts, videos=[s.frames for s in samples], video_metadata=metadata, do_sample_frames=False,
+        return_tensors="pt", padding=True,
+    )
+
+
+def _answer_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of the answer letter and the ``<|im_end|>`` that closes it (the sequences end with
+    ``letter <|im_end|> \\n``, left padded)."""
+    logits = model(**inputs, logits_to_keep=4).logits  # (B, 4, V): predictions for the last 3 tokens (+1 unused)
+    targets = inputs["input_ids"][:, -3:-1]  # (B, 2): letter, <|im_end|>
+    return torch.nn.functional.cross_entropy(logits[:, :2].reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+@torch.no_grad()
+def letter_accuracy(model, processor, samples: Sequence[SyntheticSample], batch: int = 50) -> dict[str, float]:
+    """Fraction of ``samples`` whose highest-scoring letter among A-D is the answer, overall and per type."""
+    letter_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(LETTERS)))
+    was_training = model.training
+    model.eval()
+    correct: dict[str, list[bool]] = {t: [] for t in QUESTION_TYPES}
+    for i in range(0, len(samples), batch):
+        chunk = samples[i : i + batch]
+        logits = model(**batch_inputs(processor, chunk, with_answer=False), logits_to_keep=1).logits[:, -1]
+        picks = logits[:, letter_ids].argmax(-1).tolist()
+        for s, pick in zip(chunk, picks):
+            correct[s.qtype].append(LETTERS[pick] == s.answer)
+    model.train(was_training)
+    scores = {t: sum(v) / len(v) for t, v in correct.items() if v}
+    scores["all"] = sum(sum(v) for v in correct.values()) / len(samples)
+    return scores
+
+
+def _lr(config: TrainConfig, step: int) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(config.steps - config.warmup, 1)
+    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    log: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train the proxy into ``out_dir`` (model, processor, ``train_log.jsonl``, ``checkpoint.pt``).
+
+    Returns the final validation scores and the training wall time (seconds).
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    checkpoint = out / "checkpoint.pt"
+    model = build_model(config.seed)
+    processor = build_processor()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=(0.9, 0.98),
+    )
+    step, elapsed = 0, 0.0
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["config"] != asdict(config):
+            raise ValueError(f"{checkpoint} was written with other settings {state['config']}: use the same ones")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["elapsed"]
+    elif checkpoint.exists():
+        raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or use a new directory")
+    validation = [generate_sample(i, "validation") for i in range(config.val_size)]
+    log_file = (out / "train_log.jsonl").open("a")
+
+    def record(entry: dict) -> None:
+        log_file.write(json.dumps(entry) + "\n")
+        log_file.flush()
+        if log:
+            log(entry)
+
+    model.train()
+    columns = (
+        TextColumn("train-proxy"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("train", total=config.steps, completed=step, loss=float("nan"))
+        running = None
+        while step < config.steps:
+            start = time.perf_counter()
+            samples = [generate_sample(step * config.batch + i, "train") for i in range(config.batch)]
+            inputs = batch_inputs(processor, samples, with_answer=True)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(config, step)
+            loss = _answer_loss(model, inputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            optimizer.step()
+            step += 1
+            elapsed += time.perf_counter() - start
+            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            bar.update(task, completed=step, loss=running)
+            if step % config.eval_every == 0 or step == config.steps:
+                scores = letter_accuracy(model, processor, validation)
+                record({"step": step, "loss": running, "seconds": round(elapsed, 1), "validation": scores})
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _save_atomic(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "elapsed": elapsed, "config": asdict(config)},
+                    checkpoint,
+                )
+    log_file.close()
+    model.eval()
+    save(model, out)
+    scores = letter_accuracy(model, processor, validation)
+    return {"validation": scores, "train_seconds": elapsed, "steps": step, "config": asdict(config)}
