@@ -10,7 +10,7 @@ from torch import nn
 
 from hieravid.methods import PruningMethod, build
 from hieravid.models import CallContext, find_adapter
-from hieravid.runtime import PruneStats, Runtime
+from hieravid.runtime import PruneStats, PruneTrace, Runtime
 
 __all__ = ["PruneHandle", "apply"]
 
@@ -22,8 +22,9 @@ _SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
 class PruneHandle:
-    """Returned by :func:`apply`. ``last_stats`` describes the last prefill; ``remove()`` (or leaving a
-    ``with`` block) gives the model back exactly as it was."""
+    """Returned by :func:`apply`. ``last_stats`` describes the last prefill (``last_trace`` too, token by
+    token, when applied with ``trace=True``); ``remove()`` (or leaving a ``with`` block) gives the model back
+    exactly as it was."""
 
     def __init__(self, model: nn.Module, runtime: Runtime, patched: dict[nn.Module, str], hooks: list) -> None:
         self.model = model
@@ -41,6 +42,13 @@ class PruneHandle:
     def last_stats(self) -> PruneStats | None:
         """Statistics of the last prefill (None before the first call)."""
         return self.runtime.last_stats
+
+    @property
+    def last_trace(self) -> PruneTrace | None:
+        """The decisions of the last prefill, token by token (:class:`hieravid.runtime.PruneTrace`): merged,
+        kept and dropped tokens at every decision point, segments and relevance scores. None before the
+        first call, and always None unless :func:`apply` was given ``trace=True``."""
+        return self.runtime.last_trace
 
     def remove(self) -> None:
         """Undo :func:`apply`: restore the language model's forward and remove the hooks."""
@@ -63,7 +71,14 @@ class PruneHandle:
         self.remove()
 
 
-def apply(model: nn.Module, method: str | PruningMethod = "hieravid", budget: float = 0.3, **options: Any) -> PruneHandle:
+def apply(
+    model: nn.Module,
+    method: str | PruningMethod = "hieravid",
+    budget: float = 0.3,
+    *,
+    trace: bool = False,
+    **options: Any,
+) -> PruneHandle:
     """Make ``model``'s prefill prune visual tokens, in place.
 
     Args:
@@ -71,6 +86,8 @@ def apply(model: nn.Module, method: str | PruningMethod = "hieravid", budget: fl
             LLaVA-Video), as loaded with ``from_pretrained``; attention ``sdpa`` (default) or ``eager``.
         method: a name from :func:`hieravid.methods.available` (``"vanilla"`` prunes nothing) or an instance.
         budget: relative token budget in (0, 1]: visual tokens kept, averaged over the decoder layers.
+        trace: also record every decision token by token in ``handle.last_trace`` (for pictures and
+            debugging; off by default, and then nothing is recorded).
         **options: the method's switches (for HieraVid, the fields of :class:`hieravid.HieraVidConfig`).
 
     Returns:
@@ -85,7 +102,7 @@ def apply(model: nn.Module, method: str | PruningMethod = "hieravid", budget: fl
             f"hieravid supports attn_implementation {' or '.join(_SUPPORTED_ATTENTION)}, the model uses "
             f"{implementation!r}: load it with attn_implementation='sdpa'"
         )
-    runtime = Runtime(adapter, build(method, budget, **options))
+    runtime = Runtime(adapter, build(method, budget, **options), trace=bool(trace))
     runtime.method.decision_layers(adapter.num_layers)  # an unreachable budget fails here, not at prefill
     text_model = adapter.text_model
 

@@ -112,7 +112,7 @@ class HieraVidTopK(HieraVid):
         )
         keep = segment_top_k(score, segment, k)
         state["segment"] = segment[keep]
-        return Decision(keep=keep)
+        return Decision(keep=keep, scores=score, segment=segment)
 
 
 def create_hieravid_topk(budget: float, **options: Any) -> PruningMethod:
@@ -174,7 +174,9 @@ class HieraVidNoLayer(HieraVid):
         ratio = _ratio_for(first.num_kept, target)
         if ratio == 0.0:  # merging alone reached the budget: Eq. 5's clip would still drop 5%
             state["segment"] = segment
-            return Decision(keep=merged_keep, merge_into=merge_into, features=first.features)
+            return Decision(
+                keep=merged_keep, merge_into=merge_into, features=first.features, frame_segment=first.frame_segment
+            )
         present = torch.bincount(segment, minlength=first.num_segments)
         k = keep_counts(
             present, first.z, ratio,
@@ -194,7 +196,9 @@ class HieraVidNoLayer(HieraVid):
         # Tokens merged into a dropped anchor are dropped with it, merged into nothing.
         merge_into = torch.where(keep[merge_into], merge_into, torch.full_like(merge_into, -1))
         merge_into[keep] = torch.nonzero(keep).squeeze(1)
-        return Decision(keep=keep, merge_into=merge_into, features=first.features[selected])
+        return Decision(
+            keep=keep, merge_into=merge_into, features=first.features[selected], frame_segment=first.frame_segment
+        )
 
 
 def create_hieravid_no_layer(budget: float, **options: Any) -> PruningMethod:

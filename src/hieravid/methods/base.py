@@ -70,11 +70,21 @@ class Decision:
             averages any per-token side inputs (e.g. Qwen3-VL's deepstack features) the same way.
         features: optional ``(N_kept, D)`` replacement hidden states of the kept tokens (the merged
             means); when absent the runtime computes them from ``merge_into``.
+
+    Read only for ``hieravid.apply(..., trace=True)`` (set them from values the method computed anyway):
+
+        scores: optional ``(N,)`` score the tokens were ranked by, higher = more worth keeping (HieraVid:
+            the relevance r of Eq. 8).
+        segment: optional ``(N,)`` int64 segment of each token present.
+        frame_segment: optional ``(T,)`` int64 segment of each frame, where the method segments the video.
     """
 
     keep: torch.Tensor
     merge_into: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    segment: torch.Tensor | None = None
+    frame_segment: torch.Tensor | None = None
 
 
 @dataclass

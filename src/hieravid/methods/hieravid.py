@@ -178,7 +178,11 @@ class HieraVid(PruningMethod):
             state["segment"] = first.token_segment.reshape(-1)[keep]
             state["z"] = first.z
             state["num_segments"] = first.num_segments
-            return Decision(keep=keep, merge_into=merge_into, features=first.features)
+            return Decision(
+                keep=keep, merge_into=merge_into, features=first.features,
+                segment=first.frame_segment.repeat_interleave(tokens.num_slots),  # (T*P,) each token's own frame's
+                frame_segment=first.frame_segment,
+            )
         if tokens.relevance_from_attention is None:
             raise ValueError(f"HieraVid's stage {stage} needs attention relevance at layer {layer}")
         sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
@@ -188,5 +192,6 @@ class HieraVid(PruningMethod):
             tokens.features, r, state["segment"], state["z"], ratio, self.config,
             selector_for_stage(stage, self.config),
         )
-        state["segment"] = state["segment"][keep]
-        return Decision(keep=keep)
+        segment = state["segment"]
+        state["segment"] = segment[keep]
+        return Decision(keep=keep, scores=r, segment=segment)

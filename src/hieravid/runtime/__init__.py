@@ -3,5 +3,6 @@
 from hieravid.runtime.cache import PrunedCache
 from hieravid.runtime.engine import Runtime
 from hieravid.runtime.stats import FlopsCount, PruneStats
+from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
 
-__all__ = ["FlopsCount", "PruneStats", "PrunedCache", "Runtime"]
+__all__ = ["FlopsCount", "PruneStats", "PruneTrace", "PrunedCache", "Runtime", "SampleTrace", "StageTrace"]

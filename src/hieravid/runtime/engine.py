@@ -31,6 +31,7 @@ from hieravid.ops import attention_from_queries
 from hieravid.runtime.cache import PrunedCache
 from hieravid.runtime.masks import attention_mask
 from hieravid.runtime.stats import PruneStats, count_flops
+from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
 
 __all__ = ["Runtime"]
 
@@ -91,14 +92,20 @@ def _right_align(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Runtime:
-    """Applies a method's decisions inside one model's decoder. Created by :func:`hieravid.apply`."""
+    """Applies a method's decisions inside one model's decoder. Created by :func:`hieravid.apply`.
 
-    def __init__(self, adapter: ModelAdapter, method: PruningMethod) -> None:
+    With ``trace=True`` every prefill also leaves a :class:`PruneTrace` in ``last_trace`` (the decisions
+    token by token); with ``trace=False`` nothing is recorded and ``last_trace`` stays None.
+    """
+
+    def __init__(self, adapter: ModelAdapter, method: PruningMethod, trace: bool = False) -> None:
         self.adapter = adapter
         self.method = method
+        self.trace = trace
         self.context: CallContext | None = None  # arguments of the current multimodal call
         self.video_call: dict[str, Any] | None = None  # arguments of its video encoding
         self.last_stats: PruneStats | None = None
+        self.last_trace: PruneTrace | None = None
         self._shape = ModelShape.from_config(adapter.text_config)
 
     # ------------------------------------------------------------------------------------ dispatch
@@ -143,6 +150,8 @@ class Runtime:
             return original(text_model, **call)
         if not has_video:
             self.last_stats = self._passthrough_stats(inputs_embeds, attention_mask)
+            if self.trace:
+                self.last_trace = self._passthrough_trace(inputs_embeds.shape[0])
             return original(text_model, **call)
         return self._prefill(
             text_model, inputs_embeds, attention_mask, position_ids, use_cache, layouts, kwargs
@@ -197,6 +206,10 @@ class Runtime:
         if not bool(valid[:, -1].all()):  # right padding: re-pack so every row ends with its last token
             seq = seq.gather(*_right_align(valid))
         states: list[dict] = [{"num_layers": num_layers} for _ in range(batch)]
+        # Per sample, the decisions recorded for the trace (None: tracing is off).
+        traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = (
+            [[] for _ in range(batch)] if self.trace else None
+        )
         decision_layers = set(self.method.decision_layers(num_layers))
         cache = PrunedCache(text_model.config) if use_cache else None
         implementation = adapter.attn_implementation
@@ -206,7 +219,7 @@ class Runtime:
         for layer_idx, layer in enumerate(layers):
             if layer_idx in decision_layers:
                 start = time.perf_counter()
-                seq = self._decide(layer_idx, layer, seq, layouts, frame_of, slot_of, visual, states)
+                seq = self._decide(layer_idx, layer, seq, layouts, frame_of, slot_of, visual, states, traced)
                 decide_seconds += time.perf_counter() - start
             present_visual = visual.gather(1, seq.index) & seq.valid  # (B, L)
             for b, count in enumerate(present_visual.sum(dim=1).tolist()):
@@ -246,6 +259,8 @@ class Runtime:
             decide_seconds=decide_seconds,
             kept_positions=kept_positions,
         )
+        if traced is not None:
+            self.last_trace = _build_trace(self.method.name, num_layers, layouts, traced, per_sample)
         return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
 
     def _decide(
@@ -258,8 +273,10 @@ class Runtime:
         slot_of: torch.Tensor,
         visual: torch.Tensor,
         states: list[dict],
+        traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = None,
     ) -> _Sequence:
-        """Ask the method about every sample at one decision point and apply the answers."""
+        """Ask the method about every sample at one decision point and apply the answers (and record
+        them in ``traced`` when tracing)."""
         keep = seq.valid.clone()  # (B, L)
         replaced_hidden: torch.Tensor | None = None
         replaced_side: list[torch.Tensor] | None = None
@@ -300,6 +317,9 @@ class Runtime:
             if decision.keep.shape != cols.shape:
                 raise RuntimeError(f"method {self.method.name} returned a keep mask of the wrong shape")
             keep[b, cols[~decision.keep]] = False
+            if traced is not None:
+                token = frame_of[b, original] * layout.num_slots + slot_of[b, original]  # (N,) token index
+                traced[b].append((_stage_trace(layer_idx, token, decision), decision.frame_segment))
             if decision.merge_into is None and decision.features is None:
                 continue
             kept_cols = cols[decision.keep]
@@ -360,6 +380,9 @@ class Runtime:
         return BaseModelOutputWithPast(last_hidden_state=text_model.norm(hidden), past_key_values=cache)
 
     # ------------------------------------------------------------------------------------- no video
+    def _passthrough_trace(self, batch: int) -> PruneTrace:
+        return PruneTrace(method=self.method.name, num_layers=self.adapter.num_layers, samples=[None] * batch)
+
     def _passthrough_stats(self, embeds: torch.Tensor, mask_2d: torch.Tensor | None) -> PruneStats:
         batch, length, _ = embeds.shape
         text = [length] * batch if mask_2d is None else [int(v) for v in mask_2d.sum(dim=1).tolist()]
@@ -375,3 +398,47 @@ class Runtime:
             kept_positions=[],
             pruned=False,
         )
+
+
+# ------------------------------------------------------------------------------------------- trace
+def _stage_trace(layer: int, token: torch.Tensor, decision: Decision) -> StageTrace:
+    """One sample's decision at ``layer`` in token indices (``token`` (N,) of the tokens present), on CPU."""
+    keep = decision.keep.detach().cpu()
+    token = token.cpu()
+    merged_into = torch.full_like(token, -1)
+    if decision.merge_into is not None:
+        target = decision.merge_into.detach().cpu()
+        merged = ~keep & (target >= 0)
+        merged_into[merged] = token[target[merged]]
+
+    def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().float().cpu() if t.is_floating_point() else t.detach().cpu()
+
+    return StageTrace(
+        layer=layer, tokens=token, keep=keep, merged_into=merged_into,
+        scores=cpu(decision.scores), segment=cpu(decision.segment),
+    )
+
+
+def _build_trace(
+    method: str,
+    num_layers: int,
+    layouts: list[VideoLayout | None],
+    traced: list[list[tuple[StageTrace, torch.Tensor | None]]],
+    per_sample: list[list[int]],
+) -> PruneTrace:
+    samples: list[SampleTrace | None] = []
+    for layout, records, rows in zip(layouts, traced, per_sample):
+        if layout is None:
+            samples.append(None)
+            continue
+        frame_segment = next((fs for _, fs in records if fs is not None), None)
+        samples.append(SampleTrace(
+            num_frames=layout.num_frames,
+            num_slots=layout.num_slots,
+            positions=layout.positions.detach().cpu(),
+            stages=[stage for stage, _ in records],
+            frame_segment=None if frame_segment is None else frame_segment.detach().cpu(),
+            tokens_per_layer=list(rows),
+        ))
+    return PruneTrace(method=method, num_layers=num_layers, samples=samples)
