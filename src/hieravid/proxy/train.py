@@ -1,8 +1,10 @@
 """Train the proxy model from scratch on the synthetic suite (``hieravid train-proxy``).
 
-Every step draws ``batch`` fresh training samples (sample indices ``step * batch ...``, so a run is reproducible
+Every step draws ``batch`` fresh training videos (sample indices ``step * batch ...``, so a run is reproducible
 and a resumed run sees the same data), renders them, runs the real Qwen2-VL processor and trains the whole model
-(vision tower included) with cross-entropy on the answer: the letter and the ``<|im_end|>`` after it. AdamW,
+(vision tower included) with cross-entropy on the answers: the letter and the ``<|im_end|>`` after it. Each video
+is asked all five question types in one conversation, in a random order (the first turn has exactly the
+evaluation prompt's form), so one forward pass over the video's tokens teaches five answers. AdamW,
 linear warm-up then cosine decay. A checkpoint is written every ``checkpoint_every`` steps (atomically), so an
 interrupted run continues where it stopped with ``--resume``. Validation accuracy (teacher-forced: the answer
 letter the model scores highest among A-D) is logged per question type every ``eval_every`` steps.
@@ -18,10 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from hieravid.proxy.build import build_model, build_processor, save
 from hieravid.synthetic import FPS, LETTERS, QUESTION_TYPES, SyntheticSample, generate_sample
+from hieravid.synthetic.questions import Question, ask
 
 __all__ = ["TrainConfig", "batch_inputs", "letter_accuracy", "train"]
 
@@ -30,29 +34,39 @@ __all__ = ["TrainConfig", "batch_inputs", "letter_accuracy", "train"]
 class TrainConfig:
     """Hyper-parameters of ``hieravid train-proxy`` (defaults: the shipped model's)."""
 
-    steps: int = 1200
+    steps: int = 550
     batch: int = 16
-    lr: float = 1.5e-3
-    warmup: int = 60
+    lr: float = 2e-3
+    warmup: int = 40
     weight_decay: float = 0.01
     clip: float = 1.0
     seed: int = 0
     val_size: int = 250
     eval_every: int = 100
     checkpoint_every: int = 25
-    threads: int = 0  # 0: torch's default
+    threads: int = 1  # torch threads; 1 keeps the speed steady when other work shares the cores
 
 
-def batch_inputs(processor, samples: Sequence[SyntheticSample], with_answer: bool) -> dict[str, torch.Tensor]:
-    """Processor inputs for ``samples``: the question, and the answer turn when ``with_answer`` (training)."""
+def batch_inputs(
+    processor, samples: Sequence[SyntheticSample], questions: Sequence[Sequence[Question]] | None = None
+) -> dict[str, torch.Tensor]:
+    """Processor inputs for ``samples``. Without ``questions``: each sample's own question, ready for the answer
+    (evaluation). With them: for each sample a conversation asking ``questions[i]`` in turn, answers included
+    (training)."""
     from transformers.video_utils import VideoMetadata
 
     texts = []
-    for s in samples:
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": s.question}]}]
-        if with_answer:
-            messages.append({"role": "assistant", "content": s.answer})
-        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=not with_answer))
+    for i, s in enumerate(samples):
+        if questions is None:
+            messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": s.question}]}]
+        else:
+            messages = []
+            for turn, question in enumerate(questions[i]):
+                content = [{"type": "text", "text": question.prompt}]
+                if turn == 0:
+                    content.insert(0, {"type": "video"})
+                messages += [{"role": "user", "content": content}, {"role": "assistant", "content": question.answer}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=questions is None))
     metadata = [
         VideoMetadata(
             total_num_frames=len(s.frames), fps=FPS, frames_indices=list(range(len(s.frames))),
@@ -66,12 +80,22 @@ def batch_inputs(processor, samples: Sequence[SyntheticSample], with_answer: boo
     )
 
 
-def _answer_loss(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy of the answer letter and the ``<|im_end|>`` that closes it (the sequences end with
-    ``letter <|im_end|> \\n``, left padded)."""
-    logits = model(**inputs, logits_to_keep=4).logits  # (B, 4, V): predictions for the last 3 tokens (+1 unused)
-    targets = inputs["input_ids"][:, -3:-1]  # (B, 2): letter, <|im_end|>
-    return torch.nn.functional.cross_entropy(logits[:, :2].reshape(-1, logits.shape[-1]), targets.reshape(-1))
+def _answer_loss(model, inputs: dict[str, torch.Tensor], answer_start: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every answer letter and the ``<|im_end|>`` that closes it. ``answer_start`` marks the
+    positions right after ``<|im_start|>assistant\n`` (where a letter stands)."""
+    ids = inputs["input_ids"]  # (B, L)
+    targets = answer_start | answer_start.roll(1, dims=1)  # the letter and the token after it
+    logits = model(**inputs).logits[:, :-1]  # (B, L - 1, V): the prediction of token j + 1
+    chosen = targets[:, 1:]
+    return torch.nn.functional.cross_entropy(logits[chosen], ids[:, 1:][chosen])
+
+
+def _answer_starts(processor, ids: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` bool: tokens that follow ``assistant`` ``\n``."""
+    assistant, newline = processor.tokenizer.convert_tokens_to_ids(["assistant", "\n"])
+    starts = torch.zeros_like(ids, dtype=torch.bool)
+    starts[:, 2:] = (ids[:, :-2] == assistant) & (ids[:, 1:-1] == newline)
+    return starts
 
 
 @torch.no_grad()
@@ -83,7 +107,7 @@ def letter_accuracy(model, processor, samples: Sequence[SyntheticSample], batch:
     correct: dict[str, list[bool]] = {t: [] for t in QUESTION_TYPES}
     for i in range(0, len(samples), batch):
         chunk = samples[i : i + batch]
-        logits = model(**batch_inputs(processor, chunk, with_answer=False), logits_to_keep=1).logits[:, -1]
+        logits = model(**batch_inputs(processor, chunk), logits_to_keep=1).logits[:, -1]
         picks = logits[:, letter_ids].argmax(-1).tolist()
         for s, pick in zip(chunk, picks):
             correct[s.qtype].append(LETTERS[pick] == s.answer)
@@ -91,6 +115,13 @@ def letter_accuracy(model, processor, samples: Sequence[SyntheticSample], batch:
     scores = {t: sum(v) / len(v) for t, v in correct.items() if v}
     scores["all"] = sum(sum(v) for v in correct.values()) / len(samples)
     return scores
+
+
+def _all_questions(sample: SyntheticSample) -> list[Question]:
+    """Every question type about ``sample``'s video, in an order (and first/last choices) drawn from its index."""
+    rng = np.random.default_rng([sample.index, 7])
+    order = rng.permutation(len(QUESTION_TYPES))
+    return [ask(sample.spec, QUESTION_TYPES[k], rng) for k in order]
 
 
 def _lr(config: TrainConfig, step: int) -> float:
@@ -164,10 +195,11 @@ def train(
         while step < config.steps:
             start = time.perf_counter()
             samples = [generate_sample(step * config.batch + i, "train") for i in range(config.batch)]
-            inputs = batch_inputs(processor, samples, with_answer=True)
+            questions = [_all_questions(s) for s in samples]
+            inputs = batch_inputs(processor, samples, questions)
             for group in optimizer.param_groups:
                 group["lr"] = _lr(config, step)
-            loss = _answer_loss(model, inputs)
+            loss = _answer_loss(model, inputs, _answer_starts(processor, inputs["input_ids"]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
