@@ -1,0 +1,41 @@
+"""train-proxy: an interrupted run resumes to exactly the weights of an uninterrupted one."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hieravid.proxy.train import TrainConfig, train
+
+SMALL = TrainConfig(steps=3, batch=2, lr=1e-3, warmup=1, val_size=5, eval_every=1, checkpoint_every=1, threads=1)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_one_run(tmp_path):
+    whole = train(tmp_path / "whole", SMALL, progress=False)
+    assert whole["steps"] == 3 and 0.0 <= whole["validation"]["all"] <= 1.0
+
+    def interrupt(entry):
+        if entry["step"] == 2:
+            raise Stop  # as if killed after step 2 was logged, before its checkpoint
+
+    with pytest.raises(Stop):
+        train(tmp_path / "cut", SMALL, log=interrupt, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tmp_path / "cut", SMALL, progress=False)
+    with pytest.raises(ValueError, match="same ones"):
+        train(tmp_path / "cut", TrainConfig(**{**SMALL.__dict__, "lr": 2e-3}), resume=True, progress=False)
+    resumed = train(tmp_path / "cut", SMALL, resume=True, progress=False)
+    assert resumed["steps"] == 3
+
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 2, 3]  # step 2 ran twice: once before the interruption, once after resuming
