@@ -6,6 +6,8 @@ Subcommands:
 - ``hieravid schedule``: the per-stage pruning ratios for a relative token budget.
 - ``hieravid bench-ops``: time HieraVid's four-stage decision alone on features of a real model's shape.
 - ``hieravid bench``: prefill latency, TTFT, decoding, memory and KV cache of every method on a model shape.
+- ``hieravid run``: answer a question about a video file, pruned; tokens kept per stage, FLOPs, time.
+- ``hieravid demo``: offline, a generated video answered unpruned and with HieraVid, and the picture.
 - ``hieravid train-proxy``: train the small proxy VideoLLM on the synthetic suite.
 
 Each subcommand is registered in :func:`build_parser` by a ``_add_xxx(subparsers)`` function and run by a
@@ -351,6 +353,348 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ run, demo
+
+DEMO_NAME = "hieravid-demo"  # the demo writes DEMO_NAME.mp4 (the sample video) and DEMO_NAME.png (the picture)
+
+
+def _add_run(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="answer a question about a video file with a pruned model; print what was kept and the time saved",
+        description=(
+            "Decode VIDEO (PyAV), sample --num-frames frames evenly, answer --question with the model pruned by "
+            "--method at --budget, and print the visual tokens kept at each stage, the prefill FLOPs against the "
+            "unpruned model and the prefill time. --compare also answers with the unpruned model (vanilla) and "
+            "prints both answers and the prefill speed-up; --viz writes a picture of what was merged, kept and "
+            "dropped. The default model is the small proxy shipped with hieravid (offline); --model takes any "
+            "supported Hugging Face model id or directory."
+        ),
+    )
+    parser.add_argument("video", help="video file (anything FFmpeg decodes: .mp4, .mkv, .webm, ...)")
+    parser.add_argument("--question", "-q", required=True, help="the question to ask about the video")
+    parser.add_argument("--model", default=None,
+                        help="hub id or local model directory (from_pretrained); default: the shipped proxy model")
+    parser.add_argument("--method", default="hieravid", help="pruning method (default hieravid; 'vanilla' prunes nothing)")
+    parser.add_argument("--budget", type=float, default=0.3,
+                        help="relative token budget in (0, 1]: visual tokens kept, averaged over layers (default 0.3)")
+    parser.add_argument("--num-frames", type=_positive_int, default=32, help="frames sampled from the video (default 32)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=16, help="tokens generated (default 16)")
+    parser.add_argument("--compare", action="store_true", help="also answer unpruned (vanilla) and print the speed-up")
+    parser.add_argument("--viz", metavar="FILE.png", default=None, help="write the picture of the decisions to FILE.png")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=_cmd_run)
+
+
+def _add_demo(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="offline demo: a generated video, answered unpruned and with HieraVid, and the picture",
+        description=(
+            f"Generate a synthetic test video with a multiple-choice question, write it to OUT/{DEMO_NAME}.mp4 "
+            "and decode it back, answer it with the unpruned model (vanilla) and with HieraVid, print both "
+            f"answers, the correct one and the timings, and draw what HieraVid kept to OUT/{DEMO_NAME}.png. "
+            "Needs no network and no arguments (the shipped proxy model)."
+        ),
+    )
+    parser.add_argument("--out", default=".", help="folder for the video and the picture (default: the current one)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="which synthetic test sample (default 0)")
+    parser.add_argument("--budget", type=float, default=0.3, help="HieraVid's relative token budget (default 0.3)")
+    parser.add_argument("--model", default=None,
+                        help="hub id or local model directory; default: the shipped proxy model")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=_cmd_demo)
+
+
+def _status(enabled: bool) -> Any:
+    """``status(text)``: a context manager showing a spinner with ``text`` on stderr (rich; silent when
+    stderr is not a terminal or ``enabled`` is False)."""
+    from contextlib import nullcontext
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    def status(text: str) -> Any:
+        return console.status(text) if enabled else nullcontext()
+
+    return status
+
+
+def _load(name: str | None, device: str) -> Any:
+    """:func:`hieravid.infer.load_model` with its failures as one-line ``ValueError`` s naming the fix."""
+    from hieravid.infer import load_model
+
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own status line says what is loading
+    try:
+        return load_model(name, device=device)
+    except FileNotFoundError as exc:  # the proxy weights are missing, or a directory without config.json
+        raise ValueError(str(exc)) from exc
+    except OSError as exc:  # not on the hub, no network, a broken directory
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"could not load model {name!r}: {first} (pass a local directory saved with save_pretrained, or a hub "
+            "id reachable from this machine)"
+        ) from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _read(path: str, num_frames: int) -> Any:
+    """:func:`hieravid.video.read_video`, a missing file as a ``ValueError``."""
+    from hieravid.video import read_video
+
+    try:
+        return read_video(path, num_frames)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _stages(tokens_per_layer: list[int]) -> list[dict[str, int]]:
+    """The layers where the visual tokens change (layer 0 always), with the tokens entering them."""
+    return [
+        {"layer": layer, "tokens": n}
+        for layer, n in enumerate(tokens_per_layer)
+        if layer == 0 or n != tokens_per_layer[layer - 1]
+    ]
+
+
+def _result(method: str, budget: float, answer: Any) -> dict[str, Any]:
+    """One answer as JSON: text, tokens per stage, FLOPs ratios, seconds."""
+    stats = answer.stats
+    pruned = stats is not None and stats.pruned
+    tokens = stats.per_sample_tokens_per_layer[0] if pruned else []
+    return {
+        "method": method,
+        "budget": budget,
+        "answer": answer.text,
+        "visual_tokens": stats.visual_tokens[0] if pruned else 0,
+        "tokens_per_layer": tokens,
+        "stages": _stages(tokens) if tokens else [],
+        "segments": stats.per_sample_segments[0] if pruned else None,
+        "achieved_budget": stats.achieved_budget if pruned else 1.0,
+        "flops_ratio": stats.flops_ratio if stats is not None else 1.0,
+        "exact_flops_ratio": stats.flops.exact_ratio if stats is not None else 1.0,
+        "prefill_seconds": answer.prefill_seconds,
+        "decide_seconds": stats.decide_seconds if stats is not None else 0.0,
+        "vision_seconds": answer.vision_seconds,
+        "total_seconds": answer.total_seconds,
+        "new_tokens": answer.new_tokens,
+        "input_tokens": answer.input_tokens,
+    }
+
+
+def _format_result(result: dict[str, Any]) -> str:
+    name = result["method"] if result["method"] == "vanilla" else f"{result['method']}, budget {result['budget']:g}"
+    lines = [name, f"  answer         {result['answer']!r}"]
+    if result["method"] != "vanilla" and result["stages"]:
+        flow = f"{result['visual_tokens']}"
+        for stage in result["stages"]:
+            if stage["tokens"] != result["visual_tokens"] or stage["layer"] > 0:
+                flow += f" -> {stage['tokens']} (layer {stage['layer']})"
+        if result["segments"]:
+            flow += f"; {result['segments']} segment{'s' if result['segments'] != 1 else ''}"
+        lines.append(f"  visual tokens  {flow}")
+        lines.append(f"  kept           {result['achieved_budget']:.3f} of the visual tokens, averaged over layers")
+        lines.append(
+            f"  FLOPs          {100 * result['flops_ratio']:.1f}% of vanilla (Eq. 12, visual tokens), "
+            f"{100 * result['exact_flops_ratio']:.1f}% exact (all matmuls)"
+        )
+    elif result["visual_tokens"]:
+        lines.append(f"  visual tokens  {result['visual_tokens']} in every layer")
+    lines.append(
+        f"  time           prefill {result['prefill_seconds']:.3f} s (deciding {result['decide_seconds']:.3f} s), "
+        f"vision {result['vision_seconds']:.3f} s, total {result['total_seconds']:.2f} s for "
+        f"{result['new_tokens']} tokens"
+    )
+    return "\n".join(lines)
+
+
+def _speedup(vanilla: dict[str, Any], pruned: dict[str, Any]) -> float:
+    """Prefill seconds of vanilla / of the pruned run."""
+    return vanilla["prefill_seconds"] / pruned["prefill_seconds"] if pruned["prefill_seconds"] > 0 else float("nan")
+
+
+def _format_speedup(method: str, speedup: float, pruned: dict[str, Any]) -> str:
+    line = f"prefill speed-up of {method} over vanilla: {speedup:.2f}x"
+    if speedup < 1.0:
+        line += (
+            f"\nnote: deciding took {pruned['decide_seconds']:.3f} s of the {pruned['prefill_seconds']:.3f} s prefill; "
+            "on a model this small that costs more than the pruned layers save (the FLOPs ratio is what scales)"
+        )
+    return line
+
+
+def _answer_all(
+    loaded: Any, video: Any, question: str, runs: list[tuple[str, float]], trace_method: str | None,
+    status: Any, max_new_tokens: int = 16,
+) -> dict[str, tuple[dict[str, Any], Any]]:
+    """Answer with each ``(method, budget)`` after one untimed warm-up call (first-call overhead); the
+    run of ``trace_method`` records its trace. Returns per method its JSON result and its ``Answer``."""
+    from hieravid.infer import answer
+
+    common = dict(timestamps_s=video.timestamps_s)
+    with status(f"Warming up {loaded.name} ..."):
+        answer(loaded, video.frames, question, method="vanilla", max_new_tokens=1, **common)
+    out: dict[str, tuple[dict[str, Any], Any]] = {}
+    for method, budget in runs:
+        label = method if method == "vanilla" else f"{method} at budget {budget:g}"
+        with status(f"Answering with {label} ..."):
+            ans = answer(loaded, video.frames, question, method=method, budget=budget,
+                         max_new_tokens=max_new_tokens, trace=method == trace_method, **common)
+        out[method] = (_result(method, budget, ans), ans)
+    return out
+
+
+def _picture(path: str, video: Any, ans: Any, budget: float, title: str, notes: list[str]) -> list[str]:
+    """Draw ``ans.trace`` over the video's frames to ``path``; returns the panel titles."""
+    from hieravid.viz import render_decisions  # matplotlib only when a picture is asked for
+
+    picture = render_decisions(
+        path, video.frames, ans.trace, budget=budget, title=title, notes=notes,
+        frame_labels=[f"{t:.1f}s" for t in video.timestamps_s],
+        flops_ratio=ans.stats.flops_ratio if ans.stats is not None else None,
+    )
+    return picture.panels
+
+
+def _video_dict(video: Any) -> dict[str, Any]:
+    return {
+        "path": video.path, "num_frames": video.num_frames, "source_frames": video.source_frames,
+        "fps": video.fps, "duration_s": video.duration_s, "height": video.height, "width": video.width,
+    }
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run ``hieravid run``."""
+    from hieravid.config import check_budget
+
+    question = args.question.strip()
+    if not question:
+        raise ValueError("the question is empty: pass the text to ask with --question \"...\"")
+    budget = check_budget(args.budget)
+    viz_folder = os.path.dirname(os.path.abspath(args.viz)) if args.viz else None
+    if viz_folder and not os.path.isdir(viz_folder):
+        raise ValueError(f"the folder of --viz {args.viz!r} does not exist: create it or pick another path")
+    status = _status(not args.json)
+    with status(f"Decoding {args.video} ..."):
+        video = _read(args.video, args.num_frames)
+    with status(f"Loading {args.model or 'the shipped proxy model'} ..."):
+        loaded = _load(args.model, args.device)
+    runs = ([("vanilla", 1.0)] if args.compare and args.method != "vanilla" else []) + [(args.method, budget)]
+    results = _answer_all(loaded, video, question, runs, args.method if args.viz else None, status,
+                          args.max_new_tokens)
+    main_result, main_answer = results[args.method]
+    payload: dict[str, Any] = {
+        "video": _video_dict(video), "question": question, "model": loaded.name, "family": loaded.family,
+        "device": args.device, "results": [r for r, _ in results.values()],
+    }
+    if "vanilla" in results and args.method != "vanilla":
+        payload["prefill_speedup"] = _speedup(results["vanilla"][0], main_result)
+    if args.viz:
+        notes = [f"question: {' '.join(question.split())}"]
+        notes += [f"{r['method']}: {r['answer']!r}, prefill {r['prefill_seconds']:.3f} s" for r, _ in results.values()]
+        with status(f"Drawing {args.viz} ..."):
+            payload["viz_panels"] = _picture(args.viz, video, main_answer, budget,
+                                             f"{args.method} at budget {budget:g} on {loaded.name}", notes)
+        payload["viz"] = args.viz
+    if args.json:
+        _print_json(payload)
+        return 0
+    print(f"video     {video.path}: {video.num_frames} of {video.source_frames} frames "
+          f"({video.fps:.2f} fps, {video.duration_s:.2f} s), {video.width}x{video.height}")
+    print(f"model     {loaded.name} ({loaded.family}) on {args.device}")
+    print(f"question  {' '.join(question.split())}")
+    for result, _ in results.values():
+        print()
+        print(_format_result(result))
+    if "prefill_speedup" in payload:
+        print("\n" + _format_speedup(args.method, payload["prefill_speedup"], main_result))
+    if args.viz:
+        print(f"picture   {args.viz}")
+    return 0
+
+
+def _letter(text: str, letters: Sequence[str]) -> str | None:
+    """The option letter an answer starts with ('B', 'B.', '(B) circle'), or None."""
+    head = text.strip().lstrip("(").upper()
+    return head[0] if head and head[0] in letters and (len(head) == 1 or not head[1].isalpha()) else None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Run ``hieravid demo``."""
+    from pathlib import Path
+
+    from hieravid.config import check_budget
+    from hieravid.synthetic import LETTERS, generate_sample
+    from hieravid.video import write_test_video
+
+    budget = check_budget(args.budget)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out!r} is a file: pass a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    status = _status(not args.json)
+    with status("Generating a synthetic test video ..."):
+        sample = generate_sample(args.seed, "test")
+        video_path = out / f"{DEMO_NAME}.mp4"
+        write_test_video(video_path, sample.frames, fps=max(1, int(round(sample.fps))))
+        video = _read(str(video_path), int(sample.frames.shape[0]))  # the real path: decode the file back
+    with status(f"Loading {args.model or 'the shipped proxy model'} ..."):
+        loaded = _load(args.model, args.device)
+    results = _answer_all(loaded, video, sample.question, [("vanilla", 1.0), ("hieravid", budget)], "hieravid", status)
+    vanilla, pruned = results["vanilla"][0], results["hieravid"][0]
+    letters = LETTERS[: len(sample.options)]
+    for result in (vanilla, pruned):
+        result["correct"] = _letter(result["answer"], letters) == sample.answer
+    speedup = _speedup(vanilla, pruned)
+    picture_path = out / f"{DEMO_NAME}.png"
+    notes = [
+        "question: " + "  ".join(line.strip() for line in sample.question.splitlines()),
+        f"correct answer: {sample.answer} ({sample.answer_text})",
+        f"vanilla:  {vanilla['answer']!r} ({'right' if vanilla['correct'] else 'wrong'}), prefill "
+        f"{vanilla['prefill_seconds']:.3f} s, {vanilla['visual_tokens']} visual tokens in every layer",
+        f"hieravid: {pruned['answer']!r} ({'right' if pruned['correct'] else 'wrong'}), prefill "
+        f"{pruned['prefill_seconds']:.3f} s ({speedup:.2f}x), FLOPs {100 * pruned['flops_ratio']:.1f}% of vanilla",
+    ]
+    with status(f"Drawing {picture_path} ..."):
+        panels = _picture(str(picture_path), video, results["hieravid"][1], budget,
+                          f"HieraVid at budget {budget:g}: synthetic test video {args.seed}, {sample.qtype} question",
+                          notes)
+    payload = {
+        "sample": {"split": "test", "index": args.seed, "qtype": sample.qtype, "question": sample.question,
+                   "options": sample.options, "answer": sample.answer, "answer_text": sample.answer_text},
+        "video": _video_dict(video), "model": loaded.name, "family": loaded.family, "device": args.device,
+        "results": [vanilla, pruned], "prefill_speedup": speedup,
+        "picture": str(picture_path), "viz_panels": panels,
+    }
+    if args.json:
+        _print_json(payload)
+        return 0
+    print(f"video     {video_path} ({video.num_frames} frames, {video.duration_s:.1f} s, synthetic test sample "
+          f"{args.seed})")
+    print(f"model     {loaded.name} ({loaded.family}) on {args.device}")
+    print("question  " + sample.question.replace("\n", "\n          "))
+    print(f"correct   {sample.answer} ({sample.answer_text})")
+    for result in (vanilla, pruned):
+        print()
+        print(_format_result(result) + f"\n  correct        {'yes' if result['correct'] else 'no'}")
+    print("\n" + _format_speedup("hieravid", speedup, pruned))
+    print(f"picture   {picture_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hieravid`` argument parser with one subparser per subcommand."""
     parser = argparse.ArgumentParser(
@@ -362,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schedule(subparsers)
     _add_bench_ops(subparsers)
     _add_bench(subparsers)
+    _add_run(subparsers)
+    _add_demo(subparsers)
     _add_train_proxy(subparsers)
     return parser
 

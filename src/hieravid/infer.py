@@ -24,7 +24,7 @@ from torch import nn
 
 from hieravid.api import apply
 from hieravid.models import find_adapter
-from hieravid.runtime import PruneStats
+from hieravid.runtime import PruneStats, PruneTrace
 
 __all__ = ["Answer", "LoadedModel", "answer", "build_inputs", "load_model"]
 
@@ -62,6 +62,8 @@ class Answer:
         total_seconds: the whole ``generate`` call, seconds (vision, prefill and decoding).
         new_tokens: tokens generated.
         input_tokens: prompt length in tokens, video tokens included.
+        trace: the method's decisions token by token (:class:`hieravid.runtime.PruneTrace`) when
+            :func:`answer` was called with ``trace=True``, else None.
     """
 
     text: str
@@ -71,6 +73,7 @@ class Answer:
     total_seconds: float
     new_tokens: int
     input_tokens: int
+    trace: PruneTrace | None = None
 
 
 def load_model(
@@ -189,18 +192,20 @@ def answer(
     max_new_tokens: int = 16,
     timestamps_s: Sequence[float] | None = None,
     system: str | None = None,
+    trace: bool = False,
 ) -> Answer:
     """Generate an answer (greedy) about ``frames`` with ``method`` at ``budget``.
 
     The method is applied for this call only (``vanilla`` runs the same machinery and prunes nothing, so its
-    statistics are comparable). See :func:`build_inputs` for the arguments describing the video.
+    statistics are comparable). See :func:`build_inputs` for the arguments describing the video. ``trace=True``
+    also records the method's decisions in ``Answer.trace`` (for :func:`hieravid.viz.render_decisions`).
     """
     inputs = build_inputs(loaded, frames, question, timestamps_s=timestamps_s, system=system)
     model = loaded.model
     adapter, multimodal = find_adapter(model)
     vision = getattr(multimodal, "visual", None) or getattr(multimodal, "vision_tower", None)
     device = loaded.device
-    with apply(model, method, budget, **(options or {})) as handle, torch.inference_mode():
+    with apply(model, method, budget, trace=trace, **(options or {})) as handle, torch.inference_mode():
         with _timed_calls(adapter.text_model, device) as llm_times, _timed_calls(vision, device) as vision_times:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -210,6 +215,7 @@ def answer(
                 torch.cuda.synchronize(device)
             total = time.perf_counter() - start
         stats = handle.last_stats
+        last_trace = handle.last_trace
     prompt_len = inputs["input_ids"].shape[1]
     new = out[0, prompt_len:]
     text = loaded.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
@@ -221,4 +227,5 @@ def answer(
         total_seconds=total,
         new_tokens=int(new.numel()),
         input_tokens=int(prompt_len),
+        trace=last_trace,
     )

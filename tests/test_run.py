@@ -1,0 +1,197 @@
+"""``hieravid run`` and ``hieravid demo`` end to end, on random-weight models saved to a folder (``--model DIR``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_models as tm
+from hieravid.cli import main
+from hieravid.proxy import build as proxy_build
+from hieravid.synthetic import generate_sample
+from hieravid.video import write_test_video
+
+RESULT_KEYS = {
+    "method", "budget", "answer", "visual_tokens", "tokens_per_layer", "stages", "segments", "achieved_budget",
+    "flops_ratio", "exact_flops_ratio", "prefill_seconds", "decide_seconds", "vision_seconds", "total_seconds",
+    "new_tokens", "input_tokens",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: these models are tiny, and a second thread only waits on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def proxy_dir(tmp_path_factory) -> Path:
+    """The proxy's architecture and processor with random weights (576 visual tokens for 32 frames)."""
+    folder = tmp_path_factory.mktemp("proxy")
+    proxy_build.save(proxy_build.build_model(seed=0), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory) -> Path:
+    """A tiny LLaVA-OneVision saved with its processor."""
+    folder = tmp_path_factory.mktemp("llava")
+    model = tm.build_model("llava_onevision")
+    model.save_pretrained(folder)
+    tm.build_processor("llava_onevision", model, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory) -> Path:
+    """Synthetic test sample 1 written as an .mp4 (32 frames of 96 x 96 at 4 fps)."""
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    write_test_video(path, generate_sample(1).frames, fps=4)
+    return path
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def check_result(result: dict, visual_tokens: int, num_layers: int = 8) -> None:
+    assert RESULT_KEYS <= result.keys()
+    assert isinstance(result["answer"], str)
+    assert result["visual_tokens"] == visual_tokens
+    assert len(result["tokens_per_layer"]) == num_layers
+    assert result["stages"][0]["layer"] == 0
+    for stage in result["stages"]:
+        assert result["tokens_per_layer"][stage["layer"]] == stage["tokens"]
+    assert result["prefill_seconds"] > 0 and result["total_seconds"] >= result["prefill_seconds"]
+    assert 0 < result["flops_ratio"] <= 1 and 0 < result["exact_flops_ratio"] <= 1
+
+
+def test_run_compare_json(proxy_dir: Path, video_file: Path, tmp_path: Path, capsys) -> None:
+    picture = tmp_path / "kept.png"
+    argv = [
+        "run", str(video_file), "--question", "how many scenes are in the video ?", "--model", str(proxy_dir),
+        "--compare", "--viz", str(picture), "--json", "--max-new-tokens", "2",
+    ]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    payload = json.loads(out)  # exactly one JSON object on stdout
+    assert payload["video"]["num_frames"] == 32 and payload["video"]["source_frames"] == 32
+    assert payload["family"] == "qwen2_vl" and payload["model"] == str(proxy_dir)
+    assert payload["question"] == "how many scenes are in the video ?"
+    vanilla, pruned = payload["results"]
+    assert (vanilla["method"], pruned["method"]) == ("vanilla", "hieravid")
+    check_result(vanilla, 576)
+    check_result(pruned, 576)
+    assert vanilla["tokens_per_layer"] == [576] * 8 and vanilla["flops_ratio"] == 1.0
+    assert [s["layer"] for s in pruned["stages"]] == [0, 2, 4, 6]  # four stages of two layers
+    assert pruned["flops_ratio"] < 0.35 and pruned["segments"] >= 1
+    assert abs(pruned["achieved_budget"] - 0.3) < 0.02
+    assert payload["prefill_speedup"] == pytest.approx(vanilla["prefill_seconds"] / pruned["prefill_seconds"])
+    assert payload["viz"] == str(picture) and picture.stat().st_size > 0
+    assert len(payload["viz_panels"]) == 7  # frames, 4 stages, relevance, tokens per layer
+
+
+def test_run_text(proxy_dir: Path, video_file: Path, capsys) -> None:
+    argv = ["run", str(video_file), "-q", "which way does the moving object go ?", "--model", str(proxy_dir),
+            "--budget", "0.2", "--num-frames", "16", "--max-new-tokens", "2"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "16 of 32 frames" in out and "hieravid, budget 0.2" in out
+    assert "visual tokens  288 -> " in out  # 16 frames = 8 temporal groups of 36 tokens
+    assert "% of vanilla" in out and "prefill" in out
+    assert "speed-up" not in out  # no --compare: one run
+
+
+def test_run_other_method_and_family(llava_dir: Path, tmp_path: Path, capsys) -> None:
+    video = tmp_path / "noise.mp4"
+    write_test_video(video, tm.random_video(12, 126, 126, seed=4), fps=6)
+    argv = ["run", str(video), "-q", "what is happening in the video ?", "--model", str(llava_dir),
+            "--method", "fastv", "--num-frames", "8", "--json", "--max-new-tokens", "2", "--compare"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["family"] == "llava_onevision"
+    vanilla, pruned = payload["results"]
+    check_result(pruned, 8 * 25)
+    assert [s["layer"] for s in pruned["stages"]] == [0, 2] and pruned["segments"] is None
+
+
+def test_demo_json(proxy_dir: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = run_cli(["demo", "--model", str(proxy_dir), "--out", str(tmp_path / "demo"), "--json"], capsys)
+    assert code == 0, err
+    payload = json.loads(out)
+    sample = generate_sample(0, "test")
+    assert payload["sample"]["answer"] == sample.answer and payload["sample"]["question"] == sample.question
+    assert payload["sample"]["options"] == sample.options
+    assert Path(payload["video"]["path"]) == tmp_path / "demo" / "hieravid-demo.mp4"
+    assert payload["video"]["num_frames"] == sample.frames.shape[0]
+    vanilla, pruned = payload["results"]
+    assert (vanilla["method"], pruned["method"], pruned["budget"]) == ("vanilla", "hieravid", 0.3)
+    check_result(vanilla, 576)
+    check_result(pruned, 576)
+    assert isinstance(vanilla["correct"], bool) and isinstance(pruned["correct"], bool)
+    assert payload["prefill_speedup"] > 0
+    picture = Path(payload["picture"])
+    assert picture == tmp_path / "demo" / "hieravid-demo.png" and picture.stat().st_size > 0
+    panels = payload["viz_panels"]
+    assert panels[0].startswith("Sampled frames") and panels[1].startswith("Stage 1, before layer 0")
+    assert any(p.startswith("Token relevance") for p in panels) and panels[-1].startswith("Visual tokens per layer")
+
+
+def test_demo_text(proxy_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # default --out: the current folder
+    code, out, err = run_cli(["demo", "--model", str(proxy_dir), "--seed", "3"], capsys)
+    assert code == 0, err
+    sample = generate_sample(3, "test")
+    assert sample.question.splitlines()[0] in out and f"correct   {sample.answer} ({sample.answer_text})" in out
+    assert "vanilla" in out and "hieravid, budget 0.3" in out and "prefill speed-up" in out
+    assert (tmp_path / "hieravid-demo.png").stat().st_size > 0 and (tmp_path / "hieravid-demo.mp4").is_file()
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def check_error(argv: list[str], capsys, *words: str) -> None:
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2
+    assert out == "" and "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+def test_missing_file(proxy_dir: Path, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nowhere.mp4"
+    check_error(["run", str(missing), "-q", "what ?", "--model", str(proxy_dir)], capsys, "no video file", str(missing))
+    assert len(capsys.readouterr().err.splitlines()) <= 1
+
+
+def test_undecodable_video(proxy_dir: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("this is not a video")
+    check_error(["run", str(bad), "-q", "what ?", "--model", str(proxy_dir)], capsys, "could not decode video")
+
+
+def test_missing_or_empty_question(video_file: Path, proxy_dir: Path, capsys) -> None:
+    check_error(["run", str(video_file), "--model", str(proxy_dir)], capsys, "--question")
+    check_error(["run", str(video_file), "-q", "   ", "--model", str(proxy_dir)], capsys, "question is empty")
+
+
+def test_bad_model_and_budget(video_file: Path, tmp_path: Path, capsys) -> None:
+    check_error(["run", str(video_file), "-q", "what ?", "--model", str(tmp_path)], capsys, "config.json")
+    check_error(["run", str(video_file), "-q", "what ?", "--budget", "1.5"], capsys, "budget")
+    check_error(["demo", "--budget", "0", "--out", str(tmp_path)], capsys, "budget")
+    check_error(["run", str(video_file), "-q", "what ?", "--viz", str(tmp_path / "no" / "x.png")], capsys, "--viz")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_without_cuda(video_file: Path, proxy_dir: Path, capsys) -> None:
+    check_error(["run", str(video_file), "-q", "what ?", "--model", str(proxy_dir), "--device", "cuda"], capsys,
+                "--device cpu")

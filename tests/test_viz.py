@@ -1,0 +1,121 @@
+"""The picture of a pruned prefill (``hieravid.viz``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_models as tm
+from hieravid.infer import answer, load_model
+from hieravid.proxy import build as proxy_build
+from hieravid.runtime import PruneTrace
+from hieravid.synthetic import generate_sample
+from hieravid.viz import render_decisions, token_grid
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: the model is tiny, and a second thread only waits on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("proxy")
+    proxy_build.save(proxy_build.build_model(seed=0), folder)
+    return load_model(folder)
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return generate_sample(2).frames  # (32, 96, 96, 3)
+
+
+def traced(loaded, frames: np.ndarray, method: str, budget: float = 0.3):
+    result = answer(loaded, frames, "what color is the brief flash ?", method=method, budget=budget,
+                    max_new_tokens=1, trace=True)
+    assert result.trace is not None
+    return result
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels from the PNG header."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_hieravid_picture(proxy, frames: np.ndarray, tmp_path: Path) -> None:
+    result = traced(proxy, frames, "hieravid")
+    path = tmp_path / "hieravid.png"
+    picture = render_decisions(path, frames, result.trace, budget=0.3, title="HieraVid at 0.3",
+                               notes=["question: what color is the brief flash ?"],
+                               flops_ratio=result.stats.flops_ratio)
+    assert picture.frames_shown == 16 and picture.grid_hw == (6, 6)  # 32 frames = 16 groups of 6 x 6 tokens
+    titles = picture.panels
+    assert len(titles) == 7
+    assert titles[0].startswith("Sampled frames (32 input frames, 16 model frames)")
+    assert titles[1].startswith("Stage 1, before layer 0") and "576 → 288 tokens" in titles[1] and "merged" in titles[1]
+    for k, layer in zip((2, 3, 4), (2, 4, 6)):
+        assert titles[k].startswith(f"Stage {k}, at layer {layer}:") and "dropped" in titles[k]
+    assert titles[5].startswith("Token relevance r (Eq. 8) at layer 2")
+    assert titles[6].startswith("Visual tokens per layer") and "FLOPs" in titles[6]
+    assert path.stat().st_size > 10_000
+    assert png_size(path) == (picture.width_px, picture.height_px)
+
+
+def test_segment_boundaries_are_named(proxy, frames: np.ndarray, tmp_path: Path) -> None:
+    trace = traced(proxy, frames, "hieravid").trace
+    sample = trace.samples[0]
+    three = torch.tensor([0] * 5 + [1] * 4 + [2] * 7)
+    trace = dataclasses.replace(trace, samples=[dataclasses.replace(sample, frame_segment=three)])
+    picture = render_decisions(tmp_path / "segments.png", frames, trace, budget=0.3)
+    assert "3 segments" in picture.panels[0]
+
+
+@pytest.mark.parametrize("method, rows", [("vanilla", 2), ("fastv", 3), ("pyramiddrop", 5)])
+def test_any_method(proxy, frames: np.ndarray, tmp_path: Path, method: str, rows: int) -> None:
+    result = traced(proxy, frames, method, budget=1.0 if method == "vanilla" else 0.3)
+    picture = render_decisions(tmp_path / f"{method}.png", frames, result.trace)
+    assert len(picture.panels) == rows  # frames, one row per decision that removed tokens, tokens per layer
+    assert picture.panels[-1].startswith("Visual tokens per layer")
+    assert (tmp_path / f"{method}.png").stat().st_size > 0
+
+
+def test_token_grid() -> None:
+    assert token_grid(24, (112, 168)) == (4, 6)
+    assert token_grid(25, (126, 126)) == (5, 5)
+    assert token_grid(36, (96, 96)) == (6, 6)
+    assert token_grid(99, (240, 320)) == (9, 11)
+    assert token_grid(169, (384, 384)) == (13, 13)
+    with pytest.raises(ValueError, match="at least one token"):
+        token_grid(0, (10, 10))
+
+
+def test_bad_input(proxy, frames: np.ndarray, tmp_path: Path) -> None:
+    trace = traced(proxy, frames, "fastv").trace
+    with pytest.raises(ValueError, match="frames must be"):
+        render_decisions(tmp_path / "x.png", frames[0], trace)
+    with pytest.raises(ValueError, match="grid_hw"):
+        render_decisions(tmp_path / "x.png", frames, trace, grid_hw=(5, 7))
+    with pytest.raises(ValueError, match="no video"):
+        render_decisions(tmp_path / "x.png", frames, PruneTrace("fastv", 8, [None]))
+
+
+def test_other_family_grid(tmp_path: Path) -> None:
+    model = tm.build_model("llava_onevision")
+    tm.build_processor("llava_onevision", model, tmp_path)
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    video = tm.random_video(8, 126, 126)
+    result = answer(loaded, video, "what is happening ?", method="hieravid", budget=0.3, max_new_tokens=1, trace=True)
+    picture = render_decisions(tmp_path / "llava.png", video, result.trace, budget=0.3)
+    assert picture.grid_hw == (5, 5) and picture.frames_shown == 8
