@@ -1,0 +1,424 @@
+"""``hieravid eval``: every (task, sample, method, budget), one JSONL record each, resumable, shardable.
+
+What one run does:
+
+1. reads every task's samples (:mod:`hieravid.eval.tasks`); a task whose files cannot be read is reported and
+   skipped, a sample whose record is malformed is recorded as failed;
+2. skips what the output folder already holds (a finished or interrupted earlier run with the same settings);
+3. splits the samples over the processes (``accelerate launch -m hieravid eval ...``: process r of W takes the
+   samples r, r + W, r + 2W, ... of the whole list), loads the model once per process, decodes each video once
+   and answers it with every method at every budget (:func:`hieravid.infer.answer`), appending each record to the
+   process's JSONL file as soon as it is scored;
+4. waits for every process, then the main one merges the records into ``predictions.jsonl`` (a fixed order, so
+   the file is the same whatever the number of processes) and writes ``summary.json`` and ``summary.md``.
+
+A video that cannot be decoded, an answer that cannot be parsed, or an error while generating is recorded as a
+failed sample (status ``failed``, its reason and kind) and scores 0; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from hieravid.eval.records import (
+    MERGED,
+    PredictionLog,
+    budget_key,
+    part_files,
+    read_records,
+    record_key,
+    write_jsonl,
+)
+from hieravid.eval.summary import combinations, summarize, to_markdown
+from hieravid.eval.tasks import Sample, Task, get_task
+
+__all__ = ["EvalConfig", "run_eval"]
+
+RUN_FILE = "run.json"
+# settings that change the answers: a resumed run must use the same
+_RESULT_SETTINGS = ("model", "num_frames", "dtype", "attn_implementation", "max_new_tokens")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation.
+
+    Attributes:
+        tasks: task names (see :func:`hieravid.eval.tasks.available_tasks`).
+        out: output folder (created; an existing one is resumed).
+        model: hub id or local directory loaded with ``from_pretrained``; None = the shipped proxy model.
+        methods: pruning methods; ``vanilla`` runs once at budget 1.
+        budgets: relative token budgets in (0, 1] for every method but ``vanilla``.
+        data_root: folder holding the benchmarks in their published layouts (see each task's module).
+        num_frames: frames sampled uniformly from each video.
+        device: ``auto`` (a GPU per process when CUDA is there, else the CPU), ``cpu``, ``cuda``...
+        dtype: ``auto`` (the checkpoint's), ``bfloat16``, ``float16``, ``float32``.
+        attn_implementation: ``sdpa`` or ``eager``.
+        max_new_tokens: tokens to generate per answer; None = each task's own (lmms-eval's setting).
+        limit: evaluate only the first ``limit`` samples of each task (a quick look).
+        retry_failed: run again the samples an earlier run recorded as failed.
+        progress: show a progress bar with ETA on the main process.
+    """
+
+    tasks: list[str]
+    out: Path
+    model: str | None = None
+    methods: list[str] = field(default_factory=lambda: ["vanilla", "hieravid"])
+    budgets: list[float] = field(default_factory=lambda: [0.3, 0.2, 0.1])
+    data_root: Path | None = None
+    num_frames: int = 32
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    max_new_tokens: int | None = None
+    limit: int | None = None
+    retry_failed: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class _Processes:
+    """Where this process sits among the ones ``accelerate launch`` started (one process: rank 0 of 1)."""
+
+    rank: int
+    world: int
+    device: str
+    wait: Callable[[], None]
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _processes(device: str) -> _Processes:
+    import torch
+    from accelerate import PartialState
+
+    cuda = torch.cuda.is_available() and device != "cpu"
+    # A long timeout: processes wait for each other only at the end, after shards of unequal length.
+    state = PartialState(cpu=not cuda, timeout=timedelta(days=7))
+    if device == "auto" or (cuda and device == "cuda" and state.num_processes > 1):
+        device = f"cuda:{state.local_process_index}" if cuda else "cpu"
+    return _Processes(rank=state.process_index, world=state.num_processes, device=device, wait=state.wait_for_everyone)
+
+
+def _check(config: EvalConfig) -> list[Task]:
+    from hieravid.methods import available, check_budget
+
+    if not config.tasks:
+        raise ValueError("no task to run: pass --tasks (e.g. mvbench,videomme) or --suite")
+    if isinstance(config.num_frames, bool) or config.num_frames < 1:
+        raise ValueError(f"--num-frames must be >= 1, got {config.num_frames}")
+    unknown = [m for m in config.methods if m not in available()]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(available())}")
+    if not config.methods:
+        raise ValueError("no method to run: pass --methods, e.g. vanilla,hieravid")
+    for budget in config.budgets:
+        check_budget(budget)
+    if config.limit is not None and config.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {config.limit}")
+    tasks = [get_task(name) for name in dict.fromkeys(config.tasks)]
+    for task in tasks:
+        task.check_ready()
+    return tasks
+
+
+def _settings(config: EvalConfig) -> dict[str, Any]:
+    settings = asdict(config)
+    settings["out"] = str(config.out)
+    settings["data_root"] = None if config.data_root is None else str(config.data_root)
+    return settings
+
+
+def _check_resume(out: Path, config: EvalConfig, main: bool) -> None:
+    path = out / RUN_FILE
+    settings = _settings(config)
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            before = None
+        if isinstance(before, dict):
+            changed = [k for k in _RESULT_SETTINGS if before.get(k) != settings.get(k)]
+            if changed:
+                raise ValueError(
+                    f"{out} holds a run with other settings ({', '.join(f'{k}: {before.get(k)!r}' for k in changed)}): "
+                    "resume it with the same settings or pass a new --out"
+                )
+    if main:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=1))
+        os.replace(tmp, path)
+
+
+def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tuple[dict[str, list[Sample]], dict[str, str]]:
+    samples: dict[str, list[Sample]] = {}
+    errors: dict[str, str] = {}
+    for task in tasks:
+        try:
+            loaded = task.load(data_root)
+        except (OSError, ValueError, RuntimeError) as err:
+            errors[task.name] = str(err)
+            continue
+        ids = [s.id for s in loaded]
+        if len(set(ids)) != len(ids):
+            errors[task.name] = f"the task's sample ids are not unique ({len(ids) - len(set(ids))} repeated)"
+            continue
+        samples[task.name] = loaded[:limit] if limit else loaded
+    return samples, errors
+
+
+def _record(task: Task, sample: Sample, index: int, method: str, budget: float, rank: int, **fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "task": task.name,
+        "id": sample.id,
+        "index": index,
+        "method": method,
+        "budget": budget,
+        "status": "ok",
+        "failure_kind": None,
+        "reason": None,
+        "prediction": None,
+        "parsed": None,
+        "target": sample.answer,
+        "score": 0.0,
+        "score_details": {},
+        "meta": {"group": sample.meta.get("group")} if "group" in sample.meta else {},
+        "flops": None,
+        "vanilla_flops": None,
+        "achieved_budget": None,
+        "visual_tokens": None,
+        "input_tokens": None,
+        "new_tokens": None,
+        "prefill_seconds": None,
+        "vision_seconds": None,
+        "total_seconds": None,
+        "rank": rank,
+    }
+    record.update(fields)
+    return record
+
+
+def _failed(kind: str, reason: str) -> dict[str, Any]:
+    return {"status": "failed", "failure_kind": kind, "reason": reason}
+
+
+def _answer_fields(task: Task, sample: Sample, result: Any) -> dict[str, Any]:
+    """Record fields of a generated answer: the prediction, its score and the prefill statistics."""
+    score = task.score(sample, result.text)
+    fields: dict[str, Any] = {
+        "prediction": result.text,
+        "parsed": score.parsed,
+        "score": float(score.value) if score.failure is None else 0.0,
+        "score_details": dict(score.details),
+        "input_tokens": result.input_tokens,
+        "new_tokens": result.new_tokens,
+        "prefill_seconds": result.prefill_seconds,
+        "vision_seconds": getattr(result, "vision_seconds", None),
+        "total_seconds": result.total_seconds,
+    }
+    stats = result.stats
+    if stats is not None:
+        fields.update(
+            flops=float(stats.flops.paper),
+            vanilla_flops=float(stats.flops.vanilla_paper),
+            achieved_budget=float(stats.achieved_budget),
+            visual_tokens=int(sum(stats.visual_tokens)),
+        )
+    if score.failure is not None:
+        fields.update(_failed("unparsed", score.failure))
+    return fields
+
+
+def _decode(sample: Sample, num_frames: int) -> tuple[Any, Any, Any]:
+    """(frames, timestamps in seconds or None, the SampledVideo or None)."""
+    if sample.frames is not None:
+        return sample.frames(num_frames), None, None
+    from hieravid.video import read_video
+
+    if sample.video is None:
+        raise ValueError("the sample names no video")
+    video = read_video(sample.video, num_frames)
+    return video.frames, video.timestamps_s, video
+
+
+def _progress_bar(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def run_eval(
+    config: EvalConfig,
+    *,
+    loaded: Any | None = None,
+    on_record: Callable[[Mapping[str, Any]], None] | None = None,
+) -> dict[str, Any] | None:
+    """Run the evaluation described by ``config`` (see the module docstring).
+
+    Args:
+        config: what to run and where to write.
+        loaded: an already loaded :class:`hieravid.infer.LoadedModel` (else ``config.model`` is loaded).
+        on_record: called with each record after it is written (tests use it to stop a run midway).
+
+    Returns:
+        The summary (also written to ``summary.json`` / ``summary.md``) on the main process, None on the others.
+    """
+    tasks = _check(config)
+    procs = _processes(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, config, procs.main)
+    data_root = Path(config.data_root) if config.data_root is not None else Path("data")
+    samples, task_errors = _load_tasks(tasks, data_root, config.limit)
+    pairs = combinations(config.methods, config.budgets)
+
+    previous = read_records(part_files(out) + [out / MERGED])
+    done = {record_key(r) for r in previous if r.get("status") == "ok" or not config.retry_failed}
+    units = [(task, i, s) for task in tasks for i, s in enumerate(samples.get(task.name, []))]
+    mine = units[procs.rank :: procs.world]
+    jobs = [
+        (task, index, sample, [(m, b) for m, b in pairs if (task.name, sample.id, m, budget_key(b)) not in done])
+        for task, index, sample in mine
+    ]
+    jobs = [job for job in jobs if job[3]]
+    total = sum(len(job[3]) for job in jobs)
+
+    if total:
+        if loaded is None:
+            from hieravid.infer import load_model
+
+            loaded = load_model(config.model, device=procs.device, dtype=config.dtype,
+                                attn_implementation=config.attn_implementation)
+        _check_budgets(loaded, pairs)
+        with PredictionLog(out / f"predictions.part{procs.rank}.jsonl") as log, _progress_bar(
+            config.progress and procs.main
+        ) as bar:
+            bar_task = bar.add_task(f"eval (process 1 of {procs.world})", total=total) if bar is not None else None
+            for task, index, sample, todo in jobs:
+                if bar is not None:
+                    bar.update(bar_task, description=f"{task.name} (process 1 of {procs.world})")
+                for record in _run_sample(task, sample, index, todo, loaded, config, procs.rank):
+                    log.append(record)
+                    if bar is not None:
+                        bar.advance(bar_task)
+                    if on_record is not None:
+                        on_record(record)
+    procs.wait()
+    if not procs.main:
+        return None
+    return _finish(out, tasks, pairs, task_errors, config)
+
+
+def _check_budgets(loaded: Any, pairs: Sequence[tuple[str, float]]) -> None:
+    """Fail before the first sample when a method cannot reach a budget on this model's depth."""
+    from hieravid.methods import build
+    from hieravid.models import find_adapter
+
+    adapter, _ = find_adapter(loaded.model)
+    for method, budget in pairs:
+        build(method, budget).decision_layers(adapter.num_layers)
+
+
+def _run_sample(
+    task: Task, sample: Sample, index: int, todo: Sequence[tuple[str, float]], loaded: Any, config: EvalConfig, rank: int
+):
+    """Yield one record per (method, budget) of ``todo`` for ``sample``, decoding its video once."""
+    from hieravid.infer import answer
+
+    if sample.error is not None:
+        for method, budget in todo:
+            yield _record(task, sample, index, method, budget, rank, **_failed("data", sample.error))
+        return
+    try:
+        frames, timestamps, video = _decode(sample, config.num_frames)
+        prompt = task.prompt(sample, video)
+    except FileNotFoundError as err:
+        for method, budget in todo:
+            yield _record(task, sample, index, method, budget, rank, **_failed("data", str(err)))
+        return
+    except (ValueError, OSError, RuntimeError) as err:
+        for method, budget in todo:
+            yield _record(task, sample, index, method, budget, rank, **_failed("video", str(err)))
+        return
+    max_new_tokens = config.max_new_tokens or task.max_new_tokens
+    for method, budget in todo:
+        try:
+            result = answer(loaded, frames, prompt, method=method, budget=budget, max_new_tokens=max_new_tokens,
+                            timestamps_s=timestamps)
+        except Exception as err:  # noqa: BLE001 - one sample's failure (out of memory, ...) must not end the run
+            _free_cuda_memory()
+            yield _record(task, sample, index, method, budget, rank,
+                          **_failed("model", f"{type(err).__name__}: {err}"))
+            continue
+        yield _record(task, sample, index, method, budget, rank, **_answer_fields(task, sample, result))
+
+
+def _free_cuda_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _finish(
+    out: Path, tasks: Sequence[Task], pairs: Sequence[tuple[str, float]], task_errors: Mapping[str, str], config: EvalConfig
+) -> dict[str, Any]:
+    """Merge every process's records into predictions.jsonl and write the summary (main process)."""
+    latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for record in read_records([out / MERGED] + part_files(out)):
+        latest[record_key(record)] = record  # a retried sample's later record wins
+    task_order = {t.name: i for i, t in enumerate(tasks)}
+    pair_order = {(m, budget_key(b)): i for i, (m, b) in enumerate(pairs)}
+
+    def order(record: Mapping[str, Any]) -> tuple:
+        task, sample_id, method, budget = record_key(record)
+        return (task_order.get(task, len(task_order)), task, int(record.get("index", 0)),
+                sample_id, pair_order.get((method, budget), len(pair_order)), method, budget)
+
+    merged = sorted(latest.values(), key=order)
+    write_jsonl(out / MERGED, merged)
+    for part in part_files(out):  # their records now live in the merged file
+        part.unlink()
+    wanted = {t.name for t in tasks}
+    current = [r for r in merged if r["task"] in wanted and (r["method"], budget_key(r["budget"])) in pair_order]
+    info = {
+        "model": config.model,
+        "num_frames": config.num_frames,
+        "data_root": None if config.data_root is None else str(config.data_root),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    summary = summarize(current, tasks, pairs, task_errors, info)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / "summary.json")
+    (out / "summary.md").write_text(to_markdown(summary))
+    return summary
