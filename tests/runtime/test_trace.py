@@ -9,6 +9,15 @@ import hieravid
 import tiny_models as tm
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: the models are tiny, and a second thread only waits on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run(model, inputs: dict, method: str, budget: float = 0.3, trace: bool = True):
     with hieravid.apply(model, method, budget, trace=trace) as handle, torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
