@@ -298,6 +298,85 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ eval
+
+
+def _add_eval(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="benchmark accuracy (MVBench, EgoSchema, NExT-QA, VideoMME) of every method at every budget",
+        description=(
+            "Answer every question of the chosen benchmarks with every method at every budget, scored as "
+            "lmms-eval scores them. Each answer is appended to OUT/predictions.part<rank>.jsonl as it finishes; "
+            "running the same command again resumes. At the end: OUT/predictions.jsonl, OUT/summary.json and "
+            "OUT/summary.md (scores per task, average, %% of vanilla, FLOPs). Run on several GPUs with "
+            "`accelerate launch -m hieravid eval ...`. See the README section 'Benchmark evaluation' for the "
+            "data layout."
+        ),
+    )
+    parser.add_argument("--model", default=None,
+                        help="hub id or local model directory (from_pretrained); default: the shipped proxy model")
+    parser.add_argument("--tasks", type=_comma_list, default=None,
+                        help="comma-separated tasks: mvbench,egoschema,nextqa_mc,nextqa_oe,videomme,videomme_sub")
+    parser.add_argument("--suite", default=None,
+                        help="a named list of tasks instead of --tasks: 'paper' (the six above) or 'synthetic'")
+    parser.add_argument("--methods", type=_comma_list, default=["vanilla", "hieravid"],
+                        help="comma-separated methods (default vanilla,hieravid; vanilla runs once at budget 1)")
+    parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
+                        help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
+    parser.add_argument("--data-root", default="data", help="folder holding the benchmarks (default ./data)")
+    parser.add_argument("--num-frames", type=_positive_int, default=32, help="frames per video (default 32)")
+    parser.add_argument("--out", required=True, help="output folder (an existing one is resumed)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (one GPU per process if CUDA is there, else CPU), cpu, cuda (default auto)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                        help="model weights (default: the checkpoint's)")
+    parser.add_argument("--attn-implementation", default="sdpa", choices=("sdpa", "eager"),
+                        help="attention kernel (default sdpa)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                        help="tokens per answer (default: each task's lmms-eval setting)")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="only the first N samples of each task")
+    parser.add_argument("--retry-failed", action="store_true", help="run again the samples recorded as failed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Run ``hieravid eval``."""
+    from pathlib import Path
+
+    from hieravid.eval import EvalConfig, run_eval, suite_tasks
+
+    if (args.tasks is None) == (args.suite is None):
+        raise ValueError("pass either --tasks (e.g. mvbench,videomme) or --suite (paper or synthetic)")
+    tasks = args.tasks if args.tasks is not None else suite_tasks(args.suite)
+    config = EvalConfig(
+        tasks=tasks,
+        out=Path(args.out),
+        model=args.model,
+        methods=args.methods,
+        budgets=args.budgets,
+        data_root=Path(args.data_root),
+        num_frames=args.num_frames,
+        device=args.device,
+        dtype=args.dtype,
+        attn_implementation=args.attn_implementation,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    try:
+        summary = run_eval(config)
+    except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
+        raise ValueError(str(exc)) from exc
+    if summary is not None:
+        from hieravid.eval.summary import to_markdown
+
+        print(to_markdown(summary), end="")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -513,10 +592,10 @@ def _format_result(result: dict[str, Any]) -> str:
         )
     elif result["visual_tokens"]:
         lines.append(f"  visual tokens  {result['visual_tokens']} in every layer")
+    deciding = f" (deciding {result['decide_seconds']:.3f} s)" if result["method"] != "vanilla" else ""
     lines.append(
-        f"  time           prefill {result['prefill_seconds']:.3f} s (deciding {result['decide_seconds']:.3f} s), "
-        f"vision {result['vision_seconds']:.3f} s, total {result['total_seconds']:.2f} s for "
-        f"{result['new_tokens']} tokens"
+        f"  time           prefill {result['prefill_seconds']:.3f} s{deciding}, vision {result['vision_seconds']:.3f} s, "
+        f"total {result['total_seconds']:.2f} s for {result['new_tokens']} tokens"
     )
     return "\n".join(lines)
 
@@ -709,6 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(subparsers)
     _add_demo(subparsers)
     _add_train_proxy(subparsers)
+    _add_eval(subparsers)
     return parser
 
 

@@ -1,0 +1,224 @@
+"""lmms-eval plugin: pruned VideoLLMs as lmms-eval models.
+
+Installing hieravid registers four models with lmms-eval through the entry-point group ``lmms_eval.models``
+(lmms-eval's ``ModelRegistryV2.load_entrypoint_manifests`` calls each entry point and registers the
+``ModelManifest`` it returns):
+
+    hieravid_qwen2_vl, hieravid_qwen2_5_vl, hieravid_qwen3_vl, hieravid_llava_onevision
+
+so that, with lmms-eval installed::
+
+    lmms-eval --model hieravid_qwen2_vl --model_args pretrained=Qwen/Qwen2-VL-7B-Instruct,method=hieravid,budget=0.3 \\
+        --tasks videomme
+
+runs the model pruned by ``method`` at ``budget`` (``method=vanilla`` prunes nothing). Model arguments:
+``pretrained`` (hub id or local directory), ``method``, ``budget``, ``max_num_frames`` (frames sampled per
+video, default 32), ``device`` (``auto``: the process's GPU under ``accelerate launch``, else ``cuda`` or
+``cpu``), ``dtype`` (``auto``, ``bfloat16``...), ``attn_implementation`` (``sdpa``), ``max_new_tokens``
+(used when the task sets none; default 128, as lmms-eval's own Qwen2-VL model).
+
+Each request is answered alone (greedy decoding) by :func:`hieravid.infer.answer` on frames decoded by
+:mod:`hieravid.video`: video tasks only (a request whose visual is not a video file path is refused with an error).
+
+lmms-eval is a heavy install, and this module never imports it at import time: the entry points return manifests
+built on call, and the classes lmms-eval loads (``HieravidQwen2VL``...) are made on first access, as subclasses
+of :class:`HieravidLMM` and lmms-eval's ``lmms`` base class. :class:`HieravidLMM` itself needs only the
+``Instance.args`` interface (``(context, generation_kwargs, doc_to_visual, doc_id, task, split)``) and the
+``task_dict`` lmms-eval sets on the model, which is what hieravid's tests use, through a minimal stand-in of
+lmms-eval's ``Instance``, without lmms-eval installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["CLASS_NAMES", "FAMILIES", "HieravidLMM"]
+
+# lmms-eval model name -> hieravid model family
+FAMILIES = {
+    "hieravid_qwen2_vl": "qwen2_vl",
+    "hieravid_qwen2_5_vl": "qwen2_5_vl",
+    "hieravid_qwen3_vl": "qwen3_vl",
+    "hieravid_llava_onevision": "llava_onevision",
+}
+# lmms-eval model name -> class lmms-eval imports from this module
+CLASS_NAMES = {
+    "hieravid_qwen2_vl": "HieravidQwen2VL",
+    "hieravid_qwen2_5_vl": "HieravidQwen2_5VL",
+    "hieravid_qwen3_vl": "HieravidQwen3VL",
+    "hieravid_llava_onevision": "HieravidLlavaOneVision",
+}
+_MODEL_OF_CLASS = {cls: name for name, cls in CLASS_NAMES.items()}
+
+
+class HieravidLMM:
+    """A supported VideoLLM, pruned, answering lmms-eval ``generate_until`` requests.
+
+    Args:
+        pretrained: hub id or local directory (``from_pretrained``).
+        method: pruning method name (:func:`hieravid.methods.available`); ``vanilla`` prunes nothing.
+        budget: relative token budget in (0, 1] (visual tokens kept, averaged over the decoder layers).
+        max_num_frames: frames sampled uniformly from each video.
+        device: ``auto``, ``cuda``, ``cuda:1``, ``cpu``.
+        dtype: ``auto`` (the checkpoint's) or a torch dtype name.
+        attn_implementation: ``sdpa`` or ``eager``.
+        max_new_tokens: tokens to generate when the request's generation arguments give none.
+        loaded: an already loaded :class:`hieravid.infer.LoadedModel` instead of ``pretrained``.
+        batch_size, max_batch_size: accepted from lmms-eval; requests are answered one at a time.
+    """
+
+    family: str = ""  # the family this wrapper is registered for ("" = any supported family)
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        method: str = "vanilla",
+        budget: float = 1.0,
+        max_num_frames: int = 32,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        max_new_tokens: int = 128,
+        loaded: Any | None = None,
+        batch_size: int | str | None = 1,
+        max_batch_size: int | None = None,
+        **unknown: Any,
+    ) -> None:
+        super().__init__()
+        if unknown:
+            raise ValueError(
+                f"unknown model_args {sorted(unknown)}; accepted: pretrained, method, budget, max_num_frames, "
+                "device, dtype, attn_implementation, max_new_tokens"
+            )
+        from hieravid.methods import build
+
+        self.method = str(method)
+        self.budget = float(budget)
+        build(self.method, self.budget)  # an unknown method or a bad budget fails here, naming the allowed values
+        self.max_num_frames = int(max_num_frames)
+        if self.max_num_frames < 1:
+            raise ValueError(f"max_num_frames must be >= 1, got {max_num_frames}")
+        self.max_new_tokens = int(max_new_tokens)
+        if loaded is None:
+            if not pretrained:
+                raise ValueError("pass the model with model_args pretrained=<hub id or local directory>")
+            from hieravid.infer import load_model
+
+            loaded = load_model(str(pretrained), device=_device(str(device)), dtype=str(dtype),
+                                attn_implementation=str(attn_implementation))
+        if self.family and loaded.family != self.family:
+            right = next((name for name, fam in FAMILIES.items() if fam == loaded.family), None)
+            raise ValueError(f"{pretrained or loaded.name} is a {loaded.family} model: use --model {right}")
+        self.loaded = loaded
+        self.task_dict: dict = getattr(self, "task_dict", {})
+        self._rank = int(os.environ.get("RANK", "0"))
+        self._world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.last_stats: list[Any] = []  # PruneStats of each answer of the last generate_until call
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    @property
+    def device(self):
+        return self.loaded.device
+
+    def generate_until(self, requests: Sequence[Any]) -> list[str]:
+        """One answer per request, in order. ``request.args`` is ``(context, generation_kwargs, doc_to_visual,
+        doc_id, task, split)``; ``doc_to_visual(doc)`` must give one video file path."""
+        from hieravid.infer import answer
+        from hieravid.video import read_video
+
+        outputs: list[str] = []
+        self.last_stats = []
+        for request in requests:
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+            gen_kwargs = dict(gen_kwargs or {})
+            visuals = _flatten(doc_to_visual(self.task_dict[task][split][doc_id]))
+            videos = [v for v in visuals if isinstance(v, (str, os.PathLike))]
+            if len(videos) != 1 or len(visuals) != 1:
+                raise ValueError(
+                    f"{task} doc {doc_id}: hieravid models answer about exactly one video file, got "
+                    f"{[type(v).__name__ for v in visuals]}"
+                )
+            video = read_video(videos[0], self.max_num_frames)
+            result = answer(
+                self.loaded, video.frames, context, method=self.method, budget=self.budget,
+                max_new_tokens=int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens),
+                timestamps_s=video.timestamps_s,
+            )
+            outputs.append(_cut(result.text, gen_kwargs.get("until")))
+            self.last_stats.append(result.stats)
+        return outputs
+
+    def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
+        raise NotImplementedError("hieravid models support generate_until tasks only (not loglikelihood)")
+
+    def generate_until_multi_round(self, requests: Sequence[Any]) -> list[str]:
+        raise NotImplementedError("hieravid models support single-round generate_until tasks only")
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def _flatten(visuals: Any) -> list[Any]:
+    if isinstance(visuals, (list, tuple)):
+        return [item for v in visuals for item in _flatten(v)]
+    return [visuals]
+
+
+def _cut(text: str, until: Any) -> str:
+    """``text`` up to the first stop string (lmms-eval's ``until``)."""
+    stops = [until] if isinstance(until, str) else list(until or [])
+    for stop in stops:
+        if stop:
+            text = text.split(stop)[0]
+    return text
+
+
+def _manifest(model_id: str):
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=model_id, simple_class_path=f"{__name__}.{CLASS_NAMES[model_id]}")
+
+
+# entry points (group lmms_eval.models): each returns the manifest lmms-eval registers
+def qwen2_vl_manifest():
+    return _manifest("hieravid_qwen2_vl")
+
+
+def qwen2_5_vl_manifest():
+    return _manifest("hieravid_qwen2_5_vl")
+
+
+def qwen3_vl_manifest():
+    return _manifest("hieravid_qwen3_vl")
+
+
+def llava_onevision_manifest():
+    return _manifest("hieravid_llava_onevision")
+
+
+def __getattr__(name: str) -> type:
+    """The lmms-eval model classes, made on first access (this is where lmms_eval is imported)."""
+    if name not in _MODEL_OF_CLASS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from lmms_eval.api.model import lmms
+
+    cls = type(name, (HieravidLMM, lmms), {"family": FAMILIES[_MODEL_OF_CLASS[name]], "__module__": __name__})
+    globals()[name] = cls
+    return cls

@@ -1,0 +1,117 @@
+"""The lmms-eval plugin: entry points, lazy import, and ``generate_until`` on a fixture request.
+
+lmms-eval is not installed in CI (it is a heavy install), so the requests here are a minimal stand-in with the
+interface lmms-eval's ``Instance`` gives models (``args = (context, generation_kwargs, doc_to_visual, doc_id,
+task, split)``) and the ``task_dict`` lmms-eval sets on the model.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pytest
+
+from hieravid.eval.lmms import CLASS_NAMES, FAMILIES, HieravidLMM
+from hieravid.infer import answer, load_model
+from hieravid.video import read_video
+
+
+@dataclass
+class FakeInstance:
+    """What a model sees of lmms-eval's Instance."""
+
+    arguments: tuple
+
+    @property
+    def args(self) -> tuple:
+        return self.arguments
+
+
+class Qwen2VLWrapper(HieravidLMM):
+    family = "qwen2_vl"
+
+
+class LlavaWrapper(HieravidLMM):
+    family = "llava_onevision"
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return load_model(str(model_dir))
+
+
+def _requests(video: str, until: Any = None) -> tuple[list[FakeInstance], dict]:
+    docs = {"test": [{"video": video, "question": "what happens ?"}, {"video": video, "question": "what next ?"}]}
+    kwargs = {"max_new_tokens": 2, "temperature": 0}
+    if until is not None:
+        kwargs["until"] = until
+    requests = [
+        FakeInstance((doc["question"], dict(kwargs), lambda d: [d["video"]], i, "fixture", "test"))
+        for i, doc in enumerate(docs["test"])
+    ]
+    return requests, {"fixture": docs}
+
+
+def test_entry_points_register_one_model_per_family():
+    found = {ep.name: ep.value for ep in entry_points(group="lmms_eval.models")}
+    for name in FAMILIES:
+        assert found[name] == f"hieravid.eval.lmms:{name.removeprefix('hieravid_')}_manifest"
+
+
+def test_importing_the_plugin_does_not_import_lmms_eval():
+    code = "import sys, hieravid.eval.lmms as m; assert 'lmms_eval' not in sys.modules; print(sorted(m.CLASS_NAMES))"
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_model_classes_need_lmms_eval_only_when_asked_for():
+    try:
+        import lmms_eval  # noqa: F401
+    except ImportError:
+        import hieravid.eval.lmms as plugin
+
+        for cls in CLASS_NAMES.values():
+            with pytest.raises(ImportError):
+                getattr(plugin, cls)
+        with pytest.raises(ImportError):
+            plugin.qwen2_vl_manifest()
+    else:
+        pytest.skip("lmms-eval is installed here")
+
+
+def test_generate_until_answers_each_request_like_hieravid_answer(loaded, data_root):
+    video = str(data_root / "egoschema" / "videos" / "0074f737-11cb-497d-8d07-77c3a8127391.mp4")
+    model = Qwen2VLWrapper(loaded=loaded, method="hieravid", budget=0.3, max_num_frames=4)
+    requests, model.task_dict = _requests(video)
+    outputs = model.generate_until(requests)
+    frames = read_video(video, 4)
+    expected = [
+        answer(loaded, frames.frames, r.args[0], method="hieravid", budget=0.3, max_new_tokens=2,
+               timestamps_s=frames.timestamps_s).text
+        for r in requests
+    ]
+    assert outputs == expected and all(isinstance(o, str) and o for o in outputs)
+    assert all(s.flops_ratio < 0.5 for s in model.last_stats)
+    requests, model.task_dict = _requests(video, until=[" "])  # stop strings cut the answer
+    assert model.generate_until(requests) == [o.split(" ")[0] for o in expected]
+
+
+def test_wrong_family_bad_arguments_and_non_video_requests(loaded, data_root):
+    with pytest.raises(ValueError, match="use --model hieravid_qwen2_vl"):
+        LlavaWrapper(loaded=loaded)
+    with pytest.raises(ValueError, match="unknown method"):
+        Qwen2VLWrapper(loaded=loaded, method="nope")
+    with pytest.raises(ValueError, match="unknown model_args"):
+        Qwen2VLWrapper(loaded=loaded, frames=8)
+    with pytest.raises(ValueError, match="pretrained="):
+        Qwen2VLWrapper()
+    model = Qwen2VLWrapper(loaded=loaded)
+    model.task_dict = {"t": {"s": [{}]}}
+    with pytest.raises(ValueError, match="exactly one video file"):
+        model.generate_until([FakeInstance(("q", {}, lambda d: [object()], 0, "t", "s"))])
+    with pytest.raises(NotImplementedError):
+        model.loglikelihood([])

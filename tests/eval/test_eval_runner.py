@@ -1,0 +1,163 @@
+"""`hieravid eval` end to end on the fixture sets with a tiny random Qwen2-VL: records, summary, failures,
+resume after an interruption, and two processes under accelerate giving the same output as one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import ALL_TASKS, RUN_ARGS, comparable
+from fixtures import EXPECTED
+
+from hieravid.cli import main
+from hieravid.eval import EvalConfig, run_eval
+from hieravid.eval.records import read_records, record_key
+
+PAIRS = 2  # vanilla at 1, hieravid at 0.3
+
+
+def _records(out: Path) -> list[dict]:
+    return read_records([out / "predictions.jsonl"])
+
+
+def test_every_sample_is_recorded_once_with_its_score(reference_run):
+    records = _records(reference_run)
+    keys = [record_key(r) for r in records]
+    assert len(keys) == len(set(keys)) == PAIRS * sum(n for n, _ in EXPECTED.values())
+    assert not list(reference_run.glob("predictions.part*.jsonl"))
+    for record in records:
+        if record["status"] == "ok":
+            assert record["prediction"] is not None and 0.0 <= record["score"] <= 1.0
+            assert record["flops"] <= record["vanilla_flops"]
+        else:
+            assert record["score"] == 0.0 and record["reason"]
+            assert record["failure_kind"] in ("data", "video", "model", "unparsed")
+    kinds = Counter(r["failure_kind"] for r in records if r["status"] == "failed" and r["failure_kind"] != "unparsed")
+    # per pair: 3 bad records / missing videos (data), 2 undecodable videos (video)
+    assert kinds == {"data": 3 * PAIRS, "video": 2 * PAIRS}
+
+
+def test_summary_in_the_paper_form(reference_run):
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert summary["tasks"] == ALL_TASKS.split(",")
+    assert summary["task_errors"] == {}
+    vanilla, pruned = summary["rows"]
+    assert (vanilla["method"], vanilla["budget"], pruned["method"], pruned["budget"]) == ("vanilla", 1.0, "hieravid", 0.3)
+    assert vanilla["flops_ratio"] == pytest.approx(1.0) and vanilla["relative_to_vanilla"] == pytest.approx(100.0)
+    assert 0.1 < pruned["flops_ratio"] < 0.5 and pruned["achieved_budget"] == pytest.approx(0.3, abs=0.1)
+    for row in summary["rows"]:
+        assert set(row["scores"]) == set(EXPECTED)
+        assert row["samples"] == {t: n for t, (n, _) in EXPECTED.items()}
+        assert all(row["failed"][t] >= broken for t, (_, broken) in EXPECTED.items())
+        assert row["average"] == pytest.approx(sum(row["scores"].values()) / len(EXPECTED))
+    records = _records(reference_run)
+    assert summary["failed_total"] == sum(r["status"] == "failed" for r in records)
+    mvbench = [r["score"] for r in records if r["task"] == "mvbench" and r["method"] == "vanilla"]
+    assert vanilla["scores"]["mvbench"] == pytest.approx(100 * sum(mvbench) / len(mvbench))
+    assert "wups@0.9" in vanilla["details"]["nextqa_oe"]
+    table = (reference_run / "summary.md").read_text()
+    assert "| method | budget | mvbench | egoschema | nextqa_mc | nextqa_oe | videomme | videomme_sub | Avg |" in table
+    assert "| vanilla | 1 |" in table and "| hieravid | 0.3 |" in table
+
+
+def test_a_missing_benchmark_is_reported_and_the_others_run(tmp_path, model_dir, data_root):
+    out = tmp_path / "out"
+    code = main(["eval", "--model", str(model_dir), "--tasks", "egoschema,mvbench", "--data-root",
+                 str(data_root / "egoschema" / ".."), "--out", str(out), "--limit", "1", *RUN_ARGS])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task_errors"] == {}
+    code = main(["eval", "--model", str(model_dir), "--tasks", "videomme,mvbench", "--data-root",
+                 str(data_root / "mvbench"), "--out", str(tmp_path / "out2"), "--limit", "1", *RUN_ARGS])
+    assert code == 0
+    summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert set(summary["task_errors"]) == {"videomme", "mvbench"}
+    assert "Expected layout" in summary["task_errors"]["videomme"]
+    assert "could not be read" in (tmp_path / "out2" / "summary.md").read_text()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_loses_and_repeats_nothing(tmp_path, model_dir, data_root, reference_run):
+    from hieravid.infer import load_model
+
+    loaded = load_model(str(model_dir))
+    config = EvalConfig(tasks=ALL_TASKS.split(","), out=tmp_path, model=str(model_dir), methods=["vanilla", "hieravid"],
+                        budgets=[0.3], data_root=data_root, num_frames=4, max_new_tokens=2, progress=False)
+    seen = []
+
+    def stop_after_seven(record):
+        seen.append(record)
+        if len(seen) == 7:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_eval(config, loaded=loaded, on_record=stop_after_seven)
+    part = tmp_path / "predictions.part0.jsonl"
+    assert len(read_records([part])) == 7
+    with open(part, "a") as f:  # a kill in the middle of a write leaves half a line
+        f.write('{"task": "mvbench", "id": "action_antonym/0", "met')
+    resumed = []
+    run_eval(config, loaded=loaded, on_record=resumed.append)
+    total = PAIRS * sum(n for n, _ in EXPECTED.values())
+    assert len(resumed) == total - 7
+    assert {record_key(r) for r in resumed}.isdisjoint(record_key(r) for r in seen)
+    assert [comparable(r) for r in _records(tmp_path)] == [comparable(r) for r in _records(reference_run)]
+    # nothing left to do: a third run answers nothing and writes the same files
+    again = []
+    run_eval(config, loaded=loaded, on_record=again.append)
+    assert again == [] and len(_records(tmp_path)) == total
+
+
+def test_resume_refuses_other_settings(tmp_path, model_dir, data_root, reference_run):
+    code = main(["eval", "--model", str(model_dir), "--tasks", "mvbench", "--data-root", str(data_root),
+                 "--out", str(reference_run), *RUN_ARGS[:-2], "--num-frames", "8", "--quiet"])
+    assert code == 2
+
+
+def test_bad_command_lines(tmp_path, capsys):
+    assert main(["eval", "--tasks", "mvbench", "--suite", "paper", "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--suite", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--tasks", "bogus", "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--tasks", "mvbench", "--methods", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'bogus'" in err and "unknown method" in err and "unknown suite" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_under_accelerate_give_the_output_of_one(tmp_path, model_dir, data_root, reference_run):
+    tasks = "mvbench,egoschema,nextqa_mc,videomme_sub"  # not nextqa_oe: the subprocesses have no toy WordNet
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+        "-m", "hieravid", "eval", "--model", str(model_dir), "--tasks", tasks, "--data-root", str(data_root),
+        "--out", str(out), "--device", "cpu", *RUN_ARGS,
+    ]
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = _records(out)
+    assert {r["rank"] for r in records} == {0, 1}
+    wanted = set(tasks.split(","))
+    reference = [comparable(r) for r in _records(reference_run) if r["task"] in wanted]
+    assert [comparable(r) for r in records] == reference
+    summary = json.loads((out / "summary.json").read_text())
+    expected = json.loads((reference_run / "summary.json").read_text())
+    for row, ref in zip(summary["rows"], expected["rows"]):
+        assert row["scores"] == {t: s for t, s in ref["scores"].items() if t in wanted}
+        assert row["failed"] == {t: n for t, n in ref["failed"].items() if t in wanted}
