@@ -61,7 +61,7 @@ class HieravidLMM:
         method: pruning method name (:func:`hieravid.methods.available`); ``vanilla`` prunes nothing.
         budget: relative token budget in (0, 1] (visual tokens kept, averaged over the decoder layers).
         max_num_frames: frames sampled uniformly from each video.
-        device: ``auto``, ``cuda``, ``cuda:1``, ``cpu``.
+        device: ``auto`` (also None, lmms-eval's default), ``cuda``, ``cuda:1``, ``cpu``.
         dtype: ``auto`` (the checkpoint's) or a torch dtype name.
         attn_implementation: ``sdpa`` or ``eager``.
         max_new_tokens: tokens to generate when the request's generation arguments give none.
@@ -78,7 +78,7 @@ class HieravidLMM:
         method: str = "vanilla",
         budget: float = 1.0,
         max_num_frames: int = 32,
-        device: str = "auto",
+        device: str | None = "auto",
         dtype: str = "auto",
         attn_implementation: str = "sdpa",
         max_new_tokens: int = 128,
@@ -107,7 +107,7 @@ class HieravidLMM:
                 raise ValueError("pass the model with model_args pretrained=<hub id or local directory>")
             from hieravid.infer import load_model
 
-            loaded = load_model(str(pretrained), device=_device(str(device)), dtype=str(dtype),
+            loaded = load_model(str(pretrained), device=_device(device or "auto"), dtype=str(dtype),
                                 attn_implementation=str(attn_implementation))
         if self.family and loaded.family != self.family:
             right = next((name for name, fam in FAMILIES.items() if fam == loaded.family), None)
