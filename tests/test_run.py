@@ -195,3 +195,24 @@ def test_bad_model_and_budget(video_file: Path, tmp_path: Path, capsys) -> None:
 def test_cuda_without_cuda(video_file: Path, proxy_dir: Path, capsys) -> None:
     check_error(["run", str(video_file), "-q", "what ?", "--model", str(proxy_dir), "--device", "cuda"], capsys,
                 "--device cpu")
+
+
+def test_demo_errors_write_nothing(tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("")
+    check_error(["demo", "--out", str(a_file)], capsys, "is a file")
+    out = tmp_path / "out"
+    check_error(["demo", "--out", str(out), "--model", str(tmp_path / "missing-model")], capsys, "no model directory")
+    assert not out.exists()  # the model is loaded before anything is written
+
+
+def test_default_model_missing_names_the_fix(tmp_path: Path, capsys, monkeypatch) -> None:
+    from hieravid.proxy import model_dir
+
+    try:
+        model_dir()
+    except FileNotFoundError:
+        pass
+    else:
+        pytest.skip("the proxy model is installed")
+    check_error(["demo", "--out", str(tmp_path)], capsys, "--model DIR")

@@ -511,6 +511,10 @@ def _load(name: str | None, device: str) -> Any:
 
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    looks_like_path = name is not None and (name.startswith(("/", ".", "~")) or name.count("/") > 1)
+    if looks_like_path and not os.path.exists(os.path.expanduser(name)):
+        raise ValueError(f"no model directory at {name!r}: check the path (or pass a hub id such as "
+                         "Qwen/Qwen2-VL-7B-Instruct)")
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -723,15 +727,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out!r} is a file: pass a folder")
-    out.mkdir(parents=True, exist_ok=True)
     status = _status(not args.json)
+    with status(f"Loading {args.model or 'the shipped proxy model'} ..."):  # first: a missing model writes nothing
+        loaded = _load(args.model, args.device)
     with status("Generating a synthetic test video ..."):
+        out.mkdir(parents=True, exist_ok=True)
         sample = generate_sample(args.seed, "test")
         video_path = out / f"{DEMO_NAME}.mp4"
         write_test_video(video_path, sample.frames, fps=max(1, int(round(sample.fps))))
         video = _read(str(video_path), int(sample.frames.shape[0]))  # the real path: decode the file back
-    with status(f"Loading {args.model or 'the shipped proxy model'} ..."):
-        loaded = _load(args.model, args.device)
     results = _answer_all(loaded, video, sample.question, [("vanilla", 1.0), ("hieravid", budget)], "hieravid", status)
     vanilla, pruned = results["vanilla"][0], results["hieravid"][0]
     letters = LETTERS[: len(sample.options)]
