@@ -423,11 +423,15 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
         result = train(args.out, config, resume=args.resume, log=show, progress=not args.json)
     except FileExistsError as exc:
         raise ValueError(str(exc)) from exc
+    from hieravid.proxy.card import write_card
+
+    with console.status("measuring the test split for CARD.md"):
+        write_card(args.out)
     if args.json:
         _print_json(result)
     else:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in result["validation"].items())
-        print(f"trained {result['steps']} steps in {result['train_seconds'] / 60:.1f} min -> {args.out}")
+        print(f"trained {result['steps']} steps in {result['train_seconds'] / 60:.1f} min -> {args.out} (see CARD.md)")
         print(f"validation accuracy: {scores}")
     return 0
 

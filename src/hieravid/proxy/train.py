@@ -221,4 +221,6 @@ def train(
     model.eval()
     save(model, out)
     scores = letter_accuracy(model, processor, validation)
-    return {"validation": scores, "train_seconds": elapsed, "steps": step, "config": asdict(config)}
+    result = {"validation": scores, "train_seconds": elapsed, "steps": step, "config": asdict(config)}
+    (out / "train_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
