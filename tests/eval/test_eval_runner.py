@@ -161,3 +161,33 @@ def test_two_processes_under_accelerate_give_the_output_of_one(tmp_path, model_d
     for row, ref in zip(summary["rows"], expected["rows"]):
         assert row["scores"] == {t: s for t, s in ref["scores"].items() if t in wanted}
         assert row["failed"] == {t: n for t, n in ref["failed"].items() if t in wanted}
+
+
+def test_a_registered_task_with_its_own_frames(tmp_path, model_dir):
+    """Tasks registered from elsewhere (the synthetic suite) run through the same runner; frames come from the
+    sample itself instead of a video file."""
+    import numpy as np
+
+    from hieravid.eval import Sample, Score, Task, register_task
+
+    class MadeUp(Task):
+        name = "made_up_frames"
+
+        def load(self, data_root):
+            def frames(seed):
+                return lambda n: np.random.default_rng(seed).integers(0, 256, (n, 112, 168, 3), dtype=np.uint8)
+
+            return [Sample(id=str(i), task=self.name, question="what is it ?", answer="A", frames=frames(i),
+                           meta={"group": "g"}) for i in range(2)]
+
+        def score(self, sample, prediction):
+            return Score(1.0 if prediction.startswith(sample.answer) else 0.0, parsed=prediction[:1])
+
+    register_task(MadeUp())
+    code = main(["eval", "--model", str(model_dir), "--tasks", "made_up_frames", "--out", str(tmp_path), *RUN_ARGS])
+    assert code == 0
+    records = _records(tmp_path)
+    assert len(records) == 2 * PAIRS and all(r["status"] == "ok" for r in records)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["rows"][0]["details"]["made_up_frames"]["groups"]) == {"g"}
+
