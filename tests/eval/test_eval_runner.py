@@ -191,3 +191,18 @@ def test_a_registered_task_with_its_own_frames(tmp_path, model_dir):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["rows"][0]["details"]["made_up_frames"]["groups"]) == {"g"}
 
+
+
+def test_a_malformed_subtitle_file_fails_its_samples_only(tmp_path, model_dir):
+    from fixtures import write_videomme
+
+    write_videomme(tmp_path / "data")
+    (tmp_path / "data" / "videomme" / "subtitle" / "fFjv93ACGo8.srt").write_text("1\nnot a time\nhello\n")
+    out = tmp_path / "out"
+    code = main(["eval", "--model", str(model_dir), "--tasks", "videomme_sub,videomme", "--data-root",
+                 str(tmp_path / "data"), "--out", str(out), "--limit", "1", *RUN_ARGS])
+    assert code == 0
+    by_task = {(r["task"], r["method"]): r for r in _records(out)}
+    assert by_task[("videomme_sub", "vanilla")]["failure_kind"] == "data"
+    assert "subtitle time line" in by_task[("videomme_sub", "vanilla")]["reason"]
+    assert by_task[("videomme", "vanilla")]["failure_kind"] != "data"

@@ -358,16 +358,21 @@ def _run_sample(
         for method, budget in todo:
             yield _record(task, sample, index, method, budget, rank, **_failed("data", sample.error))
         return
+    failure = None
     try:
         frames, timestamps, video = _decode(sample, config.num_frames)
-        prompt = task.prompt(sample, video)
     except FileNotFoundError as err:
-        for method, budget in todo:
-            yield _record(task, sample, index, method, budget, rank, **_failed("data", str(err)))
-        return
+        failure = _failed("data", str(err))
     except (ValueError, OSError, RuntimeError) as err:
+        failure = _failed("video", str(err))
+    if failure is None:
+        try:
+            prompt = task.prompt(sample, video)
+        except (ValueError, OSError) as err:  # e.g. a malformed subtitle file
+            failure = _failed("data", str(err))
+    if failure is not None:
         for method, budget in todo:
-            yield _record(task, sample, index, method, budget, rank, **_failed("video", str(err)))
+            yield _record(task, sample, index, method, budget, rank, **failure)
         return
     max_new_tokens = config.max_new_tokens or task.max_new_tokens
     for method, budget in todo:
