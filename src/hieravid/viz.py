@@ -201,9 +201,11 @@ def render_decisions(
     cell_w = min(1.0, max(0.55, 15.0 / T))  # inches
     cell_h = cell_w * frames.shape[1] / frames.shape[2]
     left_in, right_in = 0.35, 1.0
-    width = left_in + T * cell_w + right_in
-    header_lines = (1 if title else 0) + sum(len(textwrap.wrap(n, 150)) or 1 for n in notes)
-    header_in = 0.25 + 0.2 * header_lines
+    width = max(12.0, left_in + T * cell_w + right_in)  # wide enough for the header, legend and curve
+    wrap = int((width - 2 * left_in) * 11.5)  # characters of 9.5 pt monospace per line
+    header_lines = (1 if title else 0) + sum(len(textwrap.wrap(n, wrap)) or 1 for n in notes)
+    legend_in = 0.3 if stage_rows else 0.0  # a line of its own for the overlay legend
+    header_in = 0.25 + 0.2 * header_lines + legend_in
     row_gap_in = 0.42  # room for the row title above each row
     segment_bar_in = 0.19 * cell_h if sample.frame_segment is not None else 0.0
     curve_in = 2.6
@@ -223,9 +225,10 @@ def render_decisions(
         fig.text(left_in / width, 1 - y / height, title, fontsize=13, fontweight="bold", va="top")
         y += 0.3
     for note in notes:
-        for line in textwrap.wrap(note, 150) or [""]:
+        for line in textwrap.wrap(note, wrap) or [""]:
             fig.text(left_in / width, 1 - y / height, line, fontsize=9.5, va="top", family="monospace")
             y += 0.2
+    legend_top = y
     top = header_in
 
     segment_of_frame = sample.frame_segment.tolist() if sample.frame_segment is not None else None
@@ -327,17 +330,17 @@ def render_decisions(
     if len(starts) > 1:
         handles.append(Line2D([], [], color="#ffcc00", linewidth=2.2, label="segment boundary"))
     if stage_rows:
-        fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles), frameon=False,
-                   bbox_to_anchor=(1 - 0.2 / width, 1 - (header_in - 0.05) / height))
+        fig.legend(handles=handles, loc="upper left", fontsize=8.5, ncol=len(handles), frameon=False,
+                   bbox_to_anchor=((left_in - 0.1) / width, 1 - (legend_top + 0.02) / height), borderaxespad=0.0)
 
     # 4. tokens per layer
     top += 0.7
-    curve_w = min(width - left_in - 1.4, max(5.0, 0.55 * width))
+    curve_w = min(width - left_in - 1.4, max(5.0, 0.5 * width))
     ax = fig.add_axes(box(left_in + 0.55, top, curve_w, curve_in))
     reading = _how_to_read(method, sample)
-    if reading and width - (left_in + 0.55 + curve_w) > 3.0:
-        fig.text((left_in + curve_w + 1.0) / width, 1 - (top + 0.1) / height, reading, fontsize=8.5, va="top",
-                 linespacing=1.5, wrap=True)
+    text_x = left_in + 0.55 + curve_w + 0.45
+    if reading and width - text_x >= 4.2:
+        fig.text(text_x / width, 1 - (top + 0.1) / height, reading, fontsize=8.5, va="top", linespacing=1.5)
     edges = np.arange(num_layers + 1)  # layer l spans [l, l + 1)
     kept = np.asarray(sample.tokens_per_layer[:num_layers], dtype=float)
     N = sample.num_tokens
