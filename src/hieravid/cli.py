@@ -401,7 +401,7 @@ def _add_train_proxy(subparsers: Any) -> None:
     parser.add_argument("--batch", type=_positive_int, default=defaults.batch, help="videos per step")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     parser.add_argument("--seed", type=_non_negative_int, default=defaults.seed, help="initial weights' seed")
-    parser.add_argument("--threads", type=_non_negative_int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=_non_negative_int, default=defaults.threads, help="torch threads (0: torch default)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=_cmd_train_proxy)

@@ -34,14 +34,14 @@ __all__ = ["TrainConfig", "batch_inputs", "letter_accuracy", "train"]
 class TrainConfig:
     """Hyper-parameters of ``hieravid train-proxy`` (defaults: the shipped model's)."""
 
-    steps: int = 550
+    steps: int = 450
     batch: int = 16
     lr: float = 2e-3
     warmup: int = 40
     weight_decay: float = 0.01
     clip: float = 1.0
     seed: int = 0
-    val_size: int = 250
+    val_size: int = 150
     eval_every: int = 100
     checkpoint_every: int = 25
     threads: int = 1  # torch threads; 1 keeps the speed steady when other work shares the cores
