@@ -371,9 +371,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
     if summary is not None:
+        from hieravid.eval.report import group_markdown, plot_summary
         from hieravid.eval.summary import to_markdown
 
         print(to_markdown(summary), end="")
+        for task in summary["tasks"]:
+            table = group_markdown(summary, task)
+            if table:
+                print("\n" + table, end="")
+        if summary["rows"]:
+            plot = Path(args.out) / "scores.png"
+            plot_summary(summary, plot)
+            print(f"\nplot: {plot}")
     return 0
 
 

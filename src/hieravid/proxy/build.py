@@ -45,14 +45,19 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_config():
-    """The proxy's ``Qwen2VLConfig``."""
+def build_config(hidden: int = 128, intermediate: int = 384, vision_dim: int = 96, init: float = 0.08):
+    """The proxy's ``Qwen2VLConfig``: text width ``hidden`` (4 heads), SwiGLU width ``intermediate``, vision
+    width ``vision_dim``, initial weights' standard deviation ``init``. (The released models' 0.02 leaves a
+    model this small stuck at the answer prior: attention over 576 nearly equal visual tokens barely moves; at
+    0.08 it starts reading the video within tens of steps.)"""
     from transformers import Qwen2VLConfig
 
+    half = hidden // 4 // 2  # rotary frequencies per head, split over (time, height, width)
+    spatial = half * 3 // 8
     text = dict(
         vocab_size=VOCAB_SIZE,
-        hidden_size=128,
-        intermediate_size=384,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=8,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -60,18 +65,20 @@ def build_config():
         pad_token_id=_IDS["<|endoftext|>"],
         eos_token_id=_IDS["<|im_end|>"],
         bos_token_id=None,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [half - 2 * spatial, spatial, spatial]},
         tie_word_embeddings=True,
+        initializer_range=init,
     )
     vision = dict(
         depth=2,
-        embed_dim=96,
-        hidden_size=128,
+        embed_dim=vision_dim,
+        hidden_size=hidden,
         mlp_ratio=2,
         num_heads=4,
         patch_size=8,
         spatial_merge_size=2,
         temporal_patch_size=2,
+        initializer_range=init,
     )
     return Qwen2VLConfig(
         text_config=text,
@@ -81,17 +88,19 @@ def build_config():
         vision_start_token_id=_IDS["<|vision_start|>"],
         vision_end_token_id=_IDS["<|vision_end|>"],
         tie_word_embeddings=True,
+        initializer_range=init,
     )
 
 
-def build_model(seed: int = 0):
-    """A freshly initialised proxy model (float32, CPU), weights drawn from ``seed``."""
+def build_model(seed: int = 0, **sizes: float):
+    """A freshly initialised proxy model (float32, CPU), weights drawn from ``seed``; ``sizes`` as
+    :func:`build_config`'s."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration._from_config(build_config(), dtype=torch.float32)
+        model = Qwen2VLForConditionalGeneration._from_config(build_config(**sizes), dtype=torch.float32)
     gen = model.generation_config
     gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = _IDS["<|endoftext|>"], _IDS["<|im_end|>"], None
     gen.do_sample = False

@@ -44,6 +44,10 @@ class TrainConfig:
     val_size: int = 150
     eval_every: int = 100
     checkpoint_every: int = 25
+    hidden: int = 128  # model sizes, see hieravid.proxy.build.build_config
+    intermediate: int = 384
+    vision_dim: int = 96
+    init: float = 0.08  # initial weights' standard deviation
     threads: int = 1  # torch threads; 1 keeps the speed steady when other work shares the cores
 
 
@@ -157,7 +161,9 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     checkpoint = out / "checkpoint.pt"
-    model = build_model(config.seed)
+    model = build_model(config.seed, hidden=config.hidden, intermediate=config.intermediate, vision_dim=config.vision_dim,
+        init=config.init,
+    )
     processor = build_processor()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
