@@ -1,8 +1,11 @@
-"""`hieravid eval --suite synthetic` with the shipped proxy model: per-type scores, the tables and the plot."""
+"""`hieravid eval --suite synthetic` on the proxy architecture (untrained weights): per-type scores, tables, plot."""
 
 import json
 
+import pytest
+
 from hieravid.cli import main
+from hieravid.proxy.build import build_model, save
 from hieravid.eval.tasks import get_task
 from hieravid.synthetic import QUESTION_TYPES
 
@@ -18,10 +21,18 @@ def test_synthetic_task_reads_the_test_split():
     assert task.score(samples[0], "no idea").failure is not None
 
 
-def test_eval_suite_synthetic_end_to_end(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def proxy_dir(tmp_path_factory):
+    """A proxy-architecture model (576 visual tokens per video, 8 layers) with fresh weights, saved."""
+    directory = tmp_path_factory.mktemp("proxy")
+    save(build_model(seed=1).eval(), directory)
+    return directory
+
+
+def test_eval_suite_synthetic_end_to_end(proxy_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["eval", "--suite", "synthetic", "--methods", "vanilla,hieravid", "--budgets", "0.3",
-                 "--limit", "10", "--out", str(out), "--quiet"])
+    code = main(["eval", "--suite", "synthetic", "--model", str(proxy_dir), "--methods", "vanilla,hieravid",
+                 "--budgets", "0.3", "--limit", "10", "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "synthetic: score per group" in printed and "plot:" in printed
