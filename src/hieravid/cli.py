@@ -379,7 +379,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             table = group_markdown(summary, task)
             if table:
                 print("\n" + table, end="")
-        if summary["rows"]:
+        if any(row["scores"] for row in summary["rows"]):  # nothing to draw when every task failed to load
             plot = Path(args.out) / "scores.png"
             plot_summary(summary, plot)
             print(f"\nplot: {plot}")
