@@ -401,8 +401,7 @@ def _add_train_proxy(subparsers: Any) -> None:
         help="train the small proxy VideoLLM from scratch on the synthetic suite (CPU)",
         description=(
             "Train the proxy model (a small Qwen2-VL, see hieravid.proxy.build) from scratch on freshly "
-            "generated synthetic videos. Checkpoints every few steps; --resume continues an interrupted run. "
-            "The defaults made the shipped model."
+            "generated synthetic videos. Checkpoints every few steps; --resume continues an interrupted run."
         ),
     )
     parser.add_argument("--out", required=True, help="directory for the model, checkpoint and training log")

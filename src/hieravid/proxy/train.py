@@ -32,7 +32,7 @@ __all__ = ["TrainConfig", "batch_inputs", "letter_accuracy", "train"]
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of ``hieravid train-proxy`` (defaults: the shipped model's)."""
+    """Hyper-parameters of ``hieravid train-proxy``."""
 
     steps: int = 450
     batch: int = 16
