@@ -24,6 +24,27 @@ def model(family):
     return build_model(family)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models
+    gain nothing from a second thread, which only waits when the machine is loaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def proxy_dir(tmp_path_factory):
+    """The proxy's architecture and processor with fresh weights (576 visual tokens for 32 frames), saved so
+    ``from_pretrained`` loads it."""
+    from hieravid.proxy.build import build_model, save
+
+    folder = tmp_path_factory.mktemp("proxy")
+    save(build_model(seed=0).eval(), folder)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _seeded_torch():
     """Every test starts from the same torch RNG state, so unseeded draws are reproducible."""

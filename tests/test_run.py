@@ -10,7 +10,6 @@ import torch
 
 import tiny_models as tm
 from hieravid.cli import main
-from hieravid.proxy import build as proxy_build
 from hieravid.synthetic import generate_sample
 from hieravid.video import write_test_video
 
@@ -21,21 +20,7 @@ RESULT_KEYS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and a second thread only waits on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def proxy_dir(tmp_path_factory) -> Path:
-    """The proxy's architecture and processor with random weights (576 visual tokens for 32 frames)."""
-    folder = tmp_path_factory.mktemp("proxy")
-    proxy_build.save(proxy_build.build_model(seed=0), folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

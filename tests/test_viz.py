@@ -12,26 +12,17 @@ import torch
 
 import tiny_models as tm
 from hieravid.infer import answer, load_model
-from hieravid.proxy import build as proxy_build
 from hieravid.runtime import PruneTrace
 from hieravid.synthetic import generate_sample
 from hieravid.viz import render_decisions, token_grid
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the model is tiny, and a second thread only waits on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("proxy")
-    proxy_build.save(proxy_build.build_model(seed=0), folder)
-    return load_model(folder)
+def proxy(proxy_dir):
+    return load_model(proxy_dir)
 
 
 @pytest.fixture(scope="module")

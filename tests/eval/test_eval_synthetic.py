@@ -2,10 +2,7 @@
 
 import json
 
-import pytest
-
 from hieravid.cli import main
-from hieravid.proxy.build import build_model, save
 from hieravid.eval.tasks import get_task
 from hieravid.synthetic import QUESTION_TYPES
 
@@ -19,14 +16,6 @@ def test_synthetic_task_reads_the_test_split():
     assert frames.shape == (16, 96, 96, 3)
     assert task.score(samples[0], f"{samples[0].answer}").value == 1.0
     assert task.score(samples[0], "no idea").failure is not None
-
-
-@pytest.fixture(scope="module")
-def proxy_dir(tmp_path_factory):
-    """A proxy-architecture model (576 visual tokens per video, 8 layers) with fresh weights, saved."""
-    directory = tmp_path_factory.mktemp("proxy")
-    save(build_model(seed=1).eval(), directory)
-    return directory
 
 
 def test_eval_suite_synthetic_end_to_end(proxy_dir, tmp_path, capsys):

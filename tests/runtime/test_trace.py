@@ -9,13 +9,7 @@ import hieravid
 import tiny_models as tm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the models are tiny, and a second thread only waits on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(model, inputs: dict, method: str, budget: float = 0.3, trace: bool = True):

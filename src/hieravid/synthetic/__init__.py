@@ -19,7 +19,7 @@ import numpy as np
 
 from hieravid.synthetic.questions import LETTERS, QUESTION_TYPES, Question, ask, format_prompt
 from hieravid.synthetic.render import render
-from hieravid.synthetic.scenes import NUM_FRAMES, VideoSpec, sample_spec
+from hieravid.synthetic.scenes import VideoSpec, sample_spec
 
 __all__ = [
     "FPS",
