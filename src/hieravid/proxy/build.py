@@ -3,10 +3,10 @@
 The proxy is a genuine ``Qwen2VLForConditionalGeneration`` (so every adapter, runtime and method path is the
 one real Qwen2-VL checkpoints take), scaled down:
 
-* vision tower: 8 x 8 pixel patches over 2 frames (``temporal_patch_size`` 2), 2 blocks of width 96, merged
+* vision tower: 8 x 8 pixel patches over 2 frames (``temporal_patch_size`` 2), 2 blocks of width 48, merged
   2 x 2 into the text width: a 32-frame 96 x 96 video gives 16 x 6 x 6 = **576 visual tokens**;
-* language model: 8 decoder layers (four stages of two), width 128, 4 query / 2 key-value heads of 32,
-  SwiGLU 384, M-RoPE sections (4, 6, 6);
+* language model: 8 decoder layers (four stages of two), width 64, 4 query / 2 key-value heads of 16,
+  SwiGLU 192, M-RoPE sections (2, 3, 3);
 * a word-level tokenizer holding the Qwen-VL special tokens and the words of the synthetic suite.
 """
 
@@ -45,7 +45,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_config(hidden: int = 128, intermediate: int = 384, vision_dim: int = 96, init: float = 0.08):
+def build_config(hidden: int = 64, intermediate: int = 192, vision_dim: int = 48, init: float = 0.08):
     """The proxy's ``Qwen2VLConfig``: text width ``hidden`` (4 heads), SwiGLU width ``intermediate``, vision
     width ``vision_dim``, initial weights' standard deviation ``init``. (The released models' 0.02 leaves a
     model this small stuck at the answer prior: attention over 576 nearly equal visual tokens barely moves; at

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from hieravid.proxy.build import build_config
 from hieravid.synthetic import QUESTION_TYPES, generate_sample
 
 __all__ = ["write_card"]
@@ -29,7 +28,7 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
     test = [generate_sample(i, "test") for i in range(test_size)]
     scores = letter_accuracy(model, processor, test)
     config = result["config"]
-    text_config, vision_config = build_config().text_config, build_config().vision_config
+    text_config, vision_config = model.config.text_config, model.config.vision_config
     params = sum(p.numel() for p in model.parameters())
     size_mb = (directory / "model.safetensors").stat().st_size / 1e6
     curve = "\n".join(

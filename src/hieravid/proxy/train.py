@@ -34,19 +34,19 @@ __all__ = ["TrainConfig", "batch_inputs", "letter_accuracy", "train"]
 class TrainConfig:
     """Hyper-parameters of ``hieravid train-proxy``."""
 
-    steps: int = 450
-    batch: int = 16
-    lr: float = 2e-3
-    warmup: int = 40
+    steps: int = 1500
+    batch: int = 8
+    lr: float = 1e-3
+    warmup: int = 50
     weight_decay: float = 0.01
     clip: float = 1.0
     seed: int = 0
     val_size: int = 150
-    eval_every: int = 100
+    eval_every: int = 250
     checkpoint_every: int = 25
-    hidden: int = 128  # model sizes, see hieravid.proxy.build.build_config
-    intermediate: int = 384
-    vision_dim: int = 96
+    hidden: int = 64  # model sizes, see hieravid.proxy.build.build_config
+    intermediate: int = 192
+    vision_dim: int = 48
     init: float = 0.08  # initial weights' standard deviation
     threads: int = 1  # torch threads; 1 keeps the speed steady when other work shares the cores
 

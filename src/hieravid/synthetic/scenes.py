@@ -45,8 +45,8 @@ NUM_FRAMES = 32
 FRAME_SIZE = 96  # pixels, square frames
 MIN_SCENE_FRAMES = 6
 FLASH_FRAMES = 2
-OBJECT_SIZE = 18  # pixels, side of an object's bounding box
-FLASH_SIZE = 12  # pixels, diagonal of the flash diamond
+OBJECT_SIZE = 24  # pixels, side of an object's bounding box: 1.5 tokens of 16 px
+FLASH_SIZE = 28  # pixels, diagonal of the flash diamond
 MOVE_PIXELS = 40  # how far the mover travels over its scene
 
 SHAPES = ("square", "circle", "triangle", "cross")
