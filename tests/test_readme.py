@@ -22,6 +22,7 @@ def test_exactly_two_setup_commands_one_each_for_demo_and_tests():
     commands = _setup_commands()
     assert len(commands) == 2, commands
     assert all("\n" not in c for c in commands)
+    assert commands[0].endswith("&& hieravid demo")  # the main job, offline
     assert commands[1].endswith("python -m pytest -q")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -11,6 +12,18 @@ import torch
 from hieravid.synthetic import QUESTION_TYPES, generate_sample
 
 __all__ = ["write_card"]
+
+
+def _status(scores: dict[str, float], target: float = 0.85) -> str:
+    """One honest paragraph: does the model meet the suite's target, and which types it really reads."""
+    strong = [t for t in QUESTION_TYPES if scores[t] >= 0.6]
+    if scores["all"] >= target and len(strong) == len(QUESTION_TYPES):
+        return f"It meets the suite's target ({100 * target:.0f}% overall, every type well above chance).\n"
+    return (
+        f"**It does not meet the suite's target** ({100 * target:.0f}% overall, every type well above chance). "
+        f"Types it answers well above chance: {', '.join(strong) or 'none'}; on the others its answers are near "
+        "chance, so pruning results on them carry no signal.\n"
+    )
 
 
 def write_card(directory: str | Path, test_size: int = 500) -> str:
@@ -57,7 +70,7 @@ hieravid train-proxy --out DIR --steps {config['steps']} --batch {config['batch'
 ({config['steps'] * config['batch']} videos, every one asked all five question types in one conversation),
 warm-up {config['warmup']} steps then cosine decay; weights initialised from seed {config['seed']}; {config['threads']} torch thread(s).
 Training took **{result['train_seconds'] / 60:.1f} min** of wall time on {platform.processor() or platform.machine()}
-({torch.get_num_threads()} cores visible, torch {torch.__version__}), with other work sharing the machine.
+({os.cpu_count()} cores, torch {torch.__version__}), with other work sharing the machine.
 
 | step | loss | validation accuracy (%) | minutes |
 |---|---|---|---|
@@ -71,6 +84,7 @@ First {test_size} questions of the test split (100 per type), the letter the mod
 |---|{'---|' * len(QUESTION_TYPES)}
 | **{100 * scores['all']:.1f}** | {per_type} |
 
+{_status(scores)}
 Generated answers and every pruning method: `hieravid eval --suite synthetic` (see the README).
 """
     (directory / "CARD.md").write_text(card)
