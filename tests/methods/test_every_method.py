@@ -54,3 +54,15 @@ def test_method_decides_the_same_under_sdpa_and_eager(family, models, method):
         kept[attn] = handle.last_stats.kept_positions
     for a, b in zip(kept["sdpa"], kept["eager"]):
         assert all(torch.equal(x, y) for x, y in zip(a, b)), method
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_budget_one_equals_the_unpatched_model(family, models, method):
+    """Invariant 1 for every method: at budget 1 nothing is pruned and the logits are the unpatched model's."""
+    model = models["sdpa"]
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        ref = model(**inputs).logits[:, -1]
+        with hieravid.apply(model, method, 1.0):
+            out = model(**inputs).logits[:, -1]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
