@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from hieravid.config import HieraVidConfig, check_budget
 from hieravid.methods.ablations import create_hieravid_no_layer, create_hieravid_no_seg, create_hieravid_topk
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.cdpruner import create_cdpruner
 from hieravid.methods.divprune import create_divprune
 from hieravid.methods.dycoke import create_dycoke
@@ -38,11 +38,7 @@ __all__ = [
 
 def _hieravid(budget: float, **options: Any) -> PruningMethod:
     fields = {f.name for f in dataclasses.fields(HieraVidConfig)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for method 'hieravid': {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}"
-        )
+    check_options("hieravid", options, fields)
     return HieraVid(HieraVidConfig(budget=budget, **options))
 
 

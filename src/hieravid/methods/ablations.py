@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from hieravid.config import HieraVidConfig, check_choice
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count
 from hieravid.methods.hieravid import HieraVid, decide_stage1
 from hieravid.ops import keep_counts, minmax_normalize, segment_dpp_select
@@ -53,11 +53,7 @@ def _config(
 ) -> HieraVidConfig:
     """A HieraVidConfig from ``options``, refusing unknown names and overrides of ``fixed`` fields."""
     fields = {f.name for f in dataclasses.fields(HieraVidConfig)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for method {variant!r}: {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}"
-        )
+    check_options(variant, options, fields)
     for name, value in (fixed or {}).items():
         if name in options and options[name] != value:
             raise ValueError(f"method {variant!r} fixes {name}={value!r}; got {name}={options[name]!r}")

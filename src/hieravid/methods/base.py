@@ -9,13 +9,22 @@ input of decoder layer ``l``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from hieravid.methods.budget import keep_count, keep_fraction_from_layer
 
-__all__ = ["VideoTokens", "Decision", "PruningMethod", "BeforeLLMMethod"]
+__all__ = ["VideoTokens", "Decision", "PruningMethod", "BeforeLLMMethod", "check_options"]
+
+
+def check_options(method: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Refuse option names a method's factory does not take, naming the ones it does."""
+    allowed = sorted(allowed)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        listed = ", ".join(unknown)
+        raise ValueError(f"unknown option(s) for method {method!r}: {listed}; allowed: {', '.join(allowed)}")
 
 
 @dataclass

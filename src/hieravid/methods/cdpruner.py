@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from hieravid.config import check_budget, check_choice
-from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens, check_options
 from hieravid.ops import conditional_kernel, greedy_map, minmax_normalize
 from hieravid.ops.ranking import instruction_similarity
 
@@ -141,9 +141,5 @@ class CDPruner(BeforeLLMMethod):
 def create_cdpruner(budget: float, **options: Any) -> PruningMethod:
     """Registry factory: ``CDPruner(budget, **options)``; options: ``relevance_sign``, ``theta``."""
     allowed = {"relevance_sign", "theta"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for method 'cdpruner': {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+    check_options("cdpruner", options, allowed)
     return CDPruner(budget, **options)

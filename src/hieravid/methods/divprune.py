@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from hieravid.config import check_budget
-from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens, check_options
 
 __all__ = ["DivPrune", "create_divprune", "divprune_select"]
 
@@ -148,9 +148,5 @@ class DivPrune(BeforeLLMMethod):
 
 def create_divprune(budget: float, **options: Any) -> PruningMethod:
     """Registry factory: ``DivPrune(budget, **options)``; option: ``max_matrix_elements``."""
-    unknown = sorted(set(options) - {"max_matrix_elements"})
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for method 'divprune': {', '.join(unknown)}; allowed: max_matrix_elements"
-        )
+    check_options("divprune", options, {"max_matrix_elements"})
     return DivPrune(budget, **options)

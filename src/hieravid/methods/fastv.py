@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from hieravid.config import check_budget
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count, keep_fraction_from_layer
 from hieravid.ops.ranking import top_k_mask
 
@@ -75,7 +75,5 @@ class FastV(PruningMethod):
 
 def create_fastv(budget: float, **options: Any) -> PruningMethod:
     """Registry factory: ``FastV(budget, **options)``; options: ``k`` (pruning layer, default 2)."""
-    unknown = sorted(set(options) - {"k"})
-    if unknown:
-        raise ValueError(f"unknown option(s) for method 'fastv': {', '.join(unknown)}; allowed: k")
+    check_options("fastv", options, {"k"})
     return FastV(budget, **options)

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 
 from hieravid.config import check_budget, check_unit_interval
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.ops.ranking import top_k_mask
 
 __all__ = ["FrameFusion", "create_framefusion", "previous_slot_similarity", "run_anchors"]
@@ -200,9 +200,5 @@ def create_framefusion(budget: float, **options: Any) -> PruningMethod:
     """Registry factory: ``FrameFusion(budget, **options)``; options: ``similarity_lower_bound`` (0.6),
     ``ratio_lower_bound`` (0.1)."""
     allowed = {"similarity_lower_bound", "ratio_lower_bound"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for method 'framefusion': {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+    check_options("framefusion", options, allowed)
     return FrameFusion(budget, **options)

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from hieravid.config import check_budget, check_choice
-from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens, check_options
 
 __all__ = [
     "PruMerge",
@@ -220,9 +220,5 @@ class PruMerge(BeforeLLMMethod):
 def create_prumerge(budget: float, **options: Any) -> PruningMethod:
     """Registry factory: ``PruMerge(budget, **options)``; options: ``neighbors``, ``plus``, ``merge``."""
     allowed = {"neighbors", "plus", "merge"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for method 'prumerge': {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+    check_options("prumerge", options, allowed)
     return PruMerge(budget, **options)

@@ -64,7 +64,7 @@ from typing import Any
 import torch
 
 from hieravid.config import check_budget, check_unit_interval
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.ops.ranking import segment_top_k
 
 __all__ = [
@@ -412,9 +412,5 @@ def create_prunevid(budget: float, **options: Any) -> PruningMethod:
     """Registry factory: ``PruneVid(budget, **options)``; options: ``tau`` (0.8), ``alpha`` (0.4),
     ``temporal_segment_ratio`` (0.25), ``knn`` (7), ``layer`` (M, default ``round(10 / 28 * L)``)."""
     allowed = {"tau", "alpha", "temporal_segment_ratio", "knn", "layer"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for method 'prunevid': {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+    check_options("prunevid", options, allowed)
     return PruneVid(budget, **options)

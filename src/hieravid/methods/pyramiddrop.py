@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from hieravid.config import check_budget
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count, layer_average
 from hieravid.ops.ranking import instruction_similarity, top_k_mask
 from hieravid.schedule import stage_boundaries
@@ -189,9 +189,5 @@ def create_pyramiddrop(budget: float, **options: Any) -> PruningMethod:
     """Registry factory: ``PyramidDrop(budget, **options)``; options: ``stages``, ``lambda_``,
     ``first_stage_keep``."""
     allowed = {"stages", "lambda_", "first_stage_keep"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) for method 'pyramiddrop': {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+    check_options("pyramiddrop", options, allowed)
     return PyramidDrop(budget, **options)

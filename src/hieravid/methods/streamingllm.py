@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from hieravid.config import check_budget
-from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count
 
 __all__ = ["StreamingLLM", "create_streamingllm", "sink_window_mask"]
@@ -77,7 +77,5 @@ class StreamingLLM(PruningMethod):
 
 def create_streamingllm(budget: float, **options: Any) -> PruningMethod:
     """Registry factory: ``StreamingLLM(budget, **options)``; options: ``sinks`` (default 4)."""
-    unknown = sorted(set(options) - {"sinks"})
-    if unknown:
-        raise ValueError(f"unknown option(s) for method 'streamingllm': {', '.join(unknown)}; allowed: sinks")
+    check_options("streamingllm", options, {"sinks"})
     return StreamingLLM(budget, **options)
