@@ -37,7 +37,7 @@ class SyntheticTask(Task):
         sample = generate_sample(index, "test")
 
         def frames(num_frames: int) -> np.ndarray:
-            video = generate_sample(index, "test").frames  # (32, 96, 96, 3), rendered again: nothing is held
+            video = generate_sample(index, "test").frames  # (32, 96, 96, 3), rendered now: no pixels are held
             return video[sample_indices(len(video), num_frames)]
 
         return Sample(

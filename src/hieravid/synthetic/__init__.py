@@ -13,6 +13,7 @@ draws it, :mod:`~hieravid.synthetic.questions` lists the question types.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,13 +39,17 @@ FPS = 4.0  # frames per second the videos are written at: 32 frames = 8 s
 
 @dataclass(frozen=True)
 class SyntheticSample:
-    """One video and one question about it."""
+    """One video and one question about it. The pixels are rendered on first use of ``frames``."""
 
     split: str
     index: int
     spec: VideoSpec
     question_: Question
-    frames: np.ndarray  # (T, H, W, 3) uint8
+
+    @functools.cached_property
+    def frames(self) -> np.ndarray:
+        """``(T, H, W, 3)`` uint8 frames of :attr:`spec`."""
+        return render(self.spec)
 
     @property
     def id(self) -> str:
@@ -95,7 +100,7 @@ def generate_sample(index: int, split: str = "test", qtype: str | None = None) -
     spec = sample_spec(rng)
     kind = qtype if qtype is not None else QUESTION_TYPES[index % len(QUESTION_TYPES)]
     question = ask(spec, kind, rng)
-    return SyntheticSample(split=split, index=index, spec=spec, question_=question, frames=render(spec))
+    return SyntheticSample(split=split, index=index, spec=spec, question_=question)
 
 
 def split_samples(split: str, size: int, start: int = 0) -> list[SyntheticSample]:
