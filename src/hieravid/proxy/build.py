@@ -30,7 +30,7 @@ _IDS = {token: i for i, token in enumerate(SPECIAL)}
 _WORDS = (
     "system user assistant you are a helpful answer with the letter A B C D how many scenes in video which shape "
     "is first last what color brief flash way does moving object go objects square circle triangle cross white "
-    "magenta cyan orange left right up down"
+    "magenta cyan orange left right up down scene describe mover gray navy forest maroon olive"
 ).split()
 VOCABULARY = tuple(SPECIAL) + ("[UNK]", "\n") + tuple("0123456789.,:;!?<>()-'\"") + tuple(_WORDS)
 VOCAB_SIZE = 128

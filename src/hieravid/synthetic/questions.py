@@ -29,9 +29,10 @@ import numpy as np
 
 from hieravid.synthetic.scenes import DIRECTIONS, FLASH_COLORS, SHAPES, VideoSpec
 
-__all__ = ["LETTERS", "QUESTION_TYPES", "Question", "ask", "format_prompt"]
+__all__ = ["DESCRIBE_PROMPT", "LETTERS", "QUESTION_TYPES", "Question", "ask", "describe", "format_prompt"]
 
 LETTERS = ("A", "B", "C", "D")
+DESCRIBE_PROMPT = "describe the video ."
 QUESTION_TYPES = ("scene_count", "scene_shape", "needle", "direction", "count")
 _OPTIONS = {
     "scene_count": ("1", "2", "3", "4"),
@@ -89,3 +90,17 @@ def ask(spec: VideoSpec, qtype: str, rng: np.random.Generator) -> Question:
     else:
         text, value = f"how many objects are in the {which} scene ?", str(len(scene.objects))
     return Question(qtype=qtype, text=text, options=options, correct=options.index(value))
+
+
+def describe(spec: VideoSpec) -> str:
+    """A caption of everything the questions ask about, in scene order (a training target, never a question)::
+
+        scenes 2 . navy square 3 . gray circle 1 . flash cyan scene 2 . mover left scene 1 .
+
+    Per scene: background, shape, number of objects; then the flash's colour and scene, the mover's direction
+    and scene (scenes numbered from 1)."""
+    parts = [f"scenes {len(spec.scenes)}"]
+    parts += [f"{scene.background} {scene.shape} {len(scene.objects)}" for scene in spec.scenes]
+    parts.append(f"flash {spec.flash.color} scene {spec.flash.scene + 1}")
+    parts.append(f"mover {spec.mover.direction} scene {spec.mover.scene + 1}")
+    return " . ".join(parts) + " ."
