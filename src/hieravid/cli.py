@@ -410,6 +410,21 @@ def _add_train_proxy(subparsers: Any) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     parser.add_argument("--seed", type=_non_negative_int, default=defaults.seed, help="initial weights' seed")
     parser.add_argument("--threads", type=_non_negative_int, default=defaults.threads, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--eval-every", type=_positive_int, default=defaults.eval_every, help="steps between validation measurements"
+    )
+    parser.add_argument(
+        "--describe", action=argparse.BooleanOptionalAction, default=defaults.describe,
+        help="end each training conversation with the video's caption",
+    )
+    parser.add_argument(
+        "--aux-weight", type=float, default=defaults.aux_weight,
+        help="weight of the per-visual-token auxiliary heads' loss (0: none)",
+    )
+    parser.add_argument(
+        "--type-weight", type=float, default=defaults.type_weight,
+        help="weight of the question-type head's loss at each answer position (0: none)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=_cmd_train_proxy)
@@ -420,7 +435,10 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
 
     from hieravid.proxy.train import TrainConfig, train
 
-    config = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads)
+    config = TrainConfig(
+        steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads, describe=args.describe,
+        aux_weight=args.aux_weight, type_weight=args.type_weight, eval_every=args.eval_every,
+    )
     console = Console(stderr=True)
 
     def show(entry: dict) -> None:

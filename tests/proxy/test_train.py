@@ -39,3 +39,20 @@ def test_resume_after_interruption_equals_one_run(tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 2, 3]  # step 2 ran twice: once before the interruption, once after resuming
+
+
+def test_the_loss_reads_exactly_the_replies():
+    from hieravid.proxy.build import build_processor
+    from hieravid.proxy.train import _conversation, _reply_tokens, batch_inputs
+    from hieravid.synthetic import generate_sample
+    from hieravid.synthetic.questions import describe
+
+    processor = build_processor()
+    samples = [generate_sample(i, "train") for i in (3, 4)]
+    turns = [[(prompt, reply) for prompt, reply, _ in _conversation(s, describe_video=True)] for s in samples]
+    inputs = batch_inputs(processor, samples, [turns[0], turns[1][:2]])  # different lengths: left padding
+    mask = _reply_tokens(processor, inputs["input_ids"])
+    for row, conversation in enumerate([turns[0], turns[1][:2]]):
+        read = processor.tokenizer.decode(inputs["input_ids"][row][mask[row]]).replace(" ", "")
+        assert read == "".join(f"{reply}<|im_end|>" for _, reply in conversation).replace(" ", "")
+    assert turns[0][-1][1] == describe(samples[0].spec) and len(turns[0]) == 6

@@ -31,7 +31,7 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
     accuracy) and write ``CARD.md`` from its training result and log. Returns the card's text."""
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from hieravid.proxy.train import letter_accuracy
+    from hieravid.proxy.train import TYPE_LAYER, letter_accuracy
 
     directory = Path(directory)
     result = json.loads((directory / "train_result.json").read_text())
@@ -47,6 +47,18 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
     curve = "\n".join(
         f"| {e['step']} | {e['loss']:.3f} | {100 * e['validation']['all']:.1f} | {e['seconds'] / 60:.1f} |" for e in log
     )
+    caption = ", then asked to describe it (`hieravid.synthetic.questions.describe`)" if config["describe"] else ""
+    aux = (
+        f"\nDuring training only, four linear heads on the vision tower's output learn what each visual token shows"
+        f" (background, object shape, flash colour, mover direction: `hieravid.proxy.labels`), loss weight"
+        f" {config['aux_weight']}; they are not part of the shipped model." if config["aux_weight"] else ""
+    )
+    if config.get("type_weight"):
+        aux += (
+            f"\nA linear head on the hidden state after {TYPE_LAYER} decoder layers, at each answer's position, learns which"
+            f" of the five question types is asked (loss weight {config['type_weight']}; also dropped): it brings"
+            " the question to where the answer is produced, which the answer letters alone teach slowly."
+        )
     per_type = " | ".join(f"{100 * scores[t]:.1f}" for t in QUESTION_TYPES)
     card = f"""# hieravid proxy model
 
@@ -64,11 +76,11 @@ suite's five question types and vocabulary; it is a proxy, not a general VideoLL
 
 ## How it was made
 ```
-hieravid train-proxy --out DIR --steps {config['steps']} --batch {config['batch']} --lr {config['lr']} --seed {config['seed']} --threads {config['threads']}
+hieravid train-proxy --out DIR --steps {config['steps']} --batch {config['batch']} --lr {config['lr']} --seed {config['seed']} --threads {config['threads']} --eval-every {config['eval_every']} {'--describe' if config['describe'] else '--no-describe'} --aux-weight {config['aux_weight']} --type-weight {config['type_weight']}
 ```
-(the defaults of `hieravid train-proxy`). {config['steps']} AdamW steps of {config['batch']} fresh training videos each
-({config['steps'] * config['batch']} videos, every one asked all five question types in one conversation),
-warm-up {config['warmup']} steps then cosine decay; weights initialised from seed {config['seed']}; {config['threads']} torch thread(s).
+{config['steps']} AdamW steps of {config['batch']} fresh training videos each
+({config['steps'] * config['batch']} videos, every one asked all five question types in one conversation{caption}),
+warm-up {config['warmup']} steps then cosine decay; weights initialised from seed {config['seed']}; {config['threads']} torch thread(s).{aux}
 Training took **{result['train_seconds'] / 60:.1f} min** of wall time on {platform.processor() or platform.machine()}
 ({os.cpu_count()} cores, torch {torch.__version__}), with other work sharing the machine.
 

@@ -2,12 +2,16 @@
 
 Every step draws ``batch`` fresh training videos (sample indices ``step * batch ...``, so a run is reproducible
 and a resumed run sees the same data), renders them, runs the real Qwen2-VL processor and trains the whole model
-(vision tower included) with cross-entropy on the answers: the letter and the ``<|im_end|>`` after it. Each video
-is asked all five question types in one conversation, in a random order (the first turn has exactly the
-evaluation prompt's form), so one forward pass over the video's tokens teaches five answers. AdamW,
-linear warm-up then cosine decay. A checkpoint is written every ``checkpoint_every`` steps (atomically), so an
-interrupted run continues where it stopped with ``--resume``. Validation accuracy (teacher-forced: the answer
-letter the model scores highest among A-D) is logged per question type every ``eval_every`` steps.
+(vision tower included). Each video is asked all five question types in one conversation, in a random order
+(the first turn has exactly the evaluation prompt's form), then, with ``describe``, asked for its caption
+(:func:`hieravid.synthetic.questions.describe`); the loss is the cross-entropy of every reply token. With
+``aux_weight``, four linear heads on the vision tower's output also learn what each visual token shows
+(:mod:`hieravid.proxy.labels`); they give the vision tower a direct signal. With ``type_weight``, a linear head on
+the hidden state after :data:`TYPE_LAYER` decoder layers learns, at each answer's position, which question is
+asked (see :func:`_type_loss`). The heads are dropped from the saved model.
+AdamW, linear warm-up then cosine decay. A checkpoint is written every ``checkpoint_every`` steps (atomically),
+so an interrupted run continues where it stopped with ``--resume``. Validation accuracy (teacher-forced: the
+answer letter the model scores highest among A-D) is logged per question type every ``eval_every`` steps.
 """
 
 from __future__ import annotations
@@ -18,16 +22,19 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from hieravid.proxy.build import build_model, build_processor, save
+from hieravid.proxy.labels import HEADS, token_labels
 from hieravid.synthetic import FPS, LETTERS, QUESTION_TYPES, SyntheticSample, generate_sample
-from hieravid.synthetic.questions import Question, ask
+from hieravid.synthetic.questions import DESCRIBE_PROMPT, ask, describe
 
-__all__ = ["TrainConfig", "batch_inputs", "letter_accuracy", "train"]
+__all__ = ["TYPE_LAYER", "TrainConfig", "batch_inputs", "letter_accuracy", "train"]
+
+TYPE_LAYER = 2  # the question-type head reads the hidden state after this many decoder layers
 
 
 @dataclass
@@ -36,7 +43,7 @@ class TrainConfig:
 
     steps: int = 1500
     batch: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-3
     warmup: int = 50
     weight_decay: float = 0.01
     clip: float = 1.0
@@ -49,28 +56,31 @@ class TrainConfig:
     vision_dim: int = 48
     init: float = 0.08  # initial weights' standard deviation
     threads: int = 1  # torch threads; 1 keeps the speed steady when other work shares the cores
+    describe: bool = False  # end each conversation with the video's caption (more supervision per video)
+    aux_weight: float = 1.0  # weight of the per-token auxiliary heads' loss (hieravid.proxy.labels); 0 = none
+    type_weight: float = 1.0  # weight of the question-type head's loss at each answer position; 0 = none
 
 
 def batch_inputs(
-    processor, samples: Sequence[SyntheticSample], questions: Sequence[Sequence[Question]] | None = None
+    processor, samples: Sequence[SyntheticSample], conversations: Sequence[Sequence[tuple[str, str]]] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Processor inputs for ``samples``. Without ``questions``: each sample's own question, ready for the answer
-    (evaluation). With them: for each sample a conversation asking ``questions[i]`` in turn, answers included
-    (training)."""
+    """Processor inputs for ``samples``. Without ``conversations``: each sample's own question, ready for the
+    answer (evaluation). With them: for each sample the ``(prompt, reply)`` turns of ``conversations[i]``, replies
+    included, the video in the first turn (training)."""
     from transformers.video_utils import VideoMetadata
 
     texts = []
     for i, s in enumerate(samples):
-        if questions is None:
+        if conversations is None:
             messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": s.question}]}]
         else:
             messages = []
-            for turn, question in enumerate(questions[i]):
-                content = [{"type": "text", "text": question.prompt}]
+            for turn, (prompt, reply) in enumerate(conversations[i]):
+                content = [{"type": "text", "text": prompt}]
                 if turn == 0:
                     content.insert(0, {"type": "video"})
-                messages += [{"role": "user", "content": content}, {"role": "assistant", "content": question.answer}]
-        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=questions is None))
+                messages += [{"role": "user", "content": content}, {"role": "assistant", "content": reply}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=conversations is None))
     metadata = [
         VideoMetadata(
             total_num_frames=len(s.frames), fps=FPS, frames_indices=list(range(len(s.frames))),
@@ -84,22 +94,52 @@ def batch_inputs(
     )
 
 
-def _answer_loss(model, inputs: dict[str, torch.Tensor], answer_start: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every answer letter and the ``<|im_end|>`` that closes it. ``answer_start`` marks the
-    positions right after ``<|im_start|>assistant\n`` (where a letter stands)."""
+def _reply_loss(model, inputs: dict[str, torch.Tensor], replies: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every reply token (``replies``, ``(B, L)`` bool) given the tokens before it."""
     ids = inputs["input_ids"]  # (B, L)
-    targets = answer_start | answer_start.roll(1, dims=1)  # the letter and the token after it
     logits = model(**inputs).logits[:, :-1]  # (B, L - 1, V): the prediction of token j + 1
-    chosen = targets[:, 1:]
+    chosen = replies[:, 1:]
     return torch.nn.functional.cross_entropy(logits[chosen], ids[:, 1:][chosen])
 
 
-def _answer_starts(processor, ids: torch.Tensor) -> torch.Tensor:
-    """``(B, L)`` bool: tokens that follow ``assistant`` ``\n``."""
+def _aux_loss(heads: Mapping[str, torch.nn.Module], visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over the auxiliary heads of a class-balanced cross-entropy on every visual token.
+
+    ``visual`` ``(N, hidden)``: the vision tower's merged tokens; ``labels`` ``(N, heads)``. For the heads
+    whose class 0 means "nothing here" (all but the first), tokens with something and tokens with nothing
+    weigh half each, so the one flash token of a video is not drowned by the 575 others."""
+    losses = []
+    for h, (name, head) in enumerate(heads.items()):
+        target = labels[:, h]
+        each = torch.nn.functional.cross_entropy(head(visual), target, reduction="none")  # (N,)
+        if h == 0:
+            losses.append(each.mean())
+            continue
+        hit = target > 0
+        negative = each[~hit].mean()
+        losses.append(0.5 * (negative + each[hit].mean()) if bool(hit.any()) else negative)
+    return torch.stack(losses).mean()
+
+
+def _reply_starts(processor, ids: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` bool: the first token of every assistant reply (the one after ``assistant`` ``\n``)."""
     assistant, newline = processor.tokenizer.convert_tokens_to_ids(["assistant", "\n"])
     starts = torch.zeros_like(ids, dtype=torch.bool)
     starts[:, 2:] = (ids[:, :-2] == assistant) & (ids[:, 1:-1] == newline)
     return starts
+
+
+def _reply_tokens(processor, ids: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` bool: the tokens of every assistant reply, from its first token to the ``<|im_end|>`` that
+    closes it, included."""
+    end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    starts = _reply_starts(processor, ids)
+    ends = torch.zeros_like(ids, dtype=torch.bool)
+    ends[:, 1:] = ids[:, :-1] == end  # the token after an <|im_end|> is outside
+    last_start = torch.where(starts, positions, -1).cummax(dim=1).values
+    last_end = torch.where(ends, positions, -1).cummax(dim=1).values
+    return (last_start >= 0) & (last_start > last_end)
 
 
 @torch.no_grad()
@@ -121,11 +161,28 @@ def letter_accuracy(model, processor, samples: Sequence[SyntheticSample], batch:
     return scores
 
 
-def _all_questions(sample: SyntheticSample) -> list[Question]:
-    """Every question type about ``sample``'s video, in an order (and first/last choices) drawn from its index."""
+def _conversation(sample: SyntheticSample, describe_video: bool) -> list[tuple[str, str, str]]:
+    """Every question type about ``sample``'s video, in an order (and first/last choices) drawn from its index,
+    as ``(prompt, letter, type)`` turns; then, with ``describe_video``, the caption turn (type ``describe``)."""
     rng = np.random.default_rng([sample.index, 7])
     order = rng.permutation(len(QUESTION_TYPES))
-    return [ask(sample.spec, QUESTION_TYPES[k], rng) for k in order]
+    turns = [(q.prompt, q.answer, q.qtype) for q in (ask(sample.spec, QUESTION_TYPES[k], rng) for k in order)]
+    if describe_video:
+        turns.append((DESCRIBE_PROMPT, describe(sample.spec), "describe"))
+    return turns
+
+
+def _type_loss(head: torch.nn.Linear, hidden: torch.Tensor, starts: torch.Tensor, kinds: list[str]) -> torch.Tensor:
+    """Cross-entropy of the question type predicted from the hidden state (after :data:`TYPE_LAYER` layers) at
+    each answer's position (the token before the reply). It teaches the early layers to bring the question to
+    where the answer is produced, which the answer alone teaches slowly: until the type is there, reading the
+    right visual tokens cannot help, and until that helps, nothing asks for the type.
+
+    ``hidden`` ``(B, L, hidden)``; ``starts`` ``(B, L)`` bool, the first token of every reply, in turn order;
+    ``kinds`` the turns' types, row by row."""
+    rows, cols = torch.nonzero(starts, as_tuple=True)  # row-major = conversation order
+    target = torch.tensor([QUESTION_TYPES.index(k) if k in QUESTION_TYPES else -100 for k in kinds])
+    return torch.nn.functional.cross_entropy(head(hidden[rows, cols - 1]), target, ignore_index=-100)
 
 
 def _lr(config: TrainConfig, step: int) -> float:
@@ -165,8 +222,20 @@ def train(
         init=config.init,
     )
     processor = build_processor()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        heads = torch.nn.ModuleDict({name: torch.nn.Linear(config.hidden, n) for name, n in HEADS.items()})
+        heads["question"] = torch.nn.Linear(config.hidden, len(QUESTION_TYPES))
+    visual: list[torch.Tensor] = []  # the vision tower's merged tokens of the current step
+    if config.aux_weight:
+        model.model.visual.merger.register_forward_hook(lambda module, args, output: visual.append(output))
+    hidden: list[torch.Tensor] = []  # the language model's hidden states after TYPE_LAYER layers
+    if config.type_weight:
+        layer = model.model.language_model.layers[TYPE_LAYER - 1]
+        layer.register_forward_hook(lambda module, args, output: hidden.append(output[0] if isinstance(output, tuple) else output))
+    params = [*model.parameters(), *heads.parameters()]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr, betas=(0.9, 0.98),
@@ -177,6 +246,7 @@ def train(
         if state["config"] != asdict(config):
             raise ValueError(f"{checkpoint} was written with other settings {state['config']}: use the same ones")
         model.load_state_dict(state["model"])
+        heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed"]
     elif checkpoint.exists():
@@ -201,11 +271,21 @@ def train(
         while step < config.steps:
             start = time.perf_counter()
             samples = [generate_sample(step * config.batch + i, "train") for i in range(config.batch)]
-            questions = [_all_questions(s) for s in samples]
-            inputs = batch_inputs(processor, samples, questions)
+            turns = [_conversation(s, config.describe) for s in samples]
+            inputs = batch_inputs(processor, samples, [[(prompt, reply) for prompt, reply, _ in t] for t in turns])
             for group in optimizer.param_groups:
                 group["lr"] = _lr(config, step)
-            loss = _answer_loss(model, inputs, _answer_starts(processor, inputs["input_ids"]))
+            visual.clear()
+            hidden.clear()
+            ids = inputs["input_ids"]
+            loss = _reply_loss(model, inputs, _reply_tokens(processor, ids))
+            if config.aux_weight:
+                labels = torch.from_numpy(np.concatenate([token_labels(s.spec) for s in samples]))
+                token_heads = {name: heads[name] for name in HEADS}
+                loss = loss + config.aux_weight * _aux_loss(token_heads, visual[0], labels.reshape(-1, len(HEADS)))
+            if config.type_weight:
+                kinds = [kind for t in turns for _, _, kind in t]
+                loss = loss + config.type_weight * _type_loss(heads["question"], hidden[0], _reply_starts(processor, ids), kinds)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
@@ -219,7 +299,7 @@ def train(
                 record({"step": step, "loss": running, "seconds": round(elapsed, 1), "validation": scores})
             if step % config.checkpoint_every == 0 or step == config.steps:
                 _save_atomic(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    {"model": model.state_dict(), "heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "elapsed": elapsed, "config": asdict(config)},
                     checkpoint,
                 )

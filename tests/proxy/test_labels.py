@@ -1,0 +1,55 @@
+"""The proxy's per-token training labels agree with the pixels the processor hands the vision tower."""
+
+import numpy as np
+import pytest
+import torch
+
+from hieravid.proxy.build import build_processor
+from hieravid.proxy.labels import HEADS, token_labels
+from hieravid.proxy.train import batch_inputs
+from hieravid.synthetic import generate_sample
+from hieravid.synthetic.scenes import BACKGROUNDS, FLASH_COLORS
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor()
+
+
+def _token_pixels(processor, sample) -> np.ndarray:
+    """``(576, 16 * 16, 3)`` RGB in [0, 1] of the first frame of each visual token, in the tower's order."""
+    pixels = batch_inputs(processor, [sample])["pixel_values_videos"]  # (2304, C * 2 * 8 * 8)
+    video = processor.video_processor
+    mean = torch.tensor(video.image_mean).view(1, 1, 3, 1, 1, 1)
+    std = torch.tensor(video.image_std).view(1, 1, 3, 1, 1, 1)
+    x = pixels.view(-1, 4, 3, 2, 8, 8) * std + mean  # (tokens, 2 x 2 patches, C, frames, 8, 8)
+    return x[:, :, :, 0].permute(0, 1, 3, 4, 2).reshape(x.shape[0], -1, 3).numpy()
+
+
+def _near(pixels: np.ndarray, rgb) -> np.ndarray:
+    return np.abs(pixels - np.asarray(rgb) / 255).max(-1) < 0.05
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_labels_match_the_pixels(processor, index):
+    sample = generate_sample(index, "train")
+    labels = token_labels(sample.spec)
+    assert labels.shape == (16, 6, 6, len(HEADS))
+    flat = labels.reshape(-1, len(HEADS))
+    pixels = _token_pixels(processor, sample)
+    # Background: most of the token's pixels where no object's centre lies.
+    backgrounds = list(BACKGROUNDS.values())
+    empty = flat[:, 1] == 0
+    share = np.stack([_near(pixels[empty], c).mean(1) for c in backgrounds], 1)  # (tokens, backgrounds)
+    assert (share.argmax(1) == flat[empty, 0]).mean() > 0.95
+    # Flash: exactly one token, showing the flash colour more than any token of the other colours.
+    (hit,) = np.nonzero(flat[:, 2])
+    assert hit.size == 1
+    color = list(FLASH_COLORS.values())[flat[hit[0], 2] - 1]
+    assert _near(pixels[hit[0]], color).mean() > 0.4
+    # Objects: one centre per object at every time step of a scene; the mover once per step of its scene.
+    for step in range(16):
+        scene = sample.spec.scenes[sample.spec.scene_at(2 * step)]
+        assert 1 <= (labels[step, :, :, 1] > 0).sum() <= len(scene.objects)
+        mover_here = sample.spec.scene_at(2 * step) == sample.spec.mover.scene
+        assert (labels[step, :, :, 3] > 0).sum() == int(mover_here)
