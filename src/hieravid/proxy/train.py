@@ -41,7 +41,7 @@ TYPE_LAYER = 2  # the question-type head reads the hidden state after this many 
 class TrainConfig:
     """Hyper-parameters of ``hieravid train-proxy``."""
 
-    steps: int = 1500
+    steps: int = 2800
     batch: int = 8
     lr: float = 3e-3
     warmup: int = 50
