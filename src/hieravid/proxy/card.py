@@ -82,7 +82,7 @@ hieravid train-proxy --out DIR --steps {config['steps']} --batch {config['batch'
 ({config['steps'] * config['batch']} videos, every one asked all five question types in one conversation{caption}),
 warm-up {config['warmup']} steps then cosine decay; weights initialised from seed {config['seed']}; {config['threads']} torch thread(s).{aux}
 Training took **{result['train_seconds'] / 60:.1f} min** of wall time on {platform.processor() or platform.machine()}
-({os.cpu_count()} cores, torch {torch.__version__}), with other work sharing the machine.
+({os.cpu_count()} cores, torch {torch.__version__}).
 
 | step | loss | validation accuracy (%) | minutes |
 |---|---|---|---|
