@@ -53,7 +53,7 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
         f" (background, object shape, flash colour, mover direction: `hieravid.proxy.labels`), loss weight"
         f" {config['aux_weight']}; they are not part of the shipped model." if config["aux_weight"] else ""
     )
-    if config.get("type_weight"):
+    if config["type_weight"]:
         aux += (
             f"\nA linear head on the hidden state after {TYPE_LAYER} decoder layers, at each answer's position, learns which"
             f" of the five question types is asked (loss weight {config['type_weight']}; also dropped): it brings"

@@ -94,12 +94,11 @@ def batch_inputs(
     )
 
 
-def _reply_loss(model, inputs: dict[str, torch.Tensor], replies: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every reply token (``replies``, ``(B, L)`` bool) given the tokens before it."""
-    ids = inputs["input_ids"]  # (B, L)
-    logits = model(**inputs).logits[:, :-1]  # (B, L - 1, V): the prediction of token j + 1
+def _reply_loss(logits: torch.Tensor, ids: torch.Tensor, replies: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every reply token (``replies``, ``(B, L)`` bool) given the tokens before it;
+    ``logits`` ``(B, L, V)`` and ``ids`` ``(B, L)`` of the same forward pass."""
     chosen = replies[:, 1:]
-    return torch.nn.functional.cross_entropy(logits[chosen], ids[:, 1:][chosen])
+    return torch.nn.functional.cross_entropy(logits[:, :-1][chosen], ids[:, 1:][chosen])
 
 
 def _aux_loss(heads: Mapping[str, torch.nn.Module], visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -226,13 +225,9 @@ def train(
         torch.manual_seed(config.seed)
         heads = torch.nn.ModuleDict({name: torch.nn.Linear(config.hidden, n) for name, n in HEADS.items()})
         heads["question"] = torch.nn.Linear(config.hidden, len(QUESTION_TYPES))
-    visual: list[torch.Tensor] = []  # the vision tower's merged tokens of the current step
+    visual: dict[str, torch.Tensor] = {}  # the vision tower's merged tokens of the last forward pass
     if config.aux_weight:
-        model.model.visual.merger.register_forward_hook(lambda module, args, output: visual.append(output))
-    hidden: list[torch.Tensor] = []  # the language model's hidden states after TYPE_LAYER layers
-    if config.type_weight:
-        layer = model.model.language_model.layers[TYPE_LAYER - 1]
-        layer.register_forward_hook(lambda module, args, output: hidden.append(output[0] if isinstance(output, tuple) else output))
+        model.model.visual.merger.register_forward_hook(lambda module, args, output: visual.update(tokens=output))
     params = [*model.parameters(), *heads.parameters()]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -275,17 +270,17 @@ def train(
             inputs = batch_inputs(processor, samples, [[(prompt, reply) for prompt, reply, _ in t] for t in turns])
             for group in optimizer.param_groups:
                 group["lr"] = _lr(config, step)
-            visual.clear()
-            hidden.clear()
             ids = inputs["input_ids"]
-            loss = _reply_loss(model, inputs, _reply_tokens(processor, ids))
+            outputs = model(**inputs, output_hidden_states=bool(config.type_weight))
+            loss = _reply_loss(outputs.logits, ids, _reply_tokens(processor, ids))
             if config.aux_weight:
                 labels = torch.from_numpy(np.concatenate([token_labels(s.spec) for s in samples]))
                 token_heads = {name: heads[name] for name in HEADS}
-                loss = loss + config.aux_weight * _aux_loss(token_heads, visual[0], labels.reshape(-1, len(HEADS)))
+                loss = loss + config.aux_weight * _aux_loss(token_heads, visual["tokens"], labels.reshape(-1, len(HEADS)))
             if config.type_weight:
                 kinds = [kind for t in turns for _, _, kind in t]
-                loss = loss + config.type_weight * _type_loss(heads["question"], hidden[0], _reply_starts(processor, ids), kinds)
+                hidden = outputs.hidden_states[TYPE_LAYER]  # (B, L, hidden): after TYPE_LAYER decoder layers
+                loss = loss + config.type_weight * _type_loss(heads["question"], hidden, _reply_starts(processor, ids), kinds)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
