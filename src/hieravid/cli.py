@@ -425,6 +425,10 @@ def _add_train_proxy(subparsers: Any) -> None:
         "--type-weight", type=float, default=defaults.type_weight,
         help="weight of the question-type head's loss at each answer position (0: none)",
     )
+    parser.add_argument(
+        "--curriculum", type=_non_negative_int, default=defaults.curriculum,
+        help="steps between unlocking the question types one by one (0: all types from the start)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=_cmd_train_proxy)
@@ -437,7 +441,7 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads, describe=args.describe,
-        aux_weight=args.aux_weight, type_weight=args.type_weight, eval_every=args.eval_every,
+        aux_weight=args.aux_weight, type_weight=args.type_weight, eval_every=args.eval_every, curriculum=args.curriculum,
     )
     console = Console(stderr=True)
 

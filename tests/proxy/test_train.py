@@ -56,3 +56,29 @@ def test_the_loss_reads_exactly_the_replies():
         read = processor.tokenizer.decode(inputs["input_ids"][row][mask[row]]).replace(" ", "")
         assert read == "".join(f"{reply}<|im_end|>" for _, reply in conversation).replace(" ", "")
     assert turns[0][-1][1] == describe(samples[0].spec) and len(turns[0]) == 6
+
+
+def test_curriculum_unlocks_one_type_at_a_time():
+    from hieravid.proxy.train import CURRICULUM, _conversation, asked_types
+    from hieravid.synthetic import QUESTION_TYPES, generate_sample
+
+    assert sorted(CURRICULUM) == sorted(QUESTION_TYPES)
+    assert asked_types(TrainConfig(curriculum=0), 0) == QUESTION_TYPES
+    config = TrainConfig(curriculum=10)
+    seen = [asked_types(config, step) for step in (0, 9, 10, 25, 39, 40, 10_000)]
+    assert [len(t) for t in seen] == [1, 1, 2, 3, 4, 5, 5]
+    assert seen[0] == (CURRICULUM[0],) and set(seen[2]) == set(CURRICULUM[:2])
+    sample = generate_sample(5, "train")
+    kinds = [kind for _, _, kind in _conversation(sample, False, seen[3])]
+    assert sorted(kinds) == sorted(seen[3])
+
+
+def test_validation_does_not_change_the_weights(tmp_path):
+    # The shipped proxy's card gives --eval-every as run; a run measuring less often must train the same model.
+    often = train(tmp_path / "often", TrainConfig(**{**SMALL.__dict__, "eval_every": 1, "curriculum": 2}), progress=False)
+    rarely = train(tmp_path / "rarely", TrainConfig(**{**SMALL.__dict__, "eval_every": 3, "curriculum": 2}), progress=False)
+    assert often["steps"] == rarely["steps"] == 3
+    a = load_file(tmp_path / "often" / "model.safetensors")
+    b = load_file(tmp_path / "rarely" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)

@@ -31,7 +31,7 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
     accuracy) and write ``CARD.md`` from its training result and log. Returns the card's text."""
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from hieravid.proxy.train import TYPE_LAYER, letter_accuracy
+    from hieravid.proxy.train import CURRICULUM, TYPE_LAYER, letter_accuracy
 
     directory = Path(directory)
     result = json.loads((directory / "train_result.json").read_text())
@@ -59,6 +59,15 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
             f" of the five question types is asked (loss weight {config['type_weight']}; also dropped): it brings"
             " the question to where the answer is produced, which the answer letters alone teach slowly."
         )
+    if config.get("curriculum"):
+        c = config["curriculum"]
+        asked = (
+            f"each asked several question types in one conversation: only {CURRICULUM[0]} for the first {c} steps, then"
+            f" one more type every {c} steps in the order {', '.join(CURRICULUM)}, all five from step"
+            f" {c * (len(CURRICULUM) - 1)} on"
+        )
+    else:
+        asked = "every one asked all five question types in one conversation"
     per_type = " | ".join(f"{100 * scores[t]:.1f}" for t in QUESTION_TYPES)
     card = f"""# hieravid proxy model
 
@@ -76,12 +85,13 @@ suite's five question types and vocabulary; it is a proxy, not a general VideoLL
 
 ## How it was made
 ```
-hieravid train-proxy --out DIR --steps {config['steps']} --batch {config['batch']} --lr {config['lr']} --seed {config['seed']} --threads {config['threads']} --eval-every {config['eval_every']} {'--describe' if config['describe'] else '--no-describe'} --aux-weight {config['aux_weight']} --type-weight {config['type_weight']}
+hieravid train-proxy --out DIR --steps {config['steps']} --batch {config['batch']} --lr {config['lr']} --seed {config['seed']} --threads {config['threads']} --eval-every {config['eval_every']} {'--describe' if config['describe'] else '--no-describe'} --aux-weight {config['aux_weight']} --type-weight {config['type_weight']} --curriculum {config.get('curriculum', 0)}
 ```
 {config['steps']} AdamW steps of {config['batch']} fresh training videos each
-({config['steps'] * config['batch']} videos, every one asked all five question types in one conversation{caption}),
+({config['steps'] * config['batch']} videos, {asked}{caption}),
 warm-up {config['warmup']} steps then cosine decay; weights initialised from seed {config['seed']}; {config['threads']} torch thread(s).{aux}
-Training took **{result['train_seconds'] / 60:.1f} min** of wall time on {platform.processor() or platform.machine()}
+The training steps took **{result['train_seconds'] / 60:.1f} min** of wall time (the validation measurements
+every {config['eval_every']} steps not included) on {platform.processor() or platform.machine()}
 ({os.cpu_count()} cores, torch {torch.__version__}).
 
 | step | loss | validation accuracy (%) | minutes |

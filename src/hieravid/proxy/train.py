@@ -32,7 +32,7 @@ from hieravid.proxy.labels import HEADS, token_labels
 from hieravid.synthetic import FPS, LETTERS, QUESTION_TYPES, SyntheticSample, generate_sample
 from hieravid.synthetic.questions import DESCRIBE_PROMPT, ask, describe
 
-__all__ = ["TYPE_LAYER", "TrainConfig", "batch_inputs", "letter_accuracy", "train"]
+__all__ = ["CURRICULUM", "TYPE_LAYER", "asked_types", "TrainConfig", "batch_inputs", "letter_accuracy", "train"]
 
 TYPE_LAYER = 2  # the question-type head reads the hidden state after this many decoder layers
 
@@ -41,7 +41,7 @@ TYPE_LAYER = 2  # the question-type head reads the hidden state after this many 
 class TrainConfig:
     """Hyper-parameters of ``hieravid train-proxy``."""
 
-    steps: int = 2800
+    steps: int = 3300
     batch: int = 8
     lr: float = 3e-3
     warmup: int = 50
@@ -59,6 +59,20 @@ class TrainConfig:
     describe: bool = False  # end each conversation with the video's caption (more supervision per video)
     aux_weight: float = 1.0  # weight of the per-token auxiliary heads' loss (hieravid.proxy.labels); 0 = none
     type_weight: float = 1.0  # weight of the question-type head's loss at each answer position; 0 = none
+    curriculum: int = 150  # steps between unlocking the question types in CURRICULUM order; 0 = all from the start
+
+
+# With ``curriculum``, training asks only the first k of these types during steps [(k-1) c, k c): a type learnt
+# alone settles its circuit before the next one competes for the same weights.
+CURRICULUM = ("needle", "scene_count", "direction", "count", "scene_shape")
+
+
+def asked_types(config: TrainConfig, step: int) -> tuple[str, ...]:
+    """The question types the training conversations of ``step`` ask (all of them without a curriculum)."""
+    if not config.curriculum:
+        return QUESTION_TYPES
+    unlocked = min(step // config.curriculum + 1, len(CURRICULUM))
+    return tuple(t for t in QUESTION_TYPES if t in CURRICULUM[:unlocked])
 
 
 def batch_inputs(
@@ -160,12 +174,15 @@ def letter_accuracy(model, processor, samples: Sequence[SyntheticSample], batch:
     return scores
 
 
-def _conversation(sample: SyntheticSample, describe_video: bool) -> list[tuple[str, str, str]]:
-    """Every question type about ``sample``'s video, in an order (and first/last choices) drawn from its index,
-    as ``(prompt, letter, type)`` turns; then, with ``describe_video``, the caption turn (type ``describe``)."""
+def _conversation(
+    sample: SyntheticSample, describe_video: bool, types: Sequence[str] = QUESTION_TYPES
+) -> list[tuple[str, str, str]]:
+    """A question of each of ``types`` about ``sample``'s video, in an order (and first/last choices) drawn from
+    its index, as ``(prompt, letter, type)`` turns; then, with ``describe_video``, the caption turn (type
+    ``describe``)."""
     rng = np.random.default_rng([sample.index, 7])
-    order = rng.permutation(len(QUESTION_TYPES))
-    turns = [(q.prompt, q.answer, q.qtype) for q in (ask(sample.spec, QUESTION_TYPES[k], rng) for k in order)]
+    order = rng.permutation(len(types))
+    turns = [(q.prompt, q.answer, q.qtype) for q in (ask(sample.spec, types[k], rng) for k in order)]
     if describe_video:
         turns.append((DESCRIBE_PROMPT, describe(sample.spec), "describe"))
     return turns
@@ -266,7 +283,7 @@ def train(
         while step < config.steps:
             start = time.perf_counter()
             samples = [generate_sample(step * config.batch + i, "train") for i in range(config.batch)]
-            turns = [_conversation(s, config.describe) for s in samples]
+            turns = [_conversation(s, config.describe, asked_types(config, step)) for s in samples]
             inputs = batch_inputs(processor, samples, [[(prompt, reply) for prompt, reply, _ in t] for t in turns])
             for group in optimizer.param_groups:
                 group["lr"] = _lr(config, step)
