@@ -1,5 +1,5 @@
 """The proxy model shipped in the package: loads offline with from_pretrained, answers in the expected form,
-and reads the video (its scene-count and direction questions are answered far above chance; see CARD.md for
+and reads the video (its scene-count and needle questions are answered far above chance; see CARD.md for
 every type)."""
 
 import json
@@ -51,8 +51,8 @@ def test_beats_chance_on_a_test_slice(proxy):
     from hieravid.proxy.train import letter_accuracy
 
     scores = letter_accuracy(proxy.model, proxy.processor, [generate_sample(i, "test") for i in range(100)])
-    assert scores["all"] >= 0.38, scores
-    assert scores["direction"] >= 0.4, scores
+    assert scores["all"] >= 0.42, scores  # measured 0.52
+    assert scores["needle"] >= 0.5, scores  # measured 0.70 (14 of 20)
 
 
 def test_default_demo_writes_the_picture(tmp_path, capsys):
