@@ -1,4 +1,4 @@
-"""Pure tensor algorithms of HieraVid (spec Eq. 1-10). They import torch only, never transformers."""
+"""Pure tensor algorithms of HieraVid (spec Eq. 1-10). They import torch and NumPy only, never transformers."""
 
 from hieravid.ops.dpp import conditional_kernel, greedy_map, pack_segments, segment_bin_select, segment_dpp_select
 from hieravid.ops.merge import RunMerge, temporal_run_merge

@@ -6,6 +6,7 @@ over k for a whole batch of segments (padded), not once per segment.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["conditional_kernel", "greedy_map", "segment_dpp_select", "segment_bin_select", "pack_segments"]
@@ -37,7 +38,9 @@ def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: t
     return gram * scale.unsqueeze(2) * scale.unsqueeze(1)
 
 
-def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, block: int = 64) -> torch.Tensor:
+def greedy_map(
+    kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, block: int = 64, backend: str = "auto"
+) -> torch.Tensor:
     """Eq. 10: greedy MAP inference (Chen et al. 2018) for a batch of kernels, each with its own k.
 
     Picks, k_g times per group g, the token with the largest residual variance ``d2`` (the gain in
@@ -55,11 +58,16 @@ def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, bl
     largest diagonal): the remaining picks follow the kernel diagonal (relevance), get a zero update row,
     are still distinct tokens, and no NaN appears.
 
+    The loop is a few dozen operations on ``(G, m)`` tensors per pick, so on a CPU its cost is the
+    per-operation dispatch, not arithmetic: ``backend="auto"`` runs it in NumPy there (the same
+    algorithm, a fraction of the overhead per operation) and in torch on other devices.
+
     Args:
         kernel: ``(G, n, n)`` PSD kernels (padded).
         k: ``(G,)`` int64 number of tokens to pick per group, ``0 <= k_g <= valid[g].sum()``.
         valid: ``(G, n)`` bool, False at padding.
         block: picks per blocked update.
+        backend: ``"auto"``, ``"torch"`` or ``"numpy"`` (CPU tensors only).
 
     Returns:
         ``(G, n)`` bool mask of the picked tokens.
@@ -68,10 +76,21 @@ def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, bl
     available = valid.sum(dim=1)
     if bool((k < 0).any()) or bool((k > available).any()):
         raise ValueError(f"each group's k must be in [0, its token count]; got k={k.tolist()} for {available.tolist()}")
+    if backend not in ("auto", "torch", "numpy"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
     device = kernel.device
+    if backend == "numpy" and device.type != "cpu":
+        raise ValueError(f"the numpy backend needs CPU tensors, got {device}: use backend='torch'")
     kmax = int(k.max()) if num_groups else 0
     picked = torch.zeros(num_groups, n, dtype=torch.bool, device=device)
     if kmax == 0:
+        return picked
+    if backend == "numpy" or (backend == "auto" and device.type == "cpu"):
+        chosen_np = _greedy_picks_numpy(kernel.detach().float().numpy(), k.numpy(), valid.numpy(), block)
+        chosen = torch.from_numpy(chosen_np)
+        hit = chosen >= 0
+        group_of = torch.arange(num_groups)[:, None].expand_as(chosen)
+        picked[group_of[hit], chosen[hit]] = True
         return picked
     neg_inf = float("-inf")
     residual = kernel.float().clone()  # (G, m, m) Schur complement, m shrinks as tokens are used up
@@ -126,6 +145,61 @@ def greedy_map(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, bl
     group_of = torch.arange(num_groups, device=device)[:, None].expand_as(chosen)
     picked[group_of[hit], chosen[hit]] = True
     return picked
+
+
+def _greedy_picks_numpy(kernel: np.ndarray, k: np.ndarray, valid: np.ndarray, block: int) -> np.ndarray:
+    """:func:`greedy_map`'s loop in NumPy, step for step the torch one. Returns ``(G, max k)`` int64 picks
+    (original column indices, -1 where a group has fewer picks)."""
+    num_groups, n, _ = kernel.shape
+    kmax = int(k.max())
+    rows = np.arange(num_groups)
+    residual = kernel.astype(np.float32, copy=True)  # (G, m, m) Schur complement
+    diag = np.where(valid, np.diagonal(residual, axis1=1, axis2=2), np.float32(0))  # (G, m)
+    top = diag.max(axis=1)  # (G,)
+    floor = np.maximum(np.float32(_RANK_FLOOR) * top, np.float32(1e-30))[:, None]  # (G, 1)
+    offset = (np.float32(2) * top + np.float32(1))[:, None]
+    neg_inf = np.float32(-np.inf)
+    d2 = np.where(valid, diag, neg_inf)  # (G, m)
+    fallback = d2.copy()
+    column = np.broadcast_to(np.arange(n), (num_groups, n)).copy()  # (G, m) original index
+    chosen = np.full((num_groups, kmax), -1, dtype=np.int64)
+    counts = np.arange(kmax)[None, :] < k[:, None]  # (G, kmax)
+    done = 0
+    while done < kmax:
+        width = min(block, kmax - done)
+        m = residual.shape[1]
+        chol = np.zeros((num_groups, width, m), dtype=np.float32)
+        for s in range(width):
+            active = counts[:, done + s]  # (G,)
+            j = np.where(d2 > floor, d2 + offset, fallback).argmax(axis=1)  # (G,)
+            pivot = d2[rows, j]  # (G,)
+            e = residual[rows, j]  # (G, m)
+            if s:
+                c_j = chol[rows, :s, j]  # (G, s)
+                e = e - np.matmul(c_j[:, None, :], chol[:, :s])[:, 0]
+            ok = active & (pivot > floor[:, 0])
+            scale = np.where(ok, np.float32(1) / np.sqrt(np.maximum(pivot, np.float32(1e-30))), np.float32(0))
+            e = e * scale[:, None]
+            chol[:, s] = e
+            d2 = d2 - e * e
+            d2[rows[active], j[active]] = neg_inf
+            fallback[rows[active], j[active]] = neg_inf
+            chosen[:, done + s] = np.where(active, column[rows, j], -1)
+        done += width
+        if done >= kmax:
+            break
+        chol_t = torch.from_numpy(chol)
+        torch.from_numpy(residual).baddbmm_(chol_t.transpose(1, 2), chol_t, alpha=-1.0)  # in place, BLAS
+        remaining = np.isfinite(fallback) & (done < k)[:, None]
+        needed = int(remaining.sum(axis=1).max())
+        if needed <= 0.75 * m:
+            order = np.argsort(~remaining, axis=1, kind="stable")[:, :needed]  # (G, m')
+            residual = residual[rows[:, None, None], order[:, :, None], order[:, None, :]]
+            remaining = np.take_along_axis(remaining, order, axis=1)
+            d2 = np.where(remaining, np.take_along_axis(d2, order, axis=1), neg_inf)
+            fallback = np.where(remaining, np.take_along_axis(fallback, order, axis=1), neg_inf)
+            column = np.take_along_axis(column, order, axis=1)
+    return chosen
 
 
 def pack_segments(segment: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
