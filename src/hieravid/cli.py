@@ -426,6 +426,10 @@ def _add_train_proxy(subparsers: Any) -> None:
         help="weight of the question-type head's loss at each answer position (0: none)",
     )
     parser.add_argument(
+        "--summary-weight", type=float, default=defaults.summary_weight,
+        help="weight of the video-summary heads' loss at <|vision_end|> and at each answer position (0: none)",
+    )
+    parser.add_argument(
         "--curriculum", type=_non_negative_int, default=defaults.curriculum,
         help="steps between unlocking the question types one by one (0: all types from the start)",
     )
@@ -442,6 +446,7 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
     config = TrainConfig(
         steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads, describe=args.describe,
         aux_weight=args.aux_weight, type_weight=args.type_weight, eval_every=args.eval_every, curriculum=args.curriculum,
+        summary_weight=args.summary_weight,
     )
     console = Console(stderr=True)
 

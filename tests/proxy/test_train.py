@@ -43,7 +43,7 @@ def test_resume_after_interruption_equals_one_run(tmp_path):
 
 def test_the_loss_reads_exactly_the_replies():
     from hieravid.proxy.build import build_processor
-    from hieravid.proxy.train import _conversation, _reply_tokens, batch_inputs
+    from hieravid.proxy.train import _answer_positions, _conversation, _reply_starts, _reply_tokens, batch_inputs
     from hieravid.synthetic import generate_sample
     from hieravid.synthetic.questions import describe
 
@@ -56,6 +56,11 @@ def test_the_loss_reads_exactly_the_replies():
         read = processor.tokenizer.decode(inputs["input_ids"][row][mask[row]]).replace(" ", "")
         assert read == "".join(f"{reply}<|im_end|>" for _, reply in conversation).replace(" ", "")
     assert turns[0][-1][1] == describe(samples[0].spec) and len(turns[0]) == 6
+    # The summary heads read the position just before each reply: one per turn, an "assistant \n" newline.
+    answer = _answer_positions(processor, inputs["input_ids"])
+    assert answer.sum(dim=1).tolist() == [6, 2]
+    assert set(processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][answer].tolist())) == {"\n"}
+    assert torch.equal(answer[:, :-1], _reply_starts(processor, inputs["input_ids"])[:, 1:])
 
 
 def test_curriculum_unlocks_one_type_at_a_time():

@@ -31,7 +31,7 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
     accuracy) and write ``CARD.md`` from its training result and log. Returns the card's text."""
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from hieravid.proxy.train import CURRICULUM, TYPE_LAYER, letter_accuracy
+    from hieravid.proxy.train import ANSWER_LAYER, CURRICULUM, SUMMARY_LAYER, TYPE_LAYER, letter_accuracy
 
     directory = Path(directory)
     result = json.loads((directory / "train_result.json").read_text())
@@ -45,12 +45,15 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
     params = sum(p.numel() for p in model.parameters())
     size_mb = (directory / "model.safetensors").stat().st_size / 1e6
     curve = "\n".join(
-        f"| {e['step']} | {e['loss']:.3f} | {100 * e['validation']['all']:.1f} | {e['seconds'] / 60:.1f} |" for e in log
+        f"| {e['step']} | {e['loss']:.3f} | {100 * e['validation']['all']:.1f} | "
+        + " | ".join(f"{100 * e['validation'].get(t, float('nan')):.0f}" for t in QUESTION_TYPES)
+        + f" | {e['seconds'] / 60:.1f} |"
+        for e in log
     )
     caption = ", then asked to describe it (`hieravid.synthetic.questions.describe`)" if config["describe"] else ""
     aux = (
         f"\nDuring training only, four linear heads on the vision tower's output learn what each visual token shows"
-        f" (background, object shape, flash colour, mover direction: `hieravid.proxy.labels`), loss weight"
+        f" (background, object shape, flash colour, mover direction: `hieravid.proxy.labels`; their losses summed), loss weight"
         f" {config['aux_weight']}; they are not part of the shipped model." if config["aux_weight"] else ""
     )
     if config["type_weight"]:
@@ -58,6 +61,14 @@ def write_card(directory: str | Path, test_size: int = 500) -> str:
             f"\nA linear head on the hidden state after {TYPE_LAYER} decoder layers, at each answer's position, learns which"
             f" of the five question types is asked (loss weight {config['type_weight']}; also dropped): it brings"
             " the question to where the answer is produced, which the answer letters alone teach slowly."
+        )
+    if config.get("summary_weight"):
+        aux += (
+            f"\nTwo sets of linear heads (loss weight {config['summary_weight']}; also dropped) learn the facts the questions ask"
+            f" about (scene count, first and last scene's shape and object count, mover direction, flash colour:"
+            f" `hieravid.proxy.labels.video_summary`), one from the `<|vision_end|>` token after {SUMMARY_LAYER} decoder"
+            f" layers, one from every answer position after {ANSWER_LAYER}: the video's facts are gathered in one place"
+            " whatever is asked, then brought to where the answer is produced."
         )
     if config.get("curriculum"):
         c = config["curriculum"]
@@ -85,7 +96,7 @@ suite's five question types and vocabulary; it is a proxy, not a general VideoLL
 
 ## How it was made
 ```
-hieravid train-proxy --out DIR --steps {config['steps']} --batch {config['batch']} --lr {config['lr']} --seed {config['seed']} --threads {config['threads']} --eval-every {config['eval_every']} {'--describe' if config['describe'] else '--no-describe'} --aux-weight {config['aux_weight']} --type-weight {config['type_weight']} --curriculum {config.get('curriculum', 0)}
+hieravid train-proxy --out DIR --steps {config['steps']} --batch {config['batch']} --lr {config['lr']} --seed {config['seed']} --threads {config['threads']} --eval-every {config['eval_every']} {'--describe' if config['describe'] else '--no-describe'} --aux-weight {config['aux_weight']} --type-weight {config['type_weight']} --summary-weight {config.get('summary_weight', 0)} --curriculum {config.get('curriculum', 0)}
 ```
 {config['steps']} AdamW steps of {config['batch']} fresh training videos each
 ({config['steps'] * config['batch']} videos, {asked}{caption}),
@@ -94,8 +105,8 @@ The training steps took **{result['train_seconds'] / 60:.1f} min** of wall time 
 every {config['eval_every']} steps not included) on {platform.processor() or platform.machine()}
 ({os.cpu_count()} cores, torch {torch.__version__}).
 
-| step | loss | validation accuracy (%) | minutes |
-|---|---|---|---|
+| step | loss | validation accuracy (%) | {' | '.join(QUESTION_TYPES)} | minutes |
+|---|---|---|{'---|' * len(QUESTION_TYPES)}---|
 {curve}
 
 ## Accuracy

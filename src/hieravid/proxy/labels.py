@@ -14,7 +14,8 @@ head           classes
 ``background`` the scene's background colour (5)
 ``object``     0 = no object's centre in the token, else 1 + the shape of the object centred there
 ``flash``      0 = no flash centre, else 1 + the flash colour
-``mover``      0 = the mover's centre is not in the token, else 1 + its direction
+``mover``      0 = the mover's outline does not change inside the token between its two frames, else 1 + its
+               direction (the tokens where its motion is visible; the centre of a 24-pixel object often is not)
 =============  =====================================================================================
 """
 
@@ -22,10 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hieravid.synthetic.render import object_position
+from hieravid.synthetic.render import object_position, shape_mask
 from hieravid.synthetic.scenes import BACKGROUNDS, DIRECTIONS, FLASH_COLORS, FLASH_FRAMES, OBJECT_SIZE, SHAPES, VideoSpec
 
-__all__ = ["HEADS", "TOKEN_PIXELS", "token_labels"]
+__all__ = ["HEADS", "SUMMARY", "TOKEN_PIXELS", "token_labels", "video_summary"]
 
 TOKEN_PIXELS = 16  # side of the square a visual token covers
 TOKEN_FRAMES = 2  # frames a visual token covers
@@ -34,6 +35,16 @@ HEADS = {
     "object": 1 + len(SHAPES),
     "flash": 1 + len(FLASH_COLORS),
     "mover": 1 + len(DIRECTIONS),
+}
+# What the whole video shows, the answers' facts: targets of the summary heads on the <|vision_end|> token.
+SUMMARY = {
+    "scene_count": 4,
+    "first_shape": len(SHAPES),
+    "last_shape": len(SHAPES),
+    "first_count": 4,
+    "last_count": 4,
+    "direction": len(DIRECTIONS),
+    "flash": len(FLASH_COLORS),
 }
 
 
@@ -52,9 +63,44 @@ def token_labels(spec: VideoSpec) -> np.ndarray:
             x, y = object_position(spec, k, index, frame)
             row, col = int((y + half) // TOKEN_PIXELS), int((x + half) // TOKEN_PIXELS)
             labels[step, row, col, 1] = 1 + SHAPES.index(scene.shape)
-            if (spec.mover.scene, spec.mover.index) == (k, index):
-                labels[step, row, col, 3] = 1 + DIRECTIONS.index(spec.mover.direction)
+        if spec.mover.scene == k:
+            moved = _mover_change(spec, frame)  # (H', W') bool
+            labels[step, :, :, 3][moved] = 1 + DIRECTIONS.index(spec.mover.direction)
         flash = spec.flash
         if flash.start <= frame < flash.start + FLASH_FRAMES:
             labels[step, flash.cy // TOKEN_PIXELS, flash.cx // TOKEN_PIXELS, 2] = 1 + colors.index(flash.color)
     return labels
+
+
+def _mover_change(spec: VideoSpec, frame: int) -> np.ndarray:
+    """``(S / 16, S / 16)`` bool: the tokens in which the mover's mask differs between ``frame`` and ``frame + 1``."""
+    mover = spec.mover
+    mask = shape_mask(spec.scenes[mover.scene].shape)
+    canvases = []
+    for f in (frame, frame + 1):
+        canvas = np.zeros((spec.size + OBJECT_SIZE, spec.size + OBJECT_SIZE), dtype=bool)  # room for the edge
+        x, y = object_position(spec, mover.scene, mover.index, f)
+        canvas[y : y + OBJECT_SIZE, x : x + OBJECT_SIZE] = mask
+        canvases.append(canvas[: spec.size, : spec.size])
+    changed = canvases[0] ^ canvases[1]  # (S, S)
+    cells = spec.size // TOKEN_PIXELS
+    return changed.reshape(cells, TOKEN_PIXELS, cells, TOKEN_PIXELS).any(axis=(1, 3))
+
+
+def video_summary(spec: VideoSpec) -> np.ndarray:
+    """``(len(SUMMARY),)`` int64: the facts the questions ask about, heads in :data:`SUMMARY` order (counts
+    from 0: class 0 = one scene / one object)."""
+    first, last = spec.scenes[0], spec.scenes[-1]
+    return np.array(
+        [
+            len(spec.scenes) - 1,
+            SHAPES.index(first.shape),
+            SHAPES.index(last.shape),
+            len(first.objects) - 1,
+            len(last.objects) - 1,
+            DIRECTIONS.index(spec.mover.direction),
+            list(FLASH_COLORS).index(spec.flash.color),
+        ],
+        dtype=np.int64,
+    )
+

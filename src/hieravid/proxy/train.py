@@ -8,7 +8,11 @@ and a resumed run sees the same data), renders them, runs the real Qwen2-VL proc
 ``aux_weight``, four linear heads on the vision tower's output also learn what each visual token shows
 (:mod:`hieravid.proxy.labels`); they give the vision tower a direct signal. With ``type_weight``, a linear head on
 the hidden state after :data:`TYPE_LAYER` decoder layers learns, at each answer's position, which question is
-asked (see :func:`_type_loss`). The heads are dropped from the saved model.
+asked (see :func:`_type_loss`). With ``summary_weight``, two sets of linear heads learn the facts the questions
+ask about (:func:`hieravid.proxy.labels.video_summary`: scene count, first and last scene's shape and object
+count, the mover's direction, the flash colour), one from the ``<|vision_end|>`` token's hidden state after
+:data:`SUMMARY_LAYER` layers, one from every answer position's after :data:`ANSWER_LAYER` (see
+:func:`_summary_loss`). The heads are dropped from the saved model.
 AdamW, linear warm-up then cosine decay. A checkpoint is written every ``checkpoint_every`` steps (atomically),
 so an interrupted run continues where it stopped with ``--resume``. Validation accuracy (teacher-forced: the
 answer letter the model scores highest among A-D) is logged per question type every ``eval_every`` steps.
@@ -28,20 +32,22 @@ import numpy as np
 import torch
 
 from hieravid.proxy.build import build_model, build_processor, save
-from hieravid.proxy.labels import HEADS, token_labels
+from hieravid.proxy.labels import HEADS, SUMMARY, token_labels, video_summary
 from hieravid.synthetic import FPS, LETTERS, QUESTION_TYPES, SyntheticSample, generate_sample
 from hieravid.synthetic.questions import DESCRIBE_PROMPT, ask, describe
 
 __all__ = ["CURRICULUM", "TYPE_LAYER", "asked_types", "TrainConfig", "batch_inputs", "letter_accuracy", "train"]
 
 TYPE_LAYER = 2  # the question-type head reads the hidden state after this many decoder layers
+SUMMARY_LAYER = 4  # the summary heads read the <|vision_end|> token's hidden state after this many layers
+ANSWER_LAYER = 6  # ... and a second set reads each answer position's hidden state after this many layers
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters of ``hieravid train-proxy``."""
 
-    steps: int = 3300
+    steps: int = 3600
     batch: int = 8
     lr: float = 3e-3
     warmup: int = 50
@@ -59,7 +65,8 @@ class TrainConfig:
     describe: bool = False  # end each conversation with the video's caption (more supervision per video)
     aux_weight: float = 1.0  # weight of the per-token auxiliary heads' loss (hieravid.proxy.labels); 0 = none
     type_weight: float = 1.0  # weight of the question-type head's loss at each answer position; 0 = none
-    curriculum: int = 150  # steps between unlocking the question types in CURRICULUM order; 0 = all from the start
+    summary_weight: float = 1.0  # weight of the video-summary heads' loss (<|vision_end|>, answers); 0 = none
+    curriculum: int = 0  # steps between unlocking the question types in CURRICULUM order; 0 = all from the start
 
 
 # With ``curriculum``, training asks only the first k of these types during steps [(k-1) c, k c): a type learnt
@@ -115,23 +122,35 @@ def _reply_loss(logits: torch.Tensor, ids: torch.Tensor, replies: torch.Tensor) 
     return torch.nn.functional.cross_entropy(logits[:, :-1][chosen], ids[:, 1:][chosen])
 
 
-def _aux_loss(heads: Mapping[str, torch.nn.Module], visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over the auxiliary heads of a class-balanced cross-entropy on every visual token.
+def _aux_loss(
+    heads: Mapping[str, torch.nn.Module], visual: torch.Tensor, labels: torch.Tensor, tally: dict[str, list[int]]
+) -> torch.Tensor:
+    """Sum over the auxiliary heads of a class-balanced cross-entropy on every visual token (a sum, not a mean:
+    each head's share of the vision tower's gradient then does not shrink as heads are added; at a quarter
+    weight the mover's direction was still unread after 700 steps).
 
     ``visual`` ``(N, hidden)``: the vision tower's merged tokens; ``labels`` ``(N, heads)``. For the heads
     whose class 0 means "nothing here" (all but the first), tokens with something and tokens with nothing
-    weigh half each, so the one flash token of a video is not drowned by the 575 others."""
+    weigh half each, so the one flash token of a video is not drowned by the 575 others. ``tally`` gains, per
+    head, [right, asked] on the tokens with something (every token for the first head)."""
     losses = []
     for h, (name, head) in enumerate(heads.items()):
         target = labels[:, h]
-        each = torch.nn.functional.cross_entropy(head(visual), target, reduction="none")  # (N,)
+        logits = head(visual)
+        each = torch.nn.functional.cross_entropy(logits, target, reduction="none")  # (N,)
+        hit = target > 0 if h else torch.ones_like(target, dtype=torch.bool)
+        _count(tally, name, logits[hit], target[hit])
         if h == 0:
             losses.append(each.mean())
             continue
-        hit = target > 0
         negative = each[~hit].mean()
         losses.append(0.5 * (negative + each[hit].mean()) if bool(hit.any()) else negative)
-    return torch.stack(losses).mean()
+    return torch.stack(losses).sum()
+
+
+def _count(tally: dict[str, list[int]], name: str, logits: torch.Tensor, target: torch.Tensor) -> None:
+    right, asked = tally.setdefault(name, [0, 0])
+    tally[name] = [right + int((logits.argmax(-1) == target).sum()), asked + target.numel()]
 
 
 def _reply_starts(processor, ids: torch.Tensor) -> torch.Tensor:
@@ -140,6 +159,15 @@ def _reply_starts(processor, ids: torch.Tensor) -> torch.Tensor:
     starts = torch.zeros_like(ids, dtype=torch.bool)
     starts[:, 2:] = (ids[:, :-2] == assistant) & (ids[:, 1:-1] == newline)
     return starts
+
+
+def _answer_positions(processor, ids: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` bool: the position whose next-token prediction is each reply's first token (the ``\n`` after
+    ``assistant``), one per turn."""
+    starts = _reply_starts(processor, ids)
+    answer = torch.zeros_like(starts)
+    answer[:, :-1] = starts[:, 1:]
+    return answer
 
 
 def _reply_tokens(processor, ids: torch.Tensor) -> torch.Tensor:
@@ -201,6 +229,26 @@ def _type_loss(head: torch.nn.Linear, hidden: torch.Tensor, starts: torch.Tensor
     return torch.nn.functional.cross_entropy(head(hidden[rows, cols - 1]), target, ignore_index=-100)
 
 
+def _vision_end(processor) -> int:
+    return processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+
+
+def _summary_loss(
+    heads: Mapping[str, torch.nn.Module], hidden: torch.Tensor, facts: torch.Tensor, tally: dict[str, list[int]], where: str
+) -> torch.Tensor:
+    """Mean cross-entropy of the video's facts (:func:`hieravid.proxy.labels.video_summary`, ``(n, facts)``)
+    predicted from ``hidden`` ``(n, d)``: the hidden state of the ``<|vision_end|>`` token, or of each answer
+    position. The first gives the video one place where what every question needs is gathered, independent of
+    the question; the second brings it to where the answers are produced. ``tally`` gains [right, asked] per
+    fact, under ``where``."""
+    losses = []
+    for i, (name, head) in enumerate(heads.items()):
+        logits = head(hidden)
+        _count(tally, f"{where}_{name}", logits, facts[:, i])
+        losses.append(torch.nn.functional.cross_entropy(logits, facts[:, i]))
+    return torch.stack(losses).mean()
+
+
 def _lr(config: TrainConfig, step: int) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -242,6 +290,11 @@ def train(
         torch.manual_seed(config.seed)
         heads = torch.nn.ModuleDict({name: torch.nn.Linear(config.hidden, n) for name, n in HEADS.items()})
         heads["question"] = torch.nn.Linear(config.hidden, len(QUESTION_TYPES))
+        if config.summary_weight:
+            heads["summary"] = torch.nn.ModuleDict({name: torch.nn.Linear(config.hidden, n) for name, n in SUMMARY.items()})
+            heads["answer_summary"] = torch.nn.ModuleDict(
+                {name: torch.nn.Linear(config.hidden, n) for name, n in SUMMARY.items()}
+            )
     visual: dict[str, torch.Tensor] = {}  # the vision tower's merged tokens of the last forward pass
     if config.aux_weight:
         model.model.visual.merger.register_forward_hook(lambda module, args, output: visual.update(tokens=output))
@@ -280,6 +333,7 @@ def train(
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("train", total=config.steps, completed=step, loss=float("nan"))
         running = None
+        tally: dict[str, list[int]] = {}  # training heads' [right, asked] since the last validation
         while step < config.steps:
             start = time.perf_counter()
             samples = [generate_sample(step * config.batch + i, "train") for i in range(config.batch)]
@@ -288,16 +342,29 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = _lr(config, step)
             ids = inputs["input_ids"]
-            outputs = model(**inputs, output_hidden_states=bool(config.type_weight))
+            outputs = model(**inputs, output_hidden_states=bool(config.type_weight or config.summary_weight))
             loss = _reply_loss(outputs.logits, ids, _reply_tokens(processor, ids))
             if config.aux_weight:
                 labels = torch.from_numpy(np.concatenate([token_labels(s.spec) for s in samples]))
                 token_heads = {name: heads[name] for name in HEADS}
-                loss = loss + config.aux_weight * _aux_loss(token_heads, visual["tokens"], labels.reshape(-1, len(HEADS)))
+                loss = loss + config.aux_weight * _aux_loss(
+                    token_heads, visual["tokens"], labels.reshape(-1, len(HEADS)), tally
+                )
             if config.type_weight:
                 kinds = [kind for t in turns for _, _, kind in t]
                 hidden = outputs.hidden_states[TYPE_LAYER]  # (B, L, hidden): after TYPE_LAYER decoder layers
                 loss = loss + config.type_weight * _type_loss(heads["question"], hidden, _reply_starts(processor, ids), kinds)
+            if config.summary_weight:
+                facts = torch.from_numpy(np.stack([video_summary(s.spec) for s in samples]))  # (B, facts)
+                ends = ids == _vision_end(processor)  # (B, L), one per row
+                answer = _answer_positions(processor, ids)
+                turn_facts = facts.repeat_interleave(answer.sum(dim=1), dim=0)  # (turns, facts)
+                loss = loss + config.summary_weight * (
+                    _summary_loss(heads["summary"], outputs.hidden_states[SUMMARY_LAYER][ends], facts, tally, "end")
+                    + _summary_loss(
+                        heads["answer_summary"], outputs.hidden_states[ANSWER_LAYER][answer], turn_facts, tally, "answer"
+                    )
+                ) / 2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
@@ -308,7 +375,9 @@ def train(
             bar.update(task, completed=step, loss=running)
             if step % config.eval_every == 0 or step == config.steps:
                 scores = letter_accuracy(model, processor, validation)
-                record({"step": step, "loss": running, "seconds": round(elapsed, 1), "validation": scores})
+                heads_seen = {name: round(right / max(asked, 1), 3) for name, (right, asked) in sorted(tally.items())}
+                record({"step": step, "loss": running, "seconds": round(elapsed, 1), "validation": scores, "heads": heads_seen})
+                tally.clear()
             if step % config.checkpoint_every == 0 or step == config.steps:
                 _save_atomic(
                     {"model": model.state_dict(), "heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
