@@ -109,7 +109,7 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str | None
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=8, frameon=False)
-    figure.suptitle(title or f"hieravid eval: {summary.get('model')}", fontsize=11)
+    figure.suptitle(title or f"hieravid eval: {summary.get('model') or 'the shipped proxy model'}", fontsize=11)
     figure.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 8), 1, 0.97))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

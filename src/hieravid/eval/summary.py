@@ -100,7 +100,7 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
     """The summary as a Markdown table (scores in percent) with the run's settings and any task errors."""
     tasks = list(summary["tasks"])
     lines = [
-        f"# hieravid eval: {summary.get('model')}",
+        f"# hieravid eval: {summary.get('model') or 'the shipped proxy model'}",
         "",
         f"{summary.get('num_frames')} frames per video; scores in percent "
         f"({', '.join(f'{t}: {m}' for t, m in summary['metrics'].items())}); FLOPs = prefill FLOPs of the visual "
