@@ -86,12 +86,21 @@ def greedy_map(
     if kmax == 0:
         return picked
     if backend == "numpy" or (backend == "auto" and device.type == "cpu"):
-        chosen_np = _greedy_picks_numpy(kernel.detach().float().numpy(), k.numpy(), valid.numpy(), block)
-        chosen = torch.from_numpy(chosen_np)
-        hit = chosen >= 0
-        group_of = torch.arange(num_groups)[:, None].expand_as(chosen)
-        picked[group_of[hit], chosen[hit]] = True
-        return picked
+        chosen = torch.from_numpy(_greedy_picks_numpy(kernel.detach().float().numpy(), k.numpy(), valid.numpy(), block))
+    else:
+        chosen = _greedy_picks_torch(kernel, k, valid, block)
+    hit = chosen >= 0
+    group_of = torch.arange(num_groups, device=device)[:, None].expand_as(chosen)
+    picked[group_of[hit], chosen[hit]] = True
+    return picked
+
+
+def _greedy_picks_torch(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, block: int) -> torch.Tensor:
+    """:func:`greedy_map`'s loop in torch (any device). Returns ``(G, max k)`` int64 picks (original column
+    indices, -1 where a group has fewer picks)."""
+    num_groups, n, _ = kernel.shape
+    device = kernel.device
+    kmax = int(k.max())
     neg_inf = float("-inf")
     residual = kernel.float().clone()  # (G, m, m) Schur complement, m shrinks as tokens are used up
     diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0)  # (G, m)
@@ -141,10 +150,7 @@ def greedy_map(
             d2 = d2.gather(1, order).masked_fill(~remaining, neg_inf)
             fallback = fallback.gather(1, order).masked_fill(~remaining, neg_inf)
             column = column.gather(1, order)
-    hit = chosen >= 0
-    group_of = torch.arange(num_groups, device=device)[:, None].expand_as(chosen)
-    picked[group_of[hit], chosen[hit]] = True
-    return picked
+    return chosen
 
 
 def _greedy_picks_numpy(kernel: np.ndarray, k: np.ndarray, valid: np.ndarray, block: int) -> np.ndarray:

@@ -216,21 +216,16 @@ def _conversation(
     return turns
 
 
-def _type_loss(head: torch.nn.Linear, hidden: torch.Tensor, starts: torch.Tensor, kinds: list[str]) -> torch.Tensor:
+def _type_loss(head: torch.nn.Linear, hidden: torch.Tensor, answer: torch.Tensor, kinds: list[str]) -> torch.Tensor:
     """Cross-entropy of the question type predicted from the hidden state (after :data:`TYPE_LAYER` layers) at
     each answer's position (the token before the reply). It teaches the early layers to bring the question to
     where the answer is produced, which the answer alone teaches slowly: until the type is there, reading the
     right visual tokens cannot help, and until that helps, nothing asks for the type.
 
-    ``hidden`` ``(B, L, hidden)``; ``starts`` ``(B, L)`` bool, the first token of every reply, in turn order;
-    ``kinds`` the turns' types, row by row."""
-    rows, cols = torch.nonzero(starts, as_tuple=True)  # row-major = conversation order
+    ``hidden`` ``(B, L, hidden)``; ``answer`` ``(B, L)`` bool, :func:`_answer_positions`; ``kinds`` the turns'
+    types, row by row."""
     target = torch.tensor([QUESTION_TYPES.index(k) if k in QUESTION_TYPES else -100 for k in kinds])
-    return torch.nn.functional.cross_entropy(head(hidden[rows, cols - 1]), target, ignore_index=-100)
-
-
-def _vision_end(processor) -> int:
-    return processor.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    return torch.nn.functional.cross_entropy(head(hidden[answer]), target, ignore_index=-100)  # row-major = turn order
 
 
 def _summary_loss(
@@ -350,14 +345,14 @@ def train(
                 loss = loss + config.aux_weight * _aux_loss(
                     token_heads, visual["tokens"], labels.reshape(-1, len(HEADS)), tally
                 )
+            answer = _answer_positions(processor, ids)  # (B, L) one per turn
             if config.type_weight:
                 kinds = [kind for t in turns for _, _, kind in t]
                 hidden = outputs.hidden_states[TYPE_LAYER]  # (B, L, hidden): after TYPE_LAYER decoder layers
-                loss = loss + config.type_weight * _type_loss(heads["question"], hidden, _reply_starts(processor, ids), kinds)
+                loss = loss + config.type_weight * _type_loss(heads["question"], hidden, answer, kinds)
             if config.summary_weight:
                 facts = torch.from_numpy(np.stack([video_summary(s.spec) for s in samples]))  # (B, facts)
-                ends = ids == _vision_end(processor)  # (B, L), one per row
-                answer = _answer_positions(processor, ids)
+                ends = ids == model.config.vision_end_token_id  # (B, L), one per row
                 turn_facts = facts.repeat_interleave(answer.sum(dim=1), dim=0)  # (turns, facts)
                 loss = loss + config.summary_weight * (
                     _summary_loss(heads["summary"], outputs.hidden_states[SUMMARY_LAYER][ends], facts, tally, "end")
