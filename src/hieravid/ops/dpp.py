@@ -45,10 +45,10 @@ def greedy_map(
 
     Picks, k_g times per group g, the token with the largest residual variance ``d2`` (the gain in
     log det), then updates every ``d2`` with the new Cholesky row
-    ``e = (L~[j, :] - sum_t c_t[j] c_t) / sqrt(d2_j)``. All groups advance together in one Python loop
-    over ``max k``.
+    ``e = (L~[j, :] - sum_t c_t[j] c_t) / sqrt(d2_j)``.
 
-    The Cholesky rows are applied in blocks (a right-looking blocked Cholesky): within a block of
+    In the torch loop all groups advance together, one step per pick up to ``max k``, and the Cholesky
+    rows are applied in blocks (a right-looking blocked Cholesky): within a block of
     ``block`` picks the new rows are corrected against each other only, and at the end of the block the
     kernel itself becomes the Schur complement (``L~ -= C_b^T C_b``, one batched matrix product). The
     picks are those of the unblocked algorithm; memory traffic per pick is O(block * n) instead of
@@ -58,16 +58,17 @@ def greedy_map(
     largest diagonal): the remaining picks follow the kernel diagonal (relevance), get a zero update row,
     are still distinct tokens, and no NaN appears.
 
-    The loop is a few dozen operations on ``(G, m)`` tensors per pick, so on a CPU its cost is the
-    per-operation dispatch, not arithmetic: ``backend="auto"`` runs it in NumPy there (the same
-    algorithm, a fraction of the overhead per operation) and in torch on other devices.
+    In torch the loop is a few dozen operations on ``(G, m)`` tensors per pick, so its cost is the
+    per-operation dispatch, not arithmetic. ``backend="numba"`` runs the same algorithm compiled (Numba),
+    unblocked, group after group, with no per-pick dispatch at all; ``backend="auto"`` takes it for CPU
+    tensors and the torch loop on other devices (``"numba"`` on a GPU copies the kernels to the host).
 
     Args:
         kernel: ``(G, n, n)`` PSD kernels (padded).
         k: ``(G,)`` int64 number of tokens to pick per group, ``0 <= k_g <= valid[g].sum()``.
         valid: ``(G, n)`` bool, False at padding.
-        block: picks per blocked update.
-        backend: ``"auto"``, ``"torch"`` or ``"numpy"`` (CPU tensors only).
+        block: picks per blocked update (torch loop).
+        backend: ``"auto"``, ``"torch"`` or ``"numba"``.
 
     Returns:
         ``(G, n)`` bool mask of the picked tokens.
@@ -76,23 +77,32 @@ def greedy_map(
     available = valid.sum(dim=1)
     if bool((k < 0).any()) or bool((k > available).any()):
         raise ValueError(f"each group's k must be in [0, its token count]; got k={k.tolist()} for {available.tolist()}")
-    if backend not in ("auto", "torch", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'numpy', got {backend!r}")
     device = kernel.device
-    if backend == "numpy" and device.type != "cpu":
-        raise ValueError(f"the numpy backend needs CPU tensors, got {device}: use backend='torch'")
+    _check_backend(backend)
     kmax = int(k.max()) if num_groups else 0
     picked = torch.zeros(num_groups, n, dtype=torch.bool, device=device)
     if kmax == 0:
         return picked
-    if backend == "numpy" or (backend == "auto" and device.type == "cpu"):
-        chosen = torch.from_numpy(_greedy_picks_numpy(kernel.detach().float().numpy(), k.numpy(), valid.numpy(), block))
+    if _compiled_loop(backend, device):
+        host = kernel.detach().float().cpu().contiguous().numpy()
+        picks = _compiled_picks()(host, k.cpu().long().numpy(), valid.cpu().numpy())
+        chosen = torch.from_numpy(picks).to(device)
     else:
         chosen = _greedy_picks_torch(kernel, k, valid, block)
     hit = chosen >= 0
     group_of = torch.arange(num_groups, device=device)[:, None].expand_as(chosen)
     picked[group_of[hit], chosen[hit]] = True
     return picked
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("auto", "torch", "numba"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'numba', got {backend!r}")
+
+
+def _compiled_loop(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` runs the compiled greedy loop on tensors of ``device``."""
+    return backend == "numba" or (backend == "auto" and device.type == "cpu")
 
 
 def _greedy_picks_torch(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, block: int) -> torch.Tensor:
@@ -153,59 +163,73 @@ def _greedy_picks_torch(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tens
     return chosen
 
 
-def _greedy_picks_numpy(kernel: np.ndarray, k: np.ndarray, valid: np.ndarray, block: int) -> np.ndarray:
-    """:func:`greedy_map`'s loop in NumPy, step for step the torch one. Returns ``(G, max k)`` int64 picks
-    (original column indices, -1 where a group has fewer picks)."""
+def _greedy_picks_loop(kernel: np.ndarray, k: np.ndarray, valid: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """:func:`greedy_map`'s algorithm, unblocked, one group after the other, written for Numba (the body
+    is compiled by :func:`_compiled_picks`; Python never runs it). Returns ``(G, max k)`` int64 picks
+    (original column indices, -1 where a group has fewer picks).
+
+    ``kernel`` ``(G, n, n)`` float32, ``k`` ``(G,)`` int64, ``valid`` ``(G, n)`` bool. All arithmetic is
+    float32, as in the torch loop; each pick costs O(t * n) for its Cholesky row against the t earlier ones.
+    """
     num_groups, n, _ = kernel.shape
-    kmax = int(k.max())
-    rows = np.arange(num_groups)
-    residual = kernel.astype(np.float32, copy=True)  # (G, m, m) Schur complement
-    diag = np.where(valid, np.diagonal(residual, axis1=1, axis2=2), np.float32(0))  # (G, m)
-    top = diag.max(axis=1)  # (G,)
-    floor = np.maximum(np.float32(_RANK_FLOOR) * top, np.float32(1e-30))[:, None]  # (G, 1)
-    offset = (np.float32(2) * top + np.float32(1))[:, None]
+    kmax = 0
+    for g in range(num_groups):
+        kmax = max(kmax, k[g])
+    chosen = np.full((num_groups, kmax), -1, np.int64)
+    chol = np.zeros((max(kmax, 1), n), np.float32)  # this group's Cholesky rows c_t
+    d2 = np.empty(n, np.float32)  # residual variances, -inf once picked or padding
+    fallback = np.empty(n, np.float32)  # kernel diagonal, -inf once picked or padding
+    e = np.empty(n, np.float32)
     neg_inf = np.float32(-np.inf)
-    d2 = np.where(valid, diag, neg_inf)  # (G, m)
-    fallback = d2.copy()
-    column = np.broadcast_to(np.arange(n), (num_groups, n)).copy()  # (G, m) original index
-    chosen = np.full((num_groups, kmax), -1, dtype=np.int64)
-    counts = np.arange(kmax)[None, :] < k[:, None]  # (G, kmax)
-    done = 0
-    while done < kmax:
-        width = min(block, kmax - done)
-        m = residual.shape[1]
-        chol = np.zeros((num_groups, width, m), dtype=np.float32)
-        for s in range(width):
-            active = counts[:, done + s]  # (G,)
-            j = np.where(d2 > floor, d2 + offset, fallback).argmax(axis=1)  # (G,)
-            pivot = d2[rows, j]  # (G,)
-            e = residual[rows, j]  # (G, m)
-            if s:
-                c_j = chol[rows, :s, j]  # (G, s)
-                e = e - np.matmul(c_j[:, None, :], chol[:, :s])[:, 0]
-            ok = active & (pivot > floor[:, 0])
-            scale = np.where(ok, np.float32(1) / np.sqrt(np.maximum(pivot, np.float32(1e-30))), np.float32(0))
-            e = e * scale[:, None]
-            chol[:, s] = e
-            d2 = d2 - e * e
-            d2[rows[active], j[active]] = neg_inf
-            fallback[rows[active], j[active]] = neg_inf
-            chosen[:, done + s] = np.where(active, column[rows, j], -1)
-        done += width
-        if done >= kmax:
-            break
-        chol_t = torch.from_numpy(chol)
-        torch.from_numpy(residual).baddbmm_(chol_t.transpose(1, 2), chol_t, alpha=-1.0)  # in place, BLAS
-        remaining = np.isfinite(fallback) & (done < k)[:, None]
-        needed = int(remaining.sum(axis=1).max())
-        if needed <= 0.75 * m:
-            order = np.argsort(~remaining, axis=1, kind="stable")[:, :needed]  # (G, m')
-            residual = residual[rows[:, None, None], order[:, :, None], order[:, None, :]]
-            remaining = np.take_along_axis(remaining, order, axis=1)
-            d2 = np.where(remaining, np.take_along_axis(d2, order, axis=1), neg_inf)
-            fallback = np.where(remaining, np.take_along_axis(fallback, order, axis=1), neg_inf)
-            column = np.take_along_axis(column, order, axis=1)
+    for g in range(num_groups):
+        top = np.float32(0)
+        for i in range(n):
+            d2[i] = kernel[g, i, i] if valid[g, i] else neg_inf
+            fallback[i] = d2[i]
+            if valid[g, i]:
+                top = max(top, d2[i])
+        floor = max(np.float32(_RANK_FLOOR) * top, np.float32(1e-30))
+        offset = np.float32(2) * top + np.float32(1)
+        for t in range(k[g]):
+            # Above the floor: largest d2 first; below it: largest kernel diagonal (first index on ties).
+            j = 0
+            best = neg_inf
+            for i in range(n):
+                score = d2[i] + offset if d2[i] > floor else fallback[i]
+                if score > best:
+                    best = score
+                    j = i
+            pivot = d2[j]
+            scale = np.float32(1) / np.sqrt(max(pivot, np.float32(1e-30))) if pivot > floor else np.float32(0)
+            for i in range(n):
+                e[i] = kernel[g, j, i]
+            for s in range(t):  # e -= c_s[j] c_s
+                c = chol[s, j]
+                if c != 0:
+                    for i in range(n):
+                        e[i] -= c * chol[s, i]
+            for i in range(n):
+                row = e[i] * scale
+                chol[t, i] = row
+                d2[i] -= row * row
+            d2[j] = neg_inf
+            fallback[j] = neg_inf
+            chosen[g, t] = j
     return chosen
+
+
+_COMPILED = None
+
+
+def _compiled_picks():
+    """:func:`_greedy_picks_loop` compiled by Numba on first use (cached on disk, so later processes load
+    it in a fraction of a second)."""
+    global _COMPILED
+    if _COMPILED is None:
+        import numba
+
+        _COMPILED = numba.njit(cache=True, nogil=True)(_greedy_picks_loop)
+    return _COMPILED
 
 
 def pack_segments(segment: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -237,17 +261,18 @@ def pack_segments(segment: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Te
     return token_index, token_index >= 0, n_max
 
 
-# Below this many tokens a segment's kernel block is cheap next to the per-pick loop, so all segments
-# share one padded loop; above it, segments are bucketed by size to bound the padding.
+# For the torch loop (a GPU), whose cost is per pick step: below this many tokens a segment's kernel
+# block is cheap next to the loop, so all segments share one padded loop. The compiled loop (CPU) costs
+# nothing per step, so there segments are always bucketed by size, which bounds the kernel's padding.
 _ONE_LOOP_TOKENS = 256
 
 
-def _size_buckets(present: torch.Tensor, segments: torch.Tensor) -> list[torch.Tensor]:
+def _size_buckets(present: torch.Tensor, segments: torch.Tensor, one_loop_tokens: int) -> list[torch.Tensor]:
     """Split ``segments`` into groups whose sizes are within a factor of two of the group's largest,
-    so padding wastes at most half of any row; when no segment exceeds ``_ONE_LOOP_TOKENS`` tokens they
+    so padding wastes at most half of any row; when no segment exceeds ``one_loop_tokens`` tokens they
     form one group (one greedy loop). Each group lists its segment ids in increasing order."""
     sizes = present[segments].tolist()
-    if max(sizes) <= _ONE_LOOP_TOKENS:
+    if max(sizes) <= one_loop_tokens:
         return [segments]
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])  # a few dozen segments at most
     buckets: list[list[int]] = []
@@ -264,21 +289,26 @@ def segment_dpp_select(
     relevance: torch.Tensor,
     segment: torch.Tensor,
     k: torch.Tensor,
+    *,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Eq. 9-10 over all segments: each segment keeps its own ``k_i`` tokens by conditional DPP.
 
     Segments are packed into a few size buckets (so a long segment does not pad every short one), each
-    bucket builds only its diagonal kernel blocks and runs one batched greedy loop.
+    bucket builds only its diagonal kernel blocks and runs one batched greedy loop (:func:`greedy_map`
+    with ``backend``).
 
     Args:
         features: ``(N, D)`` hidden states of the visual tokens still present, in sequence order.
         relevance: ``(N,)`` relevance r (Eq. 8).
         segment: ``(N,)`` int64 segment id of each token (ids ``0..M-1``; a segment may be empty).
         k: ``(M,)`` int64 tokens to keep per segment.
+        backend: the greedy loop's, see :func:`greedy_map`.
 
     Returns:
         ``(N,)`` bool keep mask; exactly ``k_i`` True per segment, sequence order untouched.
     """
+    _check_backend(backend)
     num_segments = k.numel()
     present = torch.bincount(segment, minlength=num_segments)
     if present.numel() != num_segments:
@@ -292,11 +322,12 @@ def segment_dpp_select(
     needs_dpp = torch.nonzero((k > 0) & (k < present)).squeeze(1)
     if needs_dpp.numel() == 0:
         return keep
-    for groups in _size_buckets(present, needs_dpp):
+    one_loop_tokens = 0 if _compiled_loop(backend, features.device) else _ONE_LOOP_TOKENS
+    for groups in _size_buckets(present, needs_dpp, one_loop_tokens):
         token_index, valid, _ = pack_segments(segment, groups)
         safe = token_index.clamp(min=0)
         kernel = conditional_kernel(features[safe], relevance[safe], valid)  # (G, n, n)
-        picked = greedy_map(kernel, k[groups], valid)
+        picked = greedy_map(kernel, k[groups], valid, backend=backend)
         keep[token_index[picked]] = True
     return keep
 

@@ -18,7 +18,7 @@ continue from the original, unpruned length) and attend to every stored key of e
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,17 +51,18 @@ class _Sequence:
     def gather(self, cols: torch.Tensor, valid: torch.Tensor) -> "_Sequence":
         """Keep columns ``cols`` (B, L') of every per-token tensor."""
 
+        rows = torch.arange(cols.shape[0], device=cols.device)[:, None]  # (B, 1)
+
         def take(t: torch.Tensor) -> torch.Tensor:
-            idx = cols.view(*cols.shape, *([1] * (t.dim() - 2))).expand(*cols.shape, *t.shape[2:])
-            return t.gather(1, idx)
+            return t[rows, cols]  # (B, L', ...): one index per row, not one per element as gather reads
 
         return _Sequence(
-            index=self.index.gather(1, cols),
+            index=take(self.index),
             valid=valid,
             hidden=take(self.hidden),
             cos=take(self.cos),
             sin=take(self.sin),
-            text_pos=None if self.text_pos is None else self.text_pos.gather(1, cols),
+            text_pos=None if self.text_pos is None else take(self.text_pos),
             side=[take(s) for s in self.side],
         )
 
@@ -278,8 +279,8 @@ class Runtime:
         """Ask the method about every sample at one decision point and apply the answers (and record
         them in ``traced`` when tracing)."""
         keep = seq.valid.clone()  # (B, L)
-        replaced_hidden: torch.Tensor | None = None
-        replaced_side: list[torch.Tensor] | None = None
+        # Per sample that merged: (its kept columns, their new hidden states, their new side inputs).
+        replaced: list[tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
         keys_cache: dict[str, torch.Tensor] = {}
 
         def projections(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,8 +305,10 @@ class Runtime:
                 a = attention_from_queries(q[b].transpose(0, 1), k[b][:, valid_cols].transpose(0, 1))
                 return a[torch.searchsorted(valid_cols, cols)]
 
+            first, count = int(cols[0]), cols.numel()
+            contiguous = int(cols[-1]) - first + 1 == count  # one video: its tokens are a slice, no copy
             tokens = VideoTokens(
-                features=seq.hidden[b, cols],
+                features=seq.hidden[b, first : first + count] if contiguous else seq.hidden[b, cols],
                 frame=frame_of[b, original],
                 slot=slot_of[b, original],
                 num_frames=layout.num_frames,
@@ -322,23 +325,29 @@ class Runtime:
                 traced[b].append((_stage_trace(layer_idx, token, decision), decision.frame_segment))
             if decision.merge_into is None and decision.features is None:
                 continue
-            kept_cols = cols[decision.keep]
-            if replaced_hidden is None:
-                replaced_hidden = seq.hidden.clone()
-                replaced_side = [s.clone() for s in seq.side]
             if decision.features is not None:
-                replaced_hidden[b, kept_cols] = decision.features.to(seq.hidden.dtype)
+                features = decision.features.to(seq.hidden.dtype)
             else:
-                replaced_hidden[b, kept_cols] = _group_mean(seq.hidden[b, cols], decision.keep, decision.merge_into)
-            if decision.merge_into is not None:
-                for s, new in zip(seq.side, replaced_side):
-                    new[b, kept_cols] = _group_mean(s[b, cols], decision.keep, decision.merge_into)
-        if replaced_hidden is None and torch.equal(keep, seq.valid):
+                features = _group_mean(seq.hidden[b, cols], decision.keep, decision.merge_into)
+            side = (  # per-token side inputs follow the merge; with new features alone they stay
+                [_group_mean(s[b, cols], decision.keep, decision.merge_into) for s in seq.side]
+                if decision.merge_into is not None
+                else []
+            )
+            replaced.append((b, cols[decision.keep], features, side))
+        if not replaced and torch.equal(keep, seq.valid):
             return seq  # nothing removed or merged: no copy
-        if replaced_hidden is not None:
-            seq = replace(seq, hidden=replaced_hidden, side=replaced_side)
         cols, valid = _right_align(keep)
-        return seq.gather(cols, valid)
+        out = seq.gather(cols, valid)  # new tensors: the merged tokens are written into them in place
+        if replaced:
+            new_col = torch.full_like(keep, -1, dtype=torch.long)  # (B, L) column of each kept one in out
+            new_col.scatter_(1, cols, torch.arange(cols.shape[1], device=cols.device).expand_as(cols))
+            for b, kept_cols, features, side in replaced:
+                at = new_col[b, kept_cols]
+                out.hidden[b, at] = features
+                for new, value in zip(out.side, side):
+                    new[b, at] = value.to(new.dtype)
+        return out
 
     # -------------------------------------------------------------------------------------- decode
     def _decode(
