@@ -143,7 +143,7 @@ def test_greedy_map_hand_example(backend):
     seed=st.integers(0, 2**31 - 1),
     data=st.data(),
 )
-@pytest.mark.parametrize("backend", ["torch"])  # the compiled loop is unblocked
+@pytest.mark.parametrize("backend", ["torch", "numba"])
 def test_greedy_map_blocked_equals_unblocked(groups, n, seed, data, backend):
     gen = torch.Generator().manual_seed(seed)
     sizes = [data.draw(st.integers(0, n)) for _ in range(groups)]
