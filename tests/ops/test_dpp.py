@@ -4,6 +4,7 @@ relevance-bins selector, against brute-force references written with loops in fl
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -109,30 +110,41 @@ def kernel_batches(draw, max_n=10, full_rank=True):
 # greedy_map
 # --------------------------------------------------------------------------------------------------
 
+# "numba-blocked": the compiled loop in blocks even where it would run unblocked (small kernels).
+BACKENDS = ["torch", "numba", "numba-blocked"]
+
+
+def run_greedy(kernel, k, valid, *, backend, **kwargs):
+    if backend == "numba-blocked":
+        with mock.patch.object(dpp_module, "_UNBLOCKED_FLOATS", 0):
+            return greedy_map(kernel, k, valid, backend="numba", **kwargs)
+    return greedy_map(kernel, k, valid, backend=backend, **kwargs)
+
+
 
 @settings(max_examples=50, deadline=None)
 @given(batch=kernel_batches())
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_map_matches_brute_force_logdet(batch, backend):
     kernel, valid, k = batch
     refs = [ref_greedy_logdet(kernel[g], valid[g].tolist(), int(k[g])) for g in range(kernel.shape[0])]
     # Float32 vs float64: skip near-ties and exhausted ranks, where either pick is right.
     assume(all(margin > 1e-3 for _, margin in refs))
-    picked = greedy_map(kernel, k, valid, backend=backend)
+    picked = run_greedy(kernel, k, valid, backend=backend)
     assert picked.dtype == torch.bool and picked.shape == valid.shape
     for g, (chosen, _) in enumerate(refs):
         assert sorted(torch.nonzero(picked[g]).squeeze(1).tolist()) == sorted(chosen)
         assert not (picked[g] & ~valid[g]).any()
     for block in (1, 3):
-        assert torch.equal(greedy_map(kernel, k, valid, block=block, backend=backend), picked)
+        assert torch.equal(run_greedy(kernel, k, valid, block=block, backend=backend), picked)
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_map_hand_example(backend):
     # Token 0 has the largest variance; token 1 is a near copy of 0, token 2 is orthogonal to it.
     x = torch.tensor([[1.0, 0.0], [0.99, 0.141], [0.0, 0.9]])
     kernel = (x @ x.T).unsqueeze(0)
-    picked = greedy_map(kernel, torch.tensor([2]), torch.ones(1, 3, dtype=torch.bool), backend=backend)
+    picked = run_greedy(kernel, torch.tensor([2]), torch.ones(1, 3, dtype=torch.bool), backend=backend)
     assert picked.tolist() == [[True, False, True]]
 
 
@@ -143,72 +155,72 @@ def test_greedy_map_hand_example(backend):
     seed=st.integers(0, 2**31 - 1),
     data=st.data(),
 )
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_map_blocked_equals_unblocked(groups, n, seed, data, backend):
     gen = torch.Generator().manual_seed(seed)
     sizes = [data.draw(st.integers(0, n)) for _ in range(groups)]
     valid = torch.tensor([[c < size for c in range(n)] for size in sizes], dtype=torch.bool).view(groups, n)
     kernel = random_psd(gen, groups, n, n + 4, valid)
     k = torch.tensor([data.draw(st.integers(0, size)) for size in sizes], dtype=torch.long)
-    unblocked = greedy_map(kernel, k, valid, block=1, backend=backend)
+    unblocked = run_greedy(kernel, k, valid, block=1, backend=backend)
     assert unblocked.sum(dim=1).tolist() == k.tolist()
     for block in (2, 3, 5, 64):
-        assert torch.equal(greedy_map(kernel, k, valid, block=block, backend=backend), unblocked), block
-    assert torch.equal(greedy_map(kernel, k, valid, backend=backend), unblocked)
+        assert torch.equal(run_greedy(kernel, k, valid, block=block, backend=backend), unblocked), block
+    assert torch.equal(run_greedy(kernel, k, valid, backend=backend), unblocked)
 
 
 @pytest.mark.parametrize("k", [3, 5, 8])
 @pytest.mark.parametrize("block", [1, 3, 64])
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_map_k_larger_than_rank(k, block, backend):
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(8, 2, generator=gen)  # rank 2
     x = x / x.norm(dim=1, keepdim=True)
     kernel = (x @ x.T).unsqueeze(0)
     assert not torch.isnan(kernel).any()
-    picked = greedy_map(kernel, torch.tensor([k]), torch.ones(1, 8, dtype=torch.bool), block=block, backend=backend)
+    picked = run_greedy(kernel, torch.tensor([k]), torch.ones(1, 8, dtype=torch.bool), block=block, backend=backend)
     assert int(picked.sum()) == k  # k distinct tokens, no NaN pivot picked twice
     # The first two picks (inside the rank) are the brute-force ones.
     chosen, _ = ref_greedy_logdet(kernel[0], [True] * 8, 2)
     assert all(bool(picked[0, j]) for j in chosen)
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_map_zero_kernel_picks_lowest_indices(backend):
-    picked = greedy_map(torch.zeros(2, 6, 6), torch.tensor([3, 1]), torch.ones(2, 6, dtype=torch.bool), backend=backend)
+    picked = run_greedy(torch.zeros(2, 6, 6), torch.tensor([3, 1]), torch.ones(2, 6, dtype=torch.bool), backend=backend)
     assert picked.tolist() == [[True, True, True, False, False, False], [True, False, False, False, False, False]]
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_map_duplicate_tokens_are_not_picked_twice_over_others(backend):
     # Tokens 0 and 1 are identical; with k = 2 the second pick must be the other direction (token 2).
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.5]])
-    picked = greedy_map((x @ x.T).unsqueeze(0), torch.tensor([2]), torch.ones(1, 3, dtype=torch.bool), backend=backend)
+    picked = run_greedy((x @ x.T).unsqueeze(0), torch.tensor([2]), torch.ones(1, 3, dtype=torch.bool), backend=backend)
     assert picked.tolist() == [[True, False, True]]
     # k = 3 exceeds the rank: the copy comes last, still exactly three picks.
-    picked = greedy_map((x @ x.T).unsqueeze(0), torch.tensor([3]), torch.ones(1, 3, dtype=torch.bool), backend=backend)
+    picked = run_greedy((x @ x.T).unsqueeze(0), torch.tensor([3]), torch.ones(1, 3, dtype=torch.bool), backend=backend)
     assert picked.tolist() == [[True, True, True]]
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_map_k_zero(backend):
     kernel = random_psd(torch.Generator().manual_seed(0), 2, 5, 7, torch.ones(2, 5, dtype=torch.bool))
-    picked = greedy_map(kernel, torch.tensor([0, 0]), torch.ones(2, 5, dtype=torch.bool), backend=backend)
+    picked = run_greedy(kernel, torch.tensor([0, 0]), torch.ones(2, 5, dtype=torch.bool), backend=backend)
     assert not picked.any()
-    picked = greedy_map(kernel, torch.tensor([0, 2]), torch.ones(2, 5, dtype=torch.bool), backend=backend)
+    picked = run_greedy(kernel, torch.tensor([0, 2]), torch.ones(2, 5, dtype=torch.bool), backend=backend)
     assert picked.sum(dim=1).tolist() == [0, 2]
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_map_k_too_large_raises(backend):
     valid = torch.tensor([[True, True, False, False], [True, True, True, True]])
     kernel = random_psd(torch.Generator().manual_seed(0), 2, 4, 6, valid)
     with pytest.raises(ValueError):
-        greedy_map(kernel, torch.tensor([3, 1]), valid, backend=backend)  # group 0 has only 2 tokens
+        run_greedy(kernel, torch.tensor([3, 1]), valid, backend=backend)  # group 0 has only 2 tokens
     with pytest.raises(ValueError):
-        greedy_map(kernel, torch.tensor([1, 5]), valid, backend=backend)
+        run_greedy(kernel, torch.tensor([1, 5]), valid, backend=backend)
     with pytest.raises(ValueError):
-        greedy_map(kernel, torch.tensor([-1, 1]), valid, backend=backend)
+        run_greedy(kernel, torch.tensor([-1, 1]), valid, backend=backend)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,7 +411,7 @@ def test_segment_bin_select_bad_k_raises():
         segment_bin_select(torch.rand(4), torch.tensor([0, 0, 1, 1]), torch.tensor([3, 1]))
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_picks_beyond_the_rank_follow_relevance_and_ignore_round_off(backend):
     """Past the kernel's rank the residual variances are round-off; the picks must then follow the
     kernel diagonal (relevance squared), the same under a perturbation far below the floor."""
@@ -410,7 +422,7 @@ def test_picks_beyond_the_rank_follow_relevance_and_ignore_round_off(backend):
     kernel = conditional_kernel(x, r, valid)
     order = []
     for k in range(1, 11):
-        picked = greedy_map(kernel, torch.tensor([k]), valid, backend=backend)[0]
+        picked = run_greedy(kernel, torch.tensor([k]), valid, backend=backend)[0]
         new = [i for i in torch.nonzero(picked).squeeze(1).tolist() if i not in order]
         assert len(new) == 1
         order += new
@@ -419,7 +431,8 @@ def test_picks_beyond_the_rank_follow_relevance_and_ignore_round_off(backend):
     noisy = kernel + 1e-9 * torch.randn(kernel.shape, generator=gen)
     noisy = (noisy + noisy.transpose(1, 2)) / 2
     for k in (3, 6, 10):
-        assert torch.equal(greedy_map(kernel, torch.tensor([k]), valid, backend=backend), greedy_map(noisy, torch.tensor([k]), valid, backend=backend))
+        clean = run_greedy(kernel, torch.tensor([k]), valid, backend=backend)
+        assert torch.equal(clean, run_greedy(noisy, torch.tensor([k]), valid, backend=backend))
 
 
 def test_greedy_map_backends_agree_at_real_sizes():
@@ -432,8 +445,23 @@ def test_greedy_map_backends_agree_at_real_sizes():
     k = (valid.sum(dim=1) * 0.7).long()
     torch_picks = greedy_map(kernel, k, valid, backend="torch")
     assert torch.equal(greedy_map(kernel, k, valid, backend="numba"), torch_picks)
+    assert torch.equal(run_greedy(kernel, k, valid, backend="numba-blocked"), torch_picks)
     assert torch.equal(greedy_map(kernel, k, valid), torch_picks)
     assert torch_picks.sum(dim=1).tolist() == k.tolist()
+
+
+def test_greedy_map_compiled_blocks_one_long_segment():
+    # One 1024-token segment keeping 70%: too large for the unblocked compiled loop (k x n > 2^18), so
+    # it runs in blocks with Schur updates and column drops; the picks are the torch loop's.
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 1024, 896, generator=gen)
+    valid = torch.ones(1, 1024, dtype=torch.bool)
+    kernel = conditional_kernel(x, torch.rand(1, 1024, generator=gen), valid)
+    k = torch.tensor([716])
+    assert 716 * 1024 > dpp_module._UNBLOCKED_FLOATS
+    picks = greedy_map(kernel, k, valid, backend="numba")
+    assert torch.equal(picks, greedy_map(kernel, k, valid, backend="torch"))
+    assert int(picks.sum()) == 716
 
 
 def test_greedy_map_bad_backend_raises():
