@@ -173,6 +173,10 @@ def _add_bench_ops(subparsers: Any) -> None:
     parser.add_argument("--scenes", type=_positive_int, default=8, help="planted scenes (default 8)")
     parser.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (default 5)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--greedy-backend", choices=("auto", "torch", "numba"), default="auto",
+        help="the DPP's greedy loop: auto (compiled on CPU, torch elsewhere), torch, or numba (on the host)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=_cmd_bench_ops)
 
@@ -180,6 +184,7 @@ def _add_bench_ops(subparsers: Any) -> None:
 def _cmd_bench_ops(args: argparse.Namespace) -> int:
     """Run ``hieravid bench-ops``."""
     from hieravid.bench.ops import run_ops_bench  # imported here: the other commands need no benchmark
+    from hieravid.config import HieraVidConfig
 
     if args.device.startswith("cuda"):
         import torch
@@ -194,6 +199,7 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
         scenes=args.scenes,
         repeats=args.repeats,
         device=args.device,
+        config=HieraVidConfig(budget=args.budget, greedy_backend=args.greedy_backend),
         progress=not args.json,
     )
     if args.json:
@@ -203,7 +209,7 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
     print(
         f"shape: {result.frames} frames x {result.slots} tokens, d = {result.dim}, {result.scenes} planted "
         f"scenes ({result.segments_found} segments found), budget {result.budget:g}, "
-        f"ratios {[round(r, 4) for r in result.ratios]}"
+        f"ratios {[round(r, 4) for r in result.ratios]}, greedy loop {result.greedy_backend}"
     )
     print(f"{'stage':>5}  {'tokens after':>12}  {'median ms':>10}")
     for k, (tokens, ms) in enumerate(zip(result.tokens_per_stage, result.stage_ms), start=1):

@@ -14,6 +14,7 @@ OverlapIndicator = Literal["tau", "topk"]
 RelevanceSign = Literal["negative", "positive"]
 RelevanceQuery = Literal["last", "mean"]
 InLLMSelector = Literal["dpp", "bins"]
+GreedyBackend = Literal["auto", "torch", "numba"]
 
 
 def check_budget(budget: float, name: str = "budget") -> float:
@@ -77,6 +78,9 @@ class HieraVidConfig:
         in_llm_selector: ``dpp`` at every in-LLM stage (default) or ``bins`` at the first in-LLM stage
             and DPP after it (the later reference variant).
         eps: the epsilon of the min-max normalisation (Eq. 8).
+        greedy_backend: how the DPP's greedy MAP loop runs (same picks, not an algorithm switch):
+            ``auto`` (compiled on CPU, torch elsewhere), ``torch`` or ``numba`` (compiled, on the host;
+            a GPU's kernels are copied over).
     """
 
     budget: float = 0.3
@@ -96,6 +100,7 @@ class HieraVidConfig:
     query_tokens: int = 4
     in_llm_selector: InLLMSelector = "dpp"
     eps: float = 1e-6
+    greedy_backend: GreedyBackend = "auto"
 
     def __post_init__(self) -> None:
         check_budget(self.budget)
@@ -116,6 +121,7 @@ class HieraVidConfig:
         check_choice(self.relevance_sign, "relevance_sign", ("negative", "positive"))
         check_choice(self.relevance_query, "relevance_query", ("last", "mean"))
         check_choice(self.in_llm_selector, "in_llm_selector", ("dpp", "bins"))
+        check_choice(self.greedy_backend, "greedy_backend", ("auto", "torch", "numba"))
         if not isinstance(self.tau, (int, float)) or not -1.0 <= self.tau <= 1.0:
             raise ValueError(f"tau is a cosine-similarity threshold and must be in [-1, 1], got {self.tau!r}")
         check_unit_interval(self.beta, "beta")

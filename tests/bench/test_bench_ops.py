@@ -38,6 +38,14 @@ def test_bench_ops_cli_json(capsys):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert {"machine", "stage_ms", "total_ms", "tokens_per_stage", "segments_found"} <= set(out)
+    assert out["greedy_backend"] == "numba"  # auto on CPU
+
+
+def test_bench_ops_cli_greedy_backend(capsys):
+    code = main(["bench-ops", "--frames", "6", "--slots", "8", "--dim", "16", "--scenes", "2",
+                 "--repeats", "1", "--greedy-backend", "torch"])
+    assert code == 0
+    assert "greedy loop torch" in capsys.readouterr().out
 
 
 def test_bench_ops_rejects_missing_cuda(capsys):

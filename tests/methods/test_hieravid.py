@@ -173,6 +173,20 @@ def test_decide_stage_deterministic():
         assert torch.equal(first, second)
 
 
+def test_decide_stage_is_the_same_for_every_greedy_backend():
+    gen = torch.Generator().manual_seed(11)
+    segment = torch.repeat_interleave(torch.arange(3), torch.tensor([40, 25, 70]))
+    hidden = torch.randn(segment.numel(), 32, generator=gen)
+    relevance = torch.rand(segment.numel(), generator=gen)
+    z = torch.tensor([0.2, 0.5, 0.3])
+    keeps = [
+        decide_stage(hidden, relevance, segment, z, 0.4, HieraVidConfig(greedy_backend=backend))
+        for backend in ("auto", "torch", "numba")
+    ]
+    assert torch.equal(keeps[0], keeps[1]) and torch.equal(keeps[0], keeps[2])
+    assert 0 < int(keeps[0].sum()) < segment.numel()
+
+
 def test_selector_for_stage():
     dpp, bins = HieraVidConfig(), HieraVidConfig(in_llm_selector="bins")
     assert [selector_for_stage(s, dpp) for s in (2, 3, 4)] == ["dpp", "dpp", "dpp"]
@@ -232,6 +246,7 @@ def test_config_ratios_length_must_match_stages():
         ("relevance_sign", "minus", ("negative", "positive")),
         ("relevance_query", "first", ("last", "mean")),
         ("in_llm_selector", "topk", ("dpp", "bins")),
+        ("greedy_backend", "numpy", ("auto", "torch", "numba")),
     ],
 )
 def test_config_bad_choice_lists_allowed(field, value, allowed):

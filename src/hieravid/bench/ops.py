@@ -19,6 +19,7 @@ import torch
 from hieravid.config import HieraVidConfig
 from hieravid.methods import decide_stage, decide_stage1, selector_for_stage
 from hieravid.ops import relevance
+from hieravid.ops.dpp import resolve_greedy_backend
 from hieravid.schedule import solve_schedule
 
 __all__ = ["OpsBenchResult", "synthetic_video", "run_ops_bench", "machine_description"]
@@ -74,6 +75,7 @@ class OpsBenchResult:
     total_ms: float
     repeats: int
     runs_total_ms: list[float] = field(default_factory=list)
+    greedy_backend: str = "numba"  # the greedy MAP loop that ran
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,4 +174,5 @@ def run_ops_bench(
         total_ms=statistics.median(totals),
         repeats=repeats,
         runs_total_ms=totals,
+        greedy_backend=resolve_greedy_backend(config.greedy_backend, dev),
     )

@@ -129,7 +129,7 @@ def decide_stage(
     )
     if selector == "bins":
         return segment_bin_select(relevance, segment, k)
-    return segment_dpp_select(hidden, relevance, segment, k)
+    return segment_dpp_select(hidden, relevance, segment, k, backend=config.greedy_backend)
 
 
 class HieraVid(PruningMethod):

@@ -9,7 +9,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["conditional_kernel", "greedy_map", "segment_dpp_select", "segment_bin_select", "pack_segments"]
+__all__ = [
+    "GREEDY_BACKENDS",
+    "conditional_kernel",
+    "greedy_map",
+    "pack_segments",
+    "resolve_greedy_backend",
+    "segment_bin_select",
+    "segment_dpp_select",
+]
+
+GREEDY_BACKENDS = ("auto", "torch", "numba")
 
 # A residual variance below this fraction of the group's largest kernel diagonal (a residual norm under
 # about 3% of the most relevant token's) carries no direction float32 can resolve: the kernel's rank is
@@ -96,13 +106,22 @@ def greedy_map(
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in ("auto", "torch", "numba"):
+    if backend not in GREEDY_BACKENDS:
         raise ValueError(f"backend must be 'auto', 'torch' or 'numba', got {backend!r}")
+
+
+def resolve_greedy_backend(backend: str, device: torch.device | str) -> str:
+    """The greedy loop ``backend`` runs on tensors of ``device``: ``numba`` (compiled, on the host) or
+    ``torch`` (``auto``: numba on CPU, torch elsewhere)."""
+    _check_backend(backend)
+    if backend == "auto":
+        return "numba" if torch.device(device).type == "cpu" else "torch"
+    return backend
 
 
 def _compiled_loop(backend: str, device: torch.device) -> bool:
     """Whether ``backend`` runs the compiled greedy loop on tensors of ``device``."""
-    return backend == "numba" or (backend == "auto" and device.type == "cpu")
+    return resolve_greedy_backend(backend, device) == "numba"
 
 
 def _greedy_picks_torch(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, block: int) -> torch.Tensor:
