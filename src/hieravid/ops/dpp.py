@@ -59,8 +59,8 @@ def greedy_map(
 
     All groups advance together and the Cholesky rows are applied in blocks (a right-looking blocked
     Cholesky): within a block of ``block`` picks the new rows are corrected against each other only, and
-    at the end of the block the kernel itself becomes the Schur complement (``L~ -= C_b^T C_b``, one batched matrix product). The
-    picks are those of the unblocked algorithm; memory traffic per pick is O(block * n) instead of
+    at the end of the block the kernel itself becomes the Schur complement (``L~ -= C_b^T C_b``, one
+    batched matrix product). The picks are those of the unblocked algorithm; memory traffic per pick is O(block * n) instead of
     O(t * n). Rows and columns of tokens that can no longer be picked are dropped as the loop goes.
 
     When k exceeds the kernel's numerical rank, residual variances are round-off (below ``1e-3`` of the
