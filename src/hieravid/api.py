@@ -105,6 +105,7 @@ def apply(
     runtime = Runtime(adapter, build(method, budget, **options), trace=bool(trace))
     runtime.method.decision_layers(adapter.num_layers)  # an unreachable budget fails here, not at prefill
     text_model = adapter.text_model
+    runtime.method.prepare(next(text_model.parameters()).device)  # compile now, not in the first prefill
 
     signature = inspect.signature(type(multimodal).forward)
 

@@ -216,9 +216,9 @@ def test_no_layer_relevance_is_cdpruners_instruction_relevance(monkeypatch, sign
     seen = {}
     real = ablations.segment_dpp_select
 
-    def spy(features, relevance, segment, k):
+    def spy(features, relevance, segment, k, **kwargs):
         seen.update(features=features, relevance=relevance)
-        return real(features, relevance, segment, k)
+        return real(features, relevance, segment, k, **kwargs)
 
     monkeypatch.setattr(ablations, "segment_dpp_select", spy)
     x, _ = planted_video(4, T, CUTS, P, dim=D)
@@ -235,9 +235,9 @@ def test_no_layer_without_instruction_uses_uniform_relevance(monkeypatch):
     seen = {}
     real = ablations.segment_dpp_select
 
-    def spy(features, relevance, segment, k):
+    def spy(features, relevance, segment, k, **kwargs):
         seen["relevance"] = relevance
-        return real(features, relevance, segment, k)
+        return real(features, relevance, segment, k, **kwargs)
 
     monkeypatch.setattr(ablations, "segment_dpp_select", spy)
     x, _ = planted_video(4, T, CUTS, P, dim=D)

@@ -343,6 +343,20 @@ def test_budget_out_of_range(family, model, budget):
     assert "_hieravid_handle" not in model.__dict__
 
 
+@pytest.mark.parametrize(
+    ("method", "options", "compiles"),
+    [("hieravid", {}, True), ("hieravid", {"greedy_backend": "torch"}, False), ("cdpruner", {}, True),
+     ("hieravid_topk", {}, False), ("fastv", {}, False)],
+)
+def test_apply_compiles_the_greedy_loop_before_the_first_prefill(monkeypatch, method, options, compiles):
+    from hieravid.ops import dpp
+
+    model = build_model("qwen2_vl")
+    monkeypatch.setattr(dpp, "_COMPILED", None)  # as in a fresh process
+    with hieravid.apply(model, method, 0.3, **options):
+        assert (dpp._COMPILED is not None) == compiles  # at apply, no prefill has run yet
+
+
 def test_unknown_method_and_option(family, model):
     with pytest.raises(ValueError, match="unknown method"):
         hieravid.apply(model, "nonsense")

@@ -88,6 +88,9 @@ class HieraVidTopK(HieraVid):
         self.name = "hieravid_topk"
         self.topk_by = check_choice(topk_by, "topk_by", ("attention", "relevance"))
 
+    def prepare(self, device: torch.device) -> None:
+        """Nothing: top-k runs no DPP."""
+
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if layer == 0:
             return super().decide(layer, tokens, state)
@@ -184,7 +187,8 @@ class HieraVidNoLayer(HieraVid):
         else:
             sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
             relevance = minmax_normalize(sign * similarity, self.config.eps)
-        selected = segment_dpp_select(first.features, relevance, segment, k)  # (N1,)
+        backend = self.config.greedy_backend
+        selected = segment_dpp_select(first.features, relevance, segment, k, backend=backend)  # (N1,)
         state["segment"] = segment[selected]
 
         keep = merged_keep.clone()

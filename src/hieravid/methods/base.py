@@ -116,6 +116,10 @@ class PruningMethod:
         """Decide at ``layer`` for one sample."""
         raise NotImplementedError
 
+    def prepare(self, device: torch.device) -> None:
+        """Do once, when the method is applied to a model on ``device``, the set-up its first decision
+        would otherwise pay for (compiling a kernel). Nothing by default."""
+
     def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
         """Visual tokens entering each layer that this method aims for (None if data dependent)."""
         return None

@@ -54,7 +54,7 @@ import torch
 
 from hieravid.config import check_budget, check_choice
 from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens, check_options
-from hieravid.ops import conditional_kernel, greedy_map, minmax_normalize
+from hieravid.ops import conditional_kernel, greedy_map, minmax_normalize, prepare_greedy
 from hieravid.ops.ranking import instruction_similarity
 
 __all__ = ["CDPruner", "cdpruner_relevance", "cdpruner_select", "create_cdpruner"]
@@ -129,6 +129,9 @@ class CDPruner(BeforeLLMMethod):
         self.budget = check_budget(budget)
         self.relevance_sign = check_choice(relevance_sign, "relevance_sign", ("negative", "positive"))
         self.theta = _check_theta(theta)
+
+    def prepare(self, device: torch.device) -> None:
+        prepare_greedy("auto", device)
 
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if layer != 0:

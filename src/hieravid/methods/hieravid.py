@@ -17,6 +17,7 @@ from hieravid.ops import (
     minmax_normalize,
     merge_count,
     merge_set,
+    prepare_greedy,
     same_slot_similarity,
     segment_bin_select,
     segment_dpp_select,
@@ -144,6 +145,9 @@ class HieraVid(PruningMethod):
     def __init__(self, config: HieraVidConfig | None = None) -> None:
         self.name = "hieravid"
         self.config = config or HieraVidConfig()
+
+    def prepare(self, device: torch.device) -> None:
+        prepare_greedy(self.config.greedy_backend, device)  # the in-LLM stages' DPP
 
     def schedule(self, num_layers: int) -> Schedule:
         """The stage schedule for a decoder of ``num_layers`` layers."""

@@ -1,6 +1,13 @@
 """Pure tensor algorithms of HieraVid (spec Eq. 1-10). They import torch and NumPy only, never transformers."""
 
-from hieravid.ops.dpp import conditional_kernel, greedy_map, pack_segments, segment_bin_select, segment_dpp_select
+from hieravid.ops.dpp import (
+    conditional_kernel,
+    greedy_map,
+    pack_segments,
+    prepare_greedy,
+    segment_bin_select,
+    segment_dpp_select,
+)
 from hieravid.ops.merge import RunMerge, temporal_run_merge
 from hieravid.ops.relevance import attention_from_queries, minmax_normalize, relevance
 from hieravid.ops.scores import keep_counts, segment_means, segment_scores
@@ -16,6 +23,7 @@ __all__ = [
     "merge_set",
     "minmax_normalize",
     "pack_segments",
+    "prepare_greedy",
     "relevance",
     "same_slot_similarity",
     "segment_bin_select",
