@@ -84,6 +84,24 @@ def test_run_compare_json(proxy_dir: Path, video_file: Path, tmp_path: Path, cap
     assert len(payload["viz_panels"]) == 7  # frames, 4 stages, relevance, tokens per layer
 
 
+def test_run_compare_warms_up_the_pruned_method_untimed(proxy_dir, video_file, capsys, monkeypatch) -> None:
+    import hieravid.infer
+
+    real, calls = hieravid.infer.answer, []
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs["method"], kwargs["max_new_tokens"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hieravid.infer, "answer", recording)
+    argv = ["run", str(video_file), "-q", "how many scenes are in the video ?", "--model", str(proxy_dir),
+            "--compare", "--json", "--max-new-tokens", "2"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    # The pruned call warms up the model and the method's first-call costs; then both timed calls.
+    assert calls == [("hieravid", 1), ("vanilla", 2), ("hieravid", 2)]
+
+
 def test_run_text(proxy_dir: Path, video_file: Path, capsys) -> None:
     argv = ["run", str(video_file), "-q", "which way does the moving object go ?", "--model", str(proxy_dir),
             "--budget", "0.2", "--num-frames", "16", "--max-new-tokens", "2"]

@@ -668,13 +668,17 @@ def _answer_all(
     loaded: Any, video: Any, question: str, runs: list[tuple[str, float]], trace_method: str | None,
     status: Any, max_new_tokens: int = 16,
 ) -> dict[str, tuple[dict[str, Any], Any]]:
-    """Answer with each ``(method, budget)`` after one untimed warm-up call (first-call overhead); the
-    run of ``trace_method`` records its trace. Returns per method its JSON result and its ``Answer``."""
+    """Answer with each ``(method, budget)`` after untimed warm-up calls (first-call overhead of the model
+    and of each pruning method's operations; the pruned calls warm up the model too, so vanilla gets its
+    own only when nothing is pruned); the run of ``trace_method`` records its trace. Returns per method
+    its JSON result and its ``Answer``."""
     from hieravid.infer import answer
 
     common = dict(timestamps_s=video.timestamps_s)
+    warmups = [(m, b) for m, b in runs if m != "vanilla"] or [("vanilla", 1.0)]
     with status(f"Warming up {loaded.name} ..."):
-        answer(loaded, video.frames, question, method="vanilla", max_new_tokens=1, **common)
+        for method, budget in warmups:
+            answer(loaded, video.frames, question, method=method, budget=budget, max_new_tokens=1, **common)
     out: dict[str, tuple[dict[str, Any], Any]] = {}
     for method, budget in runs:
         label = method if method == "vanilla" else f"{method} at budget {budget:g}"
