@@ -174,8 +174,9 @@ def _add_bench_ops(subparsers: Any) -> None:
     parser.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (default 5)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(
-        "--greedy-backend", choices=("auto", "torch", "numba"), default="auto",
-        help="the DPP's greedy loop: auto (compiled on CPU, torch elsewhere), torch, or numba (on the host)",
+        "--greedy-backend", choices=("auto", "torch", "numba", "triton"), default="auto",
+        help="the DPP's greedy loop: auto (numba on CPU, triton on CUDA where it works, else torch), torch (a "
+        "step per pick), numba (on the host) or triton (a CUDA kernel per block of picks)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=_cmd_bench_ops)

@@ -14,7 +14,7 @@ OverlapIndicator = Literal["tau", "topk"]
 RelevanceSign = Literal["negative", "positive"]
 RelevanceQuery = Literal["last", "mean"]
 InLLMSelector = Literal["dpp", "bins"]
-GreedyBackend = Literal["auto", "torch", "numba"]
+GreedyBackend = Literal["auto", "torch", "numba", "triton"]
 
 
 def check_budget(budget: float, name: str = "budget") -> float:
@@ -79,8 +79,9 @@ class HieraVidConfig:
             and DPP after it (the later reference variant).
         eps: the epsilon of the min-max normalisation (Eq. 8).
         greedy_backend: how the DPP's greedy MAP loop runs (same picks, not an algorithm switch):
-            ``auto`` (compiled on CPU, torch elsewhere), ``torch`` or ``numba`` (compiled, on the host;
-            a GPU's kernels are copied over).
+            ``auto`` (numba on CPU, triton on CUDA where it works, torch elsewhere), ``torch`` (one step
+            of torch operations per pick), ``numba`` (compiled, on the host; a GPU's kernels are copied
+            over) or ``triton`` (a CUDA kernel per block of picks).
     """
 
     budget: float = 0.3
@@ -121,7 +122,7 @@ class HieraVidConfig:
         check_choice(self.relevance_sign, "relevance_sign", ("negative", "positive"))
         check_choice(self.relevance_query, "relevance_query", ("last", "mean"))
         check_choice(self.in_llm_selector, "in_llm_selector", ("dpp", "bins"))
-        check_choice(self.greedy_backend, "greedy_backend", ("auto", "torch", "numba"))
+        check_choice(self.greedy_backend, "greedy_backend", ("auto", "torch", "numba", "triton"))
         if not isinstance(self.tau, (int, float)) or not -1.0 <= self.tau <= 1.0:
             raise ValueError(f"tau is a cosine-similarity threshold and must be in [-1, 1], got {self.tau!r}")
         check_unit_interval(self.beta, "beta")

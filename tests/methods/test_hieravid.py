@@ -246,7 +246,7 @@ def test_config_ratios_length_must_match_stages():
         ("relevance_sign", "minus", ("negative", "positive")),
         ("relevance_query", "first", ("last", "mean")),
         ("in_llm_selector", "topk", ("dpp", "bins")),
-        ("greedy_backend", "numpy", ("auto", "torch", "numba")),
+        ("greedy_backend", "numpy", ("auto", "torch", "numba", "triton")),
     ],
 )
 def test_config_bad_choice_lists_allowed(field, value, allowed):

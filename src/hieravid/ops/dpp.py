@@ -6,6 +6,8 @@ over k for a whole batch of segments (padded), not once per segment.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -20,7 +22,7 @@ __all__ = [
     "segment_dpp_select",
 ]
 
-GREEDY_BACKENDS = ("auto", "torch", "numba")
+GREEDY_BACKENDS = ("auto", "torch", "numba", "triton")
 
 # A residual variance below this fraction of the group's largest kernel diagonal (a residual norm under
 # about 3% of the most relevant token's) carries no direction float32 can resolve: the kernel's rank is
@@ -61,25 +63,27 @@ def greedy_map(
     All groups advance together and the Cholesky rows are applied in blocks (a right-looking blocked
     Cholesky): within a block of ``block`` picks the new rows are corrected against each other only, and
     at the end of the block the kernel itself becomes the Schur complement (``L~ -= C_b^T C_b``, one
-    batched matrix product). The picks are those of the unblocked algorithm; memory traffic per pick is O(block * n) instead of
-    O(t * n). Rows and columns of tokens that can no longer be picked are dropped as the loop goes.
+    batched matrix product). The picks are those of the unblocked algorithm; memory traffic per pick is
+    O(block * n) instead of O(t * n). Rows and columns of tokens that can no longer be picked are dropped
+    as the loop goes.
 
     When k exceeds the kernel's numerical rank, residual variances are round-off (below ``1e-3`` of the
     largest diagonal): the remaining picks follow the kernel diagonal (relevance), get a zero update row,
     are still distinct tokens, and no NaN appears.
 
-    In torch the loop is a few dozen operations on ``(G, m)`` tensors per pick, so its cost is the
-    per-operation dispatch, not arithmetic. ``backend="numba"`` runs the same blocked algorithm with each
-    block's picks compiled (Numba: no per-pick dispatch) and the Schur updates in BLAS; ``backend="auto"``
-    takes it for CPU tensors and the torch loop on other devices (``"numba"`` on a GPU copies the kernels
-    to the host).
+    Who makes each block's picks (``backend``; the picks are the same up to float32 rounding):
+    ``"torch"``, a few dozen operations on ``(G, m)`` tensors per pick, any device, so its cost is the
+    per-operation dispatch, not arithmetic; ``"numba"``, compiled on the host (a GPU's kernels are copied
+    there); ``"triton"``, one CUDA kernel launch per block with one program per group
+    (:mod:`hieravid.ops.dpp_triton`). ``"auto"``: numba on CPU, triton on CUDA when it is usable, else
+    torch.
 
     Args:
         kernel: ``(G, n, n)`` PSD kernels (padded).
         k: ``(G,)`` int64 number of tokens to pick per group, ``0 <= k_g <= valid[g].sum()``.
         valid: ``(G, n)`` bool, False at padding.
         block: picks per blocked update.
-        backend: ``"auto"``, ``"torch"`` or ``"numba"``.
+        backend: ``"auto"``, ``"torch"``, ``"numba"`` or ``"triton"``.
 
     Returns:
         ``(G, n)`` bool mask of the picked tokens.
@@ -89,17 +93,18 @@ def greedy_map(
     if bool((k < 0).any()) or bool((k > available).any()):
         raise ValueError(f"each group's k must be in [0, its token count]; got k={k.tolist()} for {available.tolist()}")
     device = kernel.device
-    _check_backend(backend)
+    loop = resolve_greedy_backend(backend, device)
     kmax = int(k.max()) if num_groups else 0
     picked = torch.zeros(num_groups, n, dtype=torch.bool, device=device)
     if kmax == 0:
         return picked
-    if _compiled_loop(backend, device):
-        host = kernel.detach().float().cpu().contiguous().numpy()
-        picks = _greedy_picks_compiled(host, k.cpu().long().numpy(), valid.cpu().numpy(), block)
-        chosen = torch.from_numpy(picks).to(device)
+    if loop == "numba":  # the driver runs on the host, next to the compiled picks
+        host = _blocked_greedy(kernel.cpu(), k.cpu(), valid.cpu(), block, _numba_block_picks, _UNBLOCKED_FLOATS)
+        chosen = host.to(device)
+    elif loop == "triton":
+        chosen = _blocked_greedy(kernel, k, valid, block, _triton_block_picks(), 0)
     else:
-        chosen = _greedy_picks_torch(kernel, k, valid, block)
+        chosen = _blocked_greedy(kernel, k, valid, block, _torch_block_picks, 0)
     hit = chosen >= 0
     group_of = torch.arange(num_groups, device=device)[:, None].expand_as(chosen)
     picked[group_of[hit], chosen[hit]] = True
@@ -108,63 +113,84 @@ def greedy_map(
 
 def _check_backend(backend: str) -> None:
     if backend not in GREEDY_BACKENDS:
-        raise ValueError(f"backend must be 'auto', 'torch' or 'numba', got {backend!r}")
+        raise ValueError(f"backend must be one of {', '.join(GREEDY_BACKENDS)}, got {backend!r}")
 
 
 def resolve_greedy_backend(backend: str, device: torch.device | str) -> str:
-    """The greedy loop ``backend`` runs on tensors of ``device``: ``numba`` (compiled, on the host) or
-    ``torch`` (``auto``: numba on CPU, torch elsewhere)."""
+    """The greedy loop ``backend`` runs on tensors of ``device``: ``numba`` (compiled, on the host),
+    ``triton`` (a CUDA kernel per block of picks) or ``torch`` (one step of torch operations per pick).
+    ``auto`` takes numba on CPU, triton on CUDA where it is installed and passed its check on that
+    device (:func:`hieravid.ops.dpp_triton.available`), torch elsewhere."""
     _check_backend(backend)
-    if backend == "auto":
-        return "numba" if torch.device(device).type == "cpu" else "torch"
-    return backend
+    device = torch.device(device)
+    if backend == "triton":
+        if device.type != "cuda":
+            raise ValueError(
+                f"greedy backend 'triton' runs on CUDA tensors, these are on {device}: use 'numba' or 'auto'"
+            )
+        from hieravid.ops import dpp_triton
+
+        if not dpp_triton.available(device):
+            raise ValueError(
+                f"greedy backend 'triton' is not usable here ({dpp_triton.why_not(device)}): use 'torch' or 'auto'"
+            )
+        return backend
+    if backend != "auto":
+        return backend
+    if device.type == "cpu":
+        return "numba"
+    if device.type == "cuda":
+        from hieravid.ops import dpp_triton
+
+        if dpp_triton.available(device):
+            return "triton"
+    return "torch"
 
 
-def _compiled_loop(backend: str, device: torch.device) -> bool:
-    """Whether ``backend`` runs the compiled greedy loop on tensors of ``device``."""
-    return resolve_greedy_backend(backend, device) == "numba"
+# The compiled loop runs unblocked when one group's Cholesky rows (max k x n float32) fit in about
+# 1 MB of cache: then correcting each row against all earlier ones is cheaper than the Schur updates
+# (8 groups x 256 tokens, k = 180: 2.5 ms unblocked, 3.5 ms in blocks of 64; 1 x 2704, k = 1893: 502 ms
+# unblocked, 244 ms in blocks).
+_UNBLOCKED_FLOATS = 1 << 18
+
+# block_picks(residual, d2, fallback, floor, offset, left, chol, local): one block of picks for every
+# group, in place; see _numba_block_picks_source for the contract.
+BlockPicks = Callable[..., None]
 
 
-def _greedy_picks_torch(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, block: int) -> torch.Tensor:
-    """:func:`greedy_map`'s loop in torch (any device). Returns ``(G, max k)`` int64 picks (original column
-    indices, -1 where a group has fewer picks)."""
+def _blocked_greedy(
+    kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, block: int, block_picks: BlockPicks, unblocked: int
+) -> torch.Tensor:
+    """:func:`greedy_map`'s blocked loop on tensors of one device: ``block_picks`` makes each block's
+    picks, the Schur update between blocks is one batched product, and columns that can no longer be
+    picked are dropped. Runs unblocked (one block of max k picks) when max k x n <= ``unblocked``.
+    Returns ``(G, max k)`` int64 picks (original column indices, -1 where a group has fewer picks)."""
     num_groups, n, _ = kernel.shape
     device = kernel.device
+    k = k.long()
     kmax = int(k.max())
     neg_inf = float("-inf")
-    residual = kernel.float().clone()  # (G, m, m) Schur complement, m shrinks as tokens are used up
-    diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0)  # (G, m)
-    top = diag.amax(dim=1, keepdim=True)  # (G, 1)
-    floor = (_RANK_FLOOR * top).clamp(min=1e-30)
-    offset = 2.0 * top + 1.0  # above any diagonal entry
+    rows = torch.arange(num_groups, device=device)
+    # (G, m, m) Schur complement, m shrinks as tokens are used up; every tensor here is C-contiguous.
+    residual = kernel.float().clone(memory_format=torch.contiguous_format)
+    diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0).contiguous()  # (G, m)
+    top = diag.amax(dim=1)  # (G,)
+    floor = (_RANK_FLOOR * top).clamp(min=1e-30)  # (G,)
+    offset = 2.0 * top + 1.0  # (G,) above any diagonal entry
     d2 = diag.masked_fill(~valid, neg_inf)  # (G, m) residual variances, -inf once picked or padding
     fallback = d2.clone()  # (G, m) kernel diagonal, -inf once picked or padding: order below the floor
     column = torch.arange(n, device=device).expand(num_groups, n).contiguous()  # (G, m) original index
     chosen = torch.full((num_groups, kmax), -1, dtype=torch.long, device=device)  # picks, -1 = none
-    counts = torch.arange(kmax, device=device)[None, :] < k[:, None]  # (G, kmax) which picks count
+    if kmax * n <= unblocked:
+        block = kmax  # a group's Cholesky rows stay in cache: no Schur updates, no column drops
     done = 0
     while done < kmax:
         width = min(block, kmax - done)
         m = residual.shape[1]
         chol = torch.zeros(num_groups, width, m, dtype=torch.float32, device=device)  # this block's rows
-        for s in range(width):
-            active = counts[:, done + s : done + s + 1]  # (G, 1)
-            # Above the floor: largest d2 first; below it: largest kernel diagonal (d2 <= diag < offset).
-            j = torch.argmax(torch.where(d2 > floor, d2 + offset, fallback), dim=1, keepdim=True)  # (G, 1)
-            pivot = d2.gather(1, j)  # (G, 1)
-            e = residual.gather(1, j[:, :, None].expand(num_groups, 1, m))  # (G, 1, m)
-            if s:
-                # e -= sum over this block's earlier rows c_s[j] c_s  ->  (G, 1, s) @ (G, s, m)
-                c_j = chol[:, :s].gather(2, j[:, None, :].expand(num_groups, s, 1)).transpose(1, 2)
-                e = torch.baddbmm(e, c_j, chol[:, :s], alpha=-1.0)
-            scale = torch.where(active & (pivot > floor), pivot.clamp(min=1e-30).rsqrt(), 0.0)  # (G, 1)
-            e = e.squeeze(1) * scale
-            chol[:, s] = e
-            d2 = torch.addcmul(d2, e, e, value=-1.0)
-            # Inactive groups re-pick the same best token each step; only counted picks are removed.
-            d2 = torch.where(active, d2.scatter(1, j, neg_inf), d2)
-            fallback = torch.where(active, fallback.scatter(1, j, neg_inf), fallback)
-            chosen[:, done + s] = torch.where(active, column.gather(1, j), -1).squeeze(1)
+        local = torch.full((num_groups, width), -1, dtype=torch.long, device=device)  # picks, current columns
+        block_picks(residual, d2, fallback, floor, offset, (k - done).contiguous(), chol, local)
+        chosen[:, done : done + width] = torch.where(local >= 0, column.gather(1, local.clamp(min=0)), -1)
         done += width
         if done >= kmax:
             break
@@ -174,7 +200,6 @@ def _greedy_picks_torch(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tens
         if needed <= 0.75 * m:
             # Keep only still-pickable columns, in their original order.
             order = torch.argsort((~remaining).to(torch.uint8), dim=1, stable=True)[:, :needed]  # (G, m')
-            rows = torch.arange(num_groups, device=device)
             residual = residual[rows[:, None, None], order[:, :, None], order[:, None, :]]
             remaining = remaining.gather(1, order)
             d2 = d2.gather(1, order).masked_fill(~remaining, neg_inf)
@@ -183,61 +208,47 @@ def _greedy_picks_torch(kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tens
     return chosen
 
 
-# The compiled loop runs unblocked when one group's Cholesky rows (max k x n float32) fit in about
-# 1 MB of cache: then correcting each row against all earlier ones is cheaper than the Schur updates
-# (8 groups x 256 tokens, k = 180: 2.5 ms unblocked, 3.5 ms in blocks of 64; 1 x 2704, k = 1893: 502 ms
-# unblocked, 244 ms in blocks).
-_UNBLOCKED_FLOATS = 1 << 18
+def _torch_block_picks(residual, d2, fallback, floor, offset, left, chol, local) -> None:
+    """One block of picks in torch operations (any device): a few dozen operations on ``(G, m)``
+    tensors per pick, for all groups at once; a group with no picks left re-picks its best token with a
+    zero row, which changes nothing."""
+    num_groups, width, m = chol.shape
+    neg_inf = float("-inf")
+    floor, offset = floor[:, None], offset[:, None]  # (G, 1)
+    scores, rest = d2, fallback
+    for s in range(width):
+        active = (left > s)[:, None]  # (G, 1)
+        # Above the floor: largest d2 first; below it: largest kernel diagonal (d2 <= diag < offset).
+        j = torch.argmax(torch.where(scores > floor, scores + offset, rest), dim=1, keepdim=True)  # (G, 1)
+        pivot = scores.gather(1, j)  # (G, 1)
+        e = residual.gather(1, j[:, :, None].expand(num_groups, 1, m))  # (G, 1, m)
+        if s:
+            # e -= sum over this block's earlier rows c_t[j] c_t  ->  (G, 1, s) @ (G, s, m)
+            c_j = chol[:, :s].gather(2, j[:, None, :].expand(num_groups, s, 1)).transpose(1, 2)
+            e = torch.baddbmm(e, c_j, chol[:, :s], alpha=-1.0)
+        scale = torch.where(active & (pivot > floor), pivot.clamp(min=1e-30).rsqrt(), 0.0)  # (G, 1)
+        e = e.squeeze(1) * scale
+        chol[:, s] = e
+        scores = torch.addcmul(scores, e, e, value=-1.0)
+        scores = torch.where(active, scores.scatter(1, j, neg_inf), scores)
+        rest = torch.where(active, rest.scatter(1, j, neg_inf), rest)
+        local[:, s] = torch.where(active, j, -1).squeeze(1)
+    d2.copy_(scores)
+    fallback.copy_(rest)
 
 
-def _greedy_picks_compiled(kernel: np.ndarray, k: np.ndarray, valid: np.ndarray, block: int) -> np.ndarray:
-    """:func:`greedy_map`'s blocked loop with each block's picks compiled (:func:`_block_picks`); the
-    Schur update between blocks is a BLAS batched product and the column drops are NumPy, as in the torch
-    loop. Returns ``(G, max k)`` int64 picks (original column indices, -1 where a group has fewer)."""
-    num_groups, n, _ = kernel.shape
-    kmax = int(k.max())
-    rows = np.arange(num_groups)
-    residual = kernel.astype(np.float32, copy=True)  # (G, m, m) Schur complement
-    diag = np.where(valid, np.diagonal(residual, axis1=1, axis2=2), np.float32(0))  # (G, m)
-    top = diag.max(axis=1)  # (G,)
-    floor = np.maximum(np.float32(_RANK_FLOOR) * top, np.float32(1e-30))  # (G,)
-    offset = np.float32(2) * top + np.float32(1)  # (G,) above any diagonal entry
-    neg_inf = np.float32(-np.inf)
-    d2 = np.where(valid, diag, neg_inf)  # (G, m) residual variances, -inf once picked or padding
-    fallback = d2.copy()  # (G, m) kernel diagonal, -inf once picked or padding
-    column = np.broadcast_to(np.arange(n), (num_groups, n)).copy()  # (G, m) original index
-    chosen = np.full((num_groups, kmax), -1, dtype=np.int64)
-    block_picks = _compiled_block_picks()
-    if kmax * n <= _UNBLOCKED_FLOATS:
-        block = kmax  # a group's Cholesky rows stay in cache: no Schur updates, no column drops
-    done = 0
-    while done < kmax:
-        width = min(block, kmax - done)
-        m = residual.shape[1]
-        chol = np.zeros((num_groups, width, m), dtype=np.float32)  # this block's Cholesky rows
-        local = np.full((num_groups, width), -1, dtype=np.int64)  # this block's picks, current columns
-        block_picks(residual, d2, fallback, floor, offset, k - done, chol, local)
-        hit = local >= 0
-        chosen[:, done : done + width][hit] = np.take_along_axis(column, np.maximum(local, 0), axis=1)[hit]
-        done += width
-        if done >= kmax:
-            break
-        chol_t = torch.from_numpy(chol)
-        torch.from_numpy(residual).baddbmm_(chol_t.transpose(1, 2), chol_t, alpha=-1.0)  # in place, BLAS
-        remaining = np.isfinite(fallback) & (done < k)[:, None]  # groups that are finished need nothing
-        needed = int(remaining.sum(axis=1).max())
-        if needed <= 0.75 * m:
-            # Keep only still-pickable columns, in their original order.
-            order = np.argsort(~remaining, axis=1, kind="stable")[:, :needed]  # (G, m')
-            residual = residual[rows[:, None, None], order[:, :, None], order[:, None, :]]
-            remaining = np.take_along_axis(remaining, order, axis=1)
-            d2 = np.where(remaining, np.take_along_axis(d2, order, axis=1), neg_inf)
-            fallback = np.where(remaining, np.take_along_axis(fallback, order, axis=1), neg_inf)
-            column = np.take_along_axis(column, order, axis=1)
-    return chosen
+def _numba_block_picks(residual, d2, fallback, floor, offset, left, chol, local) -> None:
+    """One block of picks compiled by Numba, on zero-copy NumPy views of the host tensors."""
+    _compiled_block_picks()(*(t.numpy() for t in (residual, d2, fallback, floor, offset, left, chol, local)))
 
 
-def _block_picks(residual, d2, fallback, floor, offset, left, chol, local):  # pragma: no cover
+def _triton_block_picks() -> BlockPicks:
+    from hieravid.ops import dpp_triton
+
+    return dpp_triton.block_picks
+
+
+def _numba_block_picks_source(residual, d2, fallback, floor, offset, left, chol, local):  # pragma: no cover
     """One block of picks for every group, written for Numba (compiled by :func:`_compiled_block_picks`;
     Python never runs it). Group g makes ``min(width, left[g])`` picks; each corrects its kernel row
     against this block's earlier rows only (the residual already holds the earlier blocks' updates).
@@ -285,20 +296,21 @@ _BLOCK_PICKS_SIGNATURE = (
 
 
 def _compiled_block_picks():
-    """:func:`_block_picks` compiled by Numba on first use (cached on disk, so later processes load it in
-    a fraction of a second)."""
+    """:func:`_numba_block_picks_source` compiled by Numba on first use (cached on disk, so later
+    processes load it in a fraction of a second)."""
     global _COMPILED
     if _COMPILED is None:
         import numba
 
-        _COMPILED = numba.njit(_BLOCK_PICKS_SIGNATURE, cache=True, nogil=True)(_block_picks)
+        _COMPILED = numba.njit(_BLOCK_PICKS_SIGNATURE, cache=True, nogil=True)(_numba_block_picks_source)
     return _COMPILED
 
 
 def prepare_greedy(backend: str, device: torch.device | str) -> None:
     """Compile (or load) the greedy loop that ``backend`` runs on ``device`` now, so the first prefill
     does not pay for it (about a second on a fresh machine, a few tenths once cached)."""
-    if _compiled_loop(backend, torch.device(device)):
+    loop = resolve_greedy_backend(backend, device)  # triton: compiled and checked on the device here
+    if loop == "numba":
         _compiled_block_picks()
 
 
@@ -331,9 +343,9 @@ def pack_segments(segment: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Te
     return token_index, token_index >= 0, n_max
 
 
-# For the torch loop (a GPU), whose cost is per pick step: below this many tokens a segment's kernel
-# block is cheap next to the loop, so all segments share one padded loop. The compiled loop (CPU) costs
-# nothing per step, so there segments are always bucketed by size, which bounds the kernel's padding.
+# For the torch loop, whose cost is per pick step: below this many tokens a segment's kernel block is
+# cheap next to the loop, so all segments share one padded loop. The compiled loops (Numba, Triton) cost
+# next to nothing per step, so there segments are always bucketed by size, which bounds the padding.
 _ONE_LOOP_TOKENS = 256
 
 
@@ -378,7 +390,7 @@ def segment_dpp_select(
     Returns:
         ``(N,)`` bool keep mask; exactly ``k_i`` True per segment, sequence order untouched.
     """
-    _check_backend(backend)
+    resolve_greedy_backend(backend, features.device)  # an unusable backend fails before any work
     num_segments = k.numel()
     present = torch.bincount(segment, minlength=num_segments)
     if present.numel() != num_segments:
@@ -392,7 +404,7 @@ def segment_dpp_select(
     needs_dpp = torch.nonzero((k > 0) & (k < present)).squeeze(1)
     if needs_dpp.numel() == 0:
         return keep
-    one_loop_tokens = 0 if _compiled_loop(backend, features.device) else _ONE_LOOP_TOKENS
+    one_loop_tokens = _ONE_LOOP_TOKENS if resolve_greedy_backend(backend, features.device) == "torch" else 0
     for groups in _size_buckets(present, needs_dpp, one_loop_tokens):
         token_index, valid, _ = pack_segments(segment, groups)
         safe = token_index.clamp(min=0)
