@@ -357,6 +357,30 @@ def test_apply_compiles_the_greedy_loop_before_the_first_prefill(monkeypatch, me
         assert (dpp._COMPILED is not None) == compiles  # at apply, no prefill has run yet
 
 
+def test_the_runtime_never_reads_padding_back_per_layer(monkeypatch):
+    """Masks are built from what the runtime knows about padding: no device read (a GPU sync) at every
+    layer of the prefill or of each decoding step, and the masks are still right (see the invariants)."""
+    from hieravid.runtime import engine, masks
+
+    seen = []
+
+    def recording(key_valid, query_len, implementation, dtype, all_valid=None):
+        seen.append(all_valid)
+        if all_valid is not None:
+            assert all_valid == bool(key_valid.all())
+        return masks.attention_mask(key_valid, query_len, implementation, dtype, all_valid)
+
+    model = build_model("qwen2_vl")
+    monkeypatch.setattr(engine, "attention_mask", recording)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        _generate(model, build_inputs("qwen2_vl", model), n=3)  # one sample: no padding anywhere
+        # Prefill: a mask where the sequence changes (layers 0, 2, 4, 6); then 8 layers x 2 decoding steps.
+        assert seen == [True] * (4 + 8 * 2)
+        seen.clear()
+        _generate(model, build_inputs("qwen2_vl", model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2]), n=3)
+        assert seen == [False] * (4 + 8 * 2)  # padded rows, and pruning re-pads them
+
+
 def test_unknown_method_and_option(family, model):
     with pytest.raises(ValueError, match="unknown method"):
         hieravid.apply(model, "nonsense")

@@ -15,13 +15,15 @@ class PrunedCache(DynamicCache):
     sequence length (prompt before pruning plus generated tokens), so code that derives the positions of
     new tokens from the cache length continues from the original positions. ``key_valid[l]`` is the
     ``(B, stored_l)`` bool mask of real (non-padding) keys of layer ``l``; the runtime builds every decoding
-    mask from it.
+    mask from it. ``all_valid[l]`` is True when that mask is known to be all True (then SDPA needs no mask,
+    and the runtime need not read the mask back from the device to find out); False means "look".
     """
 
     def __init__(self, config) -> None:
         super().__init__(config=config)
         self.virtual_length = 0  # tokens, as if nothing had been pruned
         self.key_valid: list[torch.Tensor | None] = []
+        self.all_valid: list[bool] = []
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # noqa: D401 - same contract as the parent
         """Original sequence length seen so far (tokens), whatever was pruned."""

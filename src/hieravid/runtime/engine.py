@@ -222,14 +222,17 @@ class Runtime:
                 start = time.perf_counter()
                 seq = self._decide(layer_idx, layer, seq, layouts, frame_of, slot_of, visual, states, traced)
                 decide_seconds += time.perf_counter() - start
-            present_visual = visual.gather(1, seq.index) & seq.valid  # (B, L)
-            for b, count in enumerate(present_visual.sum(dim=1).tolist()):
-                per_sample[b].append(count)
             if layer_idx == 0 or layer_idx in decision_layers:
+                # The sequence changes only here: read counts and padding back from the device here, not
+                # at every layer (each read waits for the GPU to finish all the layers queued so far).
+                counts = (visual.gather(1, seq.index) & seq.valid).sum(dim=1).tolist()  # (B,) visual tokens
                 kept_positions.append([seq.index[b][seq.valid[b]] for b in range(batch)])
+                all_valid = bool(seq.valid.all())
+                mask = attention_mask(seq.valid, seq.hidden.shape[1], implementation, seq.hidden.dtype, all_valid)
             else:
                 kept_positions.append(kept_positions[-1])
-            mask = attention_mask(seq.valid, seq.hidden.shape[1], implementation, seq.hidden.dtype)
+            for b, count in enumerate(counts):
+                per_sample[b].append(count)
             hidden = layer(
                 seq.hidden,
                 attention_mask=mask,
@@ -244,6 +247,7 @@ class Runtime:
             seq.hidden = hidden
             if cache is not None:
                 cache.key_valid.append(seq.valid)
+                cache.all_valid.append(all_valid)
         if cache is not None:
             cache.virtual_length = length
         hidden = text_model.norm(seq.hidden)
@@ -371,13 +375,15 @@ class Runtime:
             if mask_2d is None
             else mask_2d[:, -query_len:].bool()
         )
+        new_all = mask_2d is None or bool(new_valid.all())  # one device read per step, not one per layer
         hidden = embeds
         implementation = self.adapter.attn_implementation
         for layer_idx, layer in enumerate(self.adapter.layers):
             key_valid = torch.cat([cache.key_valid[layer_idx], new_valid], dim=1)  # (B, stored + q)
+            all_valid = cache.all_valid[layer_idx] and new_all
             hidden = layer(
                 hidden,
-                attention_mask=attention_mask(key_valid, query_len, implementation, hidden.dtype),
+                attention_mask=attention_mask(key_valid, query_len, implementation, hidden.dtype, all_valid),
                 position_embeddings=(cos, sin),
                 position_ids=text_pos,
                 past_key_values=cache,
@@ -385,6 +391,7 @@ class Runtime:
                 **kwargs,
             )
             cache.key_valid[layer_idx] = key_valid
+            cache.all_valid[layer_idx] = all_valid
         cache.virtual_length += query_len
         return BaseModelOutputWithPast(last_hidden_state=text_model.norm(hidden), past_key_values=cache)
 
