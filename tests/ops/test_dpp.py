@@ -114,6 +114,16 @@ def kernel_batches(draw, max_n=10, full_rank=True):
 BACKENDS = ["torch", "numba", "numba-blocked"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_map_accepts_a_kernel_that_requires_grad(backend):
+    gen = torch.Generator().manual_seed(5)
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    kernel = random_psd(gen, 2, 12, 16, valid)
+    k = torch.tensor([4, 7])
+    expected = run_greedy(kernel, k, valid, backend="torch")
+    assert torch.equal(run_greedy(kernel.requires_grad_(), k, valid, backend=backend), expected)
+
+
 def run_greedy(kernel, k, valid, *, backend, **kwargs):
     if backend == "numba-blocked":
         with mock.patch.object(dpp_module, "_UNBLOCKED_FLOATS", 0):

@@ -172,7 +172,8 @@ def _blocked_greedy(
     neg_inf = float("-inf")
     rows = torch.arange(num_groups, device=device)
     # (G, m, m) Schur complement, m shrinks as tokens are used up; every tensor here is C-contiguous.
-    residual = kernel.float().clone(memory_format=torch.contiguous_format)
+    # Detached: the picks are discrete, and the compiled loops read the tensors' memory directly.
+    residual = kernel.detach().float().clone(memory_format=torch.contiguous_format)
     diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0).contiguous()  # (G, m)
     top = diag.amax(dim=1)  # (G,)
     floor = (_RANK_FLOOR * top).clamp(min=1e-30)  # (G,)
