@@ -391,7 +391,7 @@ def segment_dpp_select(
     Returns:
         ``(N,)`` bool keep mask; exactly ``k_i`` True per segment, sequence order untouched.
     """
-    resolve_greedy_backend(backend, features.device)  # an unusable backend fails before any work
+    loop = resolve_greedy_backend(backend, features.device)  # an unusable backend fails before any work
     num_segments = k.numel()
     present = torch.bincount(segment, minlength=num_segments)
     if present.numel() != num_segments:
@@ -405,12 +405,12 @@ def segment_dpp_select(
     needs_dpp = torch.nonzero((k > 0) & (k < present)).squeeze(1)
     if needs_dpp.numel() == 0:
         return keep
-    one_loop_tokens = _ONE_LOOP_TOKENS if resolve_greedy_backend(backend, features.device) == "torch" else 0
+    one_loop_tokens = _ONE_LOOP_TOKENS if loop == "torch" else 0
     for groups in _size_buckets(present, needs_dpp, one_loop_tokens):
         token_index, valid, _ = pack_segments(segment, groups)
         safe = token_index.clamp(min=0)
         kernel = conditional_kernel(features[safe], relevance[safe], valid)  # (G, n, n)
-        picked = greedy_map(kernel, k[groups], valid, backend=backend)
+        picked = greedy_map(kernel, k[groups], valid, backend=loop)
         keep[token_index[picked]] = True
     return keep
 

@@ -8,8 +8,9 @@ picked kernel row against the block's earlier rows and writes it to ``chol``. Th
 one batched product and the column drops are gathers.
 
 The kernel is compiled by Triton for CUDA tensors; in a process started with ``TRITON_INTERPRET=1`` it
-runs on CPU tensors in Triton's interpreter instead (NumPy, slow: for tests). :func:`available` compiles it on a device and checks its picks
-against the torch loop once, so ``greedy_backend="auto"`` never takes a kernel that does not work there.
+runs on CPU tensors in Triton's interpreter instead (NumPy, slow: for tests). :func:`available` compiles
+it on a device and checks its picks against the torch loop once, so ``greedy_backend="auto"`` never
+takes a kernel that does not work there.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def block_picks(residual, d2, fallback, floor, offset, left, chol, local) -> Non
     )
 
 
-_CHECKED: dict[str, str | None] = {}  # device -> None (usable) or why not
+_CHECKED: dict[torch.device, str | None] = {}  # device -> None (usable) or why not
 
 
 def _check(device: torch.device) -> str | None:
@@ -136,9 +137,9 @@ def available(device: torch.device | str) -> bool:
     """Whether the kernel compiles and picks correctly on the CUDA ``device`` (checked once per device;
     the first failure is reported as a warning, and ``auto`` then uses the torch loop)."""
     device = _key(device)
-    if str(device) not in _CHECKED:
+    if device not in _CHECKED:
         problem = _check(device) if device.type == "cuda" else f"{device} is not a CUDA device"
-        _CHECKED[str(device)] = problem
+        _CHECKED[device] = problem
         if problem is not None and device.type == "cuda":
             warnings.warn(
                 f"the Triton greedy loop is not usable: {problem}; the DPP runs the torch loop, one step of "
@@ -146,10 +147,10 @@ def available(device: torch.device | str) -> bool:
                 RuntimeWarning,
                 stacklevel=2,
             )
-    return _CHECKED[str(device)] is None
+    return _CHECKED[device] is None
 
 
 def why_not(device: torch.device | str) -> str:
     """Why :func:`available` says no for ``device`` (empty when it says yes)."""
     available(device)
-    return _CHECKED[str(_key(device))] or ""
+    return _CHECKED[_key(device)] or ""
