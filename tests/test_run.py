@@ -117,14 +117,15 @@ def test_run_other_method_and_family(llava_dir: Path, tmp_path: Path, capsys) ->
     video = tmp_path / "noise.mp4"
     write_test_video(video, tm.random_video(12, 126, 126, seed=4), fps=6)
     argv = ["run", str(video), "-q", "what is happening in the video ?", "--model", str(llava_dir),
-            "--method", "fastv", "--num-frames", "8", "--json", "--max-new-tokens", "2", "--compare"]
+            "--method", "fastv:k=1", "--num-frames", "8", "--json", "--max-new-tokens", "2", "--compare"]
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     payload = json.loads(out)
     assert payload["family"] == "llava_onevision"
     vanilla, pruned = payload["results"]
     check_result(pruned, 8 * 25)
-    assert [s["layer"] for s in pruned["stages"]] == [0, 2] and pruned["segments"] is None
+    assert pruned["method"] == "fastv:k=1"
+    assert [s["layer"] for s in pruned["stages"]] == [0, 1] and pruned["segments"] is None  # k=1 reached FastV
 
 
 def test_demo_json(proxy_dir: Path, tmp_path: Path, capsys) -> None:
@@ -190,6 +191,9 @@ def test_missing_or_empty_question(video_file: Path, proxy_dir: Path, capsys) ->
 def test_bad_model_and_budget(video_file: Path, tmp_path: Path, capsys) -> None:
     check_error(["run", str(video_file), "-q", "what ?", "--model", str(tmp_path)], capsys, "config.json")
     check_error(["run", str(video_file), "-q", "what ?", "--budget", "1.5"], capsys, "budget")
+    # a bad method option fails before the model is looked for
+    check_error(["run", str(video_file), "-q", "what ?", "--model", str(tmp_path), "--method", "fastv:kk=3"], capsys,
+                "unknown option(s) for method 'fastv': kk; allowed: k")
     check_error(["demo", "--budget", "0", "--out", str(tmp_path)], capsys, "budget")
     check_error(["run", str(video_file), "-q", "what ?", "--viz", str(tmp_path / "no" / "x.png")], capsys, "--viz")
 

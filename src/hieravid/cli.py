@@ -222,7 +222,9 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
 
 
 def _comma_list(text: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
+    from hieravid.methods.spec import split_top_level
+
+    items = split_top_level(text)  # commas inside brackets belong to an option: hieravid:ratios=(0.5,0.2)
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return items
@@ -254,7 +256,8 @@ def _add_bench(subparsers: Any) -> None:
                         help="raw video frames (default: the shape's; Qwen2-VL takes 2 per temporal group)")
     parser.add_argument("--methods", type=_comma_list, default=["vanilla", "hieravid", "fastv", "framefusion", "evs"],
                         help="comma-separated methods (default vanilla,hieravid,fastv,framefusion,evs; "
-                             "'unpatched' = the model without hieravid.apply)")
+                             "'unpatched' = the model without hieravid.apply); options as name:key=value, "
+                             "e.g. hieravid:greedy_backend=torch")
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
                         help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
     parser.add_argument("--device", default="cpu", help="torch device, cpu or cuda (default cpu)")
@@ -328,7 +331,9 @@ def _add_eval(subparsers: Any) -> None:
     parser.add_argument("--suite", default=None,
                         help="a named list of tasks instead of --tasks: 'paper' (the six above) or 'synthetic'")
     parser.add_argument("--methods", type=_comma_list, default=["vanilla", "hieravid"],
-                        help="comma-separated methods (default vanilla,hieravid; vanilla runs once at budget 1)")
+                        help="comma-separated methods (default vanilla,hieravid; vanilla runs once at budget 1); "
+                             "options as name:key=value[:key=value], e.g. hieravid:relevance_sign=positive, "
+                             "each spec its own row")
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
                         help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
     parser.add_argument("--data-root", default="data", help="folder holding the benchmarks (default ./data)")
@@ -500,7 +505,9 @@ def _add_run(subparsers: Any) -> None:
     parser.add_argument("--question", "-q", required=True, help="the question to ask about the video")
     parser.add_argument("--model", default=None,
                         help="hub id or local model directory (from_pretrained); default: the shipped proxy model")
-    parser.add_argument("--method", default="hieravid", help="pruning method (default hieravid; 'vanilla' prunes nothing)")
+    parser.add_argument("--method", default="hieravid",
+                        help="pruning method (default hieravid; 'vanilla' prunes nothing); options as "
+                             "name:key=value[:key=value], e.g. hieravid:segmentation=none")
     parser.add_argument("--budget", type=float, default=0.3,
                         help="relative token budget in (0, 1]: visual tokens kept, averaged over layers (default 0.3)")
     parser.add_argument("--num-frames", type=_positive_int, default=32, help="frames sampled from the video (default 32)")
@@ -717,6 +724,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not question:
         raise ValueError("the question is empty: pass the text to ask with --question \"...\"")
     budget = check_budget(args.budget)
+    from hieravid.methods import build
+
+    build(args.method, budget)  # an unknown method or option fails now, before decoding and loading
     viz_folder = os.path.dirname(os.path.abspath(args.viz)) if args.viz else None
     if viz_folder and not os.path.isdir(viz_folder):
         raise ValueError(f"the folder of --viz {args.viz!r} does not exist: create it or pick another path")

@@ -97,6 +97,15 @@ def test_plot_has_two_panels(bench, tmp_path):
     assert check_goals(result) == []  # no hieravid in this run
 
 
+def test_a_method_spec_is_measured_under_its_own_name(capsys):
+    spec = "hieravid:greedy_backend=torch"
+    result = run_model_bench("tiny", methods=["vanilla", spec], budgets=[0.5], repeats=1, warmup=0, new_tokens=2)
+    assert [(r.method, r.budget) for r in result.results] == [("vanilla", 1.0), (spec, 0.5)]
+    assert f"| {spec} | 0.5 |" in format_report(result)
+    assert main(["bench", "--shape", "tiny", "--methods", "hieravid:greedy_backend=gpu", "--quiet"]) == 2
+    assert "greedy_backend must be one of" in capsys.readouterr().err
+
+
 def test_big_shapes_refuse_the_cpu(capsys):
     assert main(["bench", "--shape", "qwen2-vl-7b", "--quiet"]) == 2
     assert "--allow-cpu" in capsys.readouterr().err

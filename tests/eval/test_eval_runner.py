@@ -132,6 +132,24 @@ def test_bad_command_lines(tmp_path, capsys):
     assert "unknown task 'bogus'" in err and "unknown method" in err and "unknown suite" in err
 
 
+def test_a_method_spec_is_its_own_row(tmp_path, model_dir, data_root, capsys):
+    """``--methods`` takes specs with options; each is recorded and summarised under its own string, and a bad
+    option stops the run before the first sample."""
+    spec = "hieravid:segmentation=none:relevance_sign=positive"
+    args = ["eval", "--model", str(model_dir), "--tasks", "mvbench", "--data-root", str(data_root), "--limit", "2",
+            "--budgets", "0.3", "--num-frames", "4", "--max-new-tokens", "2", "--quiet"]
+    assert main([*args, "--methods", f"vanilla,hieravid,{spec}", "--out", str(tmp_path / "ok")]) == 0
+    records = _records(tmp_path / "ok")
+    assert Counter(r["method"] for r in records) == {"vanilla": 2, "hieravid": 2, spec: 2}
+    rows = json.loads((tmp_path / "ok" / "summary.json").read_text())["rows"]
+    assert [(row["method"], row["budget"]) for row in rows] == [("vanilla", 1.0), ("hieravid", 0.3), (spec, 0.3)]
+    assert f"| {spec} | 0.3 |" in (tmp_path / "ok" / "summary.md").read_text()
+
+    assert main([*args, "--methods", "vanilla,hieravid:bogus=1", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown option(s) for method 'hieravid': bogus" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "predictions.part0.jsonl").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

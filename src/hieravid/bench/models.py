@@ -52,7 +52,7 @@ import torch
 import hieravid
 from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
 from hieravid.config import check_budget
-from hieravid.methods import available
+from hieravid.methods import available, parse_method
 from hieravid.models import find_adapter
 
 __all__ = [
@@ -420,7 +420,8 @@ def run_model_bench(
     Args:
         shape: a key of :data:`SHAPES`.
         frames: raw frames of the video (default: the shape's); Qwen2-VL takes two per temporal group.
-        methods: names from :func:`hieravid.methods.available`, plus ``unpatched`` (the model without
+        methods: names from :func:`hieravid.methods.available` or specs with options
+            (``hieravid:greedy_backend=torch``, see :func:`hieravid.methods.parse_method`), plus ``unpatched`` (the model without
             ``hieravid.apply``); ``vanilla`` (``apply`` with nothing pruned) is always measured, once, at
             budget 1, and is the reference of every ratio.
         budgets: relative token budgets in (0, 1] for every pruning method.
@@ -450,7 +451,7 @@ def run_model_bench(
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 (decode time per token needs a second token), got {new_tokens}")
     known = set(available()) | {UNPATCHED}
-    unknown = [m for m in methods if m not in known]
+    unknown = [m for m in methods if parse_method(m)[0] not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}")
     budgets = [check_budget(b) for b in budgets]

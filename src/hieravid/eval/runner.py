@@ -55,7 +55,9 @@ class EvalConfig:
         tasks: task names (see :func:`hieravid.eval.tasks.available_tasks`).
         out: output folder (created; an existing one is resumed).
         model: hub id or local directory loaded with ``from_pretrained``; None = the shipped proxy model.
-        methods: pruning methods; ``vanilla`` runs once at budget 1.
+        methods: pruning methods, each a name or a spec with options (``hieravid:relevance_sign=positive``,
+            see :func:`hieravid.methods.parse_method`), recorded and reported under that spec; ``vanilla``
+            runs once at budget 1.
         budgets: relative token budgets in (0, 1] for every method but ``vanilla``.
         data_root: folder holding the benchmarks in their published layouts (see each task's module).
         num_frames: frames sampled uniformly from each video.
@@ -111,13 +113,13 @@ def _processes(device: str) -> _Processes:
 
 
 def _check(config: EvalConfig) -> list[Task]:
-    from hieravid.methods import available, check_budget
+    from hieravid.methods import available, check_budget, parse_method
 
     if not config.tasks:
         raise ValueError("no task to run: pass --tasks (e.g. mvbench,videomme) or --suite")
     if isinstance(config.num_frames, bool) or config.num_frames < 1:
         raise ValueError(f"--num-frames must be >= 1, got {config.num_frames}")
-    unknown = [m for m in config.methods if m not in available()]
+    unknown = [m for m in config.methods if parse_method(m)[0] not in available()]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(available())}")
     if not config.methods:

@@ -18,6 +18,7 @@ from hieravid.methods.hieravid import HieraVid, Stage1Decision, decide_stage, de
 from hieravid.methods.prumerge import create_prumerge
 from hieravid.methods.prunevid import create_prunevid
 from hieravid.methods.pyramiddrop import create_pyramiddrop
+from hieravid.methods.spec import parse_method
 from hieravid.methods.streamingllm import create_streamingllm
 from hieravid.methods.vanilla import Vanilla
 
@@ -32,6 +33,8 @@ __all__ = [
     "build",
     "decide_stage",
     "decide_stage1",
+    "method_name",
+    "parse_method",
     "selector_for_stage",
 ]
 
@@ -75,13 +78,27 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def method_name(spec: str) -> str:
+    """The registered name of a method spec (``"hieravid:lam=1.0"`` -> ``"hieravid"``), checked."""
+    name, _ = parse_method(spec)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
+    return name
+
+
 def build(method: str | PruningMethod, budget: float = 0.3, **options: Any) -> PruningMethod:
-    """A method instance from its name, relative budget in (0, 1] and options (the method's switches)."""
+    """A method instance from its name, relative budget in (0, 1] and options (the method's switches).
+
+    ``method`` may also be a spec that carries options, ``"hieravid:relevance_sign=positive"`` (see
+    :func:`parse_method`); options given both ways are refused."""
     if isinstance(method, PruningMethod):
         if options:
             raise ValueError("options are given to a method instance's constructor, not to build()")
         return method
-    if method not in _REGISTRY:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(available())}")
+    name, spec_options = parse_method(method)
+    method_name(name)
+    twice = sorted(set(spec_options) & set(options))
+    if twice:
+        raise ValueError(f"option(s) {', '.join(twice)} given both in the method spec {method!r} and as arguments")
     check_budget(budget)
-    return _REGISTRY[method](budget, **options)
+    return _REGISTRY[name](budget, **spec_options, **options)
