@@ -41,6 +41,28 @@ def test_resume_after_interruption_equals_one_run(tmp_path):
     assert steps == [1, 2, 2, 3]  # step 2 ran twice: once before the interruption, once after resuming
 
 
+def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
+    """Validation every 3 steps, checkpoints every step: the log line after resuming averages the loss and
+    counts the heads over the steps before the interruption too."""
+    config = TrainConfig(**{**SMALL.__dict__, "eval_every": 3})
+    whole = train(tmp_path / "whole", config, progress=False)
+
+    def interrupt(entry):
+        raise Stop  # killed while writing step 3's line, after step 2's checkpoint
+
+    with pytest.raises(Stop):
+        train(tmp_path / "cut", config, log=interrupt, progress=False)
+    resumed = train(tmp_path / "cut", config, resume=True, progress=False)
+    assert resumed["steps"] == whole["steps"] == 3
+
+    def lines(run):
+        return [json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+
+    (expected,), (_, again) = lines("whole"), lines("cut")
+    assert expected["heads"]  # the heads' tallies are part of the line
+    assert {k: again[k] for k in ("step", "loss", "heads")} == {k: expected[k] for k in ("step", "loss", "heads")}
+
+
 def test_the_loss_reads_exactly_the_replies():
     from hieravid.proxy.build import build_processor
     from hieravid.proxy.train import _answer_positions, _conversation, _reply_starts, _reply_tokens, batch_inputs

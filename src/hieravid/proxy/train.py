@@ -301,6 +301,8 @@ def train(
         lr=config.lr, betas=(0.9, 0.98),
     )
     step, elapsed = 0, 0.0
+    running: float | None = None  # the loss's moving average, as the log shows it
+    tally: dict[str, list[int]] = {}  # training heads' [right, asked] since the last validation
     if resume and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         if state["config"] != asdict(config):
@@ -309,6 +311,8 @@ def train(
         heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed"]
+        # what the next log line averages over continues too (absent from older checkpoints)
+        running, tally = state.get("running"), state.get("tally", {})
     elif checkpoint.exists():
         raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or use a new directory")
     validation = [generate_sample(i, "validation") for i in range(config.val_size)]
@@ -327,8 +331,6 @@ def train(
     )
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("train", total=config.steps, completed=step, loss=float("nan"))
-        running = None
-        tally: dict[str, list[int]] = {}  # training heads' [right, asked] since the last validation
         while step < config.steps:
             start = time.perf_counter()
             samples = [generate_sample(step * config.batch + i, "train") for i in range(config.batch)]
@@ -376,7 +378,7 @@ def train(
             if step % config.checkpoint_every == 0 or step == config.steps:
                 _save_atomic(
                     {"model": model.state_dict(), "heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "elapsed": elapsed, "config": asdict(config)},
+                     "elapsed": elapsed, "running": running, "tally": tally, "config": asdict(config)},
                     checkpoint,
                 )
     log_file.close()
