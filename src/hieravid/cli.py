@@ -247,7 +247,8 @@ def _add_bench(subparsers: Any) -> None:
             "Build a real model architecture with random weights, then measure every method at every "
             "budget in one process, interleaved: decoder prefill time, speed-up over vanilla against the "
             "exact-FLOPs speed-up, time spent deciding, time to first token, decode time per token, peak "
-            "memory and KV-cache bytes after prefill. Medians over --repeats rounds after --warmup rounds."
+            "memory and KV-cache bytes after prefill. Medians over --repeats rounds after --warmup rounds. "
+            "Ctrl-C after a timed round reports the rounds completed (exit status 130)."
         ),
     )
     parser.add_argument("--shape", required=True, choices=SHAPE_NAMES,
@@ -268,7 +269,8 @@ def _add_bench(subparsers: Any) -> None:
     parser.add_argument("--new-tokens", type=_positive_int, default=8,
                         help="greedy tokens per generate, >= 2 (default 8)")
     parser.add_argument("--allow-cpu", action="store_true", help="run a 7B shape on the CPU anyway")
-    parser.add_argument("--json", metavar="FILE", default=None, help="also write every number to FILE as JSON")
+    parser.add_argument("--json", metavar="FILE", default=None,
+                        help="also write every number to FILE as JSON, rewritten after every timed round")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="also plot speed-up and visual KV cache against the budget to FILE.png")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -286,6 +288,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    def save(result: Any) -> None:  # after every round too: a killed run keeps its completed rounds
+        partial = f"{args.json}.partial"
+        with open(partial, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        os.replace(partial, args.json)
+
     result = run_model_bench(
         args.shape,
         frames=args.frames,
@@ -298,13 +306,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         new_tokens=args.new_tokens,
         allow_cpu=args.allow_cpu,
         progress=None if args.quiet else progress,
+        on_round=save if args.json else None,
     )
     print(format_report(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=1)
+        save(result)
     if args.plot:
         plot_report(result, args.plot)
+    if result.interrupted:
+        print(f"hieravid bench: interrupted after {result.repeats} of {result.repeats_asked} timed rounds; "
+              "the report above is of those", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -106,6 +106,50 @@ def test_a_method_spec_is_measured_under_its_own_name(capsys):
     assert "greedy_backend must be one of" in capsys.readouterr().err
 
 
+def _interrupt_measurement(monkeypatch, at_call: int) -> None:
+    """Ctrl-C arrives during the ``at_call``-th generate call of the benchmark."""
+    import hieravid.bench.models as bench_models
+
+    measure, calls = bench_models._measure, []
+
+    def measure_or_stop(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench_models, "_measure", measure_or_stop)
+
+
+def test_an_interrupted_bench_reports_its_complete_rounds(monkeypatch):
+    # vanilla + evs: two calls per round; the fifth call is the third round's first
+    _interrupt_measurement(monkeypatch, at_call=5)
+    seen = []
+    result = run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=3, warmup=0, new_tokens=2,
+                             on_round=lambda partial: seen.append(partial.repeats))
+    assert seen == [1, 2]
+    assert result.interrupted and (result.repeats, result.repeats_asked) == (2, 3)
+    assert all(len(r.prefill_runs_ms) == 2 for r in result.results) and len(result.vision_runs_ms) == 2
+    assert "INTERRUPTED: 2 of 3 timed rounds" in format_report(result)
+    assert ModelBenchResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+    _interrupt_measurement(monkeypatch, at_call=2)  # within the first round: nothing to report
+    with pytest.raises(KeyboardInterrupt):
+        run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=3, warmup=0, new_tokens=2)
+
+
+def test_an_interrupted_bench_command_keeps_its_json(monkeypatch, tmp_path, capsys):
+    _interrupt_measurement(monkeypatch, at_call=3)  # in round 2: round 1 is kept
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 130 and "interrupted after 1 of 2 timed rounds" in captured.err
+    assert "| evs | 0.5 |" in captured.out
+    saved = json.loads(out.read_text())
+    assert saved["interrupted"] and saved["repeats"] == 1 and not (tmp_path / "bench.json.partial").exists()
+
+
 def test_big_shapes_refuse_the_cpu(capsys):
     assert main(["bench", "--shape", "qwen2-vl-7b", "--quiet"]) == 2
     assert "--allow-cpu" in capsys.readouterr().err

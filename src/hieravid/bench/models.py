@@ -359,6 +359,8 @@ class ModelBenchResult:
     memory_note: str
     load_average: list[float | None]
     results: list[MethodResult]
+    repeats_asked: int | None = None  # timed rounds asked for; more than ``repeats`` when interrupted
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -414,6 +416,7 @@ def run_model_bench(
     allow_cpu: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    on_round: Callable[["ModelBenchResult"], None] | None = None,
 ) -> ModelBenchResult:
     """Measure every method at every budget on one random-weight model of ``shape``.
 
@@ -433,6 +436,10 @@ def run_model_bench(
         new_tokens: greedy tokens generated per measurement (>= 2: decode time needs a second token).
         allow_cpu: run a 7B shape on CPU anyway.
         progress: called with one line per measurement.
+        on_round: called after every timed round with the result of the rounds so far (to save it).
+
+    An interruption (Ctrl-C) after at least one timed round returns the completed rounds, marked
+    ``interrupted``; the round it stopped in is dropped, so every method has the same rounds.
 
     Returns:
         A :class:`ModelBenchResult` (times in ms, memory in bytes).
@@ -479,6 +486,51 @@ def run_model_bench(
     vision_runs: list[float] = []
     stats_of: dict[tuple[str, float], Any] = {}
     recorder = _Recorder(model, text_model, dev)
+    height, width = SHAPES[shape].frame_size
+
+    def assemble(interrupted: bool = False) -> ModelBenchResult:
+        """The result of the timed rounds completed so far."""
+        vanilla_stats = stats_of[("vanilla", 1.0)]
+        results = [_summarise(name, budget, samples[(name, budget)], stats_of[(name, budget)], vanilla_stats)
+                   for name, budget in configs]
+        _relate(results)
+        return ModelBenchResult(
+            machine=machine_description(dev),
+            device=str(dev),
+            dtype=str(dtype).replace("torch.", ""),
+            torch_version=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            shape=shape,
+            shape_description=spec.description,
+            frames=spec.frames if frames is None else frames,
+            frame_size=[height, width],
+            visual_tokens=vanilla_stats.visual_tokens[0],
+            text_tokens=vanilla_stats.text_tokens[0],
+            prompt_tokens=int(inputs["input_ids"].shape[1]),
+            num_layers=num_layers,
+            vision_ms=_median(vision_runs),
+            vision_runs_ms=list(vision_runs),
+            vision_note=(
+                "the vision tower (random weights, this shape's config) runs once per round, timed alone; "
+                "inside the timed generate calls its cached output is returned, so prefill and decode "
+                "exclude it and TTFT adds the round's vision time"
+            ),
+            repeats=len(vision_runs),
+            warmup=warmup,
+            new_tokens=new_tokens,
+            memory_note=(
+                "torch.cuda.max_memory_allocated during prefill minus allocated before"
+                if dev.type == "cuda"
+                else "growth of the peak resident set size (VmHWM, reset via /proc/self/clear_refs after "
+                     "malloc_trim) during prefill over the resident size before it; memory the allocator "
+                     "still caches can hide part of it"
+            ),
+            load_average=[load_start, _load_average()],
+            results=results,
+            repeats_asked=repeats,
+            interrupted=interrupted,
+        )
+
     try:
         with torch.no_grad():
             for round_idx in range(warmup + repeats):
@@ -489,68 +541,36 @@ def run_model_bench(
                 features = encode(**encode_kwargs)
                 _sync(dev)
                 vision_seconds = time.perf_counter() - start
-                if timed:
-                    vision_runs.append(1000 * vision_seconds)
                 say(f"{label}: vision {1000 * vision_seconds:.1f} ms")
                 multimodal.get_video_features = _cached_encoder(encode, features)
+                this_round: dict[tuple[str, float], tuple[dict[str, Any], Any]] = {}
                 try:
                     shift = round_idx % len(configs)
                     for name, budget in configs[shift:] + configs[:shift]:
                         sample, stats = _measure(model, inputs, name, budget, new_tokens, recorder, dev)
                         sample["ttft_ms"] += 1000 * vision_seconds
-                        if timed:
-                            samples[(name, budget)].append(sample)
-                            stats_of[(name, budget)] = stats
+                        this_round[(name, budget)] = sample, stats
                         say(
                             f"{label}: {name:<12} {budget:<4g} prefill {sample['prefill_ms']:9.1f} ms  "
                             f"decide {sample['decide_ms']:7.1f} ms  decode {sample['decode_ms_per_token']:7.1f} ms/token"
                         )
                 finally:
                     del multimodal.get_video_features  # back to the class method
+                if timed:  # a round counts whole or not at all: every method is measured the same times
+                    vision_runs.append(1000 * vision_seconds)
+                    for config, (sample, stats) in this_round.items():
+                        samples[config].append(sample)
+                        stats_of[config] = stats
+                    if on_round is not None:
+                        on_round(assemble())
+    except KeyboardInterrupt:
+        if not vision_runs:
+            raise  # not one timed round: nothing to report
+        say(f"interrupted: reporting the {len(vision_runs)} of {repeats} timed rounds completed")
+        return assemble(interrupted=True)
     finally:
         recorder.remove()
-
-    vanilla_stats = stats_of[("vanilla", 1.0)]
-    text_tokens = vanilla_stats.text_tokens[0]
-    visual_tokens = vanilla_stats.visual_tokens[0]
-    results = [_summarise(name, budget, samples[(name, budget)], stats_of[(name, budget)], vanilla_stats)
-               for name, budget in configs]
-    _relate(results)
-    height, width = SHAPES[shape].frame_size
-    return ModelBenchResult(
-        machine=machine_description(dev),
-        device=str(dev),
-        dtype=str(dtype).replace("torch.", ""),
-        torch_version=torch.__version__,
-        torch_threads=torch.get_num_threads(),
-        shape=shape,
-        shape_description=spec.description,
-        frames=spec.frames if frames is None else frames,
-        frame_size=[height, width],
-        visual_tokens=visual_tokens,
-        text_tokens=text_tokens,
-        prompt_tokens=int(inputs["input_ids"].shape[1]),
-        num_layers=num_layers,
-        vision_ms=_median(vision_runs),
-        vision_runs_ms=vision_runs,
-        vision_note=(
-            "the vision tower (random weights, this shape's config) runs once per round, timed alone; "
-            "inside the timed generate calls its cached output is returned, so prefill and decode "
-            "exclude it and TTFT adds the round's vision time"
-        ),
-        repeats=repeats,
-        warmup=warmup,
-        new_tokens=new_tokens,
-        memory_note=(
-            "torch.cuda.max_memory_allocated during prefill minus allocated before"
-            if dev.type == "cuda"
-            else "growth of the peak resident set size (VmHWM, reset via /proc/self/clear_refs after "
-                 "malloc_trim) during prefill over the resident size before it; memory the allocator "
-                 "still caches can hide part of it"
-        ),
-        load_average=[load_start, _load_average()],
-        results=results,
-    )
+    return assemble()
 
 
 def _measure(
@@ -711,7 +731,8 @@ def format_report(result: ModelBenchResult) -> str:
         f"{result.num_layers} decoder layers",
         f"vision tower: {result.vision_ms:.1f} ms (median; measured apart, added to TTFT only)",
         f"protocol: {result.warmup} warm-up + {result.repeats} timed rounds, methods interleaved, medians; "
-        f"{result.new_tokens} new tokens per generate",
+        f"{result.new_tokens} new tokens per generate"
+        + (f" (INTERRUPTED: {result.repeats} of {result.repeats_asked} timed rounds)" if result.interrupted else ""),
         f"load average (1 min) at start / end: {result.load_average[0]} / {result.load_average[1]}"
         + (" -- other processes were running: timings are unreliable"
            if (result.load_average[0] or 0) >= 0.75 * (os.cpu_count() or 1) else ""),
