@@ -48,7 +48,7 @@ def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: t
     norm = torch.linalg.vector_norm(x, dim=-1)  # (G, n)
     scale = torch.where(valid & (norm > 0), relevance.float() / norm.clamp(min=1e-30), 0.0)
     gram = torch.bmm(x, x.transpose(1, 2))  # (G, n, n)
-    return gram * scale.unsqueeze(2) * scale.unsqueeze(1)
+    return gram.mul_(scale.unsqueeze(2)).mul_(scale.unsqueeze(1))  # in place: no (G, n, n) temporaries
 
 
 def greedy_map(
