@@ -106,6 +106,25 @@ def test_a_method_spec_is_measured_under_its_own_name(capsys):
     assert "greedy_backend must be one of" in capsys.readouterr().err
 
 
+def test_cpu_memory_is_measured_in_the_warm_up_only(monkeypatch):
+    """The CPU memory reset (malloc_trim) makes the next call page-fault: it runs in the warm-up round, never
+    before a timed call, and the peaks come from there."""
+    import hieravid.bench.models as bench_models
+
+    resets = []
+    reset = bench_models._reset_peak_rss
+    monkeypatch.setattr(bench_models, "_reset_peak_rss", lambda: resets.append(1) or reset())
+    result = run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=2, warmup=1, new_tokens=2)
+    assert len(resets) == 2  # one per (method, budget), in the one warm-up round
+    if reset():  # where this kernel allows the reset, every method has a peak
+        assert all(r.peak_memory_bytes is not None for r in result.results)
+    assert "measured in the warm-up rounds" in result.memory_note
+
+    resets.clear()
+    result = run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=2, warmup=0, new_tokens=2)
+    assert len(resets) == 4 and "measured in the timed rounds" in result.memory_note  # no warm-up: no choice
+
+
 def _interrupt_measurement(monkeypatch, at_call: int) -> None:
     """Ctrl-C arrives during the ``at_call``-th generate call of the benchmark."""
     import hieravid.bench.models as bench_models

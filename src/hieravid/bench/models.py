@@ -24,7 +24,9 @@ How one measurement is taken (one ``model.generate`` call with ``new_tokens`` gr
   the growth of the process's peak resident set size during the prefill (Linux ``VmHWM`` after
   ``malloc_trim`` and a reset through ``/proc/self/clear_refs``, minus ``VmRSS`` before): memory the
   allocator still holds from earlier calls is reused without showing up, so it can under-count; None
-  where the kernel does not allow the reset.
+  where the kernel does not allow the reset. The CPU reset hands freed memory back to the system, so
+  the next call page-faults on every new allocation; on CPU memory is therefore measured in the warm-up
+  rounds and the timed rounds run without the reset (with no warm-up, in the timed rounds).
 - ``kv_bytes``: keys + values over every layer of the cache returned by the prefill (read in the hook,
   before decoding appends); ``kv_text_bytes`` = text tokens x bytes per token per layer x layers;
   ``kv_visual_bytes`` = the rest.
@@ -244,9 +246,10 @@ class _Recorder:
             text_model.register_forward_pre_hook(self._text_start),
             text_model.register_forward_hook(self._text_end),
         ]
-        self.reset()
+        self.reset(memory=False)
 
-    def reset(self) -> None:
+    def reset(self, memory: bool = True) -> None:
+        """Before a call; ``memory=False`` skips the peak-memory measurement (and, on CPU, its reset)."""
         self.model_calls = 0
         self.first_forward_end: float | None = None
         self.text_start: float | None = None
@@ -255,7 +258,9 @@ class _Recorder:
         self.peak_bytes: int | None = None
         self.peak_total_bytes: int | None = None
         self.memory_before = 0
-        if self.device.type == "cuda":
+        if not memory:
+            self.memory_before = -1
+        elif self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.memory_before = torch.cuda.memory_allocated(self.device)
         elif _reset_peak_rss():
@@ -272,10 +277,12 @@ class _Recorder:
         _sync(self.device)
         self.first_forward_end = time.perf_counter()
         self.cache = _cache_bytes(getattr(output, "past_key_values", None))
-        if self.device.type == "cuda":
+        if self.memory_before < 0:
+            pass  # not measured in this call
+        elif self.device.type == "cuda":
             self.peak_total_bytes = torch.cuda.max_memory_allocated(self.device)
             self.peak_bytes = self.peak_total_bytes - self.memory_before
-        elif self.memory_before >= 0:
+        else:
             hwm = _proc_status_kib("VmHWM")
             if hwm is not None:
                 self.peak_total_bytes = hwm * 1024
@@ -485,13 +492,17 @@ def run_model_bench(
     samples: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
     vision_runs: list[float] = []
     stats_of: dict[tuple[str, float], Any] = {}
+    # On CPU the memory measurement's reset slows the call after it: measure memory in the warm-up rounds.
+    memory_apart = dev.type != "cuda" and warmup > 0
+    memory_of: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
     recorder = _Recorder(model, text_model, dev)
     height, width = SHAPES[shape].frame_size
 
     def assemble(interrupted: bool = False) -> ModelBenchResult:
         """The result of the timed rounds completed so far."""
         vanilla_stats = stats_of[("vanilla", 1.0)]
-        results = [_summarise(name, budget, samples[(name, budget)], stats_of[(name, budget)], vanilla_stats)
+        results = [_summarise(name, budget, samples[(name, budget)], stats_of[(name, budget)], vanilla_stats,
+                              memory_of[(name, budget)] if memory_apart else None)
                    for name, budget in configs]
         _relate(results)
         return ModelBenchResult(
@@ -523,7 +534,10 @@ def run_model_bench(
                 if dev.type == "cuda"
                 else "growth of the peak resident set size (VmHWM, reset via /proc/self/clear_refs after "
                      "malloc_trim) during prefill over the resident size before it; memory the allocator "
-                     "still caches can hide part of it"
+                     "still caches can hide part of it; "
+                     + ("measured in the warm-up rounds, so that the reset (which makes the next call "
+                        "page-fault on its allocations) stays out of the timed ones" if memory_apart
+                        else "measured in the timed rounds (no warm-up), whose times include the reset's cost")
             ),
             load_average=[load_start, _load_average()],
             results=results,
@@ -544,10 +558,13 @@ def run_model_bench(
                 say(f"{label}: vision {1000 * vision_seconds:.1f} ms")
                 multimodal.get_video_features = _cached_encoder(encode, features)
                 this_round: dict[tuple[str, float], tuple[dict[str, Any], Any]] = {}
+                memory = not timed or not memory_apart  # see the module docstring (peak_memory)
                 try:
                     shift = round_idx % len(configs)
                     for name, budget in configs[shift:] + configs[:shift]:
-                        sample, stats = _measure(model, inputs, name, budget, new_tokens, recorder, dev)
+                        sample, stats = _measure(model, inputs, name, budget, new_tokens, recorder, dev, memory)
+                        if not timed and memory:
+                            memory_of[(name, budget)].append(sample)
                         sample["ttft_ms"] += 1000 * vision_seconds
                         this_round[(name, budget)] = sample, stats
                         say(
@@ -581,12 +598,14 @@ def _measure(
     new_tokens: int,
     recorder: _Recorder,
     device: torch.device,
+    memory: bool = True,
 ) -> tuple[dict[str, Any], Any]:
-    """One generate call of one (method, budget): times (ms), memory and cache (bytes), and its stats."""
+    """One generate call of one (method, budget): times (ms), memory (bytes, when ``memory``) and cache
+    (bytes), and its stats."""
     handle = None if name == UNPATCHED else hieravid.apply(model, name, budget)
     try:
         _sync(device)
-        recorder.reset()
+        recorder.reset(memory)
         start = time.perf_counter()
         out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         _sync(device)
@@ -613,7 +632,11 @@ def _measure(
     return sample, stats
 
 
-def _summarise(name: str, budget: float, runs: list[dict[str, Any]], stats: Any, vanilla_stats: Any) -> MethodResult:
+def _summarise(
+    name: str, budget: float, runs: list[dict[str, Any]], stats: Any, vanilla_stats: Any,
+    memory_runs: list[dict[str, Any]] | None = None,
+) -> MethodResult:
+    """One (method, budget)'s medians; peak memory from ``memory_runs`` where it was measured apart."""
     stats = stats or vanilla_stats  # unpatched: the same tokens as vanilla
     kv_total, per_token, layers = runs[-1]["cache"]
     kv_text = stats.text_tokens[0] * per_token * layers
@@ -622,7 +645,7 @@ def _summarise(name: str, budget: float, runs: list[dict[str, Any]], stats: Any,
         return _median([r[key] for r in runs])
 
     def median_bytes(key: str) -> int | None:
-        values = [r[key] for r in runs if r[key] is not None]
+        values = [r[key] for r in (runs if memory_runs is None else memory_runs) if r[key] is not None]
         return int(statistics.median(values)) if values else None
 
     return MethodResult(
