@@ -282,6 +282,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from hieravid.bench.models import format_report, plot_report, run_model_bench
+    from hieravid.eval.records import write_json
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
 
@@ -289,10 +290,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr, flush=True)
 
     def save(result: Any) -> None:  # after every round too: a killed run keeps its completed rounds
-        partial = f"{args.json}.partial"
-        with open(partial, "w") as f:
-            json.dump(result.to_dict(), f, indent=1)
-        os.replace(partial, args.json)
+        write_json(args.json, result.to_dict())
 
     result = run_model_bench(
         args.shape,

@@ -166,7 +166,7 @@ def test_an_interrupted_bench_command_keeps_its_json(monkeypatch, tmp_path, caps
     assert code == 130 and "interrupted after 1 of 2 timed rounds" in captured.err
     assert "| evs | 0.5 |" in captured.out
     saved = json.loads(out.read_text())
-    assert saved["interrupted"] and saved["repeats"] == 1 and not (tmp_path / "bench.json.partial").exists()
+    assert saved["interrupted"] and saved["repeats"] == 1 and not (tmp_path / "bench.json.tmp").exists()
 
 
 def test_big_shapes_refuse_the_cpu(capsys):

@@ -563,7 +563,7 @@ def run_model_bench(
                     shift = round_idx % len(configs)
                     for name, budget in configs[shift:] + configs[:shift]:
                         sample, stats = _measure(model, inputs, name, budget, new_tokens, recorder, dev, memory)
-                        if not timed and memory:
+                        if not timed:  # warm-up calls always measure memory
                             memory_of[(name, budget)].append(sample)
                         sample["ttft_ms"] += 1000 * vision_seconds
                         this_round[(name, budget)] = sample, stats

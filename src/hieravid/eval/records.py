@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PredictionLog", "part_files", "read_records", "record_key", "write_jsonl"]
+__all__ = ["PredictionLog", "part_files", "read_records", "record_key", "write_json", "write_jsonl"]
 
 PART_GLOB = "predictions.part*.jsonl"
 MERGED = "predictions.jsonl"
@@ -89,6 +89,15 @@ def _drop_partial_line(path: Path) -> None:
         if data.endswith(b"\n"):
             return
         f.truncate(data.rfind(b"\n") + 1)
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON to ``path`` atomically (a temporary file renamed over it), so a
+    reader or a kill mid-write never leaves a partial file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
 
 
 def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:

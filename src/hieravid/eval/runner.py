@@ -19,7 +19,6 @@ failed sample (status ``failed``, its reason and kind) and scores 0; the run goe
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -35,6 +34,7 @@ from hieravid.eval.records import (
     part_files,
     read_records,
     record_key,
+    write_json,
     write_jsonl,
 )
 from hieravid.eval.summary import combinations, summarize, to_markdown
@@ -157,9 +157,7 @@ def _check_resume(out: Path, config: EvalConfig, main: bool) -> None:
                     "resume it with the same settings or pass a new --out"
                 )
     if main:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=1))
-        os.replace(tmp, path)
+        write_json(path, settings)
 
 
 def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tuple[dict[str, list[Sample]], dict[str, str]]:
@@ -424,8 +422,6 @@ def _finish(
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     summary = summarize(current, tasks, pairs, task_errors, info)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
+    write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(to_markdown(summary))
     return summary
