@@ -1,0 +1,57 @@
+"""The attention a method is given at an in-LLM decision point is the model's own attention.
+
+``VideoTokens.relevance_from_attention`` is computed from the decision layer's norm, projections and
+rotary embedding for a few query rows only (it must work under SDPA). Here it is checked against the
+attention probabilities the unpatched model itself returns under eager attention (``output_attentions``),
+for every family, in a left-padded batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+import hieravid
+from hieravid.methods.base import Decision, PruningMethod, VideoTokens
+from tiny_models import build_inputs, build_model, video_layout
+
+LAYER = 3
+
+
+@dataclass
+class _Recorder(PruningMethod):
+    """Keeps every token; at ``LAYER`` records the attention it is offered for 1 and 3 query rows."""
+
+    seen: list[dict[int, torch.Tensor]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.name = "recorder"
+
+    def decision_layers(self, num_layers: int) -> list[int]:
+        return [LAYER]
+
+    def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
+        assert tokens.relevance_from_attention is not None
+        self.seen.append({rows: tokens.relevance_from_attention(query_rows=rows) for rows in (1, 3)})
+        return Decision(keep=torch.ones(tokens.num_tokens, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+def test_offered_attention_is_the_models_own(family):
+    model = build_model(family, attn_implementation="eager")
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2])
+    with torch.no_grad():
+        attentions = model(**inputs, output_attentions=True).attentions[LAYER]  # (B, H, L, L)
+        recorder = _Recorder()
+        with hieravid.apply(model, method=recorder):
+            model(**inputs)
+    layout = video_layout(family, model, inputs)
+    assert len(recorder.seen) == 2  # one decision per sample
+    for b, offered in enumerate(recorder.seen):
+        visual = torch.cat([torch.arange(start, end) for start, end in layout.frame_spans[b]])  # (N,)
+        for rows, got in offered.items():
+            expected = attentions[b, :, -rows:].mean(dim=(0, 1))[visual]  # heads and query rows averaged
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-6)
