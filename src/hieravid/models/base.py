@@ -119,9 +119,11 @@ class ModelAdapter:
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
         rotate: Callable = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb")
-        # Rotate queries with the cos/sin of their own positions, keys with all positions.
-        q, _ = rotate(q.transpose(1, 2), q.transpose(1, 2), cos[:, -query_rows:], sin[:, -query_rows:])
-        _, k = rotate(k.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        # Rotate queries with the cos/sin of their own positions, keys with all positions. The rotation
+        # takes a (query, key) pair: the unused partner is given zero heads, so nothing is rotated twice.
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        q, _ = rotate(q, q[:, :0], cos[:, -query_rows:], sin[:, -query_rows:])
+        k, _ = rotate(k, k[:, :0], cos, sin)
         return q, k
 
     # --- the video ---------------------------------------------------------------------------------
