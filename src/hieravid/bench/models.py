@@ -257,16 +257,12 @@ class _Recorder:
         self.cache: tuple[int, int, int] | None = None
         self.peak_bytes: int | None = None
         self.peak_total_bytes: int | None = None
-        self.memory_before = 0
-        if not memory:
-            self.memory_before = -1
-        elif self.device.type == "cuda":
+        self.memory_before: int | None = None  # bytes in use before the call; None: not measured
+        if memory and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.memory_before = torch.cuda.memory_allocated(self.device)
-        elif _reset_peak_rss():
+        elif memory and self.device.type == "cpu" and _reset_peak_rss():
             self.memory_before = (_proc_status_kib("VmRSS") or 0) * 1024
-        else:
-            self.memory_before = -1
 
     def _model_start(self, module: Any, args: Any) -> None:
         self.model_calls += 1
@@ -277,7 +273,7 @@ class _Recorder:
         _sync(self.device)
         self.first_forward_end = time.perf_counter()
         self.cache = _cache_bytes(getattr(output, "past_key_values", None))
-        if self.memory_before < 0:
+        if self.memory_before is None:
             pass  # not measured in this call
         elif self.device.type == "cuda":
             self.peak_total_bytes = torch.cuda.max_memory_allocated(self.device)
