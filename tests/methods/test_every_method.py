@@ -44,6 +44,26 @@ def test_method_runs_batched_and_matches_single_samples(family, models, method):
             assert torch.isin(text, kept).all(), f"{method} pruned a text token"
 
 
+@pytest.fixture(scope="module")
+def bf16_model(family):
+    return build_model(family).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_runs_on_a_bfloat16_model(family, bf16_model, method):
+    """What GPU users run: weights, pixels and hidden states in bfloat16 (the kernels the methods build
+    are float32 inside); the decisions reach the budget and the logits stay finite and bfloat16."""
+    model = bf16_model
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 1], seed=5)
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    with torch.no_grad(), hieravid.apply(model, method, BUDGET) as handle:
+        logits = model(**inputs).logits[:, -1]
+        new = model.generate(**inputs, max_new_tokens=3, do_sample=False)[:, -3:]
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    assert new.shape == (2, 3)
+    assert handle.last_stats.achieved_budget == pytest.approx(BUDGET, abs=0.08)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_method_decides_the_same_under_sdpa_and_eager(family, models, method):
     kept = {}
