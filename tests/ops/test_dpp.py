@@ -474,6 +474,24 @@ def test_greedy_map_compiled_blocks_one_long_segment():
     assert int(picks.sum()) == 716
 
 
+@pytest.mark.parametrize("backend", ["numba", "numba-blocked"])
+def test_groups_past_their_rank_pick_as_the_torch_loop_does(backend):
+    # One group of rank 6 that must pick 150 (most picks below the floor, whole blocks of zero rows
+    # whose Schur update is skipped), one of full rank picking 40, one past its rank only at the end.
+    gen = torch.Generator().manual_seed(11)
+    n, dim = 200, 48
+    basis = torch.randn(3, 6, dim, generator=gen)
+    x = torch.randn(3, n, dim, generator=gen)
+    x[0] = torch.randn(n, 6, generator=gen) @ basis[0]  # rank 6
+    valid = torch.arange(n)[None, :] < torch.tensor([200, 180, 60])[:, None]
+    x[2, :60, : dim - 8] = 0  # rank 8 over its 60 tokens
+    kernel = conditional_kernel(x, 0.2 + 0.8 * torch.rand(3, n, generator=gen), valid)
+    k = torch.tensor([150, 40, 20])
+    expected = greedy_map(kernel, k, valid, backend="torch", block=16)
+    assert torch.equal(run_greedy(kernel, k, valid, backend=backend, block=16), expected)
+    assert expected.sum(dim=1).tolist() == k.tolist()
+
+
 def test_greedy_map_bad_backend_raises():
     kernel = torch.eye(3)[None]
     with pytest.raises(ValueError, match="backend"):

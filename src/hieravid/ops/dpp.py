@@ -195,7 +195,8 @@ def _blocked_greedy(
         done += width
         if done >= kmax:
             break
-        residual.baddbmm_(chol.transpose(1, 2), chol, alpha=-1.0)
+        if bool(chol.any()):  # past the kernel's rank every row is zero and the update changes nothing
+            residual.baddbmm_(chol.transpose(1, 2), chol, alpha=-1.0)
         remaining = torch.isfinite(fallback) & (done < k)[:, None]  # groups that are finished need nothing
         needed = int(remaining.sum(dim=1).max())
         if needed <= 0.75 * m:
@@ -270,18 +271,19 @@ def _numba_block_picks_source(residual, d2, fallback, floor, offset, left, chol,
                     best = score
                     j = i
             pivot = d2[g, j]
-            scale = np.float32(1) / np.sqrt(max(pivot, np.float32(1e-30))) if pivot > floor[g] else np.float32(0)
-            row = chol[g, s]
-            for i in range(m):
-                row[i] = residual[g, j, i]
-            for t in range(s):  # row -= c_t[j] c_t over this block's earlier rows
-                c = chol[g, t, j]
-                if c != 0:
-                    for i in range(m):
-                        row[i] -= c * chol[g, t, i]
-            for i in range(m):
-                row[i] *= scale
-                d2[g, i] -= row[i] * row[i]
+            if pivot > floor[g]:  # below the floor the row is zero (chol holds zeros) and d2 stays
+                scale = np.float32(1) / np.sqrt(pivot)
+                row = chol[g, s]
+                for i in range(m):
+                    row[i] = residual[g, j, i]
+                for t in range(s):  # row -= c_t[j] c_t over this block's earlier rows
+                    c = chol[g, t, j]
+                    if c != 0:
+                        for i in range(m):
+                            row[i] -= c * chol[g, t, i]
+                for i in range(m):
+                    row[i] *= scale
+                    d2[g, i] -= row[i] * row[i]
             d2[g, j] = neg_inf
             fallback[g, j] = neg_inf
             local[g, s] = j

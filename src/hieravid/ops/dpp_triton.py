@@ -58,16 +58,17 @@ def _block_picks_kernel(
         # Above the floor: largest d2 first; below it: largest kernel diagonal (first index on ties).
         j = tl.argmax(tl.where(d2 > floor, d2 + offset, rest), axis=0)
         pivot = tl.sum(tl.where(idx == j, d2, 0.0), axis=0)
-        scale = tl.where(pivot > floor, tl.div_rn(1.0, tl.sqrt_rn(tl.maximum(pivot, 1e-30))), 0.0)
-        row = tl.load(kernel_rows + j * m + idx, mask=inside, other=0.0)
-        for t in range(0, s):  # row -= c_t[j] c_t over this block's earlier rows
-            c = tl.load(chol_rows + t * m + j)
-            row -= c * tl.load(chol_rows + t * m + idx, mask=inside, other=0.0)
-        row = row * scale
-        tl.store(chol_rows + s * m + idx, row, mask=inside)
+        if pivot > floor:  # below the floor the row is zero (chol holds zeros) and d2 stays
+            row = tl.load(kernel_rows + j * m + idx, mask=inside, other=0.0)
+            for t in range(0, s):  # row -= c_t[j] c_t over this block's earlier rows
+                c = tl.load(chol_rows + t * m + j)
+                row -= c * tl.load(chol_rows + t * m + idx, mask=inside, other=0.0)
+            row = row * tl.div_rn(1.0, tl.sqrt_rn(pivot))
+            tl.store(chol_rows + s * m + idx, row, mask=inside)
+            tl.debug_barrier()  # the row is read back, element j by every thread, at the next picks
+            d2 = d2 - row * row
         tl.store(local_ptr + g * width + s, j.to(tl.int64))
-        tl.debug_barrier()  # the row is read back, element j by every thread, at the next picks
-        d2 = tl.where(idx == j, float("-inf"), d2 - row * row)
+        d2 = tl.where(idx == j, float("-inf"), d2)
         rest = tl.where(idx == j, float("-inf"), rest)
     tl.store(d2_ptr + g * m + idx, d2, mask=inside)
     tl.store(fallback_ptr + g * m + idx, rest, mask=inside)
