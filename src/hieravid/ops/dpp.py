@@ -191,8 +191,22 @@ def _blocked_greedy(
         chol = torch.zeros(num_groups, width, m, dtype=torch.float32, device=device)  # this block's rows
         local = torch.full((num_groups, width), -1, dtype=torch.long, device=device)  # picks, current columns
         block_picks(residual, d2, fallback, floor, offset, (k - done).contiguous(), chol, local)
-        chosen[:, done : done + width] = torch.where(local >= 0, column.gather(1, local.clamp(min=0)), -1)
+        picks = chosen[:, done : done + width]  # a view; groups finished early keep what they hold
+        picks.copy_(torch.where(local >= 0, column.gather(1, local.clamp(min=0)), picks))
         done += width
+        # A group whose residual variances are all at or below its floor has used up its kernel's rank:
+        # each later pick would carry a zero row and follow the kernel diagonal, so its remaining picks
+        # are its largest fallback entries (first column on ties), taken at once.
+        spent = (k > done) & ~(d2 > floor[:, None]).any(dim=1)  # (G,)
+        if bool(spent.any()):
+            groups = torch.nonzero(spent).squeeze(1)  # (E,)
+            count = k[groups] - done  # (E,) picks each still makes
+            most = int(count.max())
+            order = torch.sort(fallback[groups], dim=1, descending=True, stable=True).indices[:, :most]  # (E, c)
+            wanted = torch.arange(most, device=device)[None, :] < count[:, None]
+            chosen[groups, done : done + most] = torch.where(wanted, column[groups].gather(1, order), -1)
+            k = torch.where(spent, done, k)
+            kmax = int(k.max())
         if done >= kmax:
             break
         if bool(chol.any()):  # past the kernel's rank every row is zero and the update changes nothing
