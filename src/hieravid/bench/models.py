@@ -45,7 +45,6 @@ import math
 import os
 import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -56,6 +55,7 @@ from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
 from hieravid.config import check_budget
 from hieravid.methods import available, parse_method
 from hieravid.models import find_adapter
+from hieravid.runtime import device_clock
 
 __all__ = [
     "SHAPES",
@@ -177,11 +177,6 @@ def machine_description(device: torch.device) -> str:
     return f"{gpu}{cpu}, torch {torch.__version__}"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _proc_status_kib(key: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -270,8 +265,7 @@ class _Recorder:
     def _model_end(self, module: Any, args: Any, output: Any) -> None:
         if self.model_calls != 1:
             return
-        _sync(self.device)
-        self.first_forward_end = time.perf_counter()
+        self.first_forward_end = device_clock(self.device)
         self.cache = _cache_bytes(getattr(output, "past_key_values", None))
         if self.memory_before is None:
             pass  # not measured in this call
@@ -286,13 +280,11 @@ class _Recorder:
 
     def _text_start(self, module: Any, args: Any) -> None:
         if self.prefill_seconds is None and self.text_start is None:
-            _sync(self.device)
-            self.text_start = time.perf_counter()
+            self.text_start = device_clock(self.device)
 
     def _text_end(self, module: Any, args: Any, output: Any) -> None:
         if self.prefill_seconds is None and self.text_start is not None:
-            _sync(self.device)
-            self.prefill_seconds = time.perf_counter() - self.text_start
+            self.prefill_seconds = device_clock(self.device) - self.text_start
 
     def remove(self) -> None:
         for hook in self.hooks:
@@ -546,11 +538,9 @@ def run_model_bench(
             for round_idx in range(warmup + repeats):
                 timed = round_idx >= warmup
                 label = f"round {round_idx + 1 - warmup}/{repeats}" if timed else f"warm-up {round_idx + 1}/{warmup}"
-                _sync(dev)
-                start = time.perf_counter()
+                start = device_clock(dev)
                 features = encode(**encode_kwargs)
-                _sync(dev)
-                vision_seconds = time.perf_counter() - start
+                vision_seconds = device_clock(dev) - start
                 say(f"{label}: vision {1000 * vision_seconds:.1f} ms")
                 multimodal.get_video_features = _cached_encoder(encode, features)
                 this_round: dict[tuple[str, float], tuple[dict[str, Any], Any]] = {}
@@ -600,12 +590,10 @@ def _measure(
     (bytes), and its stats."""
     handle = None if name == UNPATCHED else hieravid.apply(model, name, budget)
     try:
-        _sync(device)
         recorder.reset(memory)
-        start = time.perf_counter()
+        start = device_clock(device)
         out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        _sync(device)
-        end = time.perf_counter()
+        end = device_clock(device)
         stats = None if handle is None else handle.last_stats
     finally:
         if handle is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,6 +19,7 @@ from hieravid.config import HieraVidConfig
 from hieravid.methods import decide_stage, decide_stage1, selector_for_stage
 from hieravid.ops import relevance
 from hieravid.ops.dpp import resolve_greedy_backend
+from hieravid.runtime import device_clock
 from hieravid.schedule import solve_schedule
 
 __all__ = ["OpsBenchResult", "synthetic_video", "run_ops_bench", "machine_description"]
@@ -89,11 +89,6 @@ def machine_description(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_ops_bench(
     *,
     frames: int = 64,
@@ -126,11 +121,9 @@ def run_ops_bench(
 
     def one_run() -> tuple[list[float], list[int], int]:
         times: list[float] = []
-        _sync(dev)
-        start = time.perf_counter()
+        start = device_clock(dev)
         first = decide_stage1(x, schedule.ratios[0], config)
-        _sync(dev)
-        times.append(time.perf_counter() - start)
+        times.append(device_clock(dev) - start)
         hidden, segment = first.features, first.token_segment[first.keep]  # (N, D), (N,)
         counts = [hidden.shape[0]]
         for stage, ratio in enumerate(schedule.ratios[1:], start=2):
@@ -138,15 +131,13 @@ def run_ops_bench(
             # Keys of the visual tokens followed by the text tokens (the query is the last of these).
             keys = torch.randn(num_visual + text_tokens, kv_heads, head_dim, generator=gen).to(dev)
             visual_index = torch.arange(num_visual, device=dev)
-            _sync(dev)
-            start = time.perf_counter()
+            start = device_clock(dev)
             r = relevance(query, keys, visual_index, sign=config.relevance_sign, eps=config.eps)
             keep = decide_stage(
                 hidden, r, segment, first.z, ratio, config, selector_for_stage(stage, config)
             )
             hidden, segment = hidden[keep], segment[keep]
-            _sync(dev)
-            times.append(time.perf_counter() - start)
+            times.append(device_clock(dev) - start)
             counts.append(hidden.shape[0])
         return times, counts, first.num_segments
 

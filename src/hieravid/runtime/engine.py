@@ -33,7 +33,17 @@ from hieravid.runtime.masks import attention_mask
 from hieravid.runtime.stats import PruneStats, count_flops
 from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "device_clock"]
+
+
+def device_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device`` has finished its queued work. On CUDA the layers run
+    asynchronously: without the wait, a decision's first read of a tensor would wait for every layer
+    queued before it, and that time would be charged to deciding (and its own queued work to the
+    layers after it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 @dataclass
@@ -219,9 +229,9 @@ class Runtime:
         decide_seconds = 0.0
         for layer_idx, layer in enumerate(layers):
             if layer_idx in decision_layers:
-                start = time.perf_counter()
+                start = device_clock(device)
                 seq = self._decide(layer_idx, layer, seq, layouts, frame_of, slot_of, visual, states, traced)
-                decide_seconds += time.perf_counter() - start
+                decide_seconds += device_clock(device) - start
             if layer_idx == 0 or layer_idx in decision_layers:
                 # The sequence changes only here: read counts and padding back from the device here, not
                 # at every layer (each read waits for the GPU to finish all the layers queued so far).
