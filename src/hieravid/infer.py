@@ -12,7 +12,6 @@ sample again. Greedy decoding.
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from hieravid.api import apply
 from hieravid.models import find_adapter
-from hieravid.runtime import PruneStats, PruneTrace
+from hieravid.runtime import PruneStats, PruneTrace, device_clock
 
 __all__ = ["Answer", "LoadedModel", "answer", "build_inputs", "load_model"]
 
@@ -161,17 +160,11 @@ def _timed_calls(module: nn.Module, device: torch.device) -> Iterator[list[float
     times: list[float] = []
     start: list[float] = []
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def before(*_: Any) -> None:
-        sync()
-        start.append(time.perf_counter())
+        start.append(device_clock(device))
 
     def after(*_: Any) -> None:
-        sync()
-        times.append(time.perf_counter() - start.pop())
+        times.append(device_clock(device) - start.pop())
 
     hooks = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
@@ -207,13 +200,9 @@ def answer(
     device = loaded.device
     with apply(model, method, budget, trace=trace, **(options or {})) as handle, torch.inference_mode():
         with _timed_calls(adapter.text_model, device) as llm_times, _timed_calls(vision, device) as vision_times:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
+            start = device_clock(device)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            total = time.perf_counter() - start
+            total = device_clock(device) - start
         stats = handle.last_stats
         last_trace = handle.last_trace
     prompt_len = inputs["input_ids"].shape[1]
