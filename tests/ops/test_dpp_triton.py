@@ -59,9 +59,9 @@ _INTERPRETED = textwrap.dedent(
     }
     out = {"check": dpp_triton._check(torch.device("cpu"))}
     for name, ((kernel, k, valid), block) in cases.items():
-        triton_picks = dpp._blocked_greedy(kernel, k, valid, block, dpp_triton.block_picks, 0)
-        torch_picks = dpp._blocked_greedy(kernel, k, valid, block, dpp._torch_block_picks, 0)
-        numba_picks = dpp._blocked_greedy(kernel, k, valid, block, dpp._numba_block_picks, 0)
+        triton_picks = dpp._blocked_greedy(kernel, k, valid, int(k.max()), block, dpp_triton.block_picks, 0)
+        torch_picks = dpp._blocked_greedy(kernel, k, valid, int(k.max()), block, dpp._torch_block_picks, 0)
+        numba_picks = dpp._blocked_greedy(kernel, k, valid, int(k.max()), block, dpp._numba_block_picks, 0)
         counts = (triton_picks >= 0).sum(dim=1)
         out[name] = [torch.equal(triton_picks, torch_picks), torch.equal(triton_picks, numba_picks),
                      torch.equal(counts, k)]

@@ -90,25 +90,30 @@ def greedy_map(
     """
     num_groups, n, _ = kernel.shape
     available = valid.sum(dim=1)
-    if bool((k < 0).any()) or bool((k > available).any()):
+    if bool(((k < 0) | (k > available)).any()):
         raise ValueError(f"each group's k must be in [0, its token count]; got k={k.tolist()} for {available.tolist()}")
-    device = kernel.device
-    loop = resolve_greedy_backend(backend, device)
     kmax = int(k.max()) if num_groups else 0
-    picked = torch.zeros(num_groups, n, dtype=torch.bool, device=device)
+    chosen = _greedy_picks(kernel, k, valid, kmax, block, resolve_greedy_backend(backend, kernel.device))
+    # (G, n + 1): groups with fewer picks than max k write their -1 entries into the spare last column.
+    picked = torch.zeros(num_groups, n + 1, dtype=torch.bool, device=kernel.device)
+    picked.scatter_(1, torch.where(chosen >= 0, chosen, n), True)
+    return picked[:, :n]
+
+
+def _greedy_picks(
+    kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, kmax: int, block: int, loop: str
+) -> torch.Tensor:
+    """:func:`greedy_map`'s picks for checked arguments, ``kmax = max k`` and a resolved backend ``loop``:
+    ``(G, kmax)`` int64 column indices, -1 where a group has fewer picks."""
+    device = kernel.device
     if kmax == 0:
-        return picked
+        return torch.full((kernel.shape[0], 0), -1, dtype=torch.long, device=device)
     if loop == "numba":  # the driver runs on the host, next to the compiled picks
-        host = _blocked_greedy(kernel.cpu(), k.cpu(), valid.cpu(), block, _numba_block_picks, _UNBLOCKED_FLOATS)
-        chosen = host.to(device)
-    elif loop == "triton":
-        chosen = _blocked_greedy(kernel, k, valid, block, _triton_block_picks(), 0)
-    else:
-        chosen = _blocked_greedy(kernel, k, valid, block, _torch_block_picks, 0)
-    hit = chosen >= 0
-    group_of = torch.arange(num_groups, device=device)[:, None].expand_as(chosen)
-    picked[group_of[hit], chosen[hit]] = True
-    return picked
+        host = _blocked_greedy(kernel.cpu(), k.cpu(), valid.cpu(), kmax, block, _numba_block_picks, _UNBLOCKED_FLOATS)
+        return host.to(device)
+    if loop == "triton":
+        return _blocked_greedy(kernel, k, valid, kmax, block, _triton_block_picks(), 0)
+    return _blocked_greedy(kernel, k, valid, kmax, block, _torch_block_picks, 0)
 
 
 def _check_backend(backend: str) -> None:
@@ -159,41 +164,55 @@ BlockPicks = Callable[..., None]
 
 
 def _blocked_greedy(
-    kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, block: int, block_picks: BlockPicks, unblocked: int
+    kernel: torch.Tensor,
+    k: torch.Tensor,
+    valid: torch.Tensor,
+    kmax: int,
+    block: int,
+    block_picks: BlockPicks,
+    unblocked: int,
 ) -> torch.Tensor:
     """:func:`greedy_map`'s blocked loop on tensors of one device: ``block_picks`` makes each block's
     picks, the Schur update between blocks is one batched product, and columns that can no longer be
-    picked are dropped. Runs unblocked (one block of max k picks) when max k x n <= ``unblocked``.
-    Returns ``(G, max k)`` int64 picks (original column indices, -1 where a group has fewer picks)."""
+    picked are dropped. Runs unblocked (one block of ``kmax = max k`` picks) when kmax x n <=
+    ``unblocked``. Returns ``(G, kmax)`` int64 picks (original column indices, -1 where a group has
+    fewer picks)."""
     num_groups, n, _ = kernel.shape
     device = kernel.device
     k = k.long()
-    kmax = int(k.max())
     neg_inf = float("-inf")
-    rows = torch.arange(num_groups, device=device)
     # (G, m, m) Schur complement, m shrinks as tokens are used up; every tensor here is C-contiguous.
-    # Detached: the picks are discrete, and the compiled loops read the tensors' memory directly.
-    residual = kernel.detach().float().clone(memory_format=torch.contiguous_format)
-    diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0).contiguous()  # (G, m)
+    # Detached: the picks are discrete, and the compiled loops read the tensors' memory directly. The
+    # block picks only read it: the caller's kernel is copied before the first Schur update, if any.
+    residual = kernel.detach().float().contiguous()
+    owned = residual.data_ptr() != kernel.data_ptr()
+    diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0)  # (G, m)
     top = diag.amax(dim=1)  # (G,)
     floor = (_RANK_FLOOR * top).clamp(min=1e-30)  # (G,)
     offset = 2.0 * top + 1.0  # (G,) above any diagonal entry
     d2 = diag.masked_fill(~valid, neg_inf)  # (G, m) residual variances, -inf once picked or padding
     fallback = d2.clone()  # (G, m) kernel diagonal, -inf once picked or padding: order below the floor
-    column = torch.arange(n, device=device).expand(num_groups, n).contiguous()  # (G, m) original index
-    chosen = torch.full((num_groups, kmax), -1, dtype=torch.long, device=device)  # picks, -1 = none
+    column: torch.Tensor | None = None  # (G, m) original index of each column; None while m = n
     if kmax * n <= unblocked:
         block = kmax  # a group's Cholesky rows stay in cache: no Schur updates, no column drops
+    chosen: torch.Tensor | None = None  # (G, kmax) picks, -1 = none
     done = 0
     while done < kmax:
         width = min(block, kmax - done)
         m = residual.shape[1]
         chol = torch.zeros(num_groups, width, m, dtype=torch.float32, device=device)  # this block's rows
         local = torch.full((num_groups, width), -1, dtype=torch.long, device=device)  # picks, current columns
-        block_picks(residual, d2, fallback, floor, offset, (k - done).contiguous(), chol, local)
+        block_picks(residual, d2, fallback, floor, offset, (k - done if done else k).contiguous(), chol, local)
+        if chosen is None and width == kmax:
+            return local  # one block, no columns dropped: its picks are the original columns
+        if chosen is None:
+            chosen = torch.full((num_groups, kmax), -1, dtype=torch.long, device=device)
+        original = local if column is None else torch.where(local >= 0, column.gather(1, local.clamp(min=0)), -1)
         picks = chosen[:, done : done + width]  # a view; groups finished early keep what they hold
-        picks.copy_(torch.where(local >= 0, column.gather(1, local.clamp(min=0)), picks))
+        picks.copy_(torch.where(local >= 0, original, picks))
         done += width
+        if done >= kmax:
+            break
         # A group whose residual variances are all at or below its floor has used up its kernel's rank:
         # each later pick would carry a zero row and follow the kernel diagonal, so its remaining picks
         # are its largest fallback entries (first column on ties), taken at once.
@@ -204,23 +223,27 @@ def _blocked_greedy(
             most = int(count.max())
             order = torch.sort(fallback[groups], dim=1, descending=True, stable=True).indices[:, :most]  # (E, c)
             wanted = torch.arange(most, device=device)[None, :] < count[:, None]
-            chosen[groups, done : done + most] = torch.where(wanted, column[groups].gather(1, order), -1)
+            taken = order if column is None else column[groups].gather(1, order)
+            chosen[groups, done : done + most] = torch.where(wanted, taken, -1)
             k = torch.where(spent, done, k)
             kmax = int(k.max())
-        if done >= kmax:
-            break
+            if done >= kmax:
+                break
         if bool(chol.any()):  # past the kernel's rank every row is zero and the update changes nothing
+            if not owned:
+                residual, owned = residual.clone(), True
             residual.baddbmm_(chol.transpose(1, 2), chol, alpha=-1.0)
         remaining = torch.isfinite(fallback) & (done < k)[:, None]  # groups that are finished need nothing
         needed = int(remaining.sum(dim=1).max())
         if needed <= 0.75 * m:
             # Keep only still-pickable columns, in their original order.
             order = torch.argsort((~remaining).to(torch.uint8), dim=1, stable=True)[:, :needed]  # (G, m')
-            residual = residual[rows[:, None, None], order[:, :, None], order[:, None, :]]
+            rows = torch.arange(num_groups, device=device)[:, None, None]
+            residual, owned = residual[rows, order[:, :, None], order[:, None, :]], True
             remaining = remaining.gather(1, order)
             d2 = d2.gather(1, order).masked_fill(~remaining, neg_inf)
             fallback = fallback.gather(1, order).masked_fill(~remaining, neg_inf)
-            column = column.gather(1, order)
+            column = order if column is None else column.gather(1, order)
     return chosen
 
 
@@ -342,22 +365,31 @@ def pack_segments(segment: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Te
         ``token_index (G, n_max)`` (sequence index, -1 at padding), ``valid (G, n_max)`` bool, ``n_max``.
     """
     num_segments = int(segment.max()) + 1 if segment.numel() else 0
-    row_of = torch.full((max(num_segments, 1),), -1, dtype=torch.long, device=segment.device)
-    row_of[groups] = torch.arange(groups.numel(), device=segment.device)
-    token_row = row_of[segment]  # (N,) grid row of each token, -1 when its segment is not packed
-    selected = torch.nonzero(token_row >= 0).squeeze(1)  # sequence order
-    sel_rows = token_row[selected]
-    counts = torch.bincount(sel_rows, minlength=groups.numel())
-    n_max = int(counts.max()) if counts.numel() else 0
-    # Position of each selected token inside its row: rank among earlier tokens of the same row.
-    order = torch.argsort(sel_rows, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    col_sorted = torch.arange(order.numel(), device=segment.device) - starts[sel_rows[order]]
-    cols = torch.empty_like(col_sorted)
-    cols[order] = col_sorted
-    token_index = torch.full((groups.numel(), n_max), -1, dtype=torch.long, device=segment.device)
-    token_index[sel_rows, cols] = selected
-    return token_index, token_index >= 0, n_max
+    sizes = torch.bincount(segment, minlength=max(num_segments, 1))[groups]  # (G,)
+    counts = sizes.tolist()
+    token_index = _pack(segment, max(num_segments, 1), groups, sizes, max(counts, default=0), sum(counts))
+    return token_index, token_index >= 0, token_index.shape[1]
+
+
+def _pack(
+    segment: torch.Tensor, num_segments: int, groups: torch.Tensor, sizes: torch.Tensor, n_max: int, total: int
+) -> torch.Tensor:
+    """:func:`pack_segments`'s grid ``token_index (G, n_max)`` when the sizes are known: segment ids are
+    below ``num_segments``, ``sizes (G,)`` on the device, their largest ``n_max`` and their sum ``total``
+    on the host (nothing is read back from the device)."""
+    device = segment.device
+    num_rows = groups.numel()
+    # Grid row of each token's segment; tokens of segments left out sort after every packed one.
+    row_of = torch.full((num_segments,), num_rows, dtype=torch.long, device=device)
+    row_of[groups] = torch.arange(num_rows, device=device)
+    token_row = row_of[segment]  # (N,)
+    order = torch.argsort(token_row, stable=True)[:total]  # (total,) packed tokens by row, in sequence order
+    row = token_row[order]
+    starts = torch.cumsum(sizes, 0) - sizes  # (G,) first entry of each row in ``order``
+    col = torch.arange(total, device=device) - starts[row]
+    token_index = torch.full((num_rows, n_max), -1, dtype=torch.long, device=device)
+    token_index[row, col] = order
+    return token_index
 
 
 # For the torch loop, whose cost is per pick step: below this many tokens a segment's kernel block is
@@ -366,21 +398,20 @@ def pack_segments(segment: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Te
 _ONE_LOOP_TOKENS = 256
 
 
-def _size_buckets(present: torch.Tensor, segments: torch.Tensor, one_loop_tokens: int) -> list[torch.Tensor]:
-    """Split ``segments`` into groups whose sizes are within a factor of two of the group's largest,
-    so padding wastes at most half of any row; when no segment exceeds ``one_loop_tokens`` tokens they
-    form one group (one greedy loop). Each group lists its segment ids in increasing order."""
-    sizes = present[segments].tolist()
-    if max(sizes) <= one_loop_tokens:
-        return [segments]
-    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])  # a few dozen segments at most
+def _size_buckets(sizes: list[int], segments: list[int], one_loop_tokens: int) -> list[list[int]]:
+    """Split ``segments`` (ids into ``sizes``, host ints) into groups whose sizes are within a factor of
+    two of the group's largest, so padding wastes at most half of any row; when no segment exceeds
+    ``one_loop_tokens`` tokens they form one group (one greedy loop). Each group lists its segment ids
+    in increasing order."""
+    if max(sizes[i] for i in segments) <= one_loop_tokens:
+        return [list(segments)]
     buckets: list[list[int]] = []
-    for i in order:
+    for i in sorted(segments, key=lambda i: -sizes[i]):  # a few dozen segments at most, no tensor work
         if buckets and 2 * sizes[i] >= sizes[buckets[-1][0]]:
             buckets[-1].append(i)
         else:
             buckets.append([i])
-    return [segments[torch.tensor(sorted(b), dtype=torch.long, device=segments.device)] for b in buckets]
+    return [sorted(b) for b in buckets]
 
 
 def segment_dpp_select(
@@ -395,7 +426,7 @@ def segment_dpp_select(
 
     Segments are packed into a few size buckets (so a long segment does not pad every short one), each
     bucket builds only its diagonal kernel blocks and runs one batched greedy loop (:func:`greedy_map`
-    with ``backend``).
+    with ``backend``). The segment sizes and counts are read back from the device once.
 
     Args:
         features: ``(N, D)`` hidden states of the visual tokens still present, in sequence order.
@@ -409,26 +440,35 @@ def segment_dpp_select(
     """
     loop = resolve_greedy_backend(backend, features.device)  # an unusable backend fails before any work
     num_segments = k.numel()
+    num_tokens = segment.numel()
+    device = segment.device
     present = torch.bincount(segment, minlength=num_segments)
     if present.numel() != num_segments:
         raise ValueError(f"segment ids go up to {present.numel() - 1} but k has {num_segments} entries")
-    if bool((k < 0).any()) or bool((k > present).any()):
-        raise ValueError(
-            f"per-segment k must be in [0, tokens of that segment]; got k={k.tolist()} for {present.tolist()}"
-        )
-    keep_all = (k == present)[segment]  # segments kept whole need no DPP
-    keep = keep_all.clone()
-    needs_dpp = torch.nonzero((k > 0) & (k < present)).squeeze(1)
-    if needs_dpp.numel() == 0:
-        return keep
+    k = k.long()
+    sizes, counts = torch.stack((present, k)).tolist()  # (M,) each, on the host: one read
+    if any(c < 0 or c > n for c, n in zip(counts, sizes)):
+        raise ValueError(f"per-segment k must be in [0, tokens of that segment]; got k={counts} for {sizes}")
+    keep = torch.zeros(num_tokens + 1, dtype=torch.bool, device=device)  # (N + 1,) the last takes the -1 picks
+    keep[:num_tokens] = (k == present)[segment]  # segments kept whole need no DPP
+    needs_dpp = [i for i, (n, c) in enumerate(zip(sizes, counts)) if 0 < c < n]
+    if not needs_dpp:
+        return keep[:num_tokens]
     one_loop_tokens = _ONE_LOOP_TOKENS if loop == "torch" else 0
-    for groups in _size_buckets(present, needs_dpp, one_loop_tokens):
-        token_index, valid, _ = pack_segments(segment, groups)
+    buckets = _size_buckets(sizes, needs_dpp, one_loop_tokens)
+    ids = torch.tensor(sum(buckets, []), dtype=torch.long, device=device)  # (S,) every bucket's segments
+    start = 0
+    for bucket in buckets:
+        groups = ids[start : start + len(bucket)]
+        start += len(bucket)
+        bucket_sizes = [sizes[i] for i in bucket]
+        token_index = _pack(segment, num_segments, groups, present[groups], max(bucket_sizes), sum(bucket_sizes))
+        valid = token_index >= 0
         safe = token_index.clamp(min=0)
         kernel = conditional_kernel(features[safe], relevance[safe], valid)  # (G, n, n)
-        picked = greedy_map(kernel, k[groups], valid, backend=loop)
-        keep[token_index[picked]] = True
-    return keep
+        chosen = _greedy_picks(kernel, k[groups], valid, max(counts[i] for i in bucket), 64, loop)  # (G, k_max)
+        keep[torch.where(chosen >= 0, token_index.gather(1, chosen.clamp(min=0)), num_tokens)] = True
+    return keep[:num_tokens]
 
 
 def segment_bin_select(relevance: torch.Tensor, segment: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -111,17 +111,17 @@ def _check(device: torch.device) -> str | None:
     from hieravid.ops.dpp import _blocked_greedy, _torch_block_picks
 
     generator = torch.Generator().manual_seed(0)
-    sizes, k = [40, 23, 9], torch.tensor([29, 11, 9])
+    sizes, k = [40, 23, 9], torch.tensor([29, 11, 9])  # max k = 29
     features = torch.randn(3, 40, 48, generator=generator)
     valid = torch.arange(40)[None, :] < torch.tensor(sizes)[:, None]
     features = features * valid[:, :, None]
     kernel = (features @ features.transpose(1, 2)).to(device)
     valid, k = valid.to(device), k.to(device)
     try:
-        picks = _blocked_greedy(kernel, k, valid, 8, block_picks, 0)
+        picks = _blocked_greedy(kernel, k, valid, 29, 8, block_picks, 0)
     except Exception as exc:  # noqa: BLE001 - any compiler or driver failure means: not here
         return f"the kernel failed on {device}: {type(exc).__name__}: {exc}"
-    expected = _blocked_greedy(kernel, k, valid, 8, _torch_block_picks, 0)
+    expected = _blocked_greedy(kernel, k, valid, 29, 8, _torch_block_picks, 0)
     if not torch.equal(picks, expected):
         return f"its picks on {device} differ from the torch loop's"
     return None

@@ -51,9 +51,8 @@ def minmax_normalize(u: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``Norm(u)_j = (u_j - min u + eps) / (max u - min u)``; all ones when u is constant."""
     lo, hi = u.min(), u.max()
     span = hi - lo
-    if span <= 0:
-        return torch.ones_like(u)
-    return (u - lo + eps) / span
+    # Decided on the device (no read back): a constant u divides by zero in the branch not taken.
+    return torch.where(span > 0, (u - lo + eps) / span, torch.ones_like(u))
 
 
 def relevance(

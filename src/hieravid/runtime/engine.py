@@ -319,8 +319,9 @@ class Runtime:
                 a = attention_from_queries(q[b].transpose(0, 1), k[b][:, valid_cols].transpose(0, 1))
                 return a[torch.searchsorted(valid_cols, cols)]
 
-            first, count = int(cols[0]), cols.numel()
-            contiguous = int(cols[-1]) - first + 1 == count  # one video: its tokens are a slice, no copy
+            first, last = cols[[0, -1]].tolist()
+            count = cols.numel()
+            contiguous = last - first + 1 == count  # one video: its tokens are a slice, no copy
             tokens = VideoTokens(
                 features=seq.hidden[b, first : first + count] if contiguous else seq.hidden[b, cols],
                 frame=frame_of[b, original],
@@ -333,7 +334,7 @@ class Runtime:
             decision: Decision = self.method.decide(layer_idx, tokens, states[b])
             if decision.keep.shape != cols.shape:
                 raise RuntimeError(f"method {self.method.name} returned a keep mask of the wrong shape")
-            keep[b, cols[~decision.keep]] = False
+            keep[b, cols] = decision.keep  # every column in cols is valid: True before
             if traced is not None:
                 token = frame_of[b, original] * layout.num_slots + slot_of[b, original]  # (N,) token index
                 traced[b].append((_stage_trace(layer_idx, token, decision), decision.frame_segment))
