@@ -31,6 +31,9 @@ GREEDY_BACKENDS = ("auto", "torch", "numba", "triton")
 # relevance) instead of by noise, so the picks stay deterministic across attention kernels.
 _RANK_FLOOR = 1e-3
 
+# Picks per blocked Cholesky update of the greedy MAP (see greedy_map).
+_BLOCK = 64
+
 
 def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Eq. 9: ``L~ = diag(r) X X^T diag(r)`` per group, X the L2-normalised features, in float32.
@@ -52,7 +55,7 @@ def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: t
 
 
 def greedy_map(
-    kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, block: int = 64, backend: str = "auto"
+    kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, block: int = _BLOCK, backend: str = "auto"
 ) -> torch.Tensor:
     """Eq. 10: greedy MAP inference (Chen et al. 2018) for a batch of kernels, each with its own k.
 
@@ -202,12 +205,12 @@ def _blocked_greedy(
         m = residual.shape[1]
         chol = torch.zeros(num_groups, width, m, dtype=torch.float32, device=device)  # this block's rows
         local = torch.full((num_groups, width), -1, dtype=torch.long, device=device)  # picks, current columns
-        block_picks(residual, d2, fallback, floor, offset, (k - done if done else k).contiguous(), chol, local)
+        block_picks(residual, d2, fallback, floor, offset, (k - done).contiguous(), chol, local)
         if chosen is None and width == kmax:
             return local  # one block, no columns dropped: its picks are the original columns
         if chosen is None:
             chosen = torch.full((num_groups, kmax), -1, dtype=torch.long, device=device)
-        original = local if column is None else torch.where(local >= 0, column.gather(1, local.clamp(min=0)), -1)
+        original = local if column is None else column.gather(1, local.clamp(min=0))
         picks = chosen[:, done : done + width]  # a view; groups finished early keep what they hold
         picks.copy_(torch.where(local >= 0, original, picks))
         done += width
@@ -466,7 +469,7 @@ def segment_dpp_select(
         valid = token_index >= 0
         safe = token_index.clamp(min=0)
         kernel = conditional_kernel(features[safe], relevance[safe], valid)  # (G, n, n)
-        chosen = _greedy_picks(kernel, k[groups], valid, max(counts[i] for i in bucket), 64, loop)  # (G, k_max)
+        chosen = _greedy_picks(kernel, k[groups], valid, max(counts[i] for i in bucket), _BLOCK, loop)  # (G, k_max)
         keep[torch.where(chosen >= 0, token_index.gather(1, chosen.clamp(min=0)), num_tokens)] = True
     return keep[:num_tokens]
 
