@@ -47,9 +47,18 @@ def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: t
         ``(G, n, n)`` float32 kernel blocks.
     """
     x = features.float()  # (G, n, D)
-    # Normalise and weight after the product: scale_i = r_i / |x_i| (0 for zero vectors and padding).
-    norm = torch.linalg.vector_norm(x, dim=-1)  # (G, n)
-    scale = torch.where(valid & (norm > 0), relevance.float() / norm.clamp(min=1e-30), 0.0)
+    return _scaled_gram(x, torch.where(valid, _kernel_scale(x, relevance), 0.0))
+
+
+def _kernel_scale(x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 normalises and weights after the product: ``scale_i = r_i / |x_i|`` (0 for zero vectors);
+    ``x (..., D)`` float32, ``relevance (...)``."""
+    norm = torch.linalg.vector_norm(x, dim=-1)
+    return torch.where(norm > 0, relevance.float() / norm.clamp(min=1e-30), 0.0)
+
+
+def _scaled_gram(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``diag(scale) x x^T diag(scale)`` per group: ``x (G, n, D)`` float32, ``scale (G, n)``."""
     gram = torch.bmm(x, x.transpose(1, 2))  # (G, n, n)
     return gram.mul_(scale.unsqueeze(2)).mul_(scale.unsqueeze(1))  # in place: no (G, n, n) temporaries
 
@@ -459,18 +468,36 @@ def segment_dpp_select(
         return keep[:num_tokens]
     one_loop_tokens = _ONE_LOOP_TOKENS if loop == "torch" else 0
     buckets = _size_buckets(sizes, needs_dpp, one_loop_tokens)
-    ids = torch.tensor(sum(buckets, []), dtype=torch.long, device=device)  # (S,) every bucket's segments
+    # One grid for every bucket, its rows bucket after bucket (largest first); a bucket uses its rows and
+    # the columns up to its own largest segment (a view), so only the kernel blocks and the greedy loop
+    # run per bucket.
+    rows = sum(buckets, [])
+    groups = torch.tensor(rows, dtype=torch.long, device=device)  # (S,) segment of each grid row
+    grid_sizes = [sizes[i] for i in rows]
+    token_index = _pack(segment, num_segments, groups, present[groups], max(grid_sizes), sum(grid_sizes))
+    valid = token_index >= 0  # (S, n_max)
+    safe = token_index.clamp(min=0)
+    x = features.float()  # (N, D)
+    # (S, n_max) kernel scale of each grid entry; padding reads the spare last entry, 0.
+    scale = torch.cat((_kernel_scale(x, relevance), x.new_zeros(1)))[torch.where(valid, token_index, num_tokens)]
+    group_k = k[groups]  # (S,)
+    # (S, max k) picked grid columns, -1 = none; one bucket's picks are used as they are.
+    chosen = None
+    if len(buckets) > 1:
+        chosen = torch.full((len(rows), max(counts[i] for i in rows)), -1, dtype=torch.long, device=device)
     start = 0
     for bucket in buckets:
-        groups = ids[start : start + len(bucket)]
+        part = slice(start, start + len(bucket))
         start += len(bucket)
-        bucket_sizes = [sizes[i] for i in bucket]
-        token_index = _pack(segment, num_segments, groups, present[groups], max(bucket_sizes), sum(bucket_sizes))
-        valid = token_index >= 0
-        safe = token_index.clamp(min=0)
-        kernel = conditional_kernel(features[safe], relevance[safe], valid)  # (G, n, n)
-        chosen = _greedy_picks(kernel, k[groups], valid, max(counts[i] for i in bucket), _BLOCK, loop)  # (G, k_max)
-        keep[torch.where(chosen >= 0, token_index.gather(1, chosen.clamp(min=0)), num_tokens)] = True
+        width = max(sizes[i] for i in bucket)
+        kernel = _scaled_gram(x[safe[part, :width]], scale[part, :width])  # (G, n, n)
+        bucket_kmax = max(counts[i] for i in bucket)
+        picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, _BLOCK, loop)  # (G, k)
+        if chosen is None:
+            chosen = picks
+        else:
+            chosen[part, :bucket_kmax] = picks
+    keep[torch.where(chosen >= 0, token_index.gather(1, chosen.clamp(min=0)), num_tokens)] = True
     return keep[:num_tokens]
 
 

@@ -49,10 +49,10 @@ def attention_from_queries(query: torch.Tensor, keys: torch.Tensor, *, causal: b
 
 def minmax_normalize(u: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``Norm(u)_j = (u_j - min u + eps) / (max u - min u)``; all ones when u is constant."""
-    lo, hi = u.min(), u.max()
+    lo, hi = torch.aminmax(u)
     span = hi - lo
     # Decided on the device (no read back): a constant u divides by zero in the branch not taken.
-    return torch.where(span > 0, (u - lo + eps) / span, torch.ones_like(u))
+    return torch.where(span > 0, (u - lo + eps) / span, 1.0)
 
 
 def relevance(

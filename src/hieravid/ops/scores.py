@@ -49,13 +49,11 @@ def segment_scores(x: torch.Tensor, frame_segment: torch.Tensor, lam: float = 0.
     count = torch.arange(num_segments, device=s.device, dtype=torch.float32)
     prefix = torch.cumsum(s, dim=0) - s  # sum of s_j, j < i
     suffix = torch.flip(torch.cumsum(torch.flip(s, [0]), dim=0), [0]) - s  # sum of s_j, j > i
-    before = count  # number of segments before i
-    after = (num_segments - 1) - count
-    g_sel = prefix / before.clamp(min=1).unsqueeze(1)
-    g_rem = suffix / after.clamp(min=1).unsqueeze(1)
-    cos_sel = torch.where(before > 0, F.cosine_similarity(s, g_sel, dim=1), torch.zeros_like(count))
-    cos_rem = torch.where(after > 0, F.cosine_similarity(s, g_rem, dim=1), torch.zeros_like(count))
-    mv = lam * cos_sel + (1.0 - lam) * (1.0 - cos_rem)
+    sides = torch.stack((count, (num_segments - 1) - count))  # (2, M) segments before i, after i
+    g = torch.stack((prefix, suffix)) / sides.clamp(min=1).unsqueeze(2)  # (2, M, D) g_sel, g_rem
+    # Both cosines in one call; a cosine whose set is empty is 0.
+    cos = torch.where(sides > 0, F.cosine_similarity(s.expand_as(g), g, dim=2), 0.0)  # (2, M)
+    mv = lam * cos[0] + (1.0 - lam) * (1.0 - cos[1])
     return (mv - mv.mean()) / (mv.std(unbiased=False) + 1e-8)
 
 

@@ -214,8 +214,12 @@ class Runtime:
             index=torch.arange(length, device=device).expand(batch, -1),
             valid=valid, hidden=embeds, cos=cos, sin=sin, text_pos=text_pos, side=side,
         )
-        if not bool(valid[:, -1].all()):  # right padding: re-pack so every row ends with its last token
+        all_valid = mask_2d is None or bool(valid.all())  # host copy of seq.valid.all(), kept up to date
+        if not all_valid and not bool(valid[:, -1].all()):
+            # Right padding: re-pack so every row ends with its last token.
             seq = seq.gather(*_right_align(valid))
+        # Last original position of each sample's video, on the host (the instruction follows it).
+        video_end = [None if layout is None else int(layout.positions.max()) for layout in layouts]
         states: list[dict] = [{"num_layers": num_layers} for _ in range(batch)]
         # Per sample, the decisions recorded for the trace (None: tracing is off).
         traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = (
@@ -230,14 +234,20 @@ class Runtime:
         for layer_idx, layer in enumerate(layers):
             if layer_idx in decision_layers:
                 start = device_clock(device)
-                seq = self._decide(layer_idx, layer, seq, layouts, frame_of, slot_of, visual, states, traced)
+                seq = self._decide(
+                    layer_idx, layer, seq, all_valid, layouts, video_end, frame_of, slot_of, visual, states, traced
+                )
                 decide_seconds += device_clock(device) - start
             if layer_idx == 0 or layer_idx in decision_layers:
                 # The sequence changes only here: read counts and padding back from the device here, not
                 # at every layer (each read waits for the GPU to finish all the layers queued so far).
-                counts = (visual.gather(1, seq.index) & seq.valid).sum(dim=1).tolist()  # (B,) visual tokens
-                kept_positions.append([seq.index[b][seq.valid[b]] for b in range(batch)])
-                all_valid = bool(seq.valid.all())
+                # One read: the visual tokens of each row (B,) and the number of valid columns.
+                visual_count = (visual.gather(1, seq.index) & seq.valid).sum(dim=1)
+                *counts, num_valid = torch.cat([visual_count, seq.valid.sum().view(1)]).tolist()
+                all_valid = num_valid == seq.valid.numel()
+                kept_positions.append(
+                    [seq.index[b] if all_valid else seq.index[b][seq.valid[b]] for b in range(batch)]
+                )
                 mask = attention_mask(seq.valid, seq.hidden.shape[1], implementation, seq.hidden.dtype, all_valid)
             else:
                 kept_positions.append(kept_positions[-1])
@@ -283,7 +293,9 @@ class Runtime:
         layer_idx: int,
         layer: torch.nn.Module,
         seq: _Sequence,
+        all_valid: bool,
         layouts: list[VideoLayout | None],
+        video_end: list[int | None],
         frame_of: torch.Tensor,
         slot_of: torch.Tensor,
         visual: torch.Tensor,
@@ -291,7 +303,8 @@ class Runtime:
         traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = None,
     ) -> _Sequence:
         """Ask the method about every sample at one decision point and apply the answers (and record
-        them in ``traced`` when tracing)."""
+        them in ``traced`` when tracing). ``all_valid``: no column of ``seq`` is padding (host flag);
+        ``video_end``: each sample's last video position (None without a video)."""
         keep = seq.valid.clone()  # (B, L)
         # Per sample that merged: (its kept columns, their new hidden states, their new side inputs).
         replaced: list[tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
@@ -307,14 +320,19 @@ class Runtime:
         for b, layout in enumerate(layouts):
             if layout is None:
                 continue
-            cols = torch.nonzero(seq.valid[b] & is_visual[b]).squeeze(1)  # (N,)
+            row_visual = is_visual[b] if all_valid else seq.valid[b] & is_visual[b]
+            cols = torch.nonzero(row_visual).squeeze(1)  # (N,)
             if cols.numel() == 0:
                 continue
             original = seq.index[b, cols]
-            after_video = seq.valid[b] & ~is_visual[b] & (seq.index[b] > int(layout.positions.max()))
+            after_video = ~is_visual[b] & (seq.index[b] > video_end[b])
+            if not all_valid:
+                after_video &= seq.valid[b]
 
             def relevance(query_rows: int = 1, b: int = b, cols: torch.Tensor = cols) -> torch.Tensor:
                 q, k = projections(query_rows)  # (B, H, Q, d_h), (B, H_kv, L, d_h)
+                if all_valid:
+                    return attention_from_queries(q[b].transpose(0, 1), k[b].transpose(0, 1))[cols]
                 valid_cols = torch.nonzero(seq.valid[b]).squeeze(1)
                 a = attention_from_queries(q[b].transpose(0, 1), k[b][:, valid_cols].transpose(0, 1))
                 return a[torch.searchsorted(valid_cols, cols)]
