@@ -113,6 +113,48 @@ def test_vanilla_equals_unpatched_model(family, model):
     assert stats.flops_ratio == pytest.approx(1.0)
 
 
+def test_the_instruction_is_the_text_after_the_video_at_every_decision(family, model):
+    """Methods get the hidden states of the text after the video, at layer 0 and inside the LLM, in a
+    left-padded batch; the reference is the unpatched model's own layer inputs at those positions."""
+    from hieravid.methods.base import Decision, PruningMethod
+
+    class Recording(PruningMethod):
+        def __init__(self):
+            self.name, self.seen = "recording", []
+
+        def decision_layers(self, num_layers):
+            return [0, 3]
+
+        def decide(self, layer, tokens, state):
+            self.seen.append((layer, tokens.instruction))
+            return Decision(keep=torch.ones(tokens.num_tokens, dtype=torch.bool))  # nothing removed
+
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2])
+    layer_inputs = {}
+
+    def capture(index):
+        def hook(module, args, kwargs):
+            layer_inputs[index] = (args[0] if args else kwargs["hidden_states"]).clone()
+        return hook
+
+    handles = [_language_model(model).layers[i].register_forward_pre_hook(capture(i), with_kwargs=True) for i in (0, 3)]
+    with torch.no_grad():
+        model(**inputs)  # unpatched: the reference layer inputs
+    for handle in handles:
+        handle.remove()
+    method = Recording()
+    with torch.no_grad(), hieravid.apply(model, method):
+        model(**inputs)
+    video = inputs["input_ids"] == video_token_id(family, model)
+    newline = 1 if family == "llava_onevision" else 0  # the video's closing newline is text to the runtime
+    for b in range(2):
+        last_video = int(torch.nonzero(video[b]).max()) - newline
+        after = inputs["attention_mask"][b].bool() & (torch.arange(video.shape[1]) > last_video)
+        for layer, instruction in method.seen[b::2]:
+            torch.testing.assert_close(instruction, layer_inputs[layer][b, after], rtol=1e-5, atol=1e-5)
+    assert [layer for layer, _ in method.seen] == [0, 0, 3, 3]
+
+
 def test_budget_one_equals_unpatched_model(family, model):
     inputs = build_inputs(family, model)
     with torch.no_grad():

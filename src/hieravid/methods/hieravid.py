@@ -36,6 +36,7 @@ class Stage1Decision:
 
     Attributes:
         keep: ``(T, P)`` bool, the tokens that stay (run anchors).
+        kept_index: ``(N_kept,)`` int64 flat index ``t * P + p`` of each kept token, in sequence order.
         anchor_frame: ``(T, P)`` int64 frame of the anchor each token is merged into (its own if kept).
         features: ``(N_kept, D)`` the kept tokens in sequence order, merged runs averaged in.
         frame_segment: ``(T,)`` int64 segment id of each frame.
@@ -45,6 +46,7 @@ class Stage1Decision:
     """
 
     keep: torch.Tensor
+    kept_index: torch.Tensor
     anchor_frame: torch.Tensor
     features: torch.Tensor
     frame_segment: torch.Tensor
@@ -57,7 +59,7 @@ class Stage1Decision:
 
     @property
     def num_kept(self) -> int:
-        return int(self.keep.sum())
+        return self.kept_index.numel()
 
 
 def decide_stage1(x: torch.Tensor, rho: float, config: HieraVidConfig) -> Stage1Decision:
@@ -83,9 +85,10 @@ def decide_stage1(x: torch.Tensor, rho: float, config: HieraVidConfig) -> Stage1
         avgpool_threshold=config.avgpool_threshold,
     )
     z = segment_scores(x, frame_segment, config.lam)
-    merged = temporal_run_merge(x, merge_mask)
+    merged = temporal_run_merge(x, merge_mask, validate=False)  # merge_set never selects frame 0
     return Stage1Decision(
         keep=merged.keep,
+        kept_index=merged.kept_index,
         anchor_frame=merged.anchor_frame,
         features=merged.features,
         frame_segment=frame_segment,
@@ -130,7 +133,7 @@ def decide_stage(
     )
     if selector == "bins":
         return segment_bin_select(relevance, segment, k)
-    return segment_dpp_select(hidden, relevance, segment, k, backend=config.greedy_backend)
+    return segment_dpp_select(hidden, relevance, segment, k, backend=config.greedy_backend, present=present)
 
 
 class HieraVid(PruningMethod):
@@ -179,7 +182,7 @@ class HieraVid(PruningMethod):
             keep = first.keep.reshape(-1)
             slot = torch.arange(tokens.num_slots, device=x.device)
             merge_into = (first.anchor_frame * tokens.num_slots + slot).reshape(-1)
-            state["segment"] = first.token_segment.reshape(-1)[keep]
+            state["segment"] = first.token_segment.reshape(-1)[first.kept_index]
             state["z"] = first.z
             state["num_segments"] = first.num_segments
             return Decision(

@@ -433,6 +433,7 @@ def segment_dpp_select(
     k: torch.Tensor,
     *,
     backend: str = "auto",
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 9-10 over all segments: each segment keeps its own ``k_i`` tokens by conditional DPP.
 
@@ -446,6 +447,7 @@ def segment_dpp_select(
         segment: ``(N,)`` int64 segment id of each token (ids ``0..M-1``; a segment may be empty).
         k: ``(M,)`` int64 tokens to keep per segment.
         backend: the greedy loop's, see :func:`greedy_map`.
+        present: ``(M,)`` int64 tokens of each segment (``bincount(segment)``), if the caller has them.
 
     Returns:
         ``(N,)`` bool keep mask; exactly ``k_i`` True per segment, sequence order untouched.
@@ -454,7 +456,8 @@ def segment_dpp_select(
     num_segments = k.numel()
     num_tokens = segment.numel()
     device = segment.device
-    present = torch.bincount(segment, minlength=num_segments)
+    if present is None:
+        present = torch.bincount(segment, minlength=num_segments)
     if present.numel() != num_segments:
         raise ValueError(f"segment ids go up to {present.numel() - 1} but k has {num_segments} entries")
     k = k.long()

@@ -21,12 +21,14 @@ class RunMerge:
             tokens).
         features: ``(N_kept, D)`` the kept tokens in sequence (frame-major) order, each anchor replaced by
             the mean of its run; input dtype, accumulated in float32.
+        kept_index: ``(N_kept,)`` int64 flat index ``t * P + p`` of each kept token, in sequence order.
     """
 
     keep: torch.Tensor
     anchor_frame: torch.Tensor
     run_length: torch.Tensor
     features: torch.Tensor
+    kept_index: torch.Tensor
 
     @property
     def num_removed(self) -> int:
@@ -34,7 +36,7 @@ class RunMerge:
         return int((~self.keep).sum())
 
 
-def temporal_run_merge(x: torch.Tensor, merge_mask: torch.Tensor) -> RunMerge:
+def temporal_run_merge(x: torch.Tensor, merge_mask: torch.Tensor, *, validate: bool = True) -> RunMerge:
     """Merge every run of merge-set tokens into the frame before the run (its anchor).
 
     For each slot p, every maximal run where frames a+1..b are in the merge set and frame a is not is
@@ -45,11 +47,13 @@ def temporal_run_merge(x: torch.Tensor, merge_mask: torch.Tensor) -> RunMerge:
     Args:
         x: ``(T, P, D)`` visual tokens.
         merge_mask: ``(T, P)`` bool; must be False on frame 0 (it has no predecessor).
+        validate: check that (a read from the device); False for a mask from
+            :func:`hieravid.ops.segment.merge_set`, which never selects frame 0.
     """
     num_frames, num_slots, dim = x.shape
     if merge_mask.shape != (num_frames, num_slots):
         raise ValueError(f"merge_mask must have shape {(num_frames, num_slots)}, got {tuple(merge_mask.shape)}")
-    if num_frames and bool(merge_mask[0].any()):
+    if validate and num_frames and bool(merge_mask[0].any()):
         raise ValueError("merge_mask must be False on frame 0: the first frame has no predecessor to merge into")
     keep = ~merge_mask
     frame = torch.arange(num_frames, device=x.device).unsqueeze(1).expand(num_frames, num_slots)
@@ -76,4 +80,5 @@ def temporal_run_merge(x: torch.Tensor, merge_mask: torch.Tensor) -> RunMerge:
         anchor_frame=anchor_frame,
         run_length=run_length.view(num_frames, num_slots),
         features=features,
+        kept_index=kept_index,
     )

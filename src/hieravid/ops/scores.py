@@ -25,7 +25,10 @@ def segment_means(x: torch.Tensor, frame_segment: torch.Tensor) -> torch.Tensor:
     frame_sums = x.float().sum(dim=1)  # (T, D)
     sums = torch.zeros(num_segments, x.shape[-1], dtype=torch.float32, device=x.device)
     sums.index_add_(0, frame_segment, frame_sums)
-    frames = torch.bincount(frame_segment, minlength=num_segments).float() * x.shape[1]
+    # Frames per segment by index_add (bincount reads its input's maximum back from the device).
+    ones = torch.ones(frame_segment.shape[0], dtype=torch.float32, device=x.device)
+    frames = torch.zeros(num_segments, dtype=torch.float32, device=x.device).index_add_(0, frame_segment, ones)
+    frames = frames * x.shape[1]
     return sums / frames.unsqueeze(1)
 
 

@@ -43,9 +43,9 @@ def same_slot_similarity(x: torch.Tensor) -> torch.Tensor:
     # (T-1, P): <x_t, x_{t-1}> / (|x_t| |x_{t-1}|), without materialising normalised copies.
     dots = torch.linalg.vecdot(xf[1:], xf[:-1])
     norms = torch.linalg.vector_norm(xf, dim=-1)  # (T, P)
-    sim = dots / (norms[1:] * norms[:-1])
-    sim = torch.nan_to_num(sim, nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))
-    sim = torch.where((norms[1:] > 0) & (norms[:-1] > 0), sim, torch.full_like(sim, float("-inf")))
+    scale = norms[1:] * norms[:-1]
+    # A zero (or underflowing) norm product, or a non-finite one, gives -inf.
+    sim = torch.where((scale > 0) & torch.isfinite(scale), dots / scale, float("-inf"))
     first = torch.full((1, x.shape[1]), float("-inf"), dtype=sim.dtype, device=sim.device)
     return torch.cat([first, sim], dim=0)
 

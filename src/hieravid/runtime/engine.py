@@ -92,11 +92,13 @@ def _group_mean(values: torch.Tensor, keep: torch.Tensor, merge_into: torch.Tens
     return (sums / counts.unsqueeze(1)).to(values.dtype)
 
 
-def _right_align(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _right_align(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Columns to gather so that each row's kept columns end the row, in order (left padding).
 
-    Returns ``cols (B, L')`` and ``valid (B, L')`` with L' the largest kept count."""
-    width = int(keep.sum(dim=1).max())
+    Returns ``cols (B, L')`` and ``valid (B, L')`` with L' = ``width``, the largest kept count (read from
+    the device when not given)."""
+    if width is None:
+        width = int(keep.sum(dim=1).max())
     order = torch.argsort(keep.to(torch.int8), dim=1, stable=True)  # dropped first, kept last, in order
     cols = order[:, order.shape[1] - width:]
     return cols, keep.gather(1, cols)
@@ -214,12 +216,17 @@ class Runtime:
             index=torch.arange(length, device=device).expand(batch, -1),
             valid=valid, hidden=embeds, cos=cos, sin=sin, text_pos=text_pos, side=side,
         )
-        all_valid = mask_2d is None or bool(valid.all())  # host copy of seq.valid.all(), kept up to date
-        if not all_valid and not bool(valid[:, -1].all()):
+        # Per sample, on the host: its valid tokens, and how many of them follow its video (the
+        # instruction). No method removes text, and every row ends with its last token, so the
+        # instruction is always the last columns of the row. One read.
+        with_video = [b for b, layout in enumerate(layouts) if layout is not None]
+        video_end = torch.full((batch,), length, dtype=torch.long, device=device)  # no video: nothing follows
+        video_end[with_video] = torch.stack([layouts[b].positions.max() for b in with_video])
+        after_video = valid & (torch.arange(length, device=device) > video_end[:, None])  # (B, L)
+        *instruction_length, num_valid = torch.cat([after_video.sum(dim=1), valid.sum().view(1)]).tolist()
+        if num_valid < valid.numel() and not bool(valid[:, -1].all()):
             # Right padding: re-pack so every row ends with its last token.
             seq = seq.gather(*_right_align(valid))
-        # Last original position of each sample's video, on the host (the instruction follows it).
-        video_end = [None if layout is None else int(layout.positions.max()) for layout in layouts]
         states: list[dict] = [{"num_layers": num_layers} for _ in range(batch)]
         # Per sample, the decisions recorded for the trace (None: tracing is off).
         traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = (
@@ -235,7 +242,8 @@ class Runtime:
             if layer_idx in decision_layers:
                 start = device_clock(device)
                 seq = self._decide(
-                    layer_idx, layer, seq, all_valid, layouts, video_end, frame_of, slot_of, visual, states, traced
+                    layer_idx, layer, seq, num_valid, layouts, instruction_length, frame_of, slot_of, visual,
+                    states, traced,
                 )
                 decide_seconds += device_clock(device) - start
             if layer_idx == 0 or layer_idx in decision_layers:
@@ -244,7 +252,7 @@ class Runtime:
                 # One read: the visual tokens of each row (B,) and the number of valid columns.
                 visual_count = (visual.gather(1, seq.index) & seq.valid).sum(dim=1)
                 *counts, num_valid = torch.cat([visual_count, seq.valid.sum().view(1)]).tolist()
-                all_valid = num_valid == seq.valid.numel()
+                all_valid = num_valid == seq.valid.numel()  # no column is padding
                 kept_positions.append(
                     [seq.index[b] if all_valid else seq.index[b][seq.valid[b]] for b in range(batch)]
                 )
@@ -293,9 +301,9 @@ class Runtime:
         layer_idx: int,
         layer: torch.nn.Module,
         seq: _Sequence,
-        all_valid: bool,
+        num_valid: int,
         layouts: list[VideoLayout | None],
-        video_end: list[int | None],
+        instruction_length: list[int],
         frame_of: torch.Tensor,
         slot_of: torch.Tensor,
         visual: torch.Tensor,
@@ -303,8 +311,9 @@ class Runtime:
         traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = None,
     ) -> _Sequence:
         """Ask the method about every sample at one decision point and apply the answers (and record
-        them in ``traced`` when tracing). ``all_valid``: no column of ``seq`` is padding (host flag);
-        ``video_end``: each sample's last video position (None without a video)."""
+        them in ``traced`` when tracing). ``num_valid``: the valid columns of ``seq`` (a host int);
+        ``instruction_length``: per sample, the tokens after its video (the last columns of its row)."""
+        all_valid = num_valid == seq.valid.numel()
         keep = seq.valid.clone()  # (B, L)
         # Per sample that merged: (its kept columns, their new hidden states, their new side inputs).
         replaced: list[tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
@@ -325,9 +334,6 @@ class Runtime:
             if cols.numel() == 0:
                 continue
             original = seq.index[b, cols]
-            after_video = ~is_visual[b] & (seq.index[b] > video_end[b])
-            if not all_valid:
-                after_video &= seq.valid[b]
 
             def relevance(query_rows: int = 1, b: int = b, cols: torch.Tensor = cols) -> torch.Tensor:
                 q, k = projections(query_rows)  # (B, H, Q, d_h), (B, H_kv, L, d_h)
@@ -347,7 +353,7 @@ class Runtime:
                 num_frames=layout.num_frames,
                 num_slots=layout.num_slots,
                 relevance_from_attention=relevance if layer_idx > 0 else None,
-                instruction=seq.hidden[b, after_video],
+                instruction=seq.hidden[b, seq.hidden.shape[1] - instruction_length[b] :],
             )
             decision: Decision = self.method.decide(layer_idx, tokens, states[b])
             if decision.keep.shape != cols.shape:
@@ -368,9 +374,11 @@ class Runtime:
                 else []
             )
             replaced.append((b, cols[decision.keep], features, side))
-        if not replaced and torch.equal(keep, seq.valid):
+        kept_per_row = keep.sum(dim=1)  # keep only clears valid columns: it removed nothing if the totals agree
+        width, kept = torch.stack((kept_per_row.max(), kept_per_row.sum())).tolist()
+        if not replaced and kept == num_valid:
             return seq  # nothing removed or merged: no copy
-        cols, valid = _right_align(keep)
+        cols, valid = _right_align(keep, width)
         out = seq.gather(cols, valid)  # new tensors: the merged tokens are written into them in place
         if replaced:
             new_col = torch.full_like(keep, -1, dtype=torch.long)  # (B, L) column of each kept one in out
