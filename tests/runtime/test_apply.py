@@ -423,6 +423,62 @@ def test_the_runtime_never_reads_padding_back_per_layer(monkeypatch):
         assert seen == [False] * (4 + 8 * 2)  # padded rows, and pruning re-pads them
 
 
+class _DeviceReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor calls that make the host wait for the device (on CUDA)."""
+
+    READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "bincount", "cpu", "numpy"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS or (
+            name == "__getitem__" and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool
+        ):
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_the_runtime_reads_the_device_once_per_decision_point(monkeypatch, family):
+    """Each read makes a GPU's host wait: the prefill reads once at the start (plus once to find
+    padding) and once per decision point, whatever the batch, for a method that reads nothing itself.
+    (Qwen3-VL's timestamps between frames add one search per sample and decision point.)"""
+    from hieravid.methods.base import Decision, PruningMethod
+    from hieravid.runtime import engine
+
+    class EveryOther(PruningMethod):  # keeps every other token; reads nothing back
+        name = "every_other"
+
+        def decision_layers(self, num_layers):
+            return [0, 2, 5]
+
+        def decide(self, layer, tokens, state):
+            return Decision(keep=torch.arange(tokens.num_tokens) % 2 == 0)
+
+    model = build_model(family)
+    mode = _DeviceReads()
+    prefill = engine.Runtime._prefill
+
+    def counted(*args, **kwargs):
+        with mode:
+            return prefill(*args, **kwargs)
+
+    monkeypatch.setattr(engine.Runtime, "_prefill", counted)
+    for inputs, start_reads in [
+        (build_inputs(family, model), 1),
+        (build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2]), 2),
+    ]:
+        mode.reads.clear()
+        with torch.no_grad(), hieravid.apply(model, EveryOther()) as handle:
+            model(**inputs)
+        assert len(mode.reads) == start_reads + 3, mode.reads
+        first = handle.last_stats.per_sample_tokens_per_layer[-1]
+        assert all(n > 0 for n in first)
+
+
 def test_unknown_method_and_option(family, model):
     with pytest.raises(ValueError, match="unknown method"):
         hieravid.apply(model, "nonsense")

@@ -35,7 +35,7 @@ from hieravid.config import HieraVidConfig, check_choice
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count
 from hieravid.methods.hieravid import HieraVid, decide_stage1
-from hieravid.ops import keep_counts, minmax_normalize, segment_dpp_select
+from hieravid.ops import keep_counts, minmax_normalize, segment_dpp_select, segment_sizes
 from hieravid.ops.ranking import instruction_similarity, segment_top_k
 from hieravid.schedule import Schedule, pruned_count
 
@@ -104,7 +104,7 @@ class HieraVidTopK(HieraVid):
             sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
             score = minmax_normalize(sign * score, self.config.eps)
         segment = state["segment"]
-        present = torch.bincount(segment, minlength=state["z"].numel())
+        present = segment_sizes(segment, state["z"].numel())
         k = keep_counts(
             present, state["z"], ratio,
             delta=self.config.delta, clip=self.config.keep_clip, exact_total=self.config.exact_total,
@@ -176,7 +176,7 @@ class HieraVidNoLayer(HieraVid):
             return Decision(
                 keep=merged_keep, merge_into=merge_into, features=first.features, frame_segment=first.frame_segment
             )
-        present = torch.bincount(segment, minlength=first.num_segments)
+        present = segment_sizes(segment, first.num_segments)
         k = keep_counts(
             present, first.z, ratio,
             delta=self.config.delta, clip=self.config.keep_clip, exact_total=self.config.exact_total,

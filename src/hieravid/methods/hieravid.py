@@ -23,6 +23,7 @@ from hieravid.ops import (
     segment_dpp_select,
     segment_ids,
     segment_scores,
+    segment_sizes,
     temporal_run_merge,
 )
 from hieravid.schedule import Schedule, solve_schedule
@@ -127,7 +128,7 @@ def decide_stage(
     Returns:
         ``(N,)`` bool keep mask.
     """
-    present = torch.bincount(segment, minlength=z.numel())
+    present = segment_sizes(segment, z.numel())  # (M,)
     k = keep_counts(
         present, z, ratio, delta=config.delta, clip=config.keep_clip, exact_total=config.exact_total
     )

@@ -10,7 +10,7 @@ from hieravid.ops.dpp import (
 )
 from hieravid.ops.merge import RunMerge, temporal_run_merge
 from hieravid.ops.relevance import attention_from_queries, minmax_normalize, relevance
-from hieravid.ops.scores import keep_counts, segment_means, segment_scores
+from hieravid.ops.scores import keep_counts, segment_means, segment_scores, segment_sizes
 from hieravid.ops.segment import merge_count, merge_set, same_slot_similarity, segment_ids
 
 __all__ = [
@@ -31,5 +31,6 @@ __all__ = [
     "segment_ids",
     "segment_means",
     "segment_scores",
+    "segment_sizes",
     "temporal_run_merge",
 ]

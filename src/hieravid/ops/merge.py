@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hieravid.ops.scores import segment_sizes
+
 __all__ = ["RunMerge", "temporal_run_merge"]
 
 
@@ -61,7 +63,7 @@ def temporal_run_merge(x: torch.Tensor, merge_mask: torch.Tensor, *, validate: b
     anchor_frame = torch.where(keep, frame, torch.zeros_like(frame)).cummax(dim=0).values  # (T, P)
     slot = torch.arange(num_slots, device=x.device).unsqueeze(0)
     anchor = (anchor_frame * num_slots + slot).reshape(-1)  # (T*P,) flat index of each token's anchor
-    run_length = torch.bincount(anchor, minlength=num_frames * num_slots)  # (T*P,)
+    run_length = segment_sizes(anchor, num_frames * num_slots)  # (T*P,) tokens merged into each anchor
 
     flat = x.reshape(-1, dim)
     kept_index = torch.nonzero(keep.reshape(-1)).squeeze(1)  # (N_kept,) sequence order

@@ -8,7 +8,15 @@ import torch.nn.functional as F
 from hieravid.config import check_ratio
 from hieravid.schedule import pruned_count
 
-__all__ = ["segment_means", "segment_scores", "keep_counts"]
+__all__ = ["segment_sizes", "segment_means", "segment_scores", "keep_counts"]
+
+
+def segment_sizes(segment: torch.Tensor, num_segments: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """``(M,)`` members of each segment id ``0..M-1`` in ``segment`` (any shape), counted by ``index_add``:
+    unlike ``bincount``, nothing is read back from the device. Every id must be below ``num_segments``."""
+    ids = segment.reshape(-1)
+    ones = torch.ones(ids.shape[0], dtype=dtype, device=ids.device)
+    return torch.zeros(num_segments, dtype=dtype, device=ids.device).index_add_(0, ids, ones)
 
 
 def segment_means(x: torch.Tensor, frame_segment: torch.Tensor) -> torch.Tensor:
@@ -25,10 +33,7 @@ def segment_means(x: torch.Tensor, frame_segment: torch.Tensor) -> torch.Tensor:
     frame_sums = x.float().sum(dim=1)  # (T, D)
     sums = torch.zeros(num_segments, x.shape[-1], dtype=torch.float32, device=x.device)
     sums.index_add_(0, frame_segment, frame_sums)
-    # Frames per segment by index_add (bincount reads its input's maximum back from the device).
-    ones = torch.ones(frame_segment.shape[0], dtype=torch.float32, device=x.device)
-    frames = torch.zeros(num_segments, dtype=torch.float32, device=x.device).index_add_(0, frame_segment, ones)
-    frames = frames * x.shape[1]
+    frames = segment_sizes(frame_segment, num_segments, torch.float32) * x.shape[1]
     return sums / frames.unsqueeze(1)
 
 

@@ -216,14 +216,25 @@ class Runtime:
             index=torch.arange(length, device=device).expand(batch, -1),
             valid=valid, hidden=embeds, cos=cos, sin=sin, text_pos=text_pos, side=side,
         )
-        # Per sample, on the host: its valid tokens, and how many of them follow its video (the
-        # instruction). No method removes text, and every row ends with its last token, so the
-        # instruction is always the last columns of the row. One read.
+        # On the host, in one read: the valid columns, and per sample its video's first and last position
+        # and the tokens after it (the instruction). No method removes text and every row ends with its
+        # last token, so the instruction is always the row's last columns, and a video with no text
+        # between its tokens always sits right before it.
         with_video = [b for b, layout in enumerate(layouts) if layout is not None]
-        video_end = torch.full((batch,), length, dtype=torch.long, device=device)  # no video: nothing follows
-        video_end[with_video] = torch.stack([layouts[b].positions.max() for b in with_video])
-        after_video = valid & (torch.arange(length, device=device) > video_end[:, None])  # (B, L)
-        *instruction_length, num_valid = torch.cat([after_video.sum(dim=1), valid.sum().view(1)]).tolist()
+        span = torch.full((batch, 2), length, dtype=torch.long, device=device)  # no video: nothing follows
+        span[with_video] = torch.stack([torch.stack(torch.aminmax(layouts[b].positions)) for b in with_video])
+        after_video = valid & (torch.arange(length, device=device) > span[:, 1:])  # (B, L)
+        host = torch.cat([span.view(-1), after_video.sum(dim=1), valid.sum(dim=1)]).tolist()
+        instruction_length, row_valid = host[2 * batch : 3 * batch], host[3 * batch :]
+        num_valid = sum(row_valid)
+        counts = [0 if layout is None else layout.positions.numel() for layout in layouts]  # (B,) visual tokens
+        original_visual = list(counts)
+        text_tokens = [row_valid[b] - original_visual[b] for b in range(batch)]
+        # Per sample: its video tokens are one run of positions (no text between them).
+        video_is_a_run = [
+            layout is not None and host[2 * b + 1] - host[2 * b] + 1 == counts[b]
+            for b, layout in enumerate(layouts)
+        ]
         if num_valid < valid.numel() and not bool(valid[:, -1].all()):
             # Right padding: re-pack so every row ends with its last token.
             seq = seq.gather(*_right_align(valid))
@@ -241,20 +252,19 @@ class Runtime:
         for layer_idx, layer in enumerate(layers):
             if layer_idx in decision_layers:
                 start = device_clock(device)
-                seq = self._decide(
-                    layer_idx, layer, seq, num_valid, layouts, instruction_length, frame_of, slot_of, visual,
-                    states, traced,
+                seq, counts, num_valid = self._decide(
+                    layer_idx, layer, seq, num_valid, counts, layouts, instruction_length, video_is_a_run,
+                    frame_of, slot_of, visual, states, traced,
                 )
                 decide_seconds += device_clock(device) - start
             if layer_idx == 0 or layer_idx in decision_layers:
-                # The sequence changes only here: read counts and padding back from the device here, not
-                # at every layer (each read waits for the GPU to finish all the layers queued so far).
-                # One read: the visual tokens of each row (B,) and the number of valid columns.
-                visual_count = (visual.gather(1, seq.index) & seq.valid).sum(dim=1)
-                *counts, num_valid = torch.cat([visual_count, seq.valid.sum().view(1)]).tolist()
+                # The sequence changes only here (its counts were read back by the decision, once: each read
+                # waits for the GPU to finish all the layers queued so far).
                 all_valid = num_valid == seq.valid.numel()  # no column is padding
+                # Each row's valid columns are its last ones: its text (never removed) and its visual tokens.
+                width = seq.index.shape[1]
                 kept_positions.append(
-                    [seq.index[b] if all_valid else seq.index[b][seq.valid[b]] for b in range(batch)]
+                    [seq.index[b, width - text_tokens[b] - counts[b] :] for b in range(batch)]
                 )
                 mask = attention_mask(seq.valid, seq.hidden.shape[1], implementation, seq.hidden.dtype, all_valid)
             else:
@@ -280,8 +290,6 @@ class Runtime:
             cache.virtual_length = length
         hidden = text_model.norm(seq.hidden)
 
-        original_visual = [0 if layout is None else layout.positions.numel() for layout in layouts]
-        text_tokens = [int(valid[b].sum()) - original_visual[b] for b in range(batch)]
         self.last_stats = PruneStats(
             method=self.method.name,
             per_sample_tokens_per_layer=per_sample,
@@ -302,18 +310,23 @@ class Runtime:
         layer: torch.nn.Module,
         seq: _Sequence,
         num_valid: int,
+        counts: list[int],
         layouts: list[VideoLayout | None],
         instruction_length: list[int],
+        video_is_a_run: list[bool],
         frame_of: torch.Tensor,
         slot_of: torch.Tensor,
         visual: torch.Tensor,
         states: list[dict],
         traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = None,
-    ) -> _Sequence:
+    ) -> tuple[_Sequence, list[int], int]:
         """Ask the method about every sample at one decision point and apply the answers (and record
-        them in ``traced`` when tracing). ``num_valid``: the valid columns of ``seq`` (a host int);
-        ``instruction_length``: per sample, the tokens after its video (the last columns of its row)."""
+        them in ``traced`` when tracing). Host ints in: ``num_valid``, the valid columns of ``seq``;
+        ``counts``, the visual tokens of each row; per sample, ``instruction_length``, the tokens after
+        its video (the row's last columns), and ``video_is_a_run``, no text between its video tokens.
+        Returns the new sequence with its ``counts`` and ``num_valid``, read back together."""
         all_valid = num_valid == seq.valid.numel()
+        length = seq.valid.shape[1]
         keep = seq.valid.clone()  # (B, L)
         # Per sample that merged: (its kept columns, their new hidden states, their new side inputs).
         replaced: list[tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
@@ -329,25 +342,27 @@ class Runtime:
         for b, layout in enumerate(layouts):
             if layout is None:
                 continue
-            row_visual = is_visual[b] if all_valid else seq.valid[b] & is_visual[b]
-            cols = torch.nonzero(row_visual).squeeze(1)  # (N,)
-            if cols.numel() == 0:
+            count = counts[b]
+            if count == 0:
                 continue
+            if video_is_a_run[b]:  # the row's columns right before the instruction: a slice, no read
+                end = length - instruction_length[b]
+                cols: slice | torch.Tensor = slice(end - count, end)
+            else:
+                cols = torch.nonzero(seq.valid[b] & is_visual[b]).squeeze(1)  # (N,)
             original = seq.index[b, cols]
 
-            def relevance(query_rows: int = 1, b: int = b, cols: torch.Tensor = cols) -> torch.Tensor:
+            def relevance(query_rows: int = 1, b: int = b, cols: slice | torch.Tensor = cols) -> torch.Tensor:
                 q, k = projections(query_rows)  # (B, H, Q, d_h), (B, H_kv, L, d_h)
                 if all_valid:
                     return attention_from_queries(q[b].transpose(0, 1), k[b].transpose(0, 1))[cols]
                 valid_cols = torch.nonzero(seq.valid[b]).squeeze(1)
                 a = attention_from_queries(q[b].transpose(0, 1), k[b][:, valid_cols].transpose(0, 1))
-                return a[torch.searchsorted(valid_cols, cols)]
+                where = torch.arange(length, device=a.device)[cols]  # (N,) column of each token
+                return a[torch.searchsorted(valid_cols, where)]
 
-            first, last = cols[[0, -1]].tolist()
-            count = cols.numel()
-            contiguous = last - first + 1 == count  # one video: its tokens are a slice, no copy
             tokens = VideoTokens(
-                features=seq.hidden[b, first : first + count] if contiguous else seq.hidden[b, cols],
+                features=seq.hidden[b, cols],  # a view when cols is a slice
                 frame=frame_of[b, original],
                 slot=slot_of[b, original],
                 num_frames=layout.num_frames,
@@ -356,7 +371,7 @@ class Runtime:
                 instruction=seq.hidden[b, seq.hidden.shape[1] - instruction_length[b] :],
             )
             decision: Decision = self.method.decide(layer_idx, tokens, states[b])
-            if decision.keep.shape != cols.shape:
+            if decision.keep.shape != (count,):
                 raise RuntimeError(f"method {self.method.name} returned a keep mask of the wrong shape")
             keep[b, cols] = decision.keep  # every column in cols is valid: True before
             if traced is not None:
@@ -373,11 +388,16 @@ class Runtime:
                 if decision.merge_into is not None
                 else []
             )
-            replaced.append((b, cols[decision.keep], features, side))
-        kept_per_row = keep.sum(dim=1)  # keep only clears valid columns: it removed nothing if the totals agree
-        width, kept = torch.stack((kept_per_row.max(), kept_per_row.sum())).tolist()
+            replaced.append((b, torch.arange(length, device=keep.device)[cols][decision.keep], features, side))
+        # One read: the new width, the kept columns (keep only clears valid ones, so it removed nothing if
+        # they are all still there) and each row's visual tokens.
+        kept_per_row = keep.sum(dim=1)  # (B,)
+        visual_per_row = (keep & is_visual).sum(dim=1)  # (B,)
+        width, kept, *counts = torch.cat(
+            [kept_per_row.max().view(1), kept_per_row.sum().view(1), visual_per_row]
+        ).tolist()
         if not replaced and kept == num_valid:
-            return seq  # nothing removed or merged: no copy
+            return seq, counts, num_valid  # nothing removed or merged: no copy
         cols, valid = _right_align(keep, width)
         out = seq.gather(cols, valid)  # new tensors: the merged tokens are written into them in place
         if replaced:
@@ -388,7 +408,7 @@ class Runtime:
                 out.hidden[b, at] = features
                 for new, value in zip(out.side, side):
                     new[b, at] = value.to(new.dtype)
-        return out
+        return out, counts, kept
 
     # -------------------------------------------------------------------------------------- decode
     def _decode(
