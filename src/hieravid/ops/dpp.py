@@ -47,20 +47,20 @@ def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: t
         ``(G, n, n)`` float32 kernel blocks.
     """
     x = features.float()  # (G, n, D)
-    return _scaled_gram(x, torch.where(valid, _kernel_scale(x, relevance), 0.0))
+    return _gram(x * torch.where(valid, _kernel_scale(x, relevance), 0.0).unsqueeze(2))
 
 
 def _kernel_scale(x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """Eq. 9 normalises and weights after the product: ``scale_i = r_i / |x_i|`` (0 for zero vectors);
-    ``x (..., D)`` float32, ``relevance (...)``."""
+    """Eq. 9's row weights ``scale_i = r_i / |x_i|`` (0 for zero vectors), so that
+    ``L~ = (scale x)(scale x)^T``: ``x (..., D)`` float32, ``relevance (...)``."""
     norm = torch.linalg.vector_norm(x, dim=-1)
     return torch.where(norm > 0, relevance.float() / norm.clamp(min=1e-30), 0.0)
 
 
-def _scaled_gram(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``diag(scale) x x^T diag(scale)`` per group: ``x (G, n, D)`` float32, ``scale (G, n)``."""
-    gram = torch.bmm(x, x.transpose(1, 2))  # (G, n, n)
-    return gram.mul_(scale.unsqueeze(2)).mul_(scale.unsqueeze(1))  # in place: no (G, n, n) temporaries
+def _gram(y: torch.Tensor) -> torch.Tensor:
+    """``y y^T`` per group: ``y (G, n, D)`` float32 rows already weighted (n x D work; weighting the
+    ``(G, n, n)`` product instead would pass twice over n x n)."""
+    return torch.bmm(y, y.transpose(1, 2))  # (G, n, n)
 
 
 def greedy_map(
@@ -493,7 +493,8 @@ def segment_dpp_select(
         part = slice(start, start + len(bucket))
         start += len(bucket)
         width = max(sizes[i] for i in bucket)
-        kernel = _scaled_gram(x[safe[part, :width]], scale[part, :width])  # (G, n, n)
+        rows_x = x[safe[part, :width]].mul_(scale[part, :width].unsqueeze(2))  # (G, n, D) a copy, weighted
+        kernel = _gram(rows_x)  # (G, n, n)
         bucket_kmax = max(counts[i] for i in bucket)
         picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, _BLOCK, loop)  # (G, k)
         if chosen is None:
