@@ -11,6 +11,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from device_reads import DeviceReads
+
 from hieravid.ops.dpp import conditional_kernel, greedy_map, pack_segments, segment_bin_select, segment_dpp_select
 import hieravid.ops.dpp as dpp_module
 
@@ -354,23 +356,6 @@ def test_segment_dpp_select_k_zero_and_full():
     assert segment_dpp_select(features, relevance, segment, torch.tensor([5, 6, 4])).all()
 
 
-class _DeviceReads(torch.overrides.TorchFunctionMode):
-    """Counts the tensor calls that make the host wait for the device (on CUDA): reading values back
-    (``tolist``, ``item``, ``bool``/``int``) and operations whose output size depends on the values."""
-
-    READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "bincount", "cpu", "numpy"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in self.READS:
-            self.reads.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 def test_segment_dpp_select_reads_the_device_twice_whatever_the_segments(monkeypatch):
     # Three size buckets (40 | 19 | 7 4) with the torch loop, which makes each bucket's picks in one block
     # (k <= 64) and reads nothing back. The reads: the segment sizes (bincount), then sizes and k at once.
@@ -378,7 +363,7 @@ def test_segment_dpp_select_reads_the_device_twice_whatever_the_segments(monkeyp
     sizes = [4, 40, 7, 19]
     features, relevance, segment, _ = make_tokens(sizes, 16, 2)
     k = torch.tensor([2, 30, 3, 9])
-    with _DeviceReads() as mode:
+    with DeviceReads() as mode:
         keep = segment_dpp_select(features, relevance, segment, k, backend="torch")
     assert torch.bincount(segment[keep], minlength=4).tolist() == k.tolist()
     assert sorted(mode.reads) == ["bincount", "tolist"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from device_reads import DeviceReads
 from tiny_models import build_inputs, build_model, unbatch, video_token_id
 
 import hieravid
@@ -423,24 +424,6 @@ def test_the_runtime_never_reads_padding_back_per_layer(monkeypatch):
         assert seen == [False] * (4 + 8 * 2)  # padded rows, and pruning re-pads them
 
 
-class _DeviceReads(torch.overrides.TorchFunctionMode):
-    """Counts the tensor calls that make the host wait for the device (on CUDA)."""
-
-    READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "bincount", "cpu", "numpy"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in self.READS or (
-            name == "__getitem__" and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool
-        ):
-            self.reads.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
 def test_the_runtime_reads_the_device_once_per_decision_point(monkeypatch, family):
     """Each read makes a GPU's host wait: the prefill reads once at the start (plus once to find
@@ -459,7 +442,7 @@ def test_the_runtime_reads_the_device_once_per_decision_point(monkeypatch, famil
             return Decision(keep=torch.arange(tokens.num_tokens) % 2 == 0)
 
     model = build_model(family)
-    mode = _DeviceReads()
+    mode = DeviceReads()
     prefill = engine.Runtime._prefill
 
     def counted(*args, **kwargs):
