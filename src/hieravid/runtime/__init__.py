@@ -5,4 +5,13 @@ from hieravid.runtime.engine import Runtime, device_clock
 from hieravid.runtime.stats import FlopsCount, PruneStats
 from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
 
-__all__ = ["FlopsCount", "PruneStats", "PruneTrace", "PrunedCache", "Runtime", "SampleTrace", "StageTrace", "device_clock"]
+__all__ = [
+    "FlopsCount",
+    "PruneStats",
+    "PruneTrace",
+    "PrunedCache",
+    "Runtime",
+    "SampleTrace",
+    "StageTrace",
+    "device_clock",
+]
