@@ -269,6 +269,10 @@ def _add_bench(subparsers: Any) -> None:
     parser.add_argument("--new-tokens", type=_positive_int, default=8,
                         help="greedy tokens per generate, >= 2 (default 8)")
     parser.add_argument("--allow-cpu", action="store_true", help="run a 7B shape on the CPU anyway")
+    parser.add_argument("--cpu-malloc", default="keep", choices=("keep", "default"),
+                        help="on CPU: keep (default) has glibc keep freed memory for reuse, so large activations "
+                             "do not page-fault afresh on every call (as on a GPU, whose caching allocator does "
+                             "the same); default measures the C library as it is")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write every number to FILE as JSON, rewritten after every timed round")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
@@ -303,6 +307,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         new_tokens=args.new_tokens,
         allow_cpu=args.allow_cpu,
+        cpu_malloc=args.cpu_malloc,
         progress=None if args.quiet else progress,
         on_round=save if args.json else None,
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -50,6 +53,7 @@ def test_report_is_complete(bench):
         (m, b) for m in METHODS for b in BUDGETS
     ]
     assert report["vision_ms"] > 0
+    assert report["allocator_note"].startswith(("glibc malloc keeps freed memory", "the C library's malloc"))
     fields = set(MethodResult.__dataclass_fields__)
     for row in rows:
         assert set(row) == fields
@@ -57,6 +61,8 @@ def test_report_is_complete(bench):
             assert row[key] > 0 and math.isfinite(row[key]), key
         assert len(row["prefill_runs_ms"]) == 1 and len(row["tokens_per_layer"]) == 8
         assert row["kv_bytes"] == row["kv_text_bytes"] + row["kv_visual_bytes"] > 0
+        if sys.platform == "linux":
+            assert isinstance(row["prefill_page_faults"], int) and row["prefill_page_faults"] >= 0
         # TTFT includes the vision tower and the decoder prefill
         assert row["ttft_ms"] > report["vision_ms"] + row["prefill_ms"] - 1e-6
 
@@ -123,6 +129,50 @@ def test_cpu_memory_is_measured_in_the_warm_up_only(monkeypatch):
     resets.clear()
     result = run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=2, warmup=0, new_tokens=2)
     assert len(resets) == 4 and "measured in the timed rounds" in result.memory_note  # no warm-up: no choice
+
+
+_FAULTS_OF_A_LARGE_BLOCK = textwrap.dedent("""
+    import resource, sys, torch
+    from hieravid.bench.models import keep_freed_memory
+
+    def faults_of_a_large_block():  # allocate, touch and free 64 MiB: above glibc's largest mmap threshold
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(16 << 20)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_a_large_block()
+    default = faults_of_a_large_block()
+    note = keep_freed_memory()
+    faults_of_a_large_block()
+    kept = faults_of_a_large_block()
+    print(default, kept, note is not None)
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt and getrusage's page faults")
+def test_keeping_freed_memory_stops_the_page_faults_of_large_blocks():
+    """With glibc's default, every 64 MiB block is fresh pages (16384 faults); once the benchmark has it keep
+    freed memory, the second such block reuses the first's. In a subprocess: the setting is for the process."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS_OF_A_LARGE_BLOCK], capture_output=True, text=True, check=True)
+    default, kept, applied = out.stdout.split()
+    assert applied == "True"
+    pages = (64 << 20) // 4096
+    assert int(default) > pages // 2  # the premise: glibc gives a block this large fresh pages each time
+    assert int(kept) < pages // 20
+
+
+def test_the_cpu_allocator_choice_is_reported(monkeypatch):
+    import hieravid.bench.models as bench_models
+
+    monkeypatch.setattr(bench_models, "_kept", None)  # as in a process where no run kept freed memory yet
+    result = run_model_bench("tiny", methods=["vanilla"], repeats=1, warmup=0, new_tokens=2, cpu_malloc="default")
+    assert result.allocator_note.startswith("the C library's malloc as it is")
+    assert "allocator: the C library's malloc" in format_report(result)
+    monkeypatch.setattr(bench_models, "_kept", "glibc malloc keeps freed memory")
+    result = run_model_bench("tiny", methods=["vanilla"], repeats=1, warmup=0, new_tokens=2, cpu_malloc="default")
+    assert result.allocator_note.endswith("(set by an earlier run in this process; it cannot be undone)")
+    with pytest.raises(ValueError, match="cpu_malloc must be one of 'keep', 'default'"):
+        run_model_bench("tiny", methods=["vanilla"], cpu_malloc="jemalloc")
 
 
 def _interrupt_measurement(monkeypatch, at_call: int) -> None:

@@ -30,6 +30,14 @@ How one measurement is taken (one ``model.generate`` call with ``new_tokens`` gr
 - ``kv_bytes``: keys + values over every layer of the cache returned by the prefill (read in the hook,
   before decoding appends); ``kv_text_bytes`` = text tokens x bytes per token per layer x layers;
   ``kv_visual_bytes`` = the rest.
+- ``prefill_page_faults``: minor page faults of the process during the prefill (Linux, ``getrusage``).
+- The CPU allocator: glibc's ``malloc`` serves every block above its mmap threshold (32 MiB at most)
+  with fresh pages from the system and hands them back on ``free``, so the next call faults on (and
+  the kernel zeroes) every page again. That cost grows with the size of the activations, not with the
+  FLOPs: at the ``mini`` shape a vanilla prefill faulted on about 1.2 M pages (3.4-5.5 s of system time)
+  where a pruned one faulted on almost none. By default (``cpu_malloc="keep"``) the benchmark therefore
+  has glibc keep freed memory for reuse, as torch's CUDA caching allocator does on a GPU;
+  ``cpu_malloc="default"`` measures the C library's default behaviour.
 
 Speed-up = vanilla's median ``prefill_ms`` / the method's; theoretical speed-up = exact FLOPs of the
 unpruned prefill / the method's (``last_stats.flops``: every matmul, text tokens and the last token's LM
@@ -52,7 +60,7 @@ import torch
 
 import hieravid
 from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
-from hieravid.config import check_budget
+from hieravid.config import check_budget, check_choice
 from hieravid.methods import available, parse_method
 from hieravid.models import find_adapter
 from hieravid.runtime import device_clock
@@ -66,6 +74,7 @@ __all__ = [
     "build_bench_model",
     "check_goals",
     "format_report",
+    "keep_freed_memory",
     "machine_description",
     "plot_report",
     "run_model_bench",
@@ -211,6 +220,41 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _page_faults() -> int | None:
+    """Minor page faults of this process so far (None where ``getrusage`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap, where freed memory is reused
+_KEEP_TRIM_THRESHOLD = (1 << 31) - 1  # the largest value mallopt takes: free memory stays in the heap
+
+
+_kept: str | None = None  # keep_freed_memory's description once it has been applied in this process
+
+
+def keep_freed_memory() -> str | None:
+    """Have glibc's ``malloc`` keep freed memory for reuse in this process (it cannot be undone): blocks
+    up to 1 GiB come from the heap instead of fresh pages, and the heap is not shrunk on ``free``
+    (``malloc_trim`` still gives memory back). Returns a description, or None where this is not glibc
+    or it refused."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    global _kept
+    if mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP_THRESHOLD) != 1 or mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM_THRESHOLD) != 1:
+        return None
+    _kept = (f"glibc malloc keeps freed memory for reuse (mallopt M_MMAP_THRESHOLD {_KEEP_MMAP_THRESHOLD >> 20} "
+             "MiB, M_TRIM_THRESHOLD 2 GiB), as torch's CUDA caching allocator does")
+    return _kept
+
+
 # ----------------------------------------------------------------------------------------- recording
 
 
@@ -249,6 +293,8 @@ class _Recorder:
         self.first_forward_end: float | None = None
         self.text_start: float | None = None
         self.prefill_seconds: float | None = None
+        self.faults_start: int | None = None
+        self.prefill_faults: int | None = None
         self.cache: tuple[int, int, int] | None = None
         self.peak_bytes: int | None = None
         self.peak_total_bytes: int | None = None
@@ -280,11 +326,15 @@ class _Recorder:
 
     def _text_start(self, module: Any, args: Any) -> None:
         if self.prefill_seconds is None and self.text_start is None:
+            self.faults_start = _page_faults()
             self.text_start = device_clock(self.device)
 
     def _text_end(self, module: Any, args: Any, output: Any) -> None:
         if self.prefill_seconds is None and self.text_start is not None:
             self.prefill_seconds = device_clock(self.device) - self.text_start
+            faults = _page_faults()
+            if faults is not None and self.faults_start is not None:
+                self.prefill_faults = faults - self.faults_start
 
     def remove(self) -> None:
         for hook in self.hooks:
@@ -316,6 +366,7 @@ class MethodResult:
     kv_bytes: int
     kv_text_bytes: int
     kv_visual_bytes: int
+    prefill_page_faults: int | None = None
     prefill_runs_ms: list[float] = field(default_factory=list)
     ttft_runs_ms: list[float] = field(default_factory=list)
     decode_runs_ms_per_token: list[float] = field(default_factory=list)
@@ -352,6 +403,7 @@ class ModelBenchResult:
     warmup: int
     new_tokens: int
     memory_note: str
+    allocator_note: str
     load_average: list[float | None]
     results: list[MethodResult]
     repeats_asked: int | None = None  # timed rounds asked for; more than ``repeats`` when interrupted
@@ -409,6 +461,7 @@ def run_model_bench(
     warmup: int = 1,
     new_tokens: int = 8,
     allow_cpu: bool = False,
+    cpu_malloc: str = "keep",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     on_round: Callable[["ModelBenchResult"], None] | None = None,
@@ -430,6 +483,8 @@ def run_model_bench(
         warmup: untimed rounds before them.
         new_tokens: greedy tokens generated per measurement (>= 2: decode time needs a second token).
         allow_cpu: run a 7B shape on CPU anyway.
+        cpu_malloc: on CPU, ``keep`` (glibc keeps freed memory for reuse, see :func:`keep_freed_memory`;
+            for the rest of the process) or ``default`` (the C library as it is).
         progress: called with one line per measurement.
         on_round: called after every timed round with the result of the rounds so far (to save it).
 
@@ -456,10 +511,19 @@ def run_model_bench(
     unknown = [m for m in methods if parse_method(m)[0] not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}")
+    check_choice(cpu_malloc, "cpu_malloc", ("keep", "default"))
     budgets = [check_budget(b) for b in budgets]
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     say = progress or (lambda line: None)
 
+    if dev.type == "cuda":
+        allocator = "torch's CUDA caching allocator"
+    elif cpu_malloc == "keep":
+        allocator = keep_freed_memory() or "the C library's malloc as it is (not glibc, or mallopt refused)"
+    elif _kept is not None:  # asked for the default, but an earlier run in this process changed it for good
+        allocator = _kept + " (set by an earlier run in this process; it cannot be undone)"
+    else:
+        allocator = "the C library's malloc as it is (--cpu-malloc default)"
     load_start = _load_average()
     say(f"building {shape} on {dev} ({dtype}) ...")
     model = build_bench_model(shape, device=dev, dtype=dtype, seed=seed)
@@ -527,6 +591,7 @@ def run_model_bench(
                         "page-fault on its allocations) stays out of the timed ones" if memory_apart
                         else "measured in the timed rounds (no warm-up), whose times include the reset's cost")
             ),
+            allocator_note=allocator,
             load_average=[load_start, _load_average()],
             results=results,
             repeats_asked=repeats,
@@ -611,6 +676,7 @@ def _measure(
         "decide_ms": 0.0 if stats is None else 1000 * stats.decide_seconds,
         "peak_memory_bytes": recorder.peak_bytes,
         "peak_memory_total_bytes": recorder.peak_total_bytes,
+        "prefill_page_faults": recorder.prefill_faults,
         "cache": recorder.cache,
     }
     return sample, stats
@@ -628,9 +694,12 @@ def _summarise(
     def median_of(key: str) -> float:
         return _median([r[key] for r in runs])
 
-    def median_bytes(key: str) -> int | None:
-        values = [r[key] for r in (runs if memory_runs is None else memory_runs) if r[key] is not None]
+    def median_count(key: str, of: list[dict[str, Any]]) -> int | None:
+        values = [r[key] for r in of if r[key] is not None]
         return int(statistics.median(values)) if values else None
+
+    def median_bytes(key: str) -> int | None:
+        return median_count(key, runs if memory_runs is None else memory_runs)
 
     return MethodResult(
         method=name,
@@ -648,6 +717,7 @@ def _summarise(
         kv_bytes=kv_total,
         kv_text_bytes=kv_text,
         kv_visual_bytes=kv_total - kv_text,
+        prefill_page_faults=median_count("prefill_page_faults", runs),
         prefill_runs_ms=[r["prefill_ms"] for r in runs],
         ttft_runs_ms=[r["ttft_ms"] for r in runs],
         decode_runs_ms_per_token=[r["decode_ms_per_token"] for r in runs],
@@ -727,6 +797,19 @@ def _mb(value: int | None) -> str:
     return f"{mib:.0f}" if abs(mib) >= 10 else f"{mib:.2f}"
 
 
+def _faults_summary(result: ModelBenchResult) -> str:
+    """Vanilla's page faults per prefill and the most of any pruned (method, budget)."""
+    vanilla = result.results[0]
+    pruned = [r for r in result.results[1:] if r.prefill_page_faults is not None]
+    if vanilla.prefill_page_faults is None:
+        return "page faults not measured"
+    text = f"minor page faults per prefill (median): vanilla {vanilla.prefill_page_faults}"
+    if pruned:
+        most = max(pruned, key=lambda r: r.prefill_page_faults)
+        text += f", at most {most.prefill_page_faults} for the others ({most.method}@{most.budget:g})"
+    return text
+
+
 def format_report(result: ModelBenchResult) -> str:
     """A plain-text report: machine, shape, token counts, one table row per (method, budget), goals."""
     lines = [
@@ -740,6 +823,7 @@ def format_report(result: ModelBenchResult) -> str:
         f"protocol: {result.warmup} warm-up + {result.repeats} timed rounds, methods interleaved, medians; "
         f"{result.new_tokens} new tokens per generate"
         + (f" (INTERRUPTED: {result.repeats} of {result.repeats_asked} timed rounds)" if result.interrupted else ""),
+        f"allocator: {result.allocator_note}; {_faults_summary(result)}",
         f"load average (1 min) at start / end: {result.load_average[0]} / {result.load_average[1]}"
         + (" -- other processes were running: timings are unreliable"
            if (result.load_average[0] or 0) >= 0.75 * (os.cpu_count() or 1) else ""),
