@@ -70,6 +70,8 @@ def test_report_is_complete(bench):
 def test_report_is_consistent(bench):
     _, report = bench
     assert ModelBenchResult.from_dict(report).to_dict() == report
+    older = {k: v for k, v in report.items() if k != "allocator_note"}  # a JSON file from before the allocator note
+    assert ModelBenchResult.from_dict(older).allocator_note == "not recorded"
     rows = report["results"]
     vanilla = rows[0]
     assert vanilla["decide_ms"] == 0 and vanilla["theoretical_speedup"] == 1.0

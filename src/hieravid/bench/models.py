@@ -34,9 +34,9 @@ How one measurement is taken (one ``model.generate`` call with ``new_tokens`` gr
 - The CPU allocator: glibc's ``malloc`` serves every block above its mmap threshold (32 MiB at most)
   with fresh pages from the system and hands them back on ``free``, so the next call faults on (and
   the kernel zeroes) every page again. That cost grows with the size of the activations, not with the
-  FLOPs: at the ``mini`` shape a vanilla prefill faulted on about 1.2 M pages (3.4-5.5 s of system time)
-  where a pruned one faulted on almost none. By default (``cpu_malloc="keep"``) the benchmark therefore
-  has glibc keep freed memory for reuse, as torch's CUDA caching allocator does on a GPU;
+  FLOPs: at the ``mini`` shape a vanilla prefill faulted on about 1.0-1.4 M pages where a pruned one
+  faulted on at most about 93 k, usually almost none. By default (``cpu_malloc="keep"``) the benchmark
+  therefore has glibc keep freed memory for reuse, as torch's CUDA caching allocator does on a GPU;
   ``cpu_malloc="default"`` measures the C library's default behaviour.
 
 Speed-up = vanilla's median ``prefill_ms`` / the method's; theoretical speed-up = exact FLOPs of the
@@ -243,11 +243,11 @@ def keep_freed_memory() -> str | None:
     up to 1 GiB come from the heap instead of fresh pages, and the heap is not shrunk on ``free``
     (``malloc_trim`` still gives memory back). Returns a description, or None where this is not glibc
     or it refused."""
+    global _kept
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return None
-    global _kept
     if mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP_THRESHOLD) != 1 or mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM_THRESHOLD) != 1:
         return None
     _kept = (f"glibc malloc keeps freed memory for reuse (mallopt M_MMAP_THRESHOLD {_KEEP_MMAP_THRESHOLD >> 20} "
@@ -403,11 +403,11 @@ class ModelBenchResult:
     warmup: int
     new_tokens: int
     memory_note: str
-    allocator_note: str
     load_average: list[float | None]
     results: list[MethodResult]
     repeats_asked: int | None = None  # timed rounds asked for; more than ``repeats`` when interrupted
     interrupted: bool = False
+    allocator_note: str = "not recorded"  # absent from the JSON of releases before it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
