@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,8 @@ def test_report_is_complete(bench):
         assert row["kv_bytes"] == row["kv_text_bytes"] + row["kv_visual_bytes"] > 0
         if sys.platform == "linux":
             assert isinstance(row["prefill_page_faults"], int) and row["prefill_page_faults"] >= 0
+    if sys.platform == "linux":
+        assert 0 <= report["others_cpu"] <= 1
         # TTFT includes the vision tower and the decoder prefill
         assert row["ttft_ms"] > report["vision_ms"] + row["prefill_ms"] - 1e-6
 
@@ -70,8 +73,9 @@ def test_report_is_complete(bench):
 def test_report_is_consistent(bench):
     _, report = bench
     assert ModelBenchResult.from_dict(report).to_dict() == report
-    older = {k: v for k, v in report.items() if k != "allocator_note"}  # a JSON file from before the allocator note
-    assert ModelBenchResult.from_dict(older).allocator_note == "not recorded"
+    # a JSON file from before the allocator note and the CPU watch
+    older = ModelBenchResult.from_dict({k: v for k, v in report.items() if k not in ("allocator_note", "others_cpu")})
+    assert older.allocator_note == "not recorded" and older.others_cpu is None
     rows = report["results"]
     vanilla = rows[0]
     assert vanilla["decide_ms"] == 0 and vanilla["theoretical_speedup"] == 1.0
@@ -175,6 +179,34 @@ def test_the_cpu_allocator_choice_is_reported(monkeypatch):
     assert result.allocator_note.endswith("(set by an earlier run in this process; it cannot be undone)")
     with pytest.raises(ValueError, match="cpu_malloc must be one of 'keep', 'default'"):
         run_model_bench("tiny", methods=["vanilla"], cpu_malloc="jemalloc")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/stat")
+def test_the_cpu_watch_counts_another_process():
+    """A child that burns half a second of CPU while this process waits is counted in full (less
+    /proc/stat's tick of 10 ms)."""
+    from hieravid.bench.models import CpuWatch
+
+    burn = "import time\nwhile time.process_time() < 0.5: pass\nprint(time.process_time())"
+    watch = CpuWatch()
+    start = os.times()
+    child = subprocess.run([sys.executable, "-c", burn], capture_output=True, text=True, check=True)
+    wall = os.times().elapsed - start.elapsed
+    share = watch.others_share()
+    assert share is not None
+    assert share * wall * os.cpu_count() >= float(child.stdout) - 0.05
+
+
+def test_the_report_judges_reliability_by_the_cpu_time_of_others(bench):
+    _, report = bench
+    result = ModelBenchResult.from_dict(report)
+    for share, unreliable in ((0.02, False), (0.3, True)):
+        result.others_cpu, result.load_average = share, [0.0, 0.0]
+        line = next(l for l in format_report(result).splitlines() if l.startswith("load average"))
+        assert f"took {100 * share:.1f}% of the CPUs' time" in line
+        assert ("timings are unreliable" in line) == unreliable
+    result.others_cpu, result.load_average = None, [2.0 * os.cpu_count(), 0.0]  # unmeasured: the load decides
+    assert "timings are unreliable" in format_report(result)
 
 
 def _interrupt_measurement(monkeypatch, at_call: int) -> None:

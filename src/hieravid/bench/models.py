@@ -39,6 +39,11 @@ How one measurement is taken (one ``model.generate`` call with ``new_tokens`` gr
   therefore has glibc keep freed memory for reuse, as torch's CUDA caching allocator does on a GPU;
   ``cpu_malloc="default"`` measures the C library's default behaviour.
 
+- ``others_cpu``: the share of all CPUs' time that other processes (and, on a VM, the hypervisor's
+  steal) took during the whole run (Linux ``/proc/stat`` less this process's own time). Above 0.1 the
+  report calls the timings unreliable; the 1-minute load average is printed too, but it still holds a
+  run that ended a minute before this one started.
+
 Speed-up = vanilla's median ``prefill_ms`` / the method's; theoretical speed-up = exact FLOPs of the
 unpruned prefill / the method's (``last_stats.flops``: every matmul, text tokens and the last token's LM
 head included); efficiency = speed-up / theoretical speed-up.
@@ -53,6 +58,7 @@ import math
 import os
 import platform
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -203,6 +209,51 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
+
+
+# Above this share of the machine's CPU time taken by others during the run, the report says its
+# timings are unreliable (on 2 cores, one busy process elsewhere is 0.5).
+_OTHERS_UNRELIABLE = 0.1
+
+
+class CpuWatch:
+    """CPU time the rest of the machine uses while this process runs something (Linux).
+
+    From the start to :meth:`others_share`: (the CPUs' busy time in ``/proc/stat``, steal included, minus
+    this process's own user + system time) / (wall time x CPUs). Unlike the load average, which decays
+    over minutes, it covers exactly the interval, so a run that ends just before this one starts does
+    not count. None where ``/proc/stat`` cannot be read.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != "cpu" or len(fields) < 5:
+            return None
+        # user nice system idle iowait irq softirq steal (guest time is already in user).
+        ticks = [int(v) for v in fields[1:9]]
+        busy = sum(ticks) - ticks[3] - ticks[4]
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    @classmethod
+    def _sample(cls) -> tuple[float, float | None, float]:
+        own = os.times()
+        return time.monotonic(), cls._busy_seconds(), own.user + own.system
+
+    def others_share(self) -> float | None:
+        """Share of all CPUs' time since the start that other processes (and a hypervisor) took."""
+        (wall0, busy0, own0), (wall1, busy1, own1) = self._start, self._sample()
+        if busy0 is None or busy1 is None or wall1 <= wall0:
+            return None
+        others = (busy1 - busy0) - (own1 - own0)
+        return round(min(max(others / ((wall1 - wall0) * (os.cpu_count() or 1)), 0.0), 1.0), 3)
 
 
 def _reset_peak_rss() -> bool:
@@ -408,6 +459,7 @@ class ModelBenchResult:
     repeats_asked: int | None = None  # timed rounds asked for; more than ``repeats`` when interrupted
     interrupted: bool = False
     allocator_note: str = "not recorded"  # absent from the JSON of releases before it
+    others_cpu: float | None = None  # CpuWatch.others_share over the run; absent before it, None off Linux
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -525,6 +577,7 @@ def run_model_bench(
     else:
         allocator = "the C library's malloc as it is (--cpu-malloc default)"
     load_start = _load_average()
+    watch = CpuWatch()
     say(f"building {shape} on {dev} ({dtype}) ...")
     model = build_bench_model(shape, device=dev, dtype=dtype, seed=seed)
     inputs = build_bench_inputs(shape, model, frames, seed=seed)
@@ -593,6 +646,7 @@ def run_model_bench(
             ),
             allocator_note=allocator,
             load_average=[load_start, _load_average()],
+            others_cpu=watch.others_share(),
             results=results,
             repeats_asked=repeats,
             interrupted=interrupted,
@@ -797,6 +851,19 @@ def _mb(value: int | None) -> str:
     return f"{mib:.0f}" if abs(mib) >= 10 else f"{mib:.2f}"
 
 
+def _contention_line(result: ModelBenchResult) -> str:
+    """The load average, and the CPU time other processes took during the run where it was measured
+    (then the judge of reliability; else a load average of 0.75 per core at the start is)."""
+    line = f"load average (1 min) at start / end: {result.load_average[0]} / {result.load_average[1]}"
+    if result.others_cpu is None:
+        busy = (result.load_average[0] or 0) >= 0.75 * (os.cpu_count() or 1)
+    else:
+        line += (f"; others (other processes, a hypervisor's steal) took {100 * result.others_cpu:.1f}% of "
+                 "the CPUs' time during the run")
+        busy = result.others_cpu > _OTHERS_UNRELIABLE
+    return line + (" -- other processes were running: timings are unreliable" if busy else "")
+
+
 def _faults_summary(result: ModelBenchResult) -> str:
     """Vanilla's page faults per prefill and the most of any pruned (method, budget)."""
     vanilla = result.results[0]
@@ -824,9 +891,7 @@ def format_report(result: ModelBenchResult) -> str:
         f"{result.new_tokens} new tokens per generate"
         + (f" (INTERRUPTED: {result.repeats} of {result.repeats_asked} timed rounds)" if result.interrupted else ""),
         f"allocator: {result.allocator_note}; {_faults_summary(result)}",
-        f"load average (1 min) at start / end: {result.load_average[0]} / {result.load_average[1]}"
-        + (" -- other processes were running: timings are unreliable"
-           if (result.load_average[0] or 0) >= 0.75 * (os.cpu_count() or 1) else ""),
+        _contention_line(result),
         "",
         "| method | budget | achieved | tokens L0 | prefill ms | speed-up | theory | eff. | decide ms | "
         "decide % | TTFT ms | decode ms/tok | peak MB | KV MB | visual KV MB | visual KV ratio |",
