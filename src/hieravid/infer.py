@@ -103,7 +103,16 @@ def load_model(
         raise FileNotFoundError(f"{name} has no config.json: pass a model directory saved with save_pretrained")
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
-    model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
+    except OSError as err:
+        if local.exists():
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(
+            f"{name} is not a local directory, and loading it as a Hugging Face hub id failed ({reason}): pass a "
+            "directory saved with save_pretrained, or a hub id that is in the local cache or reachable"
+        ) from err
     adapter, _ = find_adapter(model)  # unsupported classes fail here, with the list of supported ones
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(name)

@@ -110,3 +110,10 @@ def test_malformed_annotation_files(tmp_path):
     (tmp_path / "egoschema" / "subset_answers.json").write_text("{}")
     with pytest.raises(ValueError, match="not valid JSON"):
         get_task("egoschema").load(tmp_path)
+
+
+def test_budgets_that_differ_have_different_keys():
+    from hieravid.eval.records import budget_key
+
+    assert (budget_key(0.3), budget_key(1.0), budget_key(1)) == ("0.3", "1", "1")  # the names files already use
+    assert budget_key(0.3) != budget_key(0.3000001)

@@ -88,6 +88,12 @@ class MVBench(Task):
         fields = ("video", "question", "candidates", "answer")
         if not isinstance(record, dict) or any(k not in record for k in fields):
             return Sample(id=sample_id, task=self.name, question="", meta=meta, error=f"record needs the fields {fields}")
+        if not isinstance(record["candidates"], list) or not record["candidates"]:
+            return Sample(id=sample_id, task=self.name, question="", meta=meta,
+                          error=f"candidates must be a non-empty JSON list of options, got {record['candidates']!r}")
+        if not isinstance(record["video"], str) or not isinstance(record["question"], str):
+            return Sample(id=sample_id, task=self.name, question="", meta=meta,
+                          error="video and question must be strings")
         candidates = [str(c) for c in record["candidates"]]
         if record["answer"] not in record["candidates"] or len(candidates) > len(string.ascii_uppercase):
             return Sample(id=sample_id, task=self.name, question="", meta=meta,

@@ -22,8 +22,9 @@ MERGED = "predictions.jsonl"
 
 
 def budget_key(budget: float) -> str:
-    """The budget as it appears in keys and file names (``0.3``, ``1``)."""
-    return f"{float(budget):g}"
+    """The budget as it appears in keys and file names (``0.3``, ``1``): 12 significant digits, so budgets
+    that differ are not confused."""
+    return f"{float(budget):.12g}"
 
 
 def record_key(record: Mapping[str, Any]) -> tuple[str, str, str, str]:

@@ -134,14 +134,24 @@ def _check(config: EvalConfig) -> list[Task]:
     return tasks
 
 
+def _model_setting(model: Any) -> Any:
+    """A local model directory as an absolute path (``model``, ``./model`` and ``/abs/model`` are one)."""
+    if not isinstance(model, str):
+        return model
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.exists() else model
+
+
 def _settings(config: EvalConfig) -> dict[str, Any]:
     settings = asdict(config)
+    settings["model"] = _model_setting(config.model)
     settings["out"] = str(config.out)
     settings["data_root"] = None if config.data_root is None else str(config.data_root)
     return settings
 
 
-def _check_resume(out: Path, config: EvalConfig, main: bool) -> None:
+def _check_resume(out: Path, config: EvalConfig) -> None:
+    """Refuse to add records to ``out`` made with settings that change the answers."""
     path = out / RUN_FILE
     settings = _settings(config)
     if path.is_file():
@@ -150,14 +160,14 @@ def _check_resume(out: Path, config: EvalConfig, main: bool) -> None:
         except json.JSONDecodeError:
             before = None
         if isinstance(before, dict):
+            before["model"] = _model_setting(before.get("model"))
             changed = [k for k in _RESULT_SETTINGS if before.get(k) != settings.get(k)]
             if changed:
+                diff = ", ".join(f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
                 raise ValueError(
-                    f"{out} holds a run with other settings ({', '.join(f'{k}: {before.get(k)!r}' for k in changed)}): "
-                    "resume it with the same settings or pass a new --out"
+                    f"{out} holds a run with other settings ({diff}): resume it with the same settings or pass a "
+                    "new --out"
                 )
-    if main:
-        write_json(path, settings)
 
 
 def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tuple[dict[str, list[Sample]], dict[str, str]]:
@@ -168,6 +178,9 @@ def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tu
             loaded = task.load(data_root)
         except (OSError, ValueError, RuntimeError) as err:
             errors[task.name] = str(err)
+            continue
+        except (TypeError, KeyError, AttributeError) as err:  # data of a shape the loader did not expect
+            errors[task.name] = f"malformed data ({type(err).__name__}: {err})"
             continue
         ids = [s.id for s in loaded]
         if len(set(ids)) != len(ids):
@@ -296,7 +309,7 @@ def run_eval(
     procs = _processes(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, config, procs.main)
+    _check_resume(out, config)
     data_root = Path(config.data_root) if config.data_root is not None else Path("data")
     samples, task_errors = _load_tasks(tasks, data_root, config.limit)
     pairs = combinations(config.methods, config.budgets)
@@ -319,6 +332,9 @@ def run_eval(
             loaded = load_model(config.model, device=procs.device, dtype=config.dtype,
                                 attn_implementation=config.attn_implementation)
         _check_budgets(loaded, pairs)
+    if procs.main:  # written once the model has loaded: a run that fails before any answer leaves no settings
+        write_json(out / RUN_FILE, _settings(config))
+    if total:
         with PredictionLog(out / f"predictions.part{procs.rank}.jsonl") as log, _progress_bar(
             config.progress and procs.main
         ) as bar:
@@ -335,7 +351,7 @@ def run_eval(
     procs.wait()
     if not procs.main:
         return None
-    return _finish(out, tasks, pairs, task_errors, config)
+    return _finish(out, tasks, pairs, samples, task_errors, config)
 
 
 def _check_budgets(loaded: Any, pairs: Sequence[tuple[str, float]]) -> None:
@@ -395,9 +411,16 @@ def _free_cuda_memory() -> None:
 
 
 def _finish(
-    out: Path, tasks: Sequence[Task], pairs: Sequence[tuple[str, float]], task_errors: Mapping[str, str], config: EvalConfig
+    out: Path,
+    tasks: Sequence[Task],
+    pairs: Sequence[tuple[str, float]],
+    samples: Mapping[str, Sequence[Sample]],
+    task_errors: Mapping[str, str],
+    config: EvalConfig,
 ) -> dict[str, Any]:
-    """Merge every process's records into predictions.jsonl and write the summary (main process)."""
+    """Merge every process's records into predictions.jsonl (all of them, this run's and earlier runs')
+    and write the summary of this run: its tasks, (method, budget) pairs and the samples it loaded, so
+    every method is scored on the same samples (main process)."""
     latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for record in read_records([out / MERGED] + part_files(out)):
         latest[record_key(record)] = record  # a retried sample's later record wins
@@ -413,8 +436,11 @@ def _finish(
     write_jsonl(out / MERGED, merged)
     for part in part_files(out):  # their records now live in the merged file
         part.unlink()
-    wanted = {t.name for t in tasks}
-    current = [r for r in merged if r["task"] in wanted and (r["method"], budget_key(r["budget"])) in pair_order]
+    loaded_ids = {name: {str(sample.id) for sample in task_samples} for name, task_samples in samples.items()}
+    current = [
+        r for r in merged
+        if str(r["id"]) in loaded_ids.get(r["task"], ()) and (r["method"], budget_key(r["budget"])) in pair_order
+    ]
     info = {
         "model": config.model,
         "num_frames": config.num_frames,
