@@ -71,6 +71,8 @@ def test_schedule_table_and_bad_stages(capsys: pytest.CaptureFixture[str]) -> No
     assert "0.1100" in capsys.readouterr().out
     assert main(["schedule", "--budget", "0.3", "--layers", "2", "--stages", "4"]) == 2
     assert "num_stages" in capsys.readouterr().err
+    assert main(["schedule", "--budget", "0.3", "--layers", "2.5"]) == 2
+    assert "argument --layers: must be an integer >= 1, got '2.5'" in capsys.readouterr().err
 
 
 def test_parser_has_subcommands() -> None:

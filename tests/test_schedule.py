@@ -43,6 +43,14 @@ def test_presets_only_for_four_stages() -> None:
     assert solved.achieved_budget == pytest.approx(0.3, abs=1e-12)
 
 
+@pytest.mark.parametrize("budget", [0.3, 0.2, 0.1])
+def test_presets_only_for_stages_of_equal_length(budget: float) -> None:
+    assert solve_schedule(budget, 24, 4).ratios == PRESETS[budget]  # 6 layers per stage: the paper's budget
+    unequal = solve_schedule(budget, 7, 4)  # stages of 2, 2, 1, 2 layers: the presets would miss it
+    assert unequal.ratios != PRESETS[budget]
+    assert unequal.achieved_budget == pytest.approx(budget, abs=1e-12)
+
+
 def test_solver_rule_geometric_decay() -> None:
     """Later stages keep q, q^2, q^3 of the tokens entering them (one q for the whole schedule)."""
     s = solve_schedule(0.25, 28, 4, use_presets=False)

@@ -31,18 +31,22 @@ __all__ = ["build_parser", "main"]
 EXIT_USAGE = 2
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -70,7 +74,8 @@ def _add_flops(subparsers: Any) -> None:
         "--budget", type=float, required=True, help="relative token budget B in (0, 1], e.g. 0.3"
     )
     parser.add_argument(
-        "--frames", type=_positive_int, default=None, help="override the preset's frame count"
+        "--frames", type=_positive_int, default=None,
+        help="override the preset's frame count (for qwen2-vl-7b: temporal groups, 2 sampled frames each)",
     )
     parser.add_argument(
         "--text-tokens", type=_non_negative_int, default=None, help="override the preset's text tokens (exact count)"
@@ -397,6 +402,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         summary = run_eval(config)
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print(f"hieravid eval: interrupted; the answers written so far are kept in {args.out}: run the same "
+              "command again to go on from there", file=sys.stderr)
+        return 130
     if summary is not None:
         from hieravid.eval.report import group_markdown, plot_summary
         from hieravid.eval.summary import to_markdown
@@ -410,6 +419,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             plot = Path(args.out) / "scores.png"
             plot_summary(summary, plot)
             print(f"\nplot: {plot}")
+        if summary["task_errors"] and len(summary["task_errors"]) == len(summary["tasks"]):
+            print("hieravid eval: error: no task could be loaded (reasons above)", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -887,6 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # our validators name the bad value and the fix
         print(f"hieravid {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"hieravid {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

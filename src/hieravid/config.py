@@ -49,7 +49,8 @@ def check_unit_interval(value: float, name: str, *, closed: bool = True) -> floa
     ok = is_number and (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
     if not ok:
         interval = "[0, 1]" if closed else "(0, 1)"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+        kind = "" if is_number else "a number "
+        raise ValueError(f"{name} must be {kind}in {interval}, got {value!r}")
     return float(value)
 
 

@@ -225,8 +225,10 @@ def solve_schedule(
 ) -> Schedule:
     """Per-stage pruning ratios whose layer-weighted kept fraction equals ``budget``.
 
-    Presets: with ``use_presets`` and ``num_stages == 4``, a budget within 1e-9 of 0.3, 0.2 or 0.1
-    returns the paper's schedule from :data:`PRESETS` (achieved budgets 0.300, 0.210, 0.110).
+    Presets: with ``use_presets``, ``num_stages == 4`` and stages of equal length (``L`` a multiple of 4,
+    as the paper's 28), a budget within 1e-9 of 0.3, 0.2 or 0.1 returns the paper's schedule from
+    :data:`PRESETS` (achieved budgets 0.300, 0.210, 0.110). With unequal stages the presets' ratios would
+    miss their budget (0.308 at L = 7), so the solver runs.
 
     Solver rule (every other case):
 
@@ -247,7 +249,7 @@ def solve_schedule(
         budget: B in (0, 1], kept visual fraction averaged over decoder layers.
         num_layers: L, decoder layers.
         num_stages: S, stages (1 <= S <= L).
-        use_presets: return the paper's schedule for B in {0.3, 0.2, 0.1} when S = 4.
+        use_presets: return the paper's schedule for B in {0.3, 0.2, 0.1} when S = 4 and 4 divides L.
 
     Returns:
         A :class:`Schedule` with non-increasing kept fractions and ratios in [0, 1).
@@ -259,7 +261,7 @@ def solve_schedule(
             f"such a budget keeps less than one visual token, raise it"
         )
     boundaries = stage_boundaries(num_layers, num_stages)
-    if use_presets and num_stages == 4:
+    if use_presets and num_stages == 4 and num_layers % num_stages == 0:
         for nominal, ratios in PRESETS.items():
             if abs(budget - nominal) <= _PRESET_TOLERANCE:
                 return Schedule(ratios, num_layers)

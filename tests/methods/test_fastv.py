@@ -56,6 +56,8 @@ def test_paper_setting_k2_r50_on_28_layers():
 def test_unreachable_budget_names_the_minimum():
     with pytest.raises(ValueError, match=r"budget >= 0\.071"):
         FastV(0.05).decision_layers(28)
+    with pytest.raises(ValueError, match=r"^fastv \(k=2\): .*\(a smaller k, e\.g\. fastv:k=1\)"):
+        FastV(0.05).decision_layers(28)
     FastV(2 / 28).decision_layers(28)  # the bound itself: f = 0
 
 

@@ -55,7 +55,10 @@ class FastV(PruningMethod):
         """Fraction f of the visual tokens kept in layers ``[k, L)`` (raises when B < k / L)."""
         if self.k >= num_layers:
             raise ValueError(f"k={self.k} must be below the decoder's {num_layers} layers; lower k")
-        return keep_fraction_from_layer(self.budget, num_layers, self.k)
+        try:
+            return keep_fraction_from_layer(self.budget, num_layers, self.k)
+        except ValueError as err:
+            raise ValueError(f"fastv (k={self.k}): {err} (a smaller k, e.g. fastv:k={max(self.k - 1, 0)})") from None
 
     def decision_layers(self, num_layers: int) -> list[int]:
         """``[k]``, or nothing when f = 1 (budget 1)."""
