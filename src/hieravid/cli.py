@@ -270,7 +270,8 @@ def _add_bench(subparsers: Any) -> None:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights and activations (default: bfloat16 on cuda, float32 on cpu)")
     parser.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds (default 3)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed rounds first (default 1)")
+    parser.add_argument("--warmup", type=_non_negative_int, default=2,
+                        help="untimed rounds first (default 2; on CPU memory is measured in those after the first)")
     parser.add_argument("--new-tokens", type=_positive_int, default=8,
                         help="greedy tokens per generate, >= 2 (default 8)")
     parser.add_argument("--allow-cpu", action="store_true", help="run a 7B shape on the CPU anyway")
@@ -286,12 +287,30 @@ def _add_bench(subparsers: Any) -> None:
     parser.set_defaults(func=_cmd_bench)
 
 
+_PICTURES = (".png", ".pdf", ".svg", ".jpg")
+
+
+def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None = None) -> None:
+    """Refuse an output file whose folder is missing (or, with ``suffixes``, whose format is not one of
+    them) before any work, not when it is written at the end."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"the folder of {option} {path!r} does not exist: create it or pick another path")
+    if suffixes is not None and os.path.splitext(path)[1].lower() not in suffixes:
+        raise ValueError(f"{option} {path!r}: name a picture file ending in {', '.join(suffixes)}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Run ``hieravid bench``."""
     import torch
 
     from hieravid.bench.models import format_report, plot_report, run_model_bench
     from hieravid.eval.records import write_json
+
+    _check_output(args.json, "--json")
+    _check_output(args.plot, "--plot", _PICTURES)
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
 
@@ -754,9 +773,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hieravid.methods import build
 
     build(args.method, budget)  # an unknown method or option fails now, before decoding and loading
-    viz_folder = os.path.dirname(os.path.abspath(args.viz)) if args.viz else None
-    if viz_folder and not os.path.isdir(viz_folder):
-        raise ValueError(f"the folder of --viz {args.viz!r} does not exist: create it or pick another path")
+    _check_output(args.viz, "--viz", _PICTURES)
     status = _status(not args.json)
     with status(f"Decoding {args.video} ..."):
         video = _read(args.video, args.num_frames)

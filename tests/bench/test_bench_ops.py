@@ -53,3 +53,18 @@ def test_bench_ops_rejects_missing_cuda(capsys):
         return
     assert main(["bench-ops", "--frames", "4", "--slots", "4", "--dim", "8", "--device", "cuda"]) == 2
     assert "--device cpu" in capsys.readouterr().err
+
+
+def test_stages_with_ratio_zero_are_not_run():
+    """As in the method: budget 1 decides nothing, so no token is removed and nothing is timed."""
+    result = run_ops_bench(frames=4, slots=12, dim=16, scenes=2, heads=4, kv_heads=2, head_dim=8,
+                           text_tokens=5, repeats=1, warmup=0, budget=1.0)
+    assert result.ratios == [0.0] * 4
+    assert result.tokens_per_stage == [4 * 12] * 4 and result.stage_ms == [0.0] * 4
+
+
+def test_bench_ops_refuses_other_devices(capsys):
+    assert main(["bench-ops", "--device", "gpu", "--frames", "4", "--slots", "8", "--dim", "16"]) == 2
+    assert main(["bench-ops", "--device", "meta", "--frames", "4", "--slots", "8", "--dim", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device 'gpu': use cpu, cuda or cuda:N" in err and "not meta" in err

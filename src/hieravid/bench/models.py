@@ -26,7 +26,9 @@ How one measurement is taken (one ``model.generate`` call with ``new_tokens`` gr
   allocator still holds from earlier calls is reused without showing up, so it can under-count; None
   where the kernel does not allow the reset. The CPU reset hands freed memory back to the system, so
   the next call page-faults on every new allocation; on CPU memory is therefore measured in the warm-up
-  rounds and the timed rounds run without the reset (with no warm-up, in the timed rounds).
+  rounds and the timed rounds run without the reset (with no warm-up, in the timed rounds). A method's
+  first call also allocates what it then keeps (a few MB at the ``tiny`` shape), so with two or more
+  warm-up rounds the first is left out.
 - ``kv_bytes``: keys + values over every layer of the cache returned by the prefill (read in the hook,
   before decoding appends); ``kv_text_bytes`` = text tokens x bytes per token per layer x layers;
   ``kv_visual_bytes`` = the rest.
@@ -76,6 +78,7 @@ __all__ = [
     "BenchShape",
     "MethodResult",
     "ModelBenchResult",
+    "bench_device",
     "build_bench_inputs",
     "build_bench_model",
     "check_goals",
@@ -201,6 +204,20 @@ def _proc_status_kib(key: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def bench_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device the benchmarks can time: a CPU, or a CUDA device torch sees (their
+    clocks wait for CUDA's queued work; other devices would be timed wrong)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"the benchmarks time cpu or cuda devices, not {dev.type}: use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return dev
 
 
 def _load_average() -> float | None:
@@ -510,7 +527,7 @@ def run_model_bench(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     repeats: int = 3,
-    warmup: int = 1,
+    warmup: int = 2,
     new_tokens: int = 8,
     allow_cpu: bool = False,
     cpu_malloc: str = "keep",
@@ -532,7 +549,8 @@ def run_model_bench(
         dtype: weights and activations (default bfloat16 on CUDA, float32 on CPU).
         repeats: timed rounds; every round measures every (method, budget) once, interleaved (the order
             rotates from round to round). Medians are reported.
-        warmup: untimed rounds before them.
+        warmup: untimed rounds before them (on CPU, memory is measured in those after the first; in the
+            only one when there is one).
         new_tokens: greedy tokens generated per measurement (>= 2: decode time needs a second token).
         allow_cpu: run a 7B shape on CPU anyway.
         cpu_malloc: on CPU, ``keep`` (glibc keeps freed memory for reuse, see :func:`keep_freed_memory`;
@@ -547,9 +565,7 @@ def run_model_bench(
         A :class:`ModelBenchResult` (times in ms, memory in bytes).
     """
     spec = _shape(shape)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    dev = bench_device(device)
     if spec.needs_gpu and dev.type != "cuda" and not allow_cpu:
         raise ValueError(
             f"shape {shape} is a 7B model meant for a GPU (minutes per prefill and tens of GB on a CPU): "
@@ -585,6 +601,7 @@ def run_model_bench(
     text_model = adapter.text_model
     num_layers = adapter.num_layers
 
+    methods, budgets = list(dict.fromkeys(methods)), list(dict.fromkeys(budgets))  # each measured once
     configs: list[tuple[str, float]] = [("vanilla", 1.0)]
     configs += [(m, 1.0) for m in methods if m == UNPATCHED]
     configs += [(m, b) for m in methods if m not in ("vanilla", UNPATCHED) for b in budgets]
@@ -597,8 +614,10 @@ def run_model_bench(
     samples: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
     vision_runs: list[float] = []
     stats_of: dict[tuple[str, float], Any] = {}
-    # On CPU the memory measurement's reset slows the call after it: measure memory in the warm-up rounds.
+    # On CPU the memory measurement's reset slows the call after it: measure memory in the warm-up rounds,
+    # after the first when there are two or more (a method's first call also allocates what it keeps).
     memory_apart = dev.type != "cuda" and warmup > 0
+    first_memory_round = 1 if warmup >= 2 else 0
     memory_of: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
     recorder = _Recorder(model, text_model, dev)
     height, width = SHAPES[shape].frame_size
@@ -641,7 +660,12 @@ def run_model_bench(
                      "malloc_trim) during prefill over the resident size before it; memory the allocator "
                      "still caches can hide part of it; "
                      + ("measured in the warm-up rounds, so that the reset (which makes the next call "
-                        "page-fault on its allocations) stays out of the timed ones" if memory_apart
+                        "page-fault on its allocations) stays out of the timed ones"
+                        + (", after the first (where each method's first call also allocates what it keeps)"
+                           if first_memory_round else
+                           " (one: it includes what each method's first call allocates and keeps; "
+                           "--warmup 2 leaves that out)")
+                        if memory_apart
                         else "measured in the timed rounds (no warm-up), whose times include the reset's cost")
             ),
             allocator_note=allocator,
@@ -663,12 +687,13 @@ def run_model_bench(
                 say(f"{label}: vision {1000 * vision_seconds:.1f} ms")
                 multimodal.get_video_features = _cached_encoder(encode, features)
                 this_round: dict[tuple[str, float], tuple[dict[str, Any], Any]] = {}
-                memory = not timed or not memory_apart  # see the module docstring (peak_memory)
+                # see the module docstring (peak_memory)
+                memory = not memory_apart or (not timed and round_idx >= first_memory_round)
                 try:
                     shift = round_idx % len(configs)
                     for name, budget in configs[shift:] + configs[:shift]:
                         sample, stats = _measure(model, inputs, name, budget, new_tokens, recorder, dev, memory)
-                        if not timed:  # warm-up calls always measure memory
+                        if memory_apart and memory:
                             memory_of[(name, budget)].append(sample)
                         sample["ttft_ms"] += 1000 * vision_seconds
                         this_round[(name, budget)] = sample, stats
@@ -811,7 +836,10 @@ def check_goals(result: ModelBenchResult, method: str = "hieravid", budget: floa
     mine = [r for r in result.results if r.method == method]
     if not mine:
         return goals
-    others = [r for r in result.results if r.method not in (method, "vanilla", UNPATCHED)]
+    # The baselines: other methods, not this one's variants (name:options) or ablations (name_...).
+    family = parse_method(method)[0]
+    others = [r for r in result.results if r.method not in ("vanilla", UNPATCHED)
+              and not parse_method(r.method)[0].startswith(family)]
     at = [r for r in mine if math.isclose(r.budget, budget)]
     if at:
         r = at[0]
@@ -833,7 +861,7 @@ def check_goals(result: ModelBenchResult, method: str = "hieravid", budget: floa
             f"{r.decide_ms:.1f} ms = {r.decide_pct_of_vanilla_prefill:.2f}%",
         ))
         rivals = [o for o in others if math.isclose(o.budget, r.budget)]
-        if rivals:
+        if rivals and r.budget < 1.0:  # at budget 1 nothing decides
             cheapest = min(rivals, key=lambda o: o.decide_ms)
             goals.append(Goal(
                 f"{method}@{r.budget:g} deciding <= 1.5 x cheapest baseline",
@@ -925,15 +953,16 @@ def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
     vanilla = result.results[0]
     fig, (ax_speed, ax_kv) = plt.subplots(1, 2, figsize=(12, 4.8))
     methods = [m for m in dict.fromkeys(r.method for r in result.results) if m not in ("vanilla", UNPATCHED)]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = plt.get_cmap("tab20").colors  # 20 colours, then a new marker: every method its own style
+    markers = "osD^v"
     for i, name in enumerate(methods):
         rows = sorted((r for r in result.results if r.method == name), key=lambda r: r.budget)
         x = [r.budget for r in rows]
-        color = colors[i % len(colors)]
-        ax_speed.plot(x, [r.speedup for r in rows], "o-", color=color, label=f"{name} measured")
+        color, marker = colors[i % len(colors)], markers[(i // len(colors)) % len(markers)]
+        ax_speed.plot(x, [r.speedup for r in rows], marker + "-", color=color, label=f"{name} measured")
         ax_speed.plot(x, [r.theoretical_speedup for r in rows], ":", color=color, alpha=0.8,
                       label=f"{name} FLOPs")
-        ax_kv.plot(x, [r.kv_visual_bytes / 2**20 for r in rows], "o-", color=color, label=name)
+        ax_kv.plot(x, [r.kv_visual_bytes / 2**20 for r in rows], marker + "-", color=color, label=name)
     ax_speed.axhline(1.0, color="gray", lw=1, ls="--", label="vanilla")
     ax_kv.axhline(vanilla.kv_visual_bytes / 2**20, color="gray", lw=1, ls="--", label="vanilla")
     ax_speed.set(xlabel="relative token budget B", ylabel="prefill speed-up over vanilla (x)",
@@ -942,12 +971,17 @@ def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
               title="Visual KV cache after prefill", ylim=(0, None))
     for ax in (ax_speed, ax_kv):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+    # One legend for both panels, below them: a method has the same colour and marker in each.
+    columns = min(len(methods) + 1, 6)
+    rows = -(-(len(methods) + 1) // columns)
+    handles, labels = ax_kv.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.set_size_inches(12, 4.8 + 0.25 * rows)
     fig.suptitle(
         f"{result.shape}: {result.visual_tokens} visual tokens, {result.device} {result.dtype} "
         f"({result.machine})", fontsize=8,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))  # room for the legend
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return fig

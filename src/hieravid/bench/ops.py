@@ -9,12 +9,12 @@ row are random (they come from the model's own projections in a real run and cos
 
 from __future__ import annotations
 
-import platform
 import statistics
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from hieravid.bench.models import bench_device, machine_description
 from hieravid.config import HieraVidConfig
 from hieravid.methods import decide_stage, decide_stage1, selector_for_stage
 from hieravid.ops import relevance
@@ -81,14 +81,6 @@ class OpsBenchResult:
         return asdict(self)
 
 
-def machine_description(device: torch.device) -> str:
-    """A one-line description of where a benchmark ran."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
-
-
 def run_ops_bench(
     *,
     frames: int = 64,
@@ -112,7 +104,7 @@ def run_ops_bench(
     Stage 1 = Eq. 1-4 + Eq. 3 merge; each later stage = Eq. 8 relevance from one query row + Eq. 5
     counts + Eq. 9-10 DPP. Times are medians over ``repeats`` runs after ``warmup`` runs, in ms.
     """
-    dev = torch.device(device)
+    dev = bench_device(device)
     config = config or HieraVidConfig(budget=budget)
     schedule = solve_schedule(budget, num_layers, config.num_stages)
     x = synthetic_video(frames, slots, dim, scenes, device=dev)
@@ -120,6 +112,10 @@ def run_ops_bench(
     query = torch.randn(1, heads, head_dim, generator=gen).to(dev)  # (1, H, d_h) last prompt token
 
     def one_run() -> tuple[list[float], list[int], int]:
+        # As the method runs: nothing at all when every ratio is 0 (budget 1), and no in-LLM stage whose
+        # ratio is 0 (HieraVid.decision_layers).
+        if not any(schedule.ratios):
+            return [0.0] * len(schedule.ratios), [frames * slots] * len(schedule.ratios), 0
         times: list[float] = []
         start = device_clock(dev)
         first = decide_stage1(x, schedule.ratios[0], config)
@@ -128,6 +124,10 @@ def run_ops_bench(
         counts = [hidden.shape[0]]
         for stage, ratio in enumerate(schedule.ratios[1:], start=2):
             num_visual = hidden.shape[0]
+            if ratio == 0:
+                times.append(0.0)
+                counts.append(num_visual)
+                continue
             # Keys of the visual tokens followed by the text tokens (the query is the last of these).
             keys = torch.randn(num_visual + text_tokens, kv_heads, head_dim, generator=gen).to(dev)
             visual_index = torch.arange(num_visual, device=dev)
