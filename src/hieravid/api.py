@@ -61,7 +61,8 @@ class PruneHandle:
                 module.__dict__.pop(name, None)
             else:
                 module.__dict__[name] = before
-        self.model.__dict__.pop(_MARK, None)
+        for module in {self.model, *(m for m, _, _ in self._saved)}:
+            module.__dict__.pop(_MARK, None)
         self.active = False
 
     def __enter__(self) -> "PruneHandle":
@@ -93,9 +94,11 @@ def apply(
     Returns:
         A :class:`PruneHandle`; ``handle.remove()`` restores the model.
     """
-    if getattr(model, _MARK, None) is not None:
-        raise ValueError("hieravid is already applied to this model: call handle.remove() before applying again")
     adapter, multimodal = find_adapter(model)
+    # Marked are the model and the modules a handle patches, so applying to an outer or inner module of
+    # a model already patched (model and model.model share the language model) is refused too.
+    if any(m.__dict__.get(_MARK) is not None for m in (model, multimodal, adapter.text_model)):
+        raise ValueError("hieravid is already applied to this model: call handle.remove() before applying again")
     implementation = adapter.attn_implementation
     if implementation not in _SUPPORTED_ATTENTION:
         raise ValueError(
@@ -135,5 +138,6 @@ def apply(
     handle = PruneHandle(model, runtime, {text_model: "forward", multimodal: "get_video_features"}, hooks)
     text_model.forward = functools.partial(runtime.forward, text_model)
     multimodal.get_video_features = remember_video
-    model.__dict__[_MARK] = handle
+    for module in (model, multimodal, text_model):
+        module.__dict__[_MARK] = handle
     return handle

@@ -189,6 +189,15 @@ def test_apply_twice_is_refused(family, model):
     with hieravid.apply(model, "vanilla"):
         with pytest.raises(ValueError, match="already applied"):
             hieravid.apply(model, "hieravid")
+        with pytest.raises(ValueError, match="already applied"):  # the inner model shares the patched modules
+            hieravid.apply(model.model, "fastv", 0.5)
+    with hieravid.apply(model.model, "vanilla"):
+        with pytest.raises(ValueError, match="already applied"):
+            hieravid.apply(model, "hieravid")
+    inputs = build_inputs(family, model)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.5) as handle:  # and it works again after both
+        model(**inputs)
+    assert handle.last_stats is not None and handle.last_stats.flops_ratio < 1
 
 
 def test_text_and_last_token_are_never_pruned(family, model):
