@@ -93,3 +93,13 @@ def test_module_entry_point() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert bad.returncode == 2 and "budget" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_budgets_of_any_real_number_type() -> None:
+    import numpy as np
+
+    from hieravid.config import check_budget
+
+    assert check_budget(np.float32(0.5)) == 0.5 and isinstance(check_budget(np.float64(0.3)), float)
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        check_budget(np.float32(1.5))

@@ -223,3 +223,23 @@ def test_default_model_missing_names_the_fix(tmp_path: Path, capsys, monkeypatch
     else:
         pytest.skip("the proxy model is installed")
     check_error(["demo", "--out", str(tmp_path)], capsys, "--model DIR")
+
+
+def test_run_vanilla_reports_budget_one_and_no_pruning_note(proxy_dir: Path, video_file: Path, capsys) -> None:
+    base = ["run", str(video_file), "-q", "what ?", "--model", str(proxy_dir), "--num-frames", "8",
+            "--max-new-tokens", "2"]
+    code, out, err = run_cli([*base, "--method", "vanilla", "--json"], capsys)
+    assert code == 0, err
+    assert [r["budget"] for r in json.loads(out)["results"]] == [1.0]
+    code, out, err = run_cli([*base, "--budget", "1", "--compare"], capsys)
+    assert code == 0, err
+    assert "nothing was pruned at this budget" in out and "deciding took" not in out
+
+
+def test_too_few_frames_for_the_processor_names_the_fix(tmp_path: Path, video_file: Path, capsys) -> None:
+    folder = tmp_path / "qwen3"
+    model = tm.build_model("qwen3_vl")
+    model.save_pretrained(folder)
+    tm.build_processor("qwen3_vl", model, folder)
+    check_error(["run", str(video_file), "-q", "what ?", "--model", str(folder), "--num-frames", "1"], capsys,
+                "refused 1 frame(s)")

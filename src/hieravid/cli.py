@@ -710,6 +710,8 @@ def _speedup(vanilla: dict[str, Any], pruned: dict[str, Any]) -> float:
 
 def _format_speedup(method: str, speedup: float, pruned: dict[str, Any]) -> str:
     line = f"prefill speed-up of {method} over vanilla: {speedup:.2f}x"
+    if pruned.get("flops_ratio", 0.0) >= 1.0:  # nothing was pruned: the two prefills did the same work
+        return line + " (nothing was pruned at this budget: the difference is noise)"
     if speedup < 1.0:
         line += (
             f"\nnote: deciding took {pruned['decide_seconds']:.3f} s of the {pruned['prefill_seconds']:.3f} s prefill; "
@@ -779,6 +781,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         video = _read(args.video, args.num_frames)
     with status(f"Loading {args.model or 'the shipped proxy model'} ..."):
         loaded = _load(args.model, args.device)
+    if args.method == "vanilla":
+        budget = 1.0  # vanilla keeps every token whatever --budget says
     runs = ([("vanilla", 1.0)] if args.compare and args.method != "vanilla" else []) + [(args.method, budget)]
     results = _answer_all(loaded, video, question, runs, args.method if args.viz else None, status,
                           args.max_new_tokens)
@@ -799,7 +803,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(payload)
         return 0
-    print(f"video     {video.path}: {video.num_frames} of {video.source_frames} frames "
+    repeated = " (frames repeated: the video has fewer)" if video.num_frames > video.source_frames else ""
+    print(f"video     {video.path}: {video.num_frames} of {video.source_frames} frames{repeated} "
           f"({video.fps:.2f} fps, {video.duration_s:.2f} s), {video.width}x{video.height}")
     print(f"model     {loaded.name} ({loaded.family}) on {args.device}")
     print(f"question  {' '.join(question.split())}")

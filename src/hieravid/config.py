@@ -6,6 +6,7 @@ defaults are the paper's (spec section 4).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -19,7 +20,7 @@ GreedyBackend = Literal["auto", "torch", "numba", "triton"]
 
 def check_budget(budget: float, name: str = "budget") -> float:
     """Return ``budget`` as a float if it lies in (0, 1]; otherwise raise a ``ValueError`` naming it."""
-    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0:
+    if not isinstance(budget, numbers.Real) or isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0:
         raise ValueError(
             f"{name} must be a fraction of visual tokens kept in (0, 1], got {budget!r}; "
             f"e.g. {name}=0.3 keeps 30% of the visual tokens on average over the decoder layers"
@@ -29,7 +30,7 @@ def check_budget(budget: float, name: str = "budget") -> float:
 
 def check_ratio(ratio: float, name: str) -> float:
     """Return ``ratio`` as a float if it is a pruning ratio in [0, 1); otherwise raise a ``ValueError``."""
-    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= float(ratio) < 1.0:
+    if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool) or not 0.0 <= float(ratio) < 1.0:
         raise ValueError(
             f"{name} must be a pruning ratio (fraction of tokens removed) in [0, 1), got {ratio!r}"
         )
@@ -45,7 +46,7 @@ def check_choice(value: str, name: str, allowed: Sequence[str]) -> str:
 
 def check_unit_interval(value: float, name: str, *, closed: bool = True) -> float:
     """Return ``value`` if it is in [0, 1] (or (0, 1) when ``closed`` is False)."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     ok = is_number and (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
     if not ok:
         interval = "[0, 1]" if closed else "(0, 1)"

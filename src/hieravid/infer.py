@@ -157,9 +157,15 @@ def build_inputs(
     metadata = VideoMetadata(
         total_num_frames=count, fps=fps, frames_indices=indices, height=frames.shape[1], width=frames.shape[2]
     )
-    inputs = processor(
-        text=[prompt], videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt"
-    )
+    try:
+        inputs = processor(
+            text=[prompt], videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt"
+        )
+    except ValueError as err:  # e.g. Qwen3-VL's video processor wants at least its temporal patch of frames
+        if "temporal" not in str(err):
+            raise
+        raise ValueError(f"the {loaded.family} processor refused {count} frame(s) ({err}): pass more frames "
+                         "(--num-frames 2 or more)") from err
     return {k: v.to(loaded.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
 
 
