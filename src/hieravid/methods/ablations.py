@@ -14,7 +14,9 @@ are the fields of :class:`hieravid.HieraVidConfig` (plus the variant's own, list
 - ``hieravid_no_layer``: without the layer-level stages, everything happens before the LLM (layer 0):
   the stage-1 merge with the schedule's rho (rho = 1 - B when ``B > 1 - rho``: merge only down to B),
   then, still at layer 0, conditional DPP inside each segment (Eq. 9-10, per-segment counts of Eq. 5)
-  down to ``keep_count(B, N)`` tokens, the kept fraction for which the layer average equals B.
+  down to ``keep_count(B, N)`` tokens, the kept fraction for which the layer average equals B (Eq. 5
+  floors each segment's count, so a few tokens fewer may stay, more so with many small segments;
+  ``exact_total=True`` tops the counts up to exactly that many).
   Layer 0 has no attention, so the relevance r is CDPruner's instruction relevance: the mean cosine
   similarity of each (merged) visual token to the instruction's tokens (the text after the video, at
   the input embeddings), ``Norm(-s)`` with the config's ``relevance_sign="negative"`` (CDPruner's own
