@@ -289,3 +289,20 @@ def test_config_nan_delta_rejected():
 def test_config_non_number_beta_is_value_error():
     with pytest.raises(ValueError, match="beta"):
         HieraVidConfig(beta="0.5")
+
+
+@pytest.mark.parametrize("num_frames, warns", [(1, True), (2, True), (4, False)])
+def test_stage1_says_when_too_few_frames_cap_its_merge(num_frames, warns, recwarn):
+    """At B = 0.1 stage 1 merges rho = 0.7 of the tokens: one or two frames cannot give that many."""
+    from hieravid.methods import build
+    from hieravid.methods.base import VideoTokens
+
+    x, _ = planted_video(1, num_frames, [], 4)
+    t, p, d = x.shape
+    tokens = VideoTokens(features=x.reshape(-1, d), frame=torch.arange(t).repeat_interleave(p),
+                         slot=torch.arange(p).repeat(t), num_frames=t, num_slots=p)
+    build("hieravid", 0.1).decide(0, tokens, {"num_layers": 8})
+    messages = [str(w.message) for w in recwarn.list if "stage 1 can merge" in str(w.message)]
+    assert bool(messages) == warns
+    if warns:
+        assert f"with {num_frames} frame(s)" in messages[0] and "give the video more frames" in messages[0]
