@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from hieravid.flops import MODEL_PRESETS, FlopsReport, compare
@@ -256,8 +257,10 @@ def _add_bench(subparsers: Any) -> None:
             "Ctrl-C after a timed round reports the rounds completed (exit status 130)."
         ),
     )
-    parser.add_argument("--shape", required=True, choices=SHAPE_NAMES,
+    parser.add_argument("--shape", default=None, choices=SHAPE_NAMES,
                         help="model shape: tiny (seconds), mini (Qwen2-0.5B-shaped decoder), or a 7B shape for a GPU")
+    parser.add_argument("--from-json", metavar="FILE", default=None,
+                        help="measure nothing: print the report (and --plot) of a run saved with --json")
     parser.add_argument("--frames", type=_positive_int, default=None,
                         help="raw video frames (default: the shape's; Qwen2-VL takes 2 per temporal group)")
     parser.add_argument("--methods", type=_comma_list, default=["vanilla", "hieravid", "fastv", "framefusion", "evs"],
@@ -311,6 +314,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot", _PICTURES)
+    if (args.shape is None) == (args.from_json is None):
+        raise ValueError("pass --shape to measure, or --from-json FILE to report a saved run")
+    if args.from_json is not None:
+        return _bench_from_json(args)
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
 
@@ -344,6 +351,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"hieravid bench: interrupted after {result.repeats} of {result.repeats_asked} timed rounds; "
               "the report above is of those", file=sys.stderr)
         return 130
+    return 0
+
+
+def _bench_from_json(args: argparse.Namespace) -> int:
+    """``hieravid bench --from-json FILE``: the report (and plot) of a saved run, e.g. one made on a GPU."""
+    from hieravid.bench.models import ModelBenchResult, format_report, plot_report
+
+    try:
+        data = json.loads(Path(args.from_json).read_text())
+        result = ModelBenchResult.from_dict(data)
+    except OSError as exc:
+        raise ValueError(f"cannot read --from-json {args.from_json!r}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{args.from_json} is not a file written by hieravid bench --json ({exc})") from None
+    print(format_report(result))
+    if args.plot:
+        plot_report(result, args.plot)
     return 0
 
 
@@ -394,8 +418,6 @@ def _add_eval(subparsers: Any) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Run ``hieravid eval``."""
-    from pathlib import Path
-
     from hieravid.eval import EvalConfig, run_eval, suite_tasks
 
     if (args.tasks is None) == (args.suite is None):
@@ -826,8 +848,6 @@ def _letter(text: str, letters: Sequence[str]) -> str | None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Run ``hieravid demo``."""
-    from pathlib import Path
-
     from hieravid.config import check_budget
     from hieravid.synthetic import LETTERS, generate_sample
     from hieravid.video import write_test_video

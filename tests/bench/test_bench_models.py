@@ -302,3 +302,20 @@ def test_bad_outputs_and_devices_are_refused_before_measuring(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "the folder of --json" in err and "name a picture file ending in .png" in err and "unknown device" in err
     assert "machine:" not in out  # nothing was measured
+
+
+def test_a_saved_run_is_reported_and_plotted_again(bench, tmp_path, capsys):
+    out, report = bench
+    newer = {**report, "from_a_later_release": 1, "results": [{**r, "new_column": 2} for r in report["results"]]}
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    assert main(["bench", "--from-json", str(tmp_path / "newer.json"), "--plot", str(tmp_path / "again.png")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == format_report(ModelBenchResult.from_dict(report)).strip()
+    assert (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "bad.json").write_text('{"results": 3}')
+    assert main(["bench", "--from-json", str(tmp_path / "bad.json")]) == 2
+    assert main(["bench", "--from-json", str(tmp_path / "none.json")]) == 2
+    assert main(["bench", "--shape", "tiny", "--from-json", str(tmp_path / "newer.json")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a file written by hieravid bench --json" in err and "cannot read --from-json" in err
+    assert "pass --shape to measure, or --from-json FILE" in err

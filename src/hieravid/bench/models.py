@@ -61,7 +61,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import torch
@@ -483,8 +483,15 @@ class ModelBenchResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelBenchResult":
-        """The inverse of :meth:`to_dict` (e.g. to re-plot a saved ``--json`` file)."""
-        return cls(**{**data, "results": [MethodResult(**r) for r in data["results"]]})
+        """The inverse of :meth:`to_dict` (e.g. to re-plot a saved ``--json`` file). Keys this release does
+        not know (from a later one) are left out; fields added since a file was written take defaults."""
+
+        def known(kind: type, values: dict[str, Any]) -> dict[str, Any]:
+            names = {f.name for f in fields(kind)}
+            return {k: v for k, v in values.items() if k in names}
+
+        results = [MethodResult(**known(MethodResult, r)) for r in data["results"]]
+        return cls(**{**known(cls, data), "results": results})
 
     def get(self, method: str, budget: float | None = None) -> MethodResult:
         """The result of ``method`` (at ``budget``; vanilla has one, at 1.0)."""
