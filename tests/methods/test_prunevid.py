@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from synthetic import planted_video
-from tiny_models import build_inputs, video_token_id
+from tiny_models import QWEN_FAMILIES, build_inputs, video_token_id
 
 import hieravid
 from hieravid.methods.base import VideoTokens
@@ -273,12 +274,34 @@ def simulate(method, x: torch.Tensor, num_layers: int) -> list[int]:
 def test_layer_average_is_the_budget(seed, num_frames, num_slots, num_layers, budget, noise):
     x, _ = planted_video(seed, num_frames, [num_frames // 2], num_slots, dim=16, noise=noise)
     method = PruneVid(budget)
-    counts = simulate(method, x, num_layers)
     n0, m = num_frames * num_slots, method.selection_layer(num_layers)
+    try:
+        counts = simulate(method, x, num_layers)
+    except ValueError as err:  # refused only when layer M would keep no token
+        merged, original = map(int, re.search(r"merge keeps (\d+) of (\d+)", str(err)).groups())
+        assert original == n0 and round((budget * num_layers * n0 - m * merged) / (num_layers - m)) < 1
+        return
+    assert counts[m] >= 1
     if counts[-1] == counts[0] and counts[0] < budget * n0:
         return  # the temporal merge alone went below the budget (documented): nothing left to prune
     assert counts[0] * m <= budget * num_layers * n0  # the merge leaves room for layer M
     assert abs(sum(counts) - budget * num_layers * n0) <= 0.5 * (num_layers - m) + 1e-9
+
+
+def test_a_budget_the_merge_leaves_no_room_for_is_refused_with_the_smallest_reachable_one():
+    # 9 random tokens per frame: no static slot and no group above 14 tokens, so the merge keeps all 72, and
+    # layers [0, 3) of 8 alone cost 3/8 (before the fix layer 3 kept 0 tokens and the average was 0.375)
+    x = torch.randn(8, 9, 16, generator=torch.Generator().manual_seed(0))
+    for budget in (0.3, 0.05, 0.379):  # 0.379: layer 3 would keep round(0.46) = 0
+        with pytest.raises(ValueError, match=r"keeps 72 of 72 .* smallest budget reachable here is 0\.384: use budget"):
+            PruneVid(budget).decide(0, tokens_of(x), {"num_layers": 8})
+    smallest = (3 * 72 + 5) / (8 * 72)  # layer 3 keeps one token
+    for method in (PruneVid(0.384), PruneVid(smallest), PruneVid(0.3, layer=2)):
+        counts = simulate(method, x, 8)
+        m = method.selection_layer(8)
+        assert counts[:m] == [72] * m and counts[m] >= 1
+        assert abs(sum(counts) - method.budget * 8 * 72) <= 0.5 * (8 - m) + 1e-9
+    assert simulate(PruneVid(smallest), x, 8)[3] == 1
 
 
 def test_options_and_layer():
@@ -314,3 +337,20 @@ def test_on_a_model_the_budget_is_met_and_text_stays(family, model):
         text = torch.nonzero(valid & (inputs["input_ids"][b] != video_token_id(family, model))).squeeze(1)
         assert all(torch.isin(text, layer[b]).all() for layer in stats.kept_positions)
     assert stats.per_sample_segments == [1, 1]  # 4 or 8 frames: int(T / 4) <= 2 clusters, random video
+
+
+def test_on_a_model_small_frames_refuse_an_unreachable_budget(family, model):
+    if family not in QWEN_FAMILIES:
+        pytest.skip("LLaVA-OneVision frames have a fixed 25 tokens")
+    vision = model.config.vision_config
+    side = 3 * vision.patch_size * vision.spatial_merge_size  # 3 x 3 = 9 tokens per temporal group, 4 groups
+    inputs = build_inputs(family, model, frames=8, height=side, width=side, seed=0)
+    for budget in (0.3, 0.05):  # before the fix: [36, 36, 36, 0, 0, 0, 0, 0], achieved 0.375
+        with pytest.raises(ValueError, match=r"keeps 36 of 36 .* smallest budget reachable here is 0\.393"):
+            with torch.no_grad(), hieravid.apply(model, "prunevid", budget):
+                model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    with torch.no_grad(), hieravid.apply(model, "prunevid", 0.393) as handle:
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    rows = handle.last_stats.per_sample_tokens_per_layer[0]
+    assert rows == [36] * 3 + [1] * 5  # round((0.393 * 8 * 36 - 3 * 36) / 5) = 1
+    assert 0.39 <= handle.last_stats.achieved_budget <= 0.393 + 0.5 * 5 / (8 * 36)

@@ -31,12 +31,22 @@ cluster ratio is the smallest one (found by bisection) whose merged count reache
 video, whose tokens already shrink W-fold in time, is clustered less (up to ratio 1, no spatial
 clustering) and one without static tokens gets about ``c_0``. The result is still data dependent (whole
 clusters, groups of 14 tokens or fewer are never clustered), so layer M corrects it: with ``N_0`` tokens
-at first and ``n_1`` after merging, layer M keeps ``round((B L N_0 - M n_1) / (L - M))`` tokens (clipped to
-``[0, n_1]``), which makes the layer average B up to that rounding. Only a video so static that its
+at first and ``n_1`` after merging, layer M keeps ``round((B L N_0 - M n_1) / (L - M))`` tokens (at most
+``n_1``), which makes the layer average B up to that rounding. Only a video so static that its
 temporal merge alone goes below ``B N_0`` ends under the budget (layer M then keeps everything). The kept
 count is split over the groups in proportion to their sizes (largest remainders first; the reference
 keeps ``int(alpha n_g)`` in each group), and each group keeps its highest-attention tokens. At budget 1
 nothing is merged or pruned (no decision points).
+
+A budget that needs that count below one is refused: layer M keeps at least one visual token (PruneVid
+selects among the video's tokens, it never drops the whole video), so the smallest budget reachable on a
+video is ``(M n_1 + L - M) / (L N_0)``, and a smaller one raises a ``ValueError`` naming it, at the merge
+(before layer 0 runs, once ``n_1`` is known), like FastV below ``K / L``. It happens when the merge cannot
+shrink the video enough (every group keeps at least one cluster), e.g. frames of at most 14 tokens per
+group, which are never clustered, so ``n_1 = N_0`` and the minimum is just above ``M / L`` (0.393 with
+M = 3 of L = 8 and 36 tokens). The ways out are a larger budget, an earlier selection layer
+(``layer``) or more tokens per frame. The reference has no budget to miss (it keeps ``int(alpha n_g)``
+whatever that costs); clustering the small groups anyway, or emptying layer M, would no longer be PruneVid.
 
 Placement and other differences from the reference:
 
@@ -343,6 +353,30 @@ class PruneVid(PruningMethod):
         m = self.selection_layer(num_layers)
         return min(1.0, self.budget * num_layers / (m + self.alpha * (num_layers - m)))
 
+    def selection_count(self, num_layers: int, original: int, merged: int) -> int:
+        """Tokens layer M keeps when the merge left ``merged`` (n_1) of ``original`` (N_0) visual tokens:
+        ``min(round((B L N_0 - M n_1) / (L - M)), n_1)``, which makes the layer average B.
+
+        Raises:
+            ValueError: when that count is below one, naming the smallest budget reachable on this video,
+                ``(M n_1 + L - M) / (L N_0)`` (layer M keeping one token), and the ways to lower it.
+        """
+        layer = self.selection_layer(num_layers)
+        allowed = self.budget * num_layers * original - layer * merged  # tokens left for layers [M, L)
+        kept = round(allowed / (num_layers - layer))
+        if kept < 1:
+            smallest = (layer * merged + num_layers - layer) / (num_layers * original)
+            raise ValueError(
+                f"prunevid: budget {self.budget:g} cannot be reached on this video: its merge keeps {merged} of "
+                f"{original} visual tokens (every group keeps at least one cluster, and groups of "
+                f"{MIN_CLUSTERED_TOKENS} tokens or fewer are not clustered at all) "
+                f"and layers [0, {layer}) of {num_layers} alone cost {layer * merged / (num_layers * original):.3f}"
+                f", while layer {layer} keeps at least one token; the smallest budget reachable here is "
+                f"{math.ceil(smallest * 1000 - 1e-9) / 1000:.3f}: use budget >= that, select earlier "
+                f"(prunevid:layer=k with k < {layer}), or give the frames more tokens (a higher resolution)"
+            )
+        return min(kept, merged)
+
     def decision_layers(self, num_layers: int) -> list[int]:
         """Merging before layer 0 and selection at layer M; none at budget 1."""
         return [] if self.budget >= 1.0 else [0, self.selection_layer(num_layers)]
@@ -384,6 +418,7 @@ class PruneVid(PruningMethod):
             next_group += 1 + end - start
         merge_into = target.reshape(-1)
         keep = merge_into == flat.reshape(-1)
+        self.selection_count(state["num_layers"], tokens.num_tokens, int(keep.sum()))  # refuses an unreachable B
         state.update(
             group=group.reshape(-1)[keep],
             num_groups=next_group,
@@ -396,9 +431,7 @@ class PruneVid(PruningMethod):
     def _select(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if tokens.relevance_from_attention is None:
             raise ValueError(f"PruneVid selects by attention at layer {layer}; the runtime gave none")
-        num_layers, present = state["num_layers"], tokens.num_tokens
-        allowed = self.budget * num_layers * state["original"] - layer * present
-        kept = min(max(round(allowed / (num_layers - layer)), 0), present)
+        kept = self.selection_count(state["num_layers"], state["original"], tokens.num_tokens)
         query_rows = max(1, 0 if tokens.instruction is None else int(tokens.instruction.shape[0]))
         attention = tokens.relevance_from_attention(query_rows=query_rows)  # (N,)
         sizes = torch.bincount(state["group"], minlength=state["num_groups"])
