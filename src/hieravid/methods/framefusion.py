@@ -17,7 +17,8 @@ What the method does (public code ``thu-nics/FrameFusion``, ``framefusion/main.p
      pruned.
 2. **Pruning, once.** At the next decision point the visual tokens are ranked by the attention the last
    prompt token pays them, averaged over heads (FastV's rule), and the top ones are kept so that the
-   layer average of the kept fraction equals the budget.
+   layer average of the kept fraction equals the budget. (Where merging alone cannot reach a layer's
+   target level, pruning runs at that same layer instead; see the guards below.)
 
 Budget: FrameFusion's ``cost`` is the kept visual fraction averaged over the decoder layers (its
 ``_compute_pruning_ratio`` charges every merge step as one layer and the pruned count for each layer
@@ -32,19 +33,28 @@ Placement in this runtime. The reference merges on the embeddings before layer 0
 after the attention block of layer 0, 1, 2, ... (before the MLP), and prunes after the attention block
 of the layer following the last merge, with that layer's attention of the last token. Here every
 decision point is a layer input: merge step j runs at the input of layer j (step 0 on the input
-embeddings, as in the reference), and pruning runs at the input of the layer after the last merge, with
-that layer's own query/key projections of the last prompt token
-(``VideoTokens.relevance_from_attention(query_rows=1)``, no eager attention needed). One consequence is
+embeddings, as in the reference), and pruning runs at the input of the layer after the last merge (or
+at the last merge's own layer, under the guards below), with that layer's own query/key projections of
+the last prompt token (``VideoTokens.relevance_from_attention(query_rows=1)``, no eager attention
+needed). One consequence is
 an improvement in the accounting: the reference charges its two layer-0 merges as two layers, while
 here each merge step is exactly the count entering one layer, so the layer average is exactly B.
 Every layer is a decision point (the number of merge steps depends on the data); once merging and
 pruning are done a decision keeps everything.
 
-Guards where the reference raises ``ValueError("The cost is too small")``: a threshold merge that would
-leave less than nothing for the later layers is replaced by the top-k merge down to the target level;
-when even merging every candidate cannot reach the target (fewer candidates than needed), pruning
-follows at the next layer and keeps ``max(0, round(t))``. Only a budget below what layer 0 alone costs
-(about ``1 / L`` of the tokens when nothing merges) can then end above B.
+Guards where the reference raises ``ValueError("The cost is too small")``, so that no layer is left with
+nothing while the budget allows more: a threshold merge is taken only if it leaves at least one token
+for each later layer (``R - n_kept >= L - l - 1``); otherwise the step goes to the target level at this
+very layer, ``round(t)`` tokens. When the top-k merge has candidates enough, it merges the most similar
+tokens down to that level. When even merging every candidate cannot reach it, the layer merges the
+tokens above the threshold (the similarity merge) and then prunes, at this same layer, to ``round(t)``
+tokens by the last prompt token's attention (a merged token is ranked by the mean relevance of its
+members; the tokens merged into a pruned one go with it); that is the one pruning, and later layers keep
+everything. Layer 0 has no attention yet: there the step merges every candidate and pruning follows at
+layer 1, keeping ``max(0, round(t))``. So the layer average is B within integer rounding (half a token
+per layer after the pruning) whenever B is reachable, and a layer keeps 0 visual tokens only when the
+budget asks for at most half a token per remaining layer; only a budget below what layer 0 alone can
+cost (one token per slot, about ``1 / T`` of the tokens, when every candidate merges) ends above B.
 """
 
 from __future__ import annotations
@@ -169,19 +179,25 @@ class FrameFusion(PruningMethod):
     def _merge(self, tokens: VideoTokens, state: dict, target: float) -> Decision:
         """One merge step at a decision point (``target``: tokens per remaining layer the budget allows)."""
         present = tokens.num_tokens
+        later_layers = state["num_layers"] - state["next_layer"]  # layers after this one
         order, sim = previous_slot_similarity(tokens.features, tokens.slot)
         above = sim >= self.similarity_lower_bound  # (N,) in slot order
         merged_count = int(above.sum())
         left_after = state["allowed"] - state["spent"] - (present - merged_count)
-        if present - merged_count > target and left_after >= 0:
+        if present - merged_count > target and left_after >= later_layers:
             merged = above
             if merged_count < self.ratio_lower_bound * present:
                 state["phase"] = "prune"
         else:
             # Top-k branch: merge just enough to meet the budget at this level; nothing to prune after.
+            level = min(max(round(target), 0), present)
             candidates = int(torch.isfinite(sim).sum())
-            want = present - round(target)
-            k = min(max(want, 0), candidates)
+            want = present - level
+            if want > candidates and tokens.relevance_from_attention is not None:
+                # Merging cannot reach the level: merge the similar tokens and prune the rest here.
+                state["phase"] = "done"
+                return self._merge_and_prune(tokens, order, above, level)
+            k = min(want, candidates)
             best = torch.argsort(-sim, stable=True)[:k]  # most similar first, ties by slot order
             merged = torch.zeros_like(above)
             merged[best] = True
@@ -191,6 +207,25 @@ class FrameFusion(PruningMethod):
         keep = torch.empty_like(merged)
         keep[order] = ~merged
         return Decision(keep=keep, merge_into=run_anchors(order, merged))
+
+    def _merge_and_prune(
+        self, tokens: VideoTokens, order: torch.Tensor, above: torch.Tensor, level: int
+    ) -> Decision:
+        """Merge the tokens marked ``above`` (slot order) into their runs' anchors, then keep the ``level``
+        merged tokens the last prompt token attends to most (a group scores the mean relevance of its
+        members at this layer); the groups of pruned anchors are dropped with them."""
+        present = tokens.num_tokens
+        device = tokens.features.device
+        merge_into = run_anchors(order, above)  # (N,) sequence indexing
+        anchor = merge_into == torch.arange(present, device=device)  # (N,) present after merging
+        relevance = tokens.relevance_from_attention(query_rows=1).float()  # (N,) mean over heads
+        total = torch.zeros(present, device=device).index_add_(0, merge_into, relevance)  # (N,) per anchor
+        size = torch.zeros(present, device=device).index_add_(0, merge_into, torch.ones_like(relevance))
+        # (N,) a group's mean relevance at its anchor; the merged-away tokens are never kept
+        score = torch.where(anchor, total / size.clamp_min(1.0), torch.full_like(total, float("-inf")))
+        keep = top_k_mask(score, level)  # (N,) anchors only: level < the anchors present
+        merge_into = torch.where(keep[merge_into], merge_into, torch.full_like(merge_into, -1))
+        return Decision(keep=keep, merge_into=merge_into)
 
     def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
         return None  # data dependent (how much merges)
