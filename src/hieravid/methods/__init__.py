@@ -100,5 +100,7 @@ def build(method: str | PruningMethod, budget: float = 0.3, **options: Any) -> P
     twice = sorted(set(spec_options) & set(options))
     if twice:
         raise ValueError(f"option(s) {', '.join(twice)} given both in the method spec {method!r} and as arguments")
+    if "budget" in spec_options or "budget" in options:
+        raise ValueError(f"the budget is not an option of {name}: pass it as the budget (--budget B)")
     check_budget(budget)
     return _REGISTRY[name](budget, **spec_options, **options)
