@@ -110,3 +110,13 @@ def test_other_family_grid(tmp_path: Path) -> None:
     result = answer(loaded, video, "what is happening ?", method="hieravid", budget=0.3, max_new_tokens=1, trace=True)
     picture = render_decisions(tmp_path / "llava.png", video, result.trace, budget=0.3)
     assert picture.grid_hw == (5, 5) and picture.frames_shown == 8
+
+
+def test_decisions_left_out_of_the_rows_are_said(proxy, frames: np.ndarray) -> None:
+    from hieravid.viz import _MAX_STAGE_ROWS, _how_to_read, _stages_to_draw
+
+    sample = traced(proxy, frames, "pyramiddrop").trace.samples[0]  # 3 decisions that remove tokens
+    assert "not drawn" not in _how_to_read("pyramiddrop", sample)
+    doubled = dataclasses.replace(sample, stages=sample.stages * 2)  # 6: more than the rows drawn
+    assert len(_stages_to_draw(doubled)) == _MAX_STAGE_ROWS == 4
+    assert "- 2 smaller decision(s) are not drawn as rows" in _how_to_read("pyramiddrop", doubled)

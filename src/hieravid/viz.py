@@ -111,6 +111,15 @@ def _how_to_read(method: str, sample: SampleTrace) -> str:
     """A few lines that say what the rows show, for the space beside the curve."""
     if not sample.stages:
         return f"How to read: {method} removed no visual token;\nevery layer sees all {sample.num_tokens}."
+    removing = sum(int((~s.keep).sum()) > 0 for s in sample.stages)
+    hidden = removing - len(_stages_to_draw(sample))
+    omitted = (f"\n- {hidden} smaller decision(s) are not drawn as rows;\n  the tokens-per-layer curve counts them."
+               if hidden else "")
+    return _reading_of(method) + omitted
+
+
+def _reading_of(method: str) -> str:
+    """What the rows of ``method``'s picture show."""
     if method.startswith("hieravid"):
         return (
             "How to read:\n"
