@@ -535,3 +535,23 @@ def test_image_only_input_is_a_passthrough():
             out = model(**inputs).logits
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     assert handle.last_stats.pruned is False
+
+
+def test_beams_and_several_returned_sequences(family, model):
+    """``generate`` encodes each prompt's video once and then repeats its rows: every repeated row is pruned
+    as the prompt itself is, and budget 1 gives the unpatched model's beams."""
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[6, 9], left_pad=[1, 0])
+    with torch.no_grad():
+        unpatched = model.generate(**inputs, max_new_tokens=3, num_beams=2, do_sample=False)
+        with hieravid.apply(model, "hieravid", 1.0):
+            same = model.generate(**inputs, max_new_tokens=3, num_beams=2, do_sample=False)
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            model.generate(**inputs, max_new_tokens=3, num_beams=2, do_sample=False)
+            beams = handle.last_stats.per_sample_tokens_per_layer
+            model(**inputs)
+            alone = handle.last_stats.per_sample_tokens_per_layer
+            model.generate(**inputs, max_new_tokens=2, do_sample=True, num_return_sequences=3)
+            returned = handle.last_stats.per_sample_tokens_per_layer
+    assert torch.equal(same, unpatched)
+    assert beams == [alone[0], alone[0], alone[1], alone[1]] and alone[0][-1] < alone[0][0]
+    assert returned == [alone[0]] * 3 + [alone[1]] * 3

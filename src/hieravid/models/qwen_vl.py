@@ -38,15 +38,19 @@ class QwenVLAdapter(ModelAdapter):
             return [None] * input_ids.shape[0]
         positions = video_token_positions(input_ids, int(self.model.config.video_token_id))
         grids = [tuple(int(v) for v in row) for row in grid.tolist()]
+        with_video = sum(pos.numel() > 0 for pos in positions)
+        # ``generate`` with beams or several returned sequences encodes each prompt's video once and then
+        # repeats every row ``repeat`` times in place: those rows share their prompt's grid.
+        repeat = with_video // len(grids) if grids and with_video > len(grids) and with_video % len(grids) == 0 else 1
         layouts: list[VideoLayout | None] = []
         cursor = 0
         for pos in positions:
             if pos.numel() == 0:
                 layouts.append(None)
                 continue
-            if cursor >= len(grids):
+            if cursor // repeat >= len(grids):
                 raise ValueError("more samples hold video tokens than video_grid_thw has rows")
-            t, h, w = grids[cursor]
+            t, h, w = grids[cursor // repeat]
             cursor += 1
             slots = h * w // (self.merge_size**2)
             if t * slots != pos.numel():
