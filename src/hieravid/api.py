@@ -131,10 +131,20 @@ def apply(
         runtime.video_call = {k: bound[k] for k in _VIDEO_KEYS if k in bound}
         return encode_video(*args, **kwargs)
 
+    def refuse_labels(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if kwargs.get("labels") is not None:
+            raise ValueError(
+                "hieravid prunes the prefill for inference: a pruned forward returns the kept positions only "
+                "(the prompt's last token last), so a loss over labels cannot be computed; call "
+                "handle.remove() to train or score every position"
+            )
+
     hooks = [
         multimodal.register_forward_pre_hook(remember_call, with_kwargs=True),
         multimodal.register_forward_hook(forget_call, with_kwargs=True),
     ]
+    if model is not multimodal:  # the model with the LM head, which takes labels
+        hooks.append(model.register_forward_pre_hook(refuse_labels, with_kwargs=True))
     handle = PruneHandle(model, runtime, {text_model: "forward", multimodal: "get_video_features"}, hooks)
     text_model.forward = functools.partial(runtime.forward, text_model)
     multimodal.get_video_features = remember_video

@@ -555,3 +555,12 @@ def test_beams_and_several_returned_sequences(family, model):
     assert torch.equal(same, unpatched)
     assert beams == [alone[0], alone[0], alone[1], alone[1]] and alone[0][-1] < alone[0][0]
     assert returned == [alone[0]] * 3 + [alone[1]] * 3
+
+
+def test_labels_are_refused_while_pruning(family, model):
+    inputs = build_inputs(family, model)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        with pytest.raises(ValueError, match="a loss over labels cannot be computed; call handle.remove()"):
+            model(**inputs, labels=inputs["input_ids"])
+    with torch.no_grad():
+        assert model(**inputs, labels=inputs["input_ids"]).loss is not None  # removed: as before
