@@ -76,7 +76,8 @@ class HieraVidConfig:
             the reference, off by default).
         relevance_sign: ``negative`` (r = Norm(-a), the reference) or ``positive`` (r = Norm(a)).
         relevance_query: ``last`` prompt token (default) or ``mean`` of the trailing query tokens.
-        query_tokens: how many trailing prompt tokens ``mean`` averages over.
+        query_tokens: how many trailing prompt tokens ``mean`` averages over (at most the instruction's, the
+            tokens after the video).
         in_llm_selector: ``dpp`` at every in-LLM stage (default) or ``bins`` at the first in-LLM stage
             and DPP after it (the later reference variant).
         eps: the epsilon of the min-max normalisation (Eq. 8).

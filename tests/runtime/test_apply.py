@@ -564,3 +564,18 @@ def test_labels_are_refused_while_pruning(family, model):
             model(**inputs, labels=inputs["input_ids"])
     with torch.no_grad():
         assert model(**inputs, labels=inputs["input_ids"]).loss is not None  # removed: as before
+
+
+def test_the_mean_query_stays_inside_the_instruction(family, model):
+    """``relevance_query="mean"`` averages the trailing instruction tokens: asking for more than there are
+    gives the decisions of all of them, not an average reaching into the video."""
+    inputs = build_inputs(family, model)
+    ids = inputs["input_ids"][0]
+    instruction = ids.numel() - 1 - int(torch.nonzero(ids == video_token_id(family, model)).max())
+    kept = []
+    with torch.no_grad():
+        for rows in (instruction + 20, instruction + 40):  # both more than the instruction has
+            with hieravid.apply(model, "hieravid", 0.3, relevance_query="mean", query_tokens=rows) as handle:
+                model(**inputs)
+            kept.append([k[0].tolist() for k in handle.last_stats.kept_positions])
+    assert kept[0] == kept[1]

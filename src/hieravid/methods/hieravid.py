@@ -211,7 +211,11 @@ class HieraVid(PruningMethod):
         if tokens.relevance_from_attention is None:
             raise ValueError(f"HieraVid's stage {stage} needs attention relevance at layer {layer}")
         sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
-        rows = self.config.query_tokens if self.config.relevance_query == "mean" else 1
+        rows = 1
+        if self.config.relevance_query == "mean":  # the trailing instruction tokens, never the video's
+            rows = self.config.query_tokens
+            if tokens.instruction is not None:
+                rows = max(1, min(rows, int(tokens.instruction.shape[0])))
         r = minmax_normalize(sign * tokens.relevance_from_attention(query_rows=rows), self.config.eps)
         keep = decide_stage(
             tokens.features, r, state["segment"], state["z"], ratio, self.config,
