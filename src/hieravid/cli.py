@@ -538,6 +538,10 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
         result = train(args.out, config, resume=args.resume, log=show, progress=not args.json)
     except FileExistsError as exc:
         raise ValueError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print(f"hieravid train-proxy: interrupted; {args.out}/checkpoint.pt holds the last checkpoint (every "
+              f"{config.checkpoint_every} steps): run the same command with --resume to go on", file=sys.stderr)
+        return 130
     from hieravid.proxy.card import write_card
 
     with console.status("measuring the test split for CARD.md"):

@@ -27,7 +27,7 @@ def test_resume_after_interruption_equals_one_run(tmp_path):
         train(tmp_path / "cut", SMALL, log=interrupt, progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
         train(tmp_path / "cut", SMALL, progress=False)
-    with pytest.raises(ValueError, match="same ones"):
+    with pytest.raises(ValueError, match="lr: 0.001 there, 0.002 now"):
         train(tmp_path / "cut", TrainConfig(**{**SMALL.__dict__, "lr": 2e-3}), resume=True, progress=False)
     resumed = train(tmp_path / "cut", SMALL, resume=True, progress=False)
     assert resumed["steps"] == 3
@@ -38,7 +38,7 @@ def test_resume_after_interruption_equals_one_run(tmp_path):
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 2, 3]  # step 2 ran twice: once before the interruption, once after resuming
+    assert steps == [1, 2, 3]  # step 2 ran twice (before the interruption, after resuming), logged once
 
 
 def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
@@ -58,7 +58,7 @@ def test_a_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path):
     def lines(run):
         return [json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
 
-    (expected,), (_, again) = lines("whole"), lines("cut")
+    (expected,), (again,) = lines("whole"), lines("cut")  # the line written as it was killed is gone
     assert expected["heads"]  # the heads' tallies are part of the line
     assert {k: again[k] for k in ("step", "loss", "heads")} == {k: expected[k] for k in ("step", "loss", "heads")}
 
@@ -109,3 +109,32 @@ def test_validation_does_not_change_the_weights(tmp_path):
     b = load_file(tmp_path / "rarely" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_bad_starts_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="holds no checkpoint.pt to continue; run without --resume"):
+        train(tmp_path / "none", SMALL, resume=True, progress=False)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        train(tmp_path / "afile", SMALL, progress=False)
+    with pytest.raises(ValueError, match="cannot create --out"):
+        train(tmp_path / "afile" / "sub", SMALL, progress=False)
+    for bad in ({"lr": 0.0}, {"aux_weight": -1.0}, {"summary_weight": -2.0}):
+        with pytest.raises(ValueError, match="must be"):
+            TrainConfig(**{**SMALL.__dict__, **bad})
+
+
+def test_a_fresh_run_starts_its_own_log(tmp_path):
+    """A run killed before its first checkpoint leaves log lines but nothing to resume: the next run's log
+    holds its own lines only."""
+    config = TrainConfig(**{**SMALL.__dict__, "checkpoint_every": 10, "steps": 3})
+
+    def interrupt(entry):
+        if entry["step"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(tmp_path / "run", config, log=interrupt, progress=False)
+    train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}), progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]

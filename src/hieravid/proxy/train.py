@@ -68,6 +68,13 @@ class TrainConfig:
     summary_weight: float = 1.0  # weight of the video-summary heads' loss (<|vision_end|>, answers); 0 = none
     curriculum: int = 0  # steps between unlocking the question types in CURRICULUM order; 0 = all from the start
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be above 0, got {self.lr!r}")
+        for name in ("aux_weight", "type_weight", "summary_weight", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be 0 or more (0 turns it off), got {getattr(self, name)!r}")
+
 
 # With ``curriculum``, training asks only the first k of these types during steps [(k-1) c, k c): a type learnt
 # alone settles its circuit before the next one competes for the same weights.
@@ -273,10 +280,17 @@ def train(
 
     config = config or TrainConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory: name a directory to write the model into")
+    checkpoint = out / "checkpoint.pt"
+    if resume and not checkpoint.is_file():
+        raise ValueError(f"--resume: {out} holds no checkpoint.pt to continue; run without --resume to start")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create --out {out}: {err.strerror or err}") from None
     if config.threads:
         torch.set_num_threads(config.threads)
-    checkpoint = out / "checkpoint.pt"
     model = build_model(config.seed, hidden=config.hidden, intermediate=config.intermediate, vision_dim=config.vision_dim,
         init=config.init,
     )
@@ -303,10 +317,14 @@ def train(
     step, elapsed = 0, 0.0
     running: float | None = None  # the loss's moving average, as the log shows it
     tally: dict[str, list[int]] = {}  # training heads' [right, asked] since the last validation
-    if resume and checkpoint.exists():
+    if resume:
         state = torch.load(checkpoint, weights_only=False)
         if state["config"] != asdict(config):
-            raise ValueError(f"{checkpoint} was written with other settings {state['config']}: use the same ones")
+            now = asdict(config)
+            changed = ", ".join(f"{k}: {state['config'].get(k)!r} there, {now.get(k)!r} now"
+                                for k in sorted(set(now) | set(state["config"])) if state["config"].get(k) != now.get(k))
+            raise ValueError(f"{checkpoint} was written with other settings ({changed}): resume with the same ones "
+                             "(every setting, threads included, can change the result) or use a new directory")
         model.load_state_dict(state["model"])
         heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
@@ -316,7 +334,13 @@ def train(
     elif checkpoint.exists():
         raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or use a new directory")
     validation = [generate_sample(i, "validation") for i in range(config.val_size)]
-    log_file = (out / "train_log.jsonl").open("a")
+    log_path = out / "train_log.jsonl"
+    # The log holds this run's lines up to its checkpoint: a fresh run starts it anew, and a resumed one
+    # drops what was logged after the checkpoint (those steps are trained and logged again).
+    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step] \
+        if resume and log_path.exists() else []
+    log_path.write_text("".join(line + "\n" for line in kept))
+    log_file = log_path.open("a")
 
     def record(entry: dict) -> None:
         log_file.write(json.dumps(entry) + "\n")
