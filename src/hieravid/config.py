@@ -85,6 +85,11 @@ class HieraVidConfig:
             ``auto`` (numba on CPU, triton on CUDA where it works, torch elsewhere), ``torch`` (one step
             of torch operations per pick), ``numba`` (compiled, on the host; a GPU's kernels are copied
             over) or ``triton`` (a CUDA kernel per block of picks).
+        dpp_rank_floor: residual variances at or below this fraction of a segment's largest kernel
+            diagonal count as used-up rank in the greedy MAP (Eq. 10; a zero update row, then relevance
+            order). The default 1e-3 is a deviation kept for deterministic picks across attention kernels;
+            0 is the specification's plain rule (clamp d2 >= 0, guard the square root). See
+            :func:`hieravid.ops.greedy_map`.
     """
 
     budget: float = 0.3
@@ -105,9 +110,12 @@ class HieraVidConfig:
     in_llm_selector: InLLMSelector = "dpp"
     eps: float = 1e-6
     greedy_backend: GreedyBackend = "auto"
+    dpp_rank_floor: float = 1e-3
 
     def __post_init__(self) -> None:
         check_budget(self.budget)
+        if not isinstance(self.dpp_rank_floor, numbers.Real) or not 0.0 <= self.dpp_rank_floor < 1.0:
+            raise ValueError(f"dpp_rank_floor must be a number in [0, 1), got {self.dpp_rank_floor!r}")
         if not isinstance(self.num_stages, int) or self.num_stages < 1:
             raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
         if self.ratios is not None:

@@ -511,3 +511,40 @@ def test_greedy_map_bad_backend_raises():
     kernel = torch.eye(3)[None]
     with pytest.raises(ValueError, match="backend"):
         greedy_map(kernel, torch.tensor([1]), torch.ones(1, 3, dtype=torch.bool), backend="numpy")
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_the_specifications_plain_rule_is_a_rank_floor_of_zero(backend):
+    """Token 1 repeats token 0 (residual exactly 0 after it); token 2 is new but of small relevance, so its
+    kernel diagonal, 4e-4, is under the default floor (1e-3 of the largest). The default then ranks by
+    relevance and takes the repeat; the specification's rule (floor 0) takes the new direction."""
+    from hieravid.ops import segment_dpp_select
+
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    relevance = torch.tensor([1.0, 0.03, 0.02])
+    segment, k = torch.zeros(3, dtype=torch.long), torch.tensor([2])
+    default = segment_dpp_select(features, relevance, segment, k, backend=backend)
+    plain = segment_dpp_select(features, relevance, segment, k, backend=backend, rank_floor=0.0)
+    assert default.tolist() == [True, True, False]
+    assert plain.tolist() == [True, False, True]
+
+
+def test_the_rank_floor_is_a_hieravid_switch():
+    from hieravid.config import HieraVidConfig
+    from hieravid.methods import build
+
+    assert HieraVidConfig().dpp_rank_floor == 1e-3
+    assert build("hieravid:dpp_rank_floor=0", 0.3).config.dpp_rank_floor == 0
+    with pytest.raises(ValueError, match="dpp_rank_floor must be a number in"):
+        HieraVidConfig(dpp_rank_floor=1.0)
+
+
+def test_hieravids_stages_pass_the_rank_floor(monkeypatch):
+    import hieravid.methods.hieravid as method
+    from hieravid.config import HieraVidConfig
+
+    seen = {}
+    monkeypatch.setattr(method, "segment_dpp_select", lambda *a, **kw: seen.update(kw) or torch.ones(4, dtype=torch.bool))
+    method.decide_stage(torch.randn(4, 8), torch.rand(4), torch.zeros(4, dtype=torch.long), torch.zeros(1), 0.5,
+                        HieraVidConfig(dpp_rank_floor=0.0))
+    assert seen["rank_floor"] == 0.0

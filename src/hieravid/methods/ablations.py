@@ -190,7 +190,8 @@ class HieraVidNoLayer(HieraVid):
             sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
             relevance = minmax_normalize(sign * similarity, self.config.eps)
         backend = self.config.greedy_backend
-        selected = segment_dpp_select(first.features, relevance, segment, k, backend=backend)  # (N1,)
+        selected = segment_dpp_select(first.features, relevance, segment, k, backend=backend,
+                                      rank_floor=self.config.dpp_rank_floor)  # (N1,)
         state["segment"] = segment[selected]
 
         keep = merged_keep.clone()

@@ -135,7 +135,8 @@ def decide_stage(
     )
     if selector == "bins":
         return segment_bin_select(relevance, segment, k)
-    return segment_dpp_select(hidden, relevance, segment, k, backend=config.greedy_backend, present=present)
+    return segment_dpp_select(hidden, relevance, segment, k, backend=config.greedy_backend, present=present,
+                              rank_floor=config.dpp_rank_floor)
 
 
 def _warn_if_stage1_is_capped(num_frames: int, num_slots: int, rho: float, name: str) -> None:

@@ -24,11 +24,14 @@ __all__ = [
 
 GREEDY_BACKENDS = ("auto", "torch", "numba", "triton")
 
-# A residual variance below this fraction of the group's largest kernel diagonal (a residual norm under
-# about 3% of the most relevant token's) carries no direction float32 can resolve: the kernel's rank is
-# used up, and 1e-6 differences between attention kernels would decide the pick. Such pivots get a zero
-# update row, and candidates below the floor are ranked by their kernel diagonal (r_j^2 |x_j|^2, their
-# relevance) instead of by noise, so the picks stay deterministic across attention kernels.
+# The default rank floor: a residual variance at or below this fraction of the group's largest kernel
+# diagonal (a residual norm under about 3% of the most relevant token's) counts as used-up rank. Such
+# pivots get a zero update row, and candidates below the floor are ranked by their kernel diagonal
+# (r_j^2 |x_j|^2, their relevance), so that 1e-6 differences between attention kernels (sdpa, eager) do
+# not decide picks among near-zero residuals. It is far coarser than float32 round-off: it also reorders
+# tokens whose residual is small but real (a token with r < 0.032 is below it from the first pick), a
+# deviation from the specification's plain rule (clamp d2 >= 0, guard the square root), which
+# ``rank_floor=0`` (HieraVidConfig.dpp_rank_floor) gives.
 _RANK_FLOOR = 1e-3
 
 # Picks per blocked Cholesky update of the greedy MAP (see greedy_map).
@@ -64,7 +67,13 @@ def _gram(y: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_map(
-    kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, *, block: int = _BLOCK, backend: str = "auto"
+    kernel: torch.Tensor,
+    k: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    block: int = _BLOCK,
+    backend: str = "auto",
+    rank_floor: float = _RANK_FLOOR,
 ) -> torch.Tensor:
     """Eq. 10: greedy MAP inference (Chen et al. 2018) for a batch of kernels, each with its own k.
 
@@ -96,6 +105,10 @@ def greedy_map(
         valid: ``(G, n)`` bool, False at padding.
         block: picks per blocked update.
         backend: ``"auto"``, ``"torch"``, ``"numba"`` or ``"triton"``.
+        rank_floor: residual variances at or below this fraction of a group's largest kernel diagonal count
+            as used-up rank (zero update row, kernel-diagonal order). The default 1e-3 is a deviation from
+            the specification's plain rule (clamp ``d2 >= 0``, guard the square root), which ``0`` gives:
+            then only variances that are exactly 0 (below 1e-30) are treated so.
 
     Returns:
         ``(G, n)`` bool mask of the picked tokens.
@@ -105,7 +118,7 @@ def greedy_map(
     if bool(((k < 0) | (k > available)).any()):
         raise ValueError(f"each group's k must be in [0, its token count]; got k={k.tolist()} for {available.tolist()}")
     kmax = int(k.max()) if num_groups else 0
-    chosen = _greedy_picks(kernel, k, valid, kmax, block, resolve_greedy_backend(backend, kernel.device))
+    chosen = _greedy_picks(kernel, k, valid, kmax, block, resolve_greedy_backend(backend, kernel.device), rank_floor)
     # (G, n + 1): groups with fewer picks than max k write their -1 entries into the spare last column.
     picked = torch.zeros(num_groups, n + 1, dtype=torch.bool, device=kernel.device)
     picked.scatter_(1, torch.where(chosen >= 0, chosen, n), True)
@@ -113,7 +126,13 @@ def greedy_map(
 
 
 def _greedy_picks(
-    kernel: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, kmax: int, block: int, loop: str
+    kernel: torch.Tensor,
+    k: torch.Tensor,
+    valid: torch.Tensor,
+    kmax: int,
+    block: int,
+    loop: str,
+    rank_floor: float = _RANK_FLOOR,
 ) -> torch.Tensor:
     """:func:`greedy_map`'s picks for checked arguments, ``kmax = max k`` and a resolved backend ``loop``:
     ``(G, kmax)`` int64 column indices, -1 where a group has fewer picks."""
@@ -121,11 +140,12 @@ def _greedy_picks(
     if kmax == 0:
         return torch.full((kernel.shape[0], 0), -1, dtype=torch.long, device=device)
     if loop == "numba":  # the driver runs on the host, next to the compiled picks
-        host = _blocked_greedy(kernel.cpu(), k.cpu(), valid.cpu(), kmax, block, _numba_block_picks, _UNBLOCKED_FLOATS)
+        host = _blocked_greedy(kernel.cpu(), k.cpu(), valid.cpu(), kmax, block, _numba_block_picks, _UNBLOCKED_FLOATS,
+                               rank_floor)
         return host.to(device)
     if loop == "triton":
-        return _blocked_greedy(kernel, k, valid, kmax, block, _triton_block_picks(), 0)
-    return _blocked_greedy(kernel, k, valid, kmax, block, _torch_block_picks, 0)
+        return _blocked_greedy(kernel, k, valid, kmax, block, _triton_block_picks(), 0, rank_floor)
+    return _blocked_greedy(kernel, k, valid, kmax, block, _torch_block_picks, 0, rank_floor)
 
 
 def _check_backend(backend: str) -> None:
@@ -183,6 +203,7 @@ def _blocked_greedy(
     block: int,
     block_picks: BlockPicks,
     unblocked: int,
+    rank_floor: float = _RANK_FLOOR,
 ) -> torch.Tensor:
     """:func:`greedy_map`'s blocked loop on tensors of one device: ``block_picks`` makes each block's
     picks, the Schur update between blocks is one batched product, and columns that can no longer be
@@ -200,7 +221,7 @@ def _blocked_greedy(
     owned = residual.data_ptr() != kernel.data_ptr()
     diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0)  # (G, m)
     top = diag.amax(dim=1)  # (G,)
-    floor = (_RANK_FLOOR * top).clamp(min=1e-30)  # (G,)
+    floor = (rank_floor * top).clamp(min=1e-30)  # (G,)
     offset = 2.0 * top + 1.0  # (G,) above any diagonal entry
     d2 = diag.masked_fill(~valid, neg_inf)  # (G, m) residual variances, -inf once picked or padding
     fallback = d2.clone()  # (G, m) kernel diagonal, -inf once picked or padding: order below the floor
@@ -434,6 +455,7 @@ def segment_dpp_select(
     *,
     backend: str = "auto",
     present: torch.Tensor | None = None,
+    rank_floor: float = _RANK_FLOOR,
 ) -> torch.Tensor:
     """Eq. 9-10 over all segments: each segment keeps its own ``k_i`` tokens by conditional DPP.
 
@@ -448,6 +470,7 @@ def segment_dpp_select(
         k: ``(M,)`` int64 tokens to keep per segment.
         backend: the greedy loop's, see :func:`greedy_map`.
         present: ``(M,)`` int64 tokens of each segment (``bincount(segment)``), if the caller has them.
+        rank_floor: the greedy loop's, see :func:`greedy_map`.
 
     Returns:
         ``(N,)`` bool keep mask; exactly ``k_i`` True per segment, sequence order untouched.
@@ -496,7 +519,7 @@ def segment_dpp_select(
         rows_x = x[safe[part, :width]].mul_(scale[part, :width].unsqueeze(2))  # (G, n, D) a copy, weighted
         kernel = _gram(rows_x)  # (G, n, n)
         bucket_kmax = max(counts[i] for i in bucket)
-        picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, _BLOCK, loop)  # (G, k)
+        picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, _BLOCK, loop, rank_floor)
         if chosen is None:
             chosen = picks
         else:
