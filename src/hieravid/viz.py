@@ -97,10 +97,15 @@ def _stage_title(stage: StageTrace, index: int, method: str, num_tokens: int) ->
     return f"{name}, {where}: {stage.num_present} \u2192 {kept} tokens ({pct:.0f}% of the video); " + ", ".join(what)
 
 
+def _removing_stages(sample: SampleTrace) -> list[int]:
+    """Indices of the decision points that removed something, in layer order."""
+    return [i for i, s in enumerate(sample.stages) if int((~s.keep).sum()) > 0]
+
+
 def _stages_to_draw(sample: SampleTrace) -> list[int]:
     """Indices of the decision points that removed something (at most :data:`_MAX_STAGE_ROWS`, the
     ones that removed most, in layer order)."""
-    removing = [i for i, s in enumerate(sample.stages) if int((~s.keep).sum()) > 0]
+    removing = _removing_stages(sample)
     if len(removing) > _MAX_STAGE_ROWS:
         by_size = sorted(removing, key=lambda i: -int((~sample.stages[i].keep).sum()))
         removing = sorted(by_size[:_MAX_STAGE_ROWS])
@@ -111,8 +116,7 @@ def _how_to_read(method: str, sample: SampleTrace) -> str:
     """A few lines that say what the rows show, for the space beside the curve."""
     if not sample.stages:
         return f"How to read: {method} removed no visual token;\nevery layer sees all {sample.num_tokens}."
-    removing = sum(int((~s.keep).sum()) > 0 for s in sample.stages)
-    hidden = removing - len(_stages_to_draw(sample))
+    hidden = len(_removing_stages(sample)) - len(_stages_to_draw(sample))
     omitted = (f"\n- {hidden} smaller decision(s) are not drawn as rows;\n  the tokens-per-layer curve counts them."
                if hidden else "")
     return _reading_of(method) + omitted

@@ -9,6 +9,7 @@ row are random (they come from the model's own projections in a real run and cos
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import asdict, dataclass, field
 
@@ -17,6 +18,7 @@ import torch
 from hieravid.bench.models import bench_device, machine_description
 from hieravid.config import HieraVidConfig
 from hieravid.methods import decide_stage, decide_stage1, selector_for_stage
+from hieravid.methods.hieravid import HieraVid
 from hieravid.ops import relevance
 from hieravid.ops.dpp import resolve_greedy_backend
 from hieravid.runtime import device_clock
@@ -111,10 +113,11 @@ def run_ops_bench(
     gen = torch.Generator(device="cpu").manual_seed(1)
     query = torch.randn(1, heads, head_dim, generator=gen).to(dev)  # (1, H, d_h) last prompt token
 
+    # The decision points the method itself runs on this schedule (none at budget 1, no stage of ratio 0).
+    decided = set(HieraVid(dataclasses.replace(config, ratios=tuple(schedule.ratios))).decision_layers(num_layers))
+
     def one_run() -> tuple[list[float], list[int], int]:
-        # As the method runs: nothing at all when every ratio is 0 (budget 1), and no in-LLM stage whose
-        # ratio is 0 (HieraVid.decision_layers).
-        if not any(schedule.ratios):
+        if not decided:
             return [0.0] * len(schedule.ratios), [frames * slots] * len(schedule.ratios), 0
         times: list[float] = []
         start = device_clock(dev)
@@ -122,9 +125,9 @@ def run_ops_bench(
         times.append(device_clock(dev) - start)
         hidden, segment = first.features, first.token_segment[first.keep]  # (N, D), (N,)
         counts = [hidden.shape[0]]
-        for stage, ratio in enumerate(schedule.ratios[1:], start=2):
+        for stage, (layer, ratio) in enumerate(zip(schedule.boundaries[1:], schedule.ratios[1:]), start=2):
             num_visual = hidden.shape[0]
-            if ratio == 0:
+            if layer not in decided:
                 times.append(0.0)
                 counts.append(num_visual)
                 continue
