@@ -258,7 +258,8 @@ def _add_bench(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--shape", default=None, choices=SHAPE_NAMES,
-                        help="model shape: tiny (seconds), mini (Qwen2-0.5B-shaped decoder), or a 7B shape for a GPU")
+                        help="model shape: tiny (seconds), mini (Qwen2-0.5B-shaped decoder), or a 7B shape for a GPU "
+                             "(on a CPU with --allow-cpu)")
     parser.add_argument("--from-json", metavar="FILE", default=None,
                         help="measure nothing: print the report (and --plot) of a run saved with --json")
     parser.add_argument("--frames", type=_positive_int, default=None,
@@ -271,7 +272,8 @@ def _add_bench(subparsers: Any) -> None:
                         help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
     parser.add_argument("--device", default="cpu", help="torch device, cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="weights and activations (default: bfloat16 on cuda, float32 on cpu)")
+                        help="weights and activations (default: bfloat16 on cuda and for the 7B shapes, "
+                             "float32 for tiny and mini on cpu); weights beyond the free memory are refused")
     parser.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--warmup", type=_non_negative_int, default=2,
                         help="untimed rounds first (default 2; on CPU memory is measured in those after the first)")

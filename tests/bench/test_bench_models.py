@@ -20,6 +20,7 @@ from hieravid.bench.models import (
     build_bench_inputs,
     build_bench_model,
     check_goals,
+    default_dtype,
     format_report,
     plot_report,
     run_model_bench,
@@ -261,6 +262,29 @@ def test_an_interrupted_bench_command_keeps_its_json(monkeypatch, tmp_path, caps
 def test_big_shapes_refuse_the_cpu(capsys):
     assert main(["bench", "--shape", "qwen2-vl-7b", "--quiet"]) == 2
     assert "--allow-cpu" in capsys.readouterr().err
+
+
+def test_weights_that_do_not_fit_are_refused_before_building(monkeypatch):
+    """A 7B shape defaults to bfloat16 even on a CPU, and weights beyond the free memory are refused with
+    their size and the fix, before the model is built (a CPU would be killed partway through)."""
+    import hieravid.bench.models as bench_models
+
+    assert default_dtype("qwen2-vl-7b", torch.device("cpu")) == torch.bfloat16
+    assert default_dtype("mini", torch.device("cpu")) == torch.float32
+    assert default_dtype("mini", torch.device("cuda")) == torch.bfloat16
+    built = []
+    monkeypatch.setattr(bench_models, "build_bench_model",
+                        lambda shape, **kw: built.append(kw) or build_bench_model(shape, **kw))
+    monkeypatch.setattr(bench_models, "_free_bytes", lambda device: 10 * 10**9)  # 10 GB free
+    with pytest.raises(ValueError, match=r"qwen2-vl-7b in bfloat16 needs 16\.6 GB .* cpu has 10\.0 GB free"):
+        run_model_bench("qwen2-vl-7b", allow_cpu=True)
+    with pytest.raises(ValueError, match=r"in float32 needs 33\.2 GB .* use --dtype bfloat16 \(16\.6 GB\)"):
+        run_model_bench("qwen2-vl-7b", allow_cpu=True, dtype=torch.float32)
+    assert all(kw["device"] == "meta" for kw in built)  # only counted, never allocated
+    need = sum(p.numel() * 4 for p in build_bench_model("tiny", device="meta").parameters())
+    monkeypatch.setattr(bench_models, "_free_bytes", lambda device: need - 1)
+    with pytest.raises(ValueError, match=rf"tiny in float32 needs {need / 1e6:.1f} MB .* has {need / 1e6:.1f} MB free"):
+        run_model_bench("tiny", methods=["vanilla"], repeats=1, warmup=0, new_tokens=2)
 
 
 @pytest.mark.parametrize(

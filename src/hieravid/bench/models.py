@@ -82,11 +82,14 @@ __all__ = [
     "build_bench_inputs",
     "build_bench_model",
     "check_goals",
+    "check_weights_fit",
+    "default_dtype",
     "format_report",
     "keep_freed_memory",
     "machine_description",
     "plot_report",
     "run_model_bench",
+    "weight_bytes",
 ]
 
 UNPATCHED = "unpatched"  # pseudo-method: the model without hieravid.apply (the runtime's own overhead)
@@ -121,6 +124,50 @@ def build_bench_model(
     generation.pad_token_id, generation.eos_token_id, generation.bos_token_id = _PAD, _EOS, None
     generation.do_sample = False
     return model
+
+
+def default_dtype(shape: str, device: torch.device) -> torch.dtype:
+    """The dtype ``hieravid bench`` uses when none is asked for: bfloat16 on CUDA and for the 7B shapes
+    everywhere (the released models' dtype; float32 would double their weights), float32 for the small
+    shapes on a CPU."""
+    return torch.bfloat16 if device.type == "cuda" or _shape(shape).needs_gpu else torch.float32
+
+
+def weight_bytes(shape: str, dtype: torch.dtype) -> int:
+    """Bytes of the weights of ``shape`` in ``dtype``, counted on the meta device (nothing allocated)."""
+    model = build_bench_model(shape, device="meta", dtype=dtype)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Memory ``device`` can still give, in bytes: free CUDA memory, or Linux's ``MemAvailable``; None
+    where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    available = _proc_kib("/proc/meminfo", "MemAvailable")
+    return None if available is None else 1024 * available
+
+
+def check_weights_fit(shape: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, before building anything, a shape whose weights alone exceed the memory ``device`` has
+    free (a CPU would otherwise be killed by the kernel partway through the build), naming the fix."""
+    free = _free_bytes(device)
+    if free is None:
+        return
+    need = weight_bytes(shape, dtype)
+    if need <= free:
+        return
+    def size(n: int) -> str:
+        return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+    fix = "a device with more free memory or a smaller shape (tiny, mini)"
+    if dtype.itemsize > 2:
+        fix = f"--dtype bfloat16 ({size(weight_bytes(shape, torch.bfloat16))}), or " + fix
+    name = str(dtype).replace("torch.", "")
+    raise ValueError(
+        f"shape {shape} in {name} needs {size(need)} for its weights alone, but {device} has "
+        f"{size(free)} free: use {fix}"
+    )
 
 
 def build_bench_inputs(
@@ -195,14 +242,16 @@ def machine_description(device: torch.device) -> str:
     return f"{gpu}{cpu}, torch {torch.__version__}"
 
 
-def _proc_status_kib(key: str) -> int | None:
+def _proc_kib(path: str, key: str) -> int | None:
+    """The ``key:`` line of a Linux ``/proc`` file such as ``/proc/self/status``, in KiB; None where
+    unknown."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except OSError:
-        return None
+        pass
     return None
 
 
@@ -371,7 +420,7 @@ class _Recorder:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.memory_before = torch.cuda.memory_allocated(self.device)
         elif memory and self.device.type == "cpu" and _reset_peak_rss():
-            self.memory_before = (_proc_status_kib("VmRSS") or 0) * 1024
+            self.memory_before = (_proc_kib("/proc/self/status", "VmRSS") or 0) * 1024
 
     def _model_start(self, module: Any, args: Any) -> None:
         self.model_calls += 1
@@ -387,7 +436,7 @@ class _Recorder:
             self.peak_total_bytes = torch.cuda.max_memory_allocated(self.device)
             self.peak_bytes = self.peak_total_bytes - self.memory_before
         else:
-            hwm = _proc_status_kib("VmHWM")
+            hwm = _proc_kib("/proc/self/status", "VmHWM")
             if hwm is not None:
                 self.peak_total_bytes = hwm * 1024
                 self.peak_bytes = self.peak_total_bytes - self.memory_before
@@ -553,7 +602,9 @@ def run_model_bench(
             budget 1, and is the reference of every ratio.
         budgets: relative token budgets in (0, 1] for every pruning method.
         device: ``cpu`` or ``cuda``.
-        dtype: weights and activations (default bfloat16 on CUDA, float32 on CPU).
+        dtype: weights and activations (default: :func:`default_dtype`, bfloat16 on CUDA and for the 7B
+            shapes, float32 for the small shapes on CPU). Weights that do not fit the device's free
+            memory are refused before anything is built.
         repeats: timed rounds; every round measures every (method, budget) once, interleaved (the order
             rotates from round to round). Medians are reported.
         warmup: untimed rounds before them (on CPU, memory is measured in those after the first; in the
@@ -575,8 +626,9 @@ def run_model_bench(
     dev = bench_device(device)
     if spec.needs_gpu and dev.type != "cuda" and not allow_cpu:
         raise ValueError(
-            f"shape {shape} is a 7B model meant for a GPU (minutes per prefill and tens of GB on a CPU): "
-            "use --device cuda, a smaller shape (tiny, mini), or --allow-cpu to run it anyway"
+            f"shape {shape} is a 7B model meant for a GPU (about 17 GB of bfloat16 weights; a prefill of "
+            "2k tokens takes tens of seconds on a 2-core CPU with bf16 matrix units, AMX, and minutes "
+            "without): use --device cuda, a smaller shape (tiny, mini), or --allow-cpu to run it anyway"
         )
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -588,7 +640,8 @@ def run_model_bench(
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}")
     check_choice(cpu_malloc, "cpu_malloc", ("keep", "default"))
     budgets = [check_budget(b) for b in budgets]
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(shape, dev)
+    check_weights_fit(shape, dev, dtype)
     say = progress or (lambda line: None)
 
     if dev.type == "cuda":
