@@ -13,6 +13,8 @@ import textwrap
 import pytest
 import torch
 
+import hieravid
+
 from hieravid.bench.models import (
     SHAPES,
     MethodResult,
@@ -96,6 +98,23 @@ def test_report_is_consistent(bench):
         assert row["kv_visual_ratio"] == pytest.approx(row["achieved_budget"], abs=1e-9)
     hieravid = [r for r in rows if r["method"] == "hieravid"]
     assert all(r["kv_bytes"] < vanilla["kv_bytes"] for r in hieravid)
+
+
+def test_report_gives_the_segments_hieravid_found(bench):
+    _, report = bench
+    model = build_bench_model("tiny")
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        model(**build_bench_inputs("tiny", model))
+    found = handle.last_stats.per_sample_segments[0]
+    assert found >= 2  # the tiny video's frames differ: more than one segment
+    assert [r["segments"] for r in report["results"]] == [found if r["method"] == "hieravid" else None
+                                                          for r in report["results"]]
+    text = format_report(ModelBenchResult.from_dict(report))
+    assert f"hieravid@0.3 {found}, hieravid@0.5 {found}" in text
+    # a JSON file from before the segments were recorded
+    older = {**report, "results": [{k: v for k, v in r.items() if k != "segments"} for r in report["results"]]}
+    assert all(r.segments is None for r in ModelBenchResult.from_dict(older).results)
+    assert "segments found" not in format_report(ModelBenchResult.from_dict(older))
 
 
 def test_plot_has_two_panels(bench, tmp_path):

@@ -494,6 +494,9 @@ class MethodResult:
     efficiency: float = 1.0
     decide_pct_of_vanilla_prefill: float = 0.0
     kv_visual_ratio: float = 1.0
+    # Segments the method found in the video (HieraVid's Eq. 2); None for methods without segments. The
+    # DPP's kernel blocks cost n_i^2 d per segment of n_i tokens, so one segment is its costliest case.
+    segments: int | None = None
 
 
 @dataclass
@@ -862,6 +865,7 @@ def _summarise(
         decode_runs_ms_per_token=[r["decode_ms_per_token"] for r in runs],
         decide_runs_ms=[r["decide_ms"] for r in runs],
         theoretical_speedup=stats.flops.vanilla_exact / stats.flops.exact,
+        segments=stats.per_sample_segments[0],
     )
 
 
@@ -993,6 +997,10 @@ def format_report(result: ModelBenchResult) -> str:
             f"{r.decode_ms_per_token:.1f} | {_mb(r.peak_memory_bytes)} | {_mb(r.kv_bytes)} | "
             f"{_mb(r.kv_visual_bytes)} | {r.kv_visual_ratio:.3f} |"
         )
+    segmented = [r for r in result.results if r.segments is not None]
+    if segmented:
+        lines += ["", "segments found in the video (the DPP builds one kernel block per segment, n_i^2 d each): "
+                  + ", ".join(f"{r.method}@{r.budget:g} {r.segments}" for r in segmented)]
     goals = check_goals(result)
     if goals:
         lines += ["", "goals (hieravid):"]
