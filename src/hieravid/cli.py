@@ -279,6 +279,10 @@ def _add_bench(subparsers: Any) -> None:
                         help="untimed rounds first (default 2; on CPU memory is measured in those after the first)")
     parser.add_argument("--new-tokens", type=_positive_int, default=8,
                         help="greedy tokens per generate, >= 2 (default 8)")
+    parser.add_argument("--scenes", type=_positive_int, default=None,
+                        help="plant this many scenes in the video's features (random weights give the 7B towers "
+                             "one segment whatever the pixels; the DPP's cost depends on the segments); default: "
+                             "the tower's own output")
     parser.add_argument("--allow-cpu", action="store_true", help="run a 7B shape on the CPU anyway")
     parser.add_argument("--cpu-malloc", default="keep", choices=("keep", "default"),
                         help="on CPU: keep (default) has glibc keep freed memory for reuse, so large activations "
@@ -341,6 +345,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         new_tokens=args.new_tokens,
         allow_cpu=args.allow_cpu,
         cpu_malloc=args.cpu_malloc,
+        scenes=args.scenes,
         progress=None if args.quiet else progress,
         on_round=save if args.json else None,
     )

@@ -24,6 +24,7 @@ from hieravid.bench.models import (
     check_goals,
     default_dtype,
     format_report,
+    plant_scenes,
     plot_report,
     run_model_bench,
 )
@@ -281,6 +282,51 @@ def test_an_interrupted_bench_command_keeps_its_json(monkeypatch, tmp_path, caps
 def test_big_shapes_refuse_the_cpu(capsys):
     assert main(["bench", "--shape", "qwen2-vl-7b", "--quiet"]) == 2
     assert "--allow-cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("frames", "scenes", "newline", "dtype"),
+    [(8, 3, False, torch.float32), (16, 4, True, torch.bfloat16), (5, 5, True, torch.float32), (6, 1, False, torch.float32)],
+)
+def test_planted_scenes_are_the_segments_found(frames, scenes, newline, dtype):
+    """Planted scenes split the frames into equal runs that Eq. 1-2 find as segments, whatever the tower gave;
+    the output keeps its structure: Qwen2-VL's tuple of (T P, D), LLaVA-OneVision's (1, T P + 1, D) whose
+    trailing newline stays."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from hieravid.ops import segment_ids
+
+    slots, dim = 12, 48
+    tower = 3.0 + 0.1 * torch.randn(frames * slots + newline, dim)  # alike frames: one segment as they are
+    assert int(segment_ids(tower[: frames * slots].view(frames, slots, dim)).max()) == 0
+    pooled = tower.unsqueeze(0).to(dtype) if newline else (tower.to(dtype),)
+    out = plant_scenes(BaseModelOutputWithPooling(pooler_output=pooled), frames, slots, scenes, seed=1)
+    video = out.pooler_output if newline else out.pooler_output[0]
+    assert type(out.pooler_output) is type(pooled) and video.shape == (pooled if newline else pooled[0]).shape
+    assert video.dtype == dtype
+    flat = video.reshape(-1, dim).float()
+    if newline:
+        assert torch.equal(flat[-1], tower[-1].to(dtype).float())
+    x = flat[: frames * slots].view(frames, slots, dim)
+    expected = [t * scenes // frames for t in range(frames)]  # equal runs in order
+    assert segment_ids(x).tolist() == expected
+    assert flat[: frames * slots].pow(2).mean().sqrt().item() == pytest.approx(
+        tower[: frames * slots].pow(2).mean().sqrt().item() * (1 + 0.3**2) ** 0.5, rel=0.1)  # the tower's scale
+    with pytest.raises(ValueError, match="scenes must be between 1 and the video's"):
+        plant_scenes(BaseModelOutputWithPooling(pooler_output=pooled), frames, slots, frames + 1)
+
+
+def test_the_bench_plants_scenes(monkeypatch):
+    result = run_model_bench("tiny", methods=["vanilla", "hieravid"], budgets=[0.3], repeats=1, warmup=1,
+                             new_tokens=2, scenes=2)
+    assert result.scenes == 2 and result.get("hieravid", 0.3).segments == 2
+    assert "video features: 2 planted scenes" in format_report(result)
+    assert ModelBenchResult.from_dict(result.to_dict()) == result
+    import hieravid.bench.models as bench_models
+
+    monkeypatch.setattr(bench_models, "build_bench_model", lambda *a, **k: pytest.fail("built before refusing"))
+    with pytest.raises(ValueError, match="video's 4 frames as the model sees them"):
+        run_model_bench("tiny", scenes=5)  # 8 raw frames: 4 temporal groups
 
 
 def test_weights_that_do_not_fit_are_refused_before_building(monkeypatch):

@@ -70,7 +70,7 @@ import hieravid
 from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
 from hieravid.config import check_budget, check_choice
 from hieravid.methods import available, parse_method
-from hieravid.models import find_adapter
+from hieravid.models import CallContext, find_adapter
 from hieravid.runtime import device_clock
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "format_report",
     "keep_freed_memory",
     "machine_description",
+    "plant_scenes",
     "plot_report",
     "run_model_bench",
     "weight_bytes",
@@ -529,6 +530,7 @@ class ModelBenchResult:
     interrupted: bool = False
     allocator_note: str = "not recorded"  # absent from the JSON of releases before it
     others_cpu: float | None = None  # CpuWatch.others_share over the run; absent before it, None off Linux
+    scenes: int | None = None  # planted scenes (plant_scenes); None: the vision tower's own output
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -573,6 +575,59 @@ def _encoder_kwargs(encode: Callable, inputs: dict[str, torch.Tensor]) -> dict[s
     return kwargs
 
 
+# Within a planted scene each frame is the scene's frame plus this much independent noise (relative to
+# the features' RMS): same-slot cosines of about 1 / (1 + 2 * 0.3^2) = 0.85 inside a scene, about 0
+# across a cut, against the segmentation's tau = 0.6.
+_SCENE_NOISE = 0.3
+
+
+def plant_scenes(output: Any, num_frames: int, num_slots: int, scenes: int, seed: int = 0) -> Any:
+    """The vision tower's ``output`` with its video features replaced by ``scenes`` planted scenes.
+
+    A random-weight tower maps every frame to much the same features (the 7B towers give one segment
+    whatever the pixels), while the DPP's cost depends on the segments (``n_i^2 d`` per segment of
+    ``n_i`` tokens). Planted, the frames split into ``scenes`` equal runs; each run has one random
+    ``(P, D)`` frame at the RMS of the tower's output, and each of its frames is that frame plus 30%
+    independent noise, so HieraVid's segmentation (Eq. 1-2) finds exactly ``scenes`` segments.
+
+    Args:
+        output: what ``get_video_features`` returned for one video (``pooler_output``: Qwen2-VL a tuple
+            holding ``(T * P, D)``, LLaVA-OneVision ``(1, T * P + 1, D)`` with its trailing newline, kept).
+        num_frames: T, frames as the model sees them (Qwen2-VL: temporal groups).
+        num_slots: P, tokens per frame.
+        scenes: scenes to plant, 1..T.
+        seed: the random frames and noise.
+
+    Returns:
+        ``output`` with a new ``pooler_output`` (same structure, shape, dtype and device).
+    """
+    if not 1 <= scenes <= num_frames:
+        raise ValueError(f"scenes must be between 1 and the video's {num_frames} frames (temporal groups), got {scenes}")
+    pooled = output.pooler_output
+    is_tuple = isinstance(pooled, (tuple, list))
+    video = pooled[0] if is_tuple else pooled
+    flat = video.reshape(-1, video.shape[-1])  # (T * P [+ 1], D)
+    count, dim = num_frames * num_slots, flat.shape[1]
+    rms = flat[:count].float().pow(2).mean().sqrt().item()
+    gen = torch.Generator().manual_seed(seed)
+    scene_of = torch.arange(num_frames) * scenes // num_frames  # (T,) equal runs, in order
+    frame = torch.randn(scenes, num_slots, dim, generator=gen)  # (K, P, D)
+    noise = torch.randn(num_frames, num_slots, dim, generator=gen)  # (T, P, D)
+    planted = (rms * (frame[scene_of] + _SCENE_NOISE * noise)).reshape(count, dim)
+    new = flat.clone()
+    new[:count] = planted.to(device=flat.device, dtype=flat.dtype)
+    new = new.reshape(video.shape)
+    output.pooler_output = (new, *pooled[1:]) if is_tuple else new
+    return output
+
+
+def _model_frames(spec: BenchShape, frames: int) -> int:
+    """Frames as the model sees them: Qwen2-VL groups ``temporal_patch_size`` raw frames into one."""
+    if spec.family == "qwen2_vl":
+        return frames // spec.config().vision_config.temporal_patch_size
+    return frames
+
+
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -590,6 +645,7 @@ def run_model_bench(
     new_tokens: int = 8,
     allow_cpu: bool = False,
     cpu_malloc: str = "keep",
+    scenes: int | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     on_round: Callable[["ModelBenchResult"], None] | None = None,
@@ -616,6 +672,8 @@ def run_model_bench(
         allow_cpu: run a 7B shape on CPU anyway.
         cpu_malloc: on CPU, ``keep`` (glibc keeps freed memory for reuse, see :func:`keep_freed_memory`;
             for the rest of the process) or ``default`` (the C library as it is).
+        scenes: plant this many scenes in the video's features (:func:`plant_scenes`; the tower still runs
+            and is timed every round); None: the tower's own output, as it is.
         progress: called with one line per measurement.
         on_round: called after every timed round with the result of the rounds so far (to save it).
 
@@ -643,6 +701,11 @@ def run_model_bench(
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}")
     check_choice(cpu_malloc, "cpu_malloc", ("keep", "default"))
     budgets = [check_budget(b) for b in budgets]
+    if scenes is not None:
+        model_frames = _model_frames(spec, spec.frames if frames is None else frames)
+        if not 1 <= scenes <= model_frames:
+            raise ValueError(f"scenes must be between 1 and the video's {model_frames} frames as the model sees "
+                             f"them (Qwen2-VL: temporal groups of 2), got {scenes}")
     dtype = dtype or default_dtype(shape, dev)
     check_weights_fit(shape, dev, dtype)
     say = progress or (lambda line: None)
@@ -674,6 +737,8 @@ def run_model_bench(
 
     encode = multimodal.get_video_features
     encode_kwargs = _encoder_kwargs(encode, inputs)
+    layout = adapter.video_layouts(CallContext(dict(inputs)), int(inputs["input_ids"].shape[1]))[0]
+    planted: Any = None  # the planted features, built once from the first round's output
     samples: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
     vision_runs: list[float] = []
     stats_of: dict[tuple[str, float], Any] = {}
@@ -734,6 +799,7 @@ def run_model_bench(
             allocator_note=allocator,
             load_average=[load_start, _load_average()],
             others_cpu=watch.others_share(),
+            scenes=scenes,
             results=results,
             repeats_asked=repeats,
             interrupted=interrupted,
@@ -747,6 +813,10 @@ def run_model_bench(
                 start = device_clock(dev)
                 features = encode(**encode_kwargs)
                 vision_seconds = device_clock(dev) - start
+                if scenes is not None:  # the same planted video every round, at the first round's scale
+                    if planted is None:
+                        planted = plant_scenes(features, layout.num_frames, layout.num_slots, scenes, seed)
+                    features = planted
                 say(f"{label}: vision {1000 * vision_seconds:.1f} ms")
                 multimodal.get_video_features = _cached_encoder(encode, features)
                 this_round: dict[tuple[str, float], tuple[dict[str, Any], Any]] = {}
@@ -979,6 +1049,10 @@ def format_report(result: ModelBenchResult) -> str:
         f"{result.visual_tokens} visual + {result.text_tokens} text tokens ({result.prompt_tokens} in the prompt), "
         f"{result.num_layers} decoder layers",
         f"vision tower: {result.vision_ms:.1f} ms (median; measured apart, added to TTFT only)",
+        "video features: "
+        + ("the vision tower's output (random weights)" if result.scenes is None else
+           f"{result.scenes} planted scenes (a random frame per scene at the tower output's scale, each frame "
+           f"of a scene that frame plus {_SCENE_NOISE:.0%} noise), in place of the tower's output"),
         f"protocol: {result.warmup} warm-up + {result.repeats} timed rounds, methods interleaved, medians; "
         f"{result.new_tokens} new tokens per generate"
         + (f" (INTERRUPTED: {result.repeats} of {result.repeats_asked} timed rounds)" if result.interrupted else ""),
