@@ -131,20 +131,29 @@ def apply(
         runtime.video_call = {k: bound[k] for k in _VIDEO_KEYS if k in bound}
         return encode_video(*args, **kwargs)
 
-    def refuse_labels(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def refuse_what_pruning_cannot_return(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if kwargs.get("labels") is not None:
             raise ValueError(
                 "hieravid prunes the prefill for inference: a pruned forward returns the kept positions only "
                 "(the prompt's last token last), so a loss over labels cannot be computed; call "
                 "handle.remove() to train or score every position"
             )
+        for name, what in (("output_hidden_states", "hidden states"), ("output_attentions", "attention maps")):
+            asked = kwargs.get(name)
+            if asked is None:
+                asked = getattr(module.config, name, False)
+            if asked:
+                raise ValueError(
+                    f"hieravid's pruned forward returns no per-layer {what} (each layer keeps its own set of "
+                    f"tokens; the last hidden state and logits cover the kept positions only): call without "
+                    f"{name}=True (and with model.config.{name} False), or handle.remove() to get them"
+                )
 
     hooks = [
         multimodal.register_forward_pre_hook(remember_call, with_kwargs=True),
         multimodal.register_forward_hook(forget_call, with_kwargs=True),
     ]
-    if model is not multimodal:  # the model with the LM head, which takes labels
-        hooks.append(model.register_forward_pre_hook(refuse_labels, with_kwargs=True))
+    hooks.append(model.register_forward_pre_hook(refuse_what_pruning_cannot_return, with_kwargs=True))
     handle = PruneHandle(model, runtime, {text_model: "forward", multimodal: "get_video_features"}, hooks)
     text_model.forward = functools.partial(runtime.forward, text_model)
     multimodal.get_video_features = remember_video

@@ -566,6 +566,29 @@ def test_labels_are_refused_while_pruning(family, model):
         assert model(**inputs, labels=inputs["input_ids"]).loss is not None  # removed: as before
 
 
+@pytest.mark.parametrize("name", ["output_hidden_states", "output_attentions"])
+def test_per_layer_outputs_are_refused_while_pruning(family, model, name):
+    """A pruned forward has no per-layer hidden states or attentions to return: asking for them (in the call,
+    from generate, or through the config) is an error naming the fix, not a silent None."""
+    inputs = build_inputs(family, model)
+    fix = f"call without {name}=True .* or handle.remove"
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        with pytest.raises(ValueError, match=fix):
+            model(**inputs, **{name: True})
+        with pytest.raises(ValueError, match=fix):
+            model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, **{name: True})
+        if name == "output_hidden_states":  # (a config asking for attentions needs eager attention)
+            model.config.output_hidden_states = True
+            try:
+                with pytest.raises(ValueError, match=fix):
+                    model(**inputs)
+            finally:
+                model.config.output_hidden_states = False
+        assert model(**inputs, **{name: False}).logits is not None
+    with torch.no_grad():
+        assert model(**inputs, output_hidden_states=True).hidden_states is not None  # removed: as before
+
+
 def test_the_mean_query_stays_inside_the_instruction(family, model):
     """``relevance_query="mean"`` averages the trailing instruction tokens: asking for more than there are
     gives the decisions of all of them, not an average reaching into the video."""
