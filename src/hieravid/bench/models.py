@@ -158,6 +158,7 @@ def check_weights_fit(shape: str, device: torch.device, dtype: torch.dtype) -> N
     need = weight_bytes(shape, dtype)
     if need <= free:
         return
+
     def size(n: int) -> str:
         return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
@@ -737,7 +738,6 @@ def run_model_bench(
 
     encode = multimodal.get_video_features
     encode_kwargs = _encoder_kwargs(encode, inputs)
-    layout = adapter.video_layouts(CallContext(dict(inputs)), int(inputs["input_ids"].shape[1]))[0]
     planted: Any = None  # the planted features, built once from the first round's output
     samples: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
     vision_runs: list[float] = []
@@ -815,6 +815,7 @@ def run_model_bench(
                 vision_seconds = device_clock(dev) - start
                 if scenes is not None:  # the same planted video every round, at the first round's scale
                     if planted is None:
+                        layout = adapter.video_layouts(CallContext(dict(inputs)), inputs["input_ids"].shape[1])[0]
                         planted = plant_scenes(features, layout.num_frames, layout.num_slots, scenes, seed)
                     features = planted
                 say(f"{label}: vision {1000 * vision_seconds:.1f} ms")
