@@ -164,7 +164,7 @@ def check_weights_fit(shape: str, device: torch.device, dtype: torch.dtype) -> N
 
     fix = "a device with more free memory or a smaller shape (tiny, mini)"
     if dtype.itemsize > 2:
-        fix = f"--dtype bfloat16 ({size(weight_bytes(shape, torch.bfloat16))}), or " + fix
+        fix = f"--dtype bfloat16 ({size(need * 2 // dtype.itemsize)}), or " + fix  # every weight in dtype
     name = str(dtype).replace("torch.", "")
     raise ValueError(
         f"shape {shape} in {name} needs {size(need)} for its weights alone, but {device} has "
@@ -602,8 +602,7 @@ def plant_scenes(output: Any, num_frames: int, num_slots: int, scenes: int, seed
     Returns:
         ``output`` with a new ``pooler_output`` (same structure, shape, dtype and device).
     """
-    if not 1 <= scenes <= num_frames:
-        raise ValueError(f"scenes must be between 1 and the video's {num_frames} frames (temporal groups), got {scenes}")
+    _check_scenes(scenes, num_frames)
     pooled = output.pooler_output
     is_tuple = isinstance(pooled, (tuple, list))
     video = pooled[0] if is_tuple else pooled
@@ -620,6 +619,13 @@ def plant_scenes(output: Any, num_frames: int, num_slots: int, scenes: int, seed
     new = new.reshape(video.shape)
     output.pooler_output = (new, *pooled[1:]) if is_tuple else new
     return output
+
+
+def _check_scenes(scenes: int, num_frames: int) -> None:
+    """Refuse a scene count outside 1..T (T frames as the model sees them)."""
+    if not 1 <= scenes <= num_frames:
+        raise ValueError(f"scenes must be between 1 and the video's {num_frames} frames as the model sees them "
+                         f"(Qwen2-VL: temporal groups), got {scenes}")
 
 
 def _model_frames(spec: BenchShape, frames: int) -> int:
@@ -702,11 +708,8 @@ def run_model_bench(
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}")
     check_choice(cpu_malloc, "cpu_malloc", ("keep", "default"))
     budgets = [check_budget(b) for b in budgets]
-    if scenes is not None:
-        model_frames = _model_frames(spec, spec.frames if frames is None else frames)
-        if not 1 <= scenes <= model_frames:
-            raise ValueError(f"scenes must be between 1 and the video's {model_frames} frames as the model sees "
-                             f"them (Qwen2-VL: temporal groups of 2), got {scenes}")
+    if scenes is not None:  # before the build, which takes a minute at the 7B shapes
+        _check_scenes(scenes, _model_frames(spec, spec.frames if frames is None else frames))
     dtype = dtype or default_dtype(shape, dev)
     check_weights_fit(shape, dev, dtype)
     say = progress or (lambda line: None)
