@@ -250,7 +250,13 @@ def _blocked_greedy(
         # each later pick would carry a zero row and follow the kernel diagonal, so its remaining picks
         # are its largest fallback entries (first column on ties), taken at once.
         spent = (k > done) & ~(d2 > floor[:, None]).any(dim=1)  # (G,)
-        if bool(spent.any()):
+        remaining = torch.isfinite(fallback) & (done < k)[:, None]  # (G, m) finished groups need nothing
+        # One read from the device per block (on a GPU each read waits for the queue to drain): whether a
+        # group is spent, whether this block made any non-zero row, and the most columns a group still needs.
+        any_spent, any_row, needed = torch.stack(
+            (spent.any().long(), chol.any().long(), remaining.sum(dim=1).max())
+        ).tolist()
+        if any_spent:
             groups = torch.nonzero(spent).squeeze(1)  # (E,)
             count = k[groups] - done  # (E,) picks each still makes
             most = int(count.max())
@@ -259,15 +265,14 @@ def _blocked_greedy(
             taken = order if column is None else column[groups].gather(1, order)
             chosen[groups, done : done + most] = torch.where(wanted, taken, -1)
             k = torch.where(spent, done, k)
-            kmax = int(k.max())
+            remaining &= ~spent[:, None]  # their picks are all made
+            kmax, needed = torch.stack((k.max(), remaining.sum(dim=1).max())).tolist()
             if done >= kmax:
                 break
-        if bool(chol.any()):  # past the kernel's rank every row is zero and the update changes nothing
+        if any_row:  # past the kernel's rank every row is zero and the update changes nothing
             if not owned:
                 residual, owned = residual.clone(), True
             residual.baddbmm_(chol.transpose(1, 2), chol, alpha=-1.0)
-        remaining = torch.isfinite(fallback) & (done < k)[:, None]  # groups that are finished need nothing
-        needed = int(remaining.sum(dim=1).max())
         if needed <= 0.75 * m:
             # Keep only still-pickable columns, in their original order.
             order = torch.argsort((~remaining).to(torch.uint8), dim=1, stable=True)[:, :needed]  # (G, m')
