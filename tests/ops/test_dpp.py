@@ -274,6 +274,25 @@ def test_conditional_kernel_bf16_features():
     torch.testing.assert_close(got[0].diagonal(), relevance[0] ** 2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [dpp_module._GRAM_MIN_TOKENS, 301])
+def test_large_kernel_blocks_are_built_in_panels_as_one_product(n):
+    # From _GRAM_MIN_TOKENS tokens on, the block is multiplied out in row panels below the diagonal and
+    # mirrored: the same entries as one product (up to float32 rounding), exactly symmetric.
+    gen = torch.Generator().manual_seed(n)
+    y = torch.randn(2, n, 40, generator=gen)
+    got = dpp_module._gram(y)
+    torch.testing.assert_close(got, torch.bmm(y, y.transpose(1, 2)), rtol=1e-5, atol=1e-4)
+    assert torch.equal(got, got.transpose(1, 2))
+
+
+def test_panels_pick_what_one_product_picks(monkeypatch):
+    features, relevance, segment, _ = make_tokens([300, 280], 64, 11)
+    k = torch.tensor([210, 70])
+    panels = segment_dpp_select(features, relevance, segment, k)
+    monkeypatch.setattr(dpp_module, "_GRAM_MIN_TOKENS", 10**9)
+    assert torch.equal(panels, segment_dpp_select(features, relevance, segment, k))
+
+
 # --------------------------------------------------------------------------------------------------
 # segment_dpp_select / pack_segments
 # --------------------------------------------------------------------------------------------------
@@ -367,6 +386,19 @@ def test_segment_dpp_select_reads_the_device_twice_whatever_the_segments(monkeyp
         keep = segment_dpp_select(features, relevance, segment, k, backend="torch")
     assert torch.bincount(segment[keep], minlength=4).tolist() == k.tolist()
     assert sorted(mode.reads) == ["bincount", "tolist"]
+
+
+def test_the_blocked_greedy_loop_reads_the_device_once_between_blocks():
+    # Full rank (d > n), 30 picks in blocks of 8: four blocks, one read after each but the last.
+    gen = torch.Generator().manual_seed(3)
+    features = torch.randn(1, 40, 48, generator=gen)
+    kernel = features @ features.transpose(1, 2)
+    valid = torch.ones(1, 40, dtype=torch.bool)
+    with DeviceReads() as mode:
+        picks = dpp_module._blocked_greedy(kernel, torch.tensor([30]), valid, 30, 8, dpp_module._torch_block_picks, 0)
+    assert mode.reads == ["tolist"] * 3
+    assert torch.equal(picks, dpp_module._blocked_greedy(kernel, torch.tensor([30]), valid, 30, 30,
+                                                         dpp_module._torch_block_picks, 0))
 
 
 def test_segment_dpp_select_non_contiguous_segments():
