@@ -168,7 +168,7 @@ def test_qwen3_deepstack_after_first_layers() -> None:
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
 def test_generate_positions_continue_from_the_last_prompt_position(family: str) -> None:
-    """transformers 5.23: decode steps get explicit position_ids = previous + 1, not derived from the cache length."""
+    """transformers 5.23-5.25: decode steps get explicit position_ids = previous + 1, not derived from the cache length."""
     model = tm.build_model(family)
     inputs = tm.build_inputs(family, model, batch=2, prompt_tokens=(8, 5))
     seen = []
@@ -208,7 +208,7 @@ def test_processor_round_trip(family: str, sdpa_model, tmp_path) -> None:
 
 @pytest.mark.parametrize("family,interval", [("qwen2_vl", 1), ("qwen2_5_vl", 2), ("qwen3_vl", 0)])
 def test_qwen_video_positions(family: str, interval: int) -> None:
-    """M-RoPE of the video tokens in transformers 5.23 (interval 0: Qwen3-VL restarts each frame group)."""
+    """M-RoPE of the video tokens in transformers 5.23-5.25 (interval 0: Qwen3-VL restarts each frame group)."""
     model = tm.build_model(family, num_layers=2)
     inputs = tm.build_inputs(family, model, batch=2, prompt_tokens=(8, 5))
     layout = tm.video_layout(family, model, inputs)

@@ -29,7 +29,7 @@ Public API
 Sizes (all families): text hidden 64, 4 query heads, 2 key/value heads (GQA), head_dim 16, MLP 128,
 vocabulary 512, 8 decoder layers by default. Special token ids are fixed and small (:data:`TOKENS`).
 
-Video layout facts (transformers 5.23, checked by tests/test_tiny_models.py)
+Video layout facts (transformers 5.23-5.25, checked by tests/test_tiny_models.py)
 ----------------------------------------------------------------------------
 * Qwen2-VL / Qwen2.5-VL: ``... <|vision_start|> [T*h*w video tokens] <|vision_end|> ...``, one contiguous run,
   frame-major then row-major (h rows x w cols of merged 2x2 patches). T = frames / temporal_patch_size (2);
@@ -459,7 +459,7 @@ def rope_positions(family: str, model, inputs: dict) -> torch.Tensor:
 
 @dataclass
 class TinyVideoLayout:
-    """Where one family puts a video's tokens in ``input_ids`` (facts verified against transformers 5.23).
+    """Where one family puts a video's tokens in ``input_ids`` (facts verified against transformers 5.23-5.25).
 
     Attributes:
         family: family name.

@@ -15,6 +15,7 @@ from tiny_models import build_inputs, build_model, unbatch, video_token_id
 import hieravid
 from hieravid.flops import paper_flops
 from hieravid.runtime import PrunedCache
+from hieravid.runtime.compat import CACHE_ARG, cache_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -314,7 +315,7 @@ def test_decoding_never_prunes_again(family, model):
     n_new = 3
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
         out = _generate(model, inputs, n_new, return_dict_in_generate=True)
-    cache = out.past_key_values
+    cache = cache_of(out)
     assert isinstance(cache, PrunedCache)
     prompt = inputs["input_ids"].shape[1]
     # generate feeds the last new token back only when it needs another one: n_new - 1 decode steps
@@ -385,7 +386,7 @@ def test_new_video_after_a_pruned_prefill_is_refused(family, model):
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
         out = model(**inputs, use_cache=True)
         with pytest.raises(ValueError, match="new video"):
-            model(**inputs, past_key_values=out.past_key_values, use_cache=True)
+            model(**inputs, **{CACHE_ARG: cache_of(out)}, use_cache=True)
 
 
 @pytest.mark.parametrize("budget", [0.0, 1.5, -0.2, float("nan")])

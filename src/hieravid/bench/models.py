@@ -72,6 +72,7 @@ from hieravid.config import check_budget, check_choice
 from hieravid.methods import available, parse_method
 from hieravid.models import CallContext, find_adapter
 from hieravid.runtime import device_clock
+from hieravid.runtime.compat import cache_of
 
 __all__ = [
     "SHAPES",
@@ -431,7 +432,7 @@ class _Recorder:
         if self.model_calls != 1:
             return
         self.first_forward_end = device_clock(self.device)
-        self.cache = _cache_bytes(getattr(output, "past_key_values", None))
+        self.cache = _cache_bytes(cache_of(output))
         if self.memory_before is None:
             pass  # not measured in this call
         elif self.device.type == "cuda":

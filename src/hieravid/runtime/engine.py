@@ -29,6 +29,7 @@ from hieravid.methods.base import Decision, PruningMethod, VideoTokens
 from hieravid.models.base import CallContext, ModelAdapter, VideoLayout
 from hieravid.ops import attention_from_queries
 from hieravid.runtime.cache import PrunedCache
+from hieravid.runtime.compat import CACHE_ARG, text_model_output
 from hieravid.runtime.masks import attention_mask
 from hieravid.runtime.stats import PruneStats, count_flops
 from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
@@ -133,11 +134,14 @@ class Runtime:
         use_cache: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
-        """Drop-in replacement of the language model's ``forward`` (same arguments, same output type)."""
+        """Drop-in replacement of the language model's ``forward`` (same arguments, same output type;
+        transformers 5.24 and later pass the cache as ``cache``)."""
         original = type(text_model).forward
+        if CACHE_ARG in kwargs:
+            past_key_values = kwargs.pop(CACHE_ARG)
         call = dict(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_ARG: past_key_values}, **kwargs,
         )
         if isinstance(attention_mask, dict):
             raise ValueError(
@@ -155,7 +159,7 @@ class Runtime:
             if has_video:
                 raise ValueError(
                     "this call adds a new video after a pruned prefill; hieravid prunes one video per "
-                    "conversation turn started without past_key_values: run the new turn from the full prompt"
+                    "conversation turn started without a cache: run the new turn from the full prompt"
                 )
             return self._decode(text_model, inputs_embeds, attention_mask, position_ids, past_key_values, kwargs)
         if past_key_values is not None and past_key_values.get_seq_length() > 0:
@@ -276,7 +280,7 @@ class Runtime:
                 attention_mask=mask,
                 position_embeddings=(seq.cos, seq.sin),
                 position_ids=seq.text_pos,
-                past_key_values=cache,
+                **{CACHE_ARG: cache},
                 use_cache=use_cache,
                 **kwargs,
             )
@@ -302,7 +306,7 @@ class Runtime:
         )
         if traced is not None:
             self.last_trace = _build_trace(self.method.name, num_layers, layouts, traced, per_sample)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+        return text_model_output(hidden, cache)
 
     def _decide(
         self,
@@ -443,14 +447,14 @@ class Runtime:
                 attention_mask=attention_mask(key_valid, query_len, implementation, hidden.dtype, all_valid),
                 position_embeddings=(cos, sin),
                 position_ids=text_pos,
-                past_key_values=cache,
+                **{CACHE_ARG: cache},
                 use_cache=True,
                 **kwargs,
             )
             cache.key_valid[layer_idx] = key_valid
             cache.all_valid[layer_idx] = all_valid
         cache.virtual_length += query_len
-        return BaseModelOutputWithPast(last_hidden_state=text_model.norm(hidden), past_key_values=cache)
+        return text_model_output(text_model.norm(hidden), cache)
 
     # ------------------------------------------------------------------------------------- no video
     def _passthrough_trace(self, batch: int) -> PruneTrace:
