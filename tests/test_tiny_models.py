@@ -168,7 +168,7 @@ def test_qwen3_deepstack_after_first_layers() -> None:
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
 def test_generate_positions_continue_from_the_last_prompt_position(family: str) -> None:
-    """transformers 5.23-5.25: decode steps get explicit position_ids = previous + 1, not derived from the cache length."""
+    """transformers 5.23-5.25: decode steps get position_ids = previous + 1, not derived from the cache length."""
     model = tm.build_model(family)
     inputs = tm.build_inputs(family, model, batch=2, prompt_tokens=(8, 5))
     seen = []
