@@ -125,6 +125,9 @@ def test_plot_has_two_panels(bench, tmp_path):
     fig = plot_report(result, tmp_path / "p.png")
     assert len(fig.axes) == 2
     assert all(ax.get_xlabel() and ax.get_ylabel() and ax.lines for ax in fig.axes)
+    # one budget: every method's series (measured and FLOPs) is a single point, so it needs a marker
+    series = [line for ax in fig.axes for line in ax.lines if line.get_label() != "vanilla"]
+    assert len(series) == 3 and all(line.get_marker() not in (None, "", "None") for line in series)
     text = format_report(result)
     assert "| evs | 0.5 |" in text and "machine:" in text
     assert check_goals(result) == []  # no hieravid in this run

@@ -1088,8 +1088,9 @@ def format_report(result: ModelBenchResult) -> str:
 
 
 def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
-    """Two panels against the budget: measured prefill speed-up (dotted: theoretical) and visual KV-cache
-    size, one line per method; vanilla as a horizontal reference. Written as a PNG (Agg backend).
+    """Two panels against the budget: measured prefill speed-up (dotted, hollow markers: theoretical) and
+    visual KV-cache size, one line per method; vanilla as a horizontal reference. Written as a PNG (Agg
+    backend).
 
     Returns the (closed) matplotlib figure."""
     import matplotlib
@@ -1100,20 +1101,23 @@ def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
     vanilla = result.results[0]
     fig, (ax_speed, ax_kv) = plt.subplots(1, 2, figsize=(12, 4.8))
     methods = [m for m in dict.fromkeys(r.method for r in result.results) if m not in ("vanilla", UNPATCHED)]
-    colors = plt.get_cmap("tab20").colors  # 20 colours, then a new marker: every method its own style
+    # Ten distinct hues (tab20 pairs similar ones) while they suffice, then 20, then a new marker for each
+    # further round of colours: every method its own style.
+    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
     markers = "osD^v"
     for i, name in enumerate(methods):
         rows = sorted((r for r in result.results if r.method == name), key=lambda r: r.budget)
         x = [r.budget for r in rows]
         color, marker = colors[i % len(colors)], markers[(i // len(colors)) % len(markers)]
         ax_speed.plot(x, [r.speedup for r in rows], marker + "-", color=color, label=f"{name} measured")
-        ax_speed.plot(x, [r.theoretical_speedup for r in rows], ":", color=color, alpha=0.8,
-                      label=f"{name} FLOPs")
+        # hollow markers: a run of one budget has no line to dot
+        ax_speed.plot(x, [r.theoretical_speedup for r in rows], marker + ":", color=color, alpha=0.8,
+                      markerfacecolor="none", label=f"{name} FLOPs")
         ax_kv.plot(x, [r.kv_visual_bytes / 2**20 for r in rows], marker + "-", color=color, label=name)
     ax_speed.axhline(1.0, color="gray", lw=1, ls="--", label="vanilla")
     ax_kv.axhline(vanilla.kv_visual_bytes / 2**20, color="gray", lw=1, ls="--", label="vanilla")
     ax_speed.set(xlabel="relative token budget B", ylabel="prefill speed-up over vanilla (x)",
-                 title="Prefill speed-up (solid: measured, dotted: exact FLOPs)", ylim=(0, None))
+                 title="Prefill speed-up (solid: measured; dotted, hollow: exact FLOPs)", ylim=(0, None))
     ax_kv.set(xlabel="relative token budget B", ylabel="visual KV cache after prefill (MiB)",
               title="Visual KV cache after prefill", ylim=(0, None))
     for ax in (ax_speed, ax_kv):
