@@ -407,7 +407,9 @@ def _add_eval(subparsers: Any) -> None:
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
                         help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
     parser.add_argument("--data-root", default="data", help="folder holding the benchmarks (default ./data)")
-    parser.add_argument("--num-frames", type=_positive_int, default=32, help="frames per video (default 32)")
+    parser.add_argument("--num-frames", type=_positive_int, default=32,
+                        help="frames per video (default 32, the paper's for LLaVA-OneVision; it gives "
+                             "LLaVA-Video 64)")
     parser.add_argument("--out", required=True, help="output folder (an existing one is resumed)")
     parser.add_argument("--device", default="auto",
                         help="auto (one GPU per process if CUDA is there, else CPU), cpu, cuda (default auto)")
