@@ -139,8 +139,7 @@ def greedy_map(
     if bool(((k < 0) | (k > available)).any()):
         raise ValueError(f"each group's k must be in [0, its token count]; got k={k.tolist()} for {available.tolist()}")
     kmax = int(k.max()) if num_groups else 0
-    loop = resolve_greedy_backend(backend, kernel.device)
-    chosen = _greedy_picks(kernel, k, valid, kmax, _BLOCKS[loop] if block is None else block, loop, rank_floor)
+    chosen = _greedy_picks(kernel, k, valid, kmax, block, resolve_greedy_backend(backend, kernel.device), rank_floor)
     # (G, n + 1): groups with fewer picks than max k write their -1 entries into the spare last column.
     picked = torch.zeros(num_groups, n + 1, dtype=torch.bool, device=kernel.device)
     picked.scatter_(1, torch.where(chosen >= 0, chosen, n), True)
@@ -152,13 +151,14 @@ def _greedy_picks(
     k: torch.Tensor,
     valid: torch.Tensor,
     kmax: int,
-    block: int,
+    block: int | None,
     loop: str,
     rank_floor: float = _RANK_FLOOR,
 ) -> torch.Tensor:
-    """:func:`greedy_map`'s picks for checked arguments, ``kmax = max k`` and a resolved backend ``loop``:
-    ``(G, kmax)`` int64 column indices, -1 where a group has fewer picks."""
+    """:func:`greedy_map`'s picks for checked arguments, ``kmax = max k`` and a resolved backend ``loop``
+    (``block`` None: that backend's): ``(G, kmax)`` int64 column indices, -1 where a group has fewer picks."""
     device = kernel.device
+    block = _BLOCKS[loop] if block is None else block
     if kmax == 0:
         return torch.full((kernel.shape[0], 0), -1, dtype=torch.long, device=device)
     if loop == "numba":  # the driver runs on the host, next to the compiled picks
@@ -546,7 +546,7 @@ def segment_dpp_select(
         rows_x = x[safe[part, :width]].mul_(scale[part, :width].unsqueeze(2))  # (G, n, D) a copy, weighted
         kernel = _gram(rows_x)  # (G, n, n)
         bucket_kmax = max(counts[i] for i in bucket)
-        picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, _BLOCKS[loop], loop, rank_floor)
+        picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, None, loop, rank_floor)
         if chosen is None:
             chosen = picks
         else:
