@@ -48,8 +48,11 @@ def test_paper_formula_by_hand() -> None:
     assert paper_flops([n] * 28, d, m) == pytest.approx(28 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m))
 
 
-def _hand_exact(n_visual: list[int], text: int, d: int, m: int, h: int, hkv: int, dh: int, v: int, head: int) -> int:
-    """Reference written matrix by matrix: (rows, inner, cols) of every product, 2 FLOPs per MAC."""
+def _hand_exact(
+    n_visual: list[int], text: int, d: int, m: int, h: int, hkv: int, dh: int, v: int, head: int, causal: bool = True
+) -> int:
+    """Reference written matrix by matrix: (rows, inner, cols) of every product, 2 FLOPs per MAC. Causal
+    attention is written query row by query row: row i meets the keys 0..i."""
     total = 0
     for nv in n_visual:
         n = nv + text
@@ -62,8 +65,12 @@ def _hand_exact(n_visual: list[int], text: int, d: int, m: int, h: int, hkv: int
             (n, d, m),  # up_proj
             (n, m, d),  # down_proj
         ]
-        products += [(n, dh, n)] * h  # scores per head
-        products += [(n, n, dh)] * h  # weights @ values per head
+        if causal:
+            products += [(1, dh, i + 1) for i in range(n)] * h  # scores per head, one query row at a time
+            products += [(1, i + 1, dh) for i in range(n)] * h  # weights @ values per head
+        else:
+            products += [(n, dh, n)] * h  # scores per head
+            products += [(n, n, dh)] * h  # weights @ values per head
         total += sum(2 * a * b * c for a, b, c in products)
     total += 2 * head * d * v
     return total
@@ -75,6 +82,11 @@ def test_exact_count_matches_a_hand_sum_for_a_small_shape() -> None:
     expected = _hand_exact(counts, 7, 16, 40, 4, 2, 8, 100, head=1)
     assert exact_flops(shape, counts, 7) == expected
     assert exact_flops(shape, counts, 7, lm_head_tokens=3) == _hand_exact(counts, 7, 16, 40, 4, 2, 8, 100, head=3)
+    dense = _hand_exact(counts, 7, 16, 40, 4, 2, 8, 100, head=1, causal=False)
+    assert exact_flops(shape, counts, 7, causal=False) == dense
+    # The dense count adds the masked pairs: n (n - 1) / 2 per head and layer, in both products.
+    masked = sum((n + 7) * (n + 6) // 2 for n in counts) * 4 * 2 * 2 * 8
+    assert dense - expected == masked
 
 
 def test_exact_needs_one_count_per_layer() -> None:

@@ -64,7 +64,7 @@ def _add_flops(subparsers: Any) -> None:
         description=(
             "Prefill FLOPs of a pruning method against the unpruned model. 'paper' numbers follow the "
             "paper's Eq. 12 (visual tokens only, fractional counts); 'exact' numbers count every matrix "
-            "multiplication (GQA, SwiGLU, text tokens, LM head) with integer token counts."
+            "multiplication (GQA, causal attention, SwiGLU, text tokens, LM head) with integer token counts."
         ),
     )
     parser.add_argument("--preset", required=True, choices=sorted(MODEL_PRESETS), help="model preset")

@@ -5,7 +5,7 @@ Two counts are offered because they answer different questions:
 - :func:`paper_flops` reproduces the paper's tables: visual tokens only, ``4 n d^2 + 2 n^2 d + 2 n d m``
   per layer (no text tokens, no GQA, two FFN matrices, no LM head).
 - :func:`exact_flops` counts every matrix multiplication of a prefill for a given model shape
-  (GQA projections, SwiGLU's three matrices, text tokens, the LM head).
+  (GQA projections, causal attention, SwiGLU's three matrices, text tokens, the LM head).
 
 Units: FLOPs (one multiply-add = 2 FLOPs); reports use TFLOPs (1e12 FLOPs).
 """
@@ -141,6 +141,7 @@ def exact_flops(
     text_tokens: int,
     *,
     lm_head_tokens: int = 1,
+    causal: bool = True,
 ) -> float:
     """Matrix-multiplication FLOPs (2 per multiply-add) of one prefill.
 
@@ -148,8 +149,12 @@ def exact_flops(
     ``kv = H_kv * head_dim``:
 
     - Q projection ``2 n d q``; K and V projections ``2 * 2 n d kv``; output projection ``2 n q d``;
-    - attention scores ``Q K^T`` and the weighted sum ``A V``: ``2 * 2 n^2 H head_dim``, counted as a
-      dense ``n x n`` product (what SDPA's math path computes; causal kernels may skip about half);
+    - attention scores ``Q K^T`` and the weighted sum ``A V``: ``2 * 2 p H head_dim`` over the ``p``
+      (query, key) pairs computed. Causal (the default): ``p = n (n + 1) / 2``, query ``i`` attending to
+      keys ``0..i``, what a causal prefill needs and what flash kernels compute (SDPA's CPU and CUDA
+      kernels with ``is_causal`` and no mask skip the masked pairs block by block); ``causal=False``:
+      ``p = n^2``, the dense product that eager attention and SDPA's math path (or any call with an
+      explicit mask) compute, half of it masked away;
     - SwiGLU MLP (gate, up, down): ``3 * 2 n d m``.
 
     Plus the LM head ``2 * lm_head_tokens * d * V`` (generation needs logits of the last token only).
@@ -160,6 +165,7 @@ def exact_flops(
         visual_tokens_per_layer: visual tokens entering each of ``shape.num_layers`` layers.
         text_tokens: unpruned text tokens (system prompt, question, template), present in every layer.
         lm_head_tokens: positions whose logits are computed.
+        causal: count the causal pairs ``n (n + 1) / 2`` per head, not the dense ``n^2``.
 
     Returns:
         FLOPs.
@@ -183,7 +189,8 @@ def exact_flops(
             raise ValueError(f"visual tokens per layer must be >= 0, got {visual!r}")
         n = visual + text_tokens
         projections = 2 * n * d * q_width + 2 * (2 * n * d * kv_width) + 2 * n * q_width * d
-        attention = 2 * (2 * n * n * shape.num_heads * shape.head_dim)
+        pairs = n * (n + 1) // 2 if causal else n * n
+        attention = 2 * (2 * pairs * shape.num_heads * shape.head_dim)
         mlp = 3 * (2 * n * d * m)
         total += projections + attention + mlp
     total += 2 * lm_head_tokens * d * shape.vocab_size
@@ -255,7 +262,7 @@ class FlopsReport:
         vanilla_tflops, pruned_tflops, ratio: paper convention (Eq. 12, visual tokens only, fractional
             counts ``N_v * kept fraction``); ``ratio = pruned / vanilla`` as a fraction.
         exact_vanilla_tflops, exact_pruned_tflops, exact_ratio: :func:`exact_flops` with integer counts
-            and the text tokens.
+            and the text tokens (causal attention).
         tokens_per_layer: integer visual tokens entering each layer.
         ratios: per-stage pruning ratios (``uniform``: one stage removing ``1 - B`` before layer 0).
     """
