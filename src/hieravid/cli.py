@@ -236,6 +236,19 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
+def _method_list(text: str) -> list[str]:
+    """Method specs; ``all`` stands for every registered method (:func:`hieravid.methods.all_methods`), and
+    a spec named twice is kept once."""
+    from hieravid.methods import all_methods
+
+    specs: list[str] = []
+    for item in _comma_list(text):
+        for spec in all_methods() if item == "all" else [item]:
+            if spec not in specs:
+                specs.append(spec)
+    return specs
+
+
 def _budget_list(text: str) -> list[float]:
     try:
         return [float(item) for item in _comma_list(text)]
@@ -264,10 +277,10 @@ def _add_bench(subparsers: Any) -> None:
                         help="measure nothing: print the report (and --plot) of a run saved with --json")
     parser.add_argument("--frames", type=_positive_int, default=None,
                         help="raw video frames (default: the shape's; Qwen2-VL takes 2 per temporal group)")
-    parser.add_argument("--methods", type=_comma_list, default=["vanilla", "hieravid", "fastv", "framefusion", "evs"],
-                        help="comma-separated methods (default vanilla,hieravid,fastv,framefusion,evs; "
-                             "'unpatched' = the model without hieravid.apply); options as name:key=value, "
-                             "e.g. hieravid:greedy_backend=torch")
+    parser.add_argument("--methods", type=_method_list, default=["vanilla", "hieravid", "fastv", "framefusion", "evs"],
+                        help="comma-separated methods (default vanilla,hieravid,fastv,framefusion,evs; 'all' = "
+                             "every method; 'unpatched' = the model without hieravid.apply); options as "
+                             "name:key=value, e.g. hieravid:greedy_backend=torch")
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
                         help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
     parser.add_argument("--device", default="cpu", help="torch device, cpu or cuda (default cpu)")
@@ -400,8 +413,9 @@ def _add_eval(subparsers: Any) -> None:
                         help="comma-separated tasks: mvbench,egoschema,nextqa_mc,nextqa_oe,videomme,videomme_sub")
     parser.add_argument("--suite", default=None,
                         help="a named list of tasks instead of --tasks: 'paper' (the six above) or 'synthetic'")
-    parser.add_argument("--methods", type=_comma_list, default=["vanilla", "hieravid"],
-                        help="comma-separated methods (default vanilla,hieravid; vanilla runs once at budget 1); "
+    parser.add_argument("--methods", type=_method_list, default=["vanilla", "hieravid"],
+                        help="comma-separated methods (default vanilla,hieravid; 'all' = every method; vanilla "
+                             "runs once at budget 1); "
                              "options as name:key=value[:key=value], e.g. hieravid:relevance_sign=positive, "
                              "each spec its own row")
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],

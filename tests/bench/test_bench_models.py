@@ -411,3 +411,21 @@ def test_a_saved_run_is_reported_and_plotted_again(bench, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a file written by hieravid bench --json" in err and "cannot read --from-json" in err
     assert "pass --shape to measure, or --from-json FILE" in err
+
+
+def test_methods_all_benches_every_method(tmp_path):
+    """``--methods all`` runs every registered method once per budget, vanilla first, each measured."""
+    from hieravid.cli import _method_list
+    from hieravid.methods import all_methods, available
+
+    assert sorted(all_methods()) == available() and all_methods()[:2] == ["vanilla", "hieravid"]
+    assert _method_list("evs,all,hieravid:greedy_backend=torch") == [
+        "evs", *[m for m in all_methods() if m != "evs"], "hieravid:greedy_backend=torch"
+    ]
+    out = tmp_path / "all.json"
+    assert main(["bench", "--shape", "tiny", "--methods", "all", "--budgets", "0.5", "--repeats", "1",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in rows] == all_methods()
+    assert all(r["prefill_ms"] > 0 for r in rows)
+    assert all(r["achieved_budget"] < 1 for r in rows[1:])  # every method pruned something

@@ -29,6 +29,7 @@ __all__ = [
     "Stage1Decision",
     "Vanilla",
     "VideoTokens",
+    "all_methods",
     "available",
     "build",
     "decide_stage",
@@ -76,6 +77,14 @@ _REGISTRY: dict[str, Callable[..., PruningMethod]] = {
 def available() -> list[str]:
     """Names accepted by :func:`build` and ``hieravid.apply(method=...)``."""
     return sorted(_REGISTRY)
+
+
+def all_methods() -> list[str]:
+    """Every registered method, for ``--methods all``: vanilla, HieraVid, its ablations, then the baselines
+    (the paper's first), in registration order."""
+    ablations = [name for name in _REGISTRY if name.startswith("hieravid_")]
+    baselines = [name for name in _REGISTRY if name not in ("vanilla", "hieravid") and name not in ablations]
+    return ["vanilla", "hieravid", *ablations, *baselines]
 
 
 def method_name(spec: str) -> str:
