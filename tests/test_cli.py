@@ -12,7 +12,7 @@ from hieravid.cli import build_parser, main
 
 FLOPS_KEYS = {
     "vanilla_tflops", "pruned_tflops", "ratio", "exact_vanilla_tflops", "exact_pruned_tflops",
-    "exact_ratio", "tokens_per_layer", "ratios", "achieved_budget", "preset", "method", "budget",
+    "exact_ratio", "tokens_per_layer", "ratios", "achieved_budget", "preset", "method", "budget", "attention",
 }
 
 
@@ -35,6 +35,21 @@ def test_flops_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["flops", "--preset", "llava-onevision-7b", "--method", "uniform", "--budget", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "40.77" in out and "16.9%" in out and "exact" in out
+
+
+def test_flops_attention_count(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--attention dense`` counts the masked pairs too: more FLOPs, the paper convention unchanged."""
+    runs = {}
+    for attention in ("causal", "dense"):
+        argv = ["flops", "--preset", "llava-video-7b", "--budget", "0.3", "--attention", attention, "--json"]
+        assert main(argv) == 0
+        runs[attention] = json.loads(capsys.readouterr().out)
+        assert runs[attention]["attention"] == attention
+    causal, dense = runs["causal"], runs["dense"]
+    assert dense["exact_vanilla_tflops"] > causal["exact_vanilla_tflops"]
+    assert dense["exact_pruned_tflops"] > causal["exact_pruned_tflops"]
+    assert dense["pruned_tflops"] == causal["pruned_tflops"]
+    assert dense["exact_ratio"] < causal["exact_ratio"]  # pruning removes more of the quadratic part
 
 
 def test_flops_overrides(capsys: pytest.CaptureFixture[str]) -> None:

@@ -81,6 +81,11 @@ def _add_flops(subparsers: Any) -> None:
     parser.add_argument(
         "--text-tokens", type=_non_negative_int, default=None, help="override the preset's text tokens (exact count)"
     )
+    parser.add_argument(
+        "--attention", default="causal", choices=("causal", "dense"),
+        help="exact count's attention: the n(n+1)/2 causal pairs that SDPA and flash kernels compute "
+             "(default), or the dense n x n products of eager attention",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=_cmd_flops)
 
@@ -94,7 +99,8 @@ def _format_flops(report: FlopsReport) -> str:
         f"{'':24}{'vanilla':>12}{'pruned':>12}{'ratio':>9}",
         f"{'paper (Eq. 12) TFLOPs':24}{report.vanilla_tflops:>12.2f}{report.pruned_tflops:>12.2f}"
         f"{100 * report.ratio:>8.1f}%",
-        f"{'exact TFLOPs':24}{report.exact_vanilla_tflops:>12.2f}{report.exact_pruned_tflops:>12.2f}"
+        f"{f'exact ({report.attention}) TFLOPs':24}{report.exact_vanilla_tflops:>12.2f}"
+        f"{report.exact_pruned_tflops:>12.2f}"
         f"{100 * report.exact_ratio:>8.1f}%",
         "",
         f"{'stage':>5}  {'layers':>9}  {'ratio':>7}  {'tokens':>8}",
@@ -110,7 +116,8 @@ def _format_flops(report: FlopsReport) -> str:
 def _cmd_flops(args: argparse.Namespace) -> int:
     """Run ``hieravid flops``."""
     report = compare(
-        args.preset, args.method, args.budget, frames=args.frames, text_tokens=args.text_tokens
+        args.preset, args.method, args.budget, frames=args.frames, text_tokens=args.text_tokens,
+        causal=args.attention == "causal",
     )
     if args.json:
         _print_json(report.to_dict())

@@ -262,9 +262,11 @@ class FlopsReport:
         vanilla_tflops, pruned_tflops, ratio: paper convention (Eq. 12, visual tokens only, fractional
             counts ``N_v * kept fraction``); ``ratio = pruned / vanilla`` as a fraction.
         exact_vanilla_tflops, exact_pruned_tflops, exact_ratio: :func:`exact_flops` with integer counts
-            and the text tokens (causal attention).
+            and the text tokens.
         tokens_per_layer: integer visual tokens entering each layer.
         ratios: per-stage pruning ratios (``uniform``: one stage removing ``1 - B`` before layer 0).
+        boundaries: the first layer of each stage.
+        attention: the exact count's attention pairs, ``causal`` or ``dense``.
     """
 
     preset: str
@@ -282,6 +284,7 @@ class FlopsReport:
     tokens_per_layer: tuple[int, ...]
     ratios: tuple[float, ...]
     boundaries: tuple[int, ...] = field(default=(0,))
+    attention: str = "causal"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
@@ -299,6 +302,7 @@ def compare(
     *,
     frames: int | None = None,
     text_tokens: int | None = None,
+    causal: bool = True,
 ) -> FlopsReport:
     """FLOPs of ``method`` at ``budget`` on a model preset, in both conventions.
 
@@ -313,6 +317,8 @@ def compare(
         budget: B in (0, 1], kept visual fraction averaged over layers.
         frames: override the preset's frame (temporal group) count.
         text_tokens: override the preset's text-token count (exact count only).
+        causal: the exact count's attention over the causal pairs (default) or the dense ``n x n``
+            products of eager attention (see :func:`exact_flops`).
     """
     if preset_name not in MODEL_PRESETS:
         raise ValueError(
@@ -360,8 +366,8 @@ def compare(
     d, m = shape.hidden_size, shape.intermediate_size
     vanilla = paper_flops([n0] * num_layers, d, m)
     pruned = paper_flops(fractional, d, m)
-    exact_vanilla = exact_flops(shape, [n0] * num_layers, text)
-    exact_pruned = exact_flops(shape, integer, text)
+    exact_vanilla = exact_flops(shape, [n0] * num_layers, text, causal=causal)
+    exact_pruned = exact_flops(shape, integer, text, causal=causal)
     return FlopsReport(
         preset=preset_name,
         method=method,
@@ -378,4 +384,5 @@ def compare(
         tokens_per_layer=tuple(integer),
         ratios=tuple(ratios),
         boundaries=boundaries,
+        attention="causal" if causal else "dense",
     )
