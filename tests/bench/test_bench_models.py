@@ -118,6 +118,30 @@ def test_report_gives_the_segments_hieravid_found(bench):
     assert "segments found" not in format_report(ModelBenchResult.from_dict(older))
 
 
+def test_report_splits_the_deciding_by_decision_point(bench):
+    _, report = bench
+    model = build_bench_model("tiny")
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        layers = sorted(handle.method.decision_layers(model.config.text_config.num_hidden_layers))
+    for row in report["results"]:
+        by_layer = row["decide_ms_by_layer"]
+        if row["method"] == "vanilla":
+            assert by_layer == {}
+            continue
+        if row["method"] == "hieravid":
+            assert [int(layer) for layer in by_layer] == layers and len(layers) > 1
+        assert all(ms > 0 for ms in by_layer.values())
+        # one timed round: the points add up to the deciding of that round
+        assert sum(by_layer.values()) == pytest.approx(row["decide_ms"])
+    text = format_report(ModelBenchResult.from_dict(report))
+    row = next(r for r in report["results"] if r["method"] == "hieravid")
+    assert "  hieravid@0.3: " + ", ".join(f"L{k} {v:.1f}" for k, v in row["decide_ms_by_layer"].items()) in text
+    # a JSON file from before the points were recorded
+    older = {**report, "results": [{k: v for k, v in r.items() if k != "decide_ms_by_layer"}
+                                   for r in report["results"]]}
+    assert "deciding per decision point" not in format_report(ModelBenchResult.from_dict(older))
+
+
 def test_plot_has_two_panels(bench, tmp_path):
     out, _ = bench
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

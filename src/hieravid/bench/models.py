@@ -491,6 +491,9 @@ class MethodResult:
     ttft_runs_ms: list[float] = field(default_factory=list)
     decode_runs_ms_per_token: list[float] = field(default_factory=list)
     decide_runs_ms: list[float] = field(default_factory=list)
+    # decide_ms per decision point: median ms keyed by the index of the decoder layer the point runs before
+    # ("0": before the LLM).
+    decide_ms_by_layer: dict[str, float] = field(default_factory=dict)
     theoretical_speedup: float = 1.0
     speedup: float = 1.0
     ttft_speedup: float = 1.0
@@ -891,6 +894,9 @@ def _measure(
         "ttft_ms": 1000 * first,
         "decode_ms_per_token": 1000 * (end - start - first) / (new_tokens - 1),
         "decide_ms": 0.0 if stats is None else 1000 * stats.decide_seconds,
+        "decide_ms_by_layer": {} if stats is None else {
+            str(layer): 1000 * seconds for layer, seconds in stats.decide_seconds_by_layer.items()
+        },
         "peak_memory_bytes": recorder.peak_bytes,
         "peak_memory_total_bytes": recorder.peak_total_bytes,
         "prefill_page_faults": recorder.prefill_faults,
@@ -939,9 +945,17 @@ def _summarise(
         ttft_runs_ms=[r["ttft_ms"] for r in runs],
         decode_runs_ms_per_token=[r["decode_ms_per_token"] for r in runs],
         decide_runs_ms=[r["decide_ms"] for r in runs],
+        decide_ms_by_layer=_median_by_layer([r["decide_ms_by_layer"] for r in runs]),
         theoretical_speedup=stats.flops.vanilla_exact / stats.flops.exact,
         segments=stats.per_sample_segments[0],
     )
+
+
+def _median_by_layer(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per decision point, the median over the runs that ran it (a method may skip a point it has no use
+    for: see ``PruningMethod.active``), in layer order."""
+    layers = sorted({layer for run in runs for layer in run}, key=int)
+    return {layer: _median([run[layer] for run in runs if layer in run]) for layer in layers}
 
 
 def _relate(results: list[MethodResult]) -> None:
@@ -1080,6 +1094,11 @@ def format_report(result: ModelBenchResult) -> str:
     if segmented:
         lines += ["", "segments found in the video (the DPP builds one kernel block per segment, n_i^2 d each): "
                   + ", ".join(f"{r.method}@{r.budget:g} {r.segments}" for r in segmented)]
+    staged = [r for r in result.results if len(r.decide_ms_by_layer) > 1]
+    if staged:
+        lines += ["", "deciding per decision point (median ms; Lk: before decoder layer k, L0: before the LLM):"]
+        lines += [f"  {r.method}@{r.budget:g}: " + ", ".join(f"L{layer} {ms:.1f}" for layer, ms in
+                                                          r.decide_ms_by_layer.items()) for r in staged]
     goals = check_goals(result)
     if goals:
         lines += ["", "goals (hieravid):"]

@@ -252,7 +252,7 @@ class Runtime:
         implementation = adapter.attn_implementation
         per_sample: list[list[int]] = [[] for _ in range(batch)]
         kept_positions: list[list[torch.Tensor]] = []
-        decide_seconds = 0.0
+        decide_by_layer: dict[int, float] = {}  # decision layer -> seconds
         for layer_idx, layer in enumerate(layers):
             if layer_idx in decision_layers:
                 start = device_clock(device)
@@ -260,7 +260,7 @@ class Runtime:
                     layer_idx, layer, seq, num_valid, counts, layouts, instruction_length, video_is_a_run,
                     frame_of, slot_of, visual, states, traced,
                 )
-                decide_seconds += device_clock(device) - start
+                decide_by_layer[layer_idx] = device_clock(device) - start
             if layer_idx == 0 or layer_idx in decision_layers:
                 # The sequence changes only here (its counts were read back by the decision, once: each read
                 # waits for the GPU to finish all the layers queued so far).
@@ -301,8 +301,9 @@ class Runtime:
             text_tokens=text_tokens,
             per_sample_segments=[state.get("num_segments") for state in states],
             flops=count_flops(self._shape, per_sample, text_tokens, original_visual),
-            decide_seconds=decide_seconds,
+            decide_seconds=sum(decide_by_layer.values()),
             kept_positions=kept_positions,
+            decide_seconds_by_layer=decide_by_layer,
         )
         if traced is not None:
             self.last_trace = _build_trace(self.method.name, num_layers, layouts, traced, per_sample)

@@ -45,6 +45,8 @@ class PruneStats:
         flops: the batch's prefill FLOPs.
         decide_seconds: wall time spent deciding (relevance, scoring, selection), in seconds.
         kept_positions: for each layer, for each sample, the original sequence positions present.
+        decide_seconds_by_layer: ``decide_seconds`` per decision point, keyed by the index of the layer the
+            decision ran before (0: before the LLM).
         pruned: False when nothing could be pruned (no video in the input): a pass-through.
     """
 
@@ -56,6 +58,7 @@ class PruneStats:
     flops: FlopsCount
     decide_seconds: float
     kept_positions: list[list[torch.Tensor]] = field(repr=False)
+    decide_seconds_by_layer: dict[int, float] = field(default_factory=dict)
     pruned: bool = True
 
     @property
