@@ -50,8 +50,12 @@ def simulate(method, x: torch.Tensor, num_layers: int, score: torch.Tensor):
     state = {"num_layers": num_layers}
     counts, calls = [], []
     points = set(method.decision_layers(num_layers))
+    finished = False
     for layer in range(num_layers):
-        if layer in points:
+        active = method.active(layer, state)
+        assert not (finished and active), "once finished a sample stays finished"
+        finished = not active
+        if layer in points and active:
             def relevance(query_rows=1, frame=frame, slot=slot):
                 calls.append(query_rows)
                 return score[frame, slot]
@@ -281,3 +285,24 @@ def test_on_a_model_the_budget_is_met_and_text_stays(family, model):
         valid = inputs["attention_mask"][b].bool()
         text = torch.nonzero(valid & (inputs["input_ids"][b] != video_token_id(family, model))).squeeze(1)
         assert all(torch.isin(text, layer[b]).all() for layer in stats.kept_positions)
+
+
+def test_the_runtime_stops_asking_once_pruning_is_done(family, model, monkeypatch):
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 1], seed=3)
+
+    def prefill():
+        with torch.no_grad(), hieravid.apply(model, FrameFusion(0.4)) as handle:
+            logits = model(**inputs).logits
+        return logits, handle.last_stats
+
+    logits, stats = prefill()
+    num_layers = len(stats.per_sample_tokens_per_layer[0])
+    asked = sorted(stats.decide_seconds_by_layer)
+    assert asked == list(range(len(asked))) and len(asked) < num_layers  # the first layers only
+    monkeypatch.setattr(FrameFusion, "active", lambda self, layer, state: True)
+    always_logits, always = prefill()
+    assert sorted(always.decide_seconds_by_layer) == list(range(num_layers))
+    # the skipped points would have kept every token
+    assert torch.equal(always_logits, logits)
+    assert always.per_sample_tokens_per_layer == stats.per_sample_tokens_per_layer
+    assert all(torch.equal(a, b) for x, y in zip(always.kept_positions, stats.kept_positions) for a, b in zip(x, y))

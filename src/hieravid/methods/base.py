@@ -116,6 +116,12 @@ class PruningMethod:
         """Decide at ``layer`` for one sample."""
         raise NotImplementedError
 
+    def active(self, layer: int, state: dict) -> bool:
+        """False once this sample has nothing left to decide at ``layer`` or any later point. When no
+        sample of a batch is active the runtime skips the point: no relevance rows, no gathers, no
+        device read. Every point is active by default."""
+        return True
+
     def prepare(self, device: torch.device) -> None:
         """Do once, when the method is applied to a model on ``device``, the set-up its first decision
         would otherwise pay for (compiling a kernel). Nothing by default."""

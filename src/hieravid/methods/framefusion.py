@@ -151,6 +151,10 @@ class FrameFusion(PruningMethod):
         """Every layer (how many merge steps run depends on the data); none at budget 1."""
         return [] if self.budget >= 1.0 else list(range(num_layers))
 
+    def active(self, layer: int, state: dict) -> bool:
+        """Until the merge steps and the one pruning step are over (``done`` never changes back)."""
+        return state.get("phase") != "done"
+
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         num_layers = state["num_layers"]
         present = tokens.num_tokens

@@ -254,14 +254,17 @@ class Runtime:
         kept_positions: list[list[torch.Tensor]] = []
         decide_by_layer: dict[int, float] = {}  # decision layer -> seconds
         for layer_idx, layer in enumerate(layers):
-            if layer_idx in decision_layers:
+            deciding = layer_idx in decision_layers and any(
+                layout is not None and self.method.active(layer_idx, states[b]) for b, layout in enumerate(layouts)
+            )
+            if deciding:
                 start = device_clock(device)
                 seq, counts, num_valid = self._decide(
                     layer_idx, layer, seq, num_valid, counts, layouts, instruction_length, video_is_a_run,
                     frame_of, slot_of, visual, states, traced,
                 )
                 decide_by_layer[layer_idx] = device_clock(device) - start
-            if layer_idx == 0 or layer_idx in decision_layers:
+            if layer_idx == 0 or deciding:
                 # The sequence changes only here (its counts were read back by the decision, once: each read
                 # waits for the GPU to finish all the layers queued so far).
                 all_valid = num_valid == seq.valid.numel()  # no column is padding
