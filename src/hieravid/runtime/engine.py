@@ -304,9 +304,8 @@ class Runtime:
             text_tokens=text_tokens,
             per_sample_segments=[state.get("num_segments") for state in states],
             flops=count_flops(self._shape, per_sample, text_tokens, original_visual),
-            decide_seconds=sum(decide_by_layer.values()),
-            kept_positions=kept_positions,
             decide_seconds_by_layer=decide_by_layer,
+            kept_positions=kept_positions,
         )
         if traced is not None:
             self.last_trace = _build_trace(self.method.name, num_layers, layouts, traced, per_sample)
@@ -475,7 +474,7 @@ class Runtime:
             text_tokens=text,
             per_sample_segments=[None] * batch,
             flops=count_flops(self._shape, per_sample, text, [0] * batch),
-            decide_seconds=0.0,
+            decide_seconds_by_layer={},
             kept_positions=[],
             pruned=False,
         )

@@ -43,10 +43,9 @@ class PruneStats:
         per_sample_segments: segments found per sample (None where the method has no segments or the
             sample has no video).
         flops: the batch's prefill FLOPs.
-        decide_seconds: wall time spent deciding (relevance, scoring, selection), in seconds.
+        decide_seconds_by_layer: wall time spent deciding (relevance, scoring, selection) at each decision
+            point, in seconds, keyed by the index of the layer the decision ran before (0: before the LLM).
         kept_positions: for each layer, for each sample, the original sequence positions present.
-        decide_seconds_by_layer: ``decide_seconds`` per decision point, keyed by the index of the layer the
-            decision ran before (0: before the LLM).
         pruned: False when nothing could be pruned (no video in the input): a pass-through.
     """
 
@@ -56,10 +55,14 @@ class PruneStats:
     text_tokens: list[int]
     per_sample_segments: list[int | None]
     flops: FlopsCount
-    decide_seconds: float
+    decide_seconds_by_layer: dict[int, float]
     kept_positions: list[list[torch.Tensor]] = field(repr=False)
-    decide_seconds_by_layer: dict[int, float] = field(default_factory=dict)
     pruned: bool = True
+
+    @property
+    def decide_seconds(self) -> float:
+        """Wall time spent deciding, all decision points together, in seconds."""
+        return sum(self.decide_seconds_by_layer.values())
 
     @property
     def tokens_per_layer(self) -> list[int]:
