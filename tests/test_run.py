@@ -15,8 +15,8 @@ from hieravid.video import write_test_video
 
 RESULT_KEYS = {
     "method", "budget", "answer", "visual_tokens", "tokens_per_layer", "stages", "segments", "achieved_budget",
-    "flops_ratio", "exact_flops_ratio", "prefill_seconds", "decide_seconds", "vision_seconds", "total_seconds",
-    "new_tokens", "input_tokens",
+    "flops_ratio", "exact_flops_ratio", "prefill_seconds", "decide_seconds", "decide_seconds_by_layer",
+    "vision_seconds", "total_seconds", "new_tokens", "input_tokens",
 }
 
 
@@ -78,6 +78,11 @@ def test_run_compare_json(proxy_dir: Path, video_file: Path, tmp_path: Path, cap
     assert vanilla["tokens_per_layer"] == [576] * 8 and vanilla["flops_ratio"] == 1.0
     assert [s["layer"] for s in pruned["stages"]] == [0, 2, 4, 6]  # four stages of two layers
     assert pruned["flops_ratio"] < 0.35 and pruned["segments"] >= 1
+    # the deciding, split by decision point: one entry per stage, summing to the total
+    by_point = pruned["decide_seconds_by_layer"]
+    assert sorted(by_point, key=int) == [str(s["layer"]) for s in pruned["stages"]]
+    assert sum(by_point.values()) == pytest.approx(pruned["decide_seconds"]) and min(by_point.values()) > 0
+    assert vanilla["decide_seconds_by_layer"] == {}
     assert abs(pruned["achieved_budget"] - 0.3) < 0.02
     assert payload["prefill_speedup"] == pytest.approx(vanilla["prefill_seconds"] / pruned["prefill_seconds"])
     assert payload["viz"] == str(picture) and picture.stat().st_size > 0

@@ -726,6 +726,10 @@ def _result(method: str, budget: float, answer: Any) -> dict[str, Any]:
         "exact_flops_ratio": stats.flops.exact_ratio if stats is not None else 1.0,
         "prefill_seconds": answer.prefill_seconds,
         "decide_seconds": stats.decide_seconds if stats is not None else 0.0,
+        # decision point (decoder layer the decision was made before; 0: before the LLM) -> seconds
+        "decide_seconds_by_layer": (
+            {str(layer): s for layer, s in stats.decide_seconds_by_layer.items()} if stats is not None else {}
+        ),
         "vision_seconds": answer.vision_seconds,
         "total_seconds": answer.total_seconds,
         "new_tokens": answer.new_tokens,
