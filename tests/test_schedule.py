@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hieravid.schedule import PRESETS, Schedule, solve_schedule, stage_boundaries
+from hieravid.methods.budget import keep_count
+from hieravid.schedule import PRESETS, Schedule, pruned_count, solve_schedule, stage_boundaries
 
 # The paper's table (spec section 3), written out by hand.
 PAPER_TABLE = {
@@ -183,3 +185,19 @@ def test_schedule_rejects_bad_ratios(ratios: tuple[float, ...], name: str) -> No
 def test_schedule_rejects_more_stages_than_layers() -> None:
     with pytest.raises(ValueError, match="num_stages"):
         Schedule((0.1, 0.1, 0.1), 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ratio_thousandths=st.integers(0, 999), num_tokens=st.integers(0, 100_000))
+def test_counts_floor_the_decimal_product(ratio_thousandths: int, num_tokens: int) -> None:
+    """floor(r * n) for a decimal r, in exact arithmetic: the float product 0.7 * 90 is 62.99999999999999,
+    the count 63. Budgets keep n - floor((1 - B) n) the same way."""
+    ratio = Fraction(ratio_thousandths, 1000)
+    assert pruned_count(ratio_thousandths / 1000, num_tokens) == math.floor(ratio * num_tokens)
+    assert keep_count(ratio_thousandths / 1000, num_tokens) == num_tokens - math.floor((1 - ratio) * num_tokens)
+
+
+def test_counts_whole_decimal_products() -> None:
+    assert pruned_count(0.7, 90) == 63
+    assert pruned_count(0.57, 100) == 57
+    assert keep_count(0.9, 10) == 9  # (1 - 0.9) * 10 is 0.9999999999999998 in floats

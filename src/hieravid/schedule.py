@@ -24,6 +24,8 @@ __all__ = [
     "MIN_BUDGET",
     "PRESETS",
     "Schedule",
+    "COUNT_DECIMALS",
+    "floor_count",
     "pruned_count",
     "solve_schedule",
     "stage_boundaries",
@@ -69,9 +71,21 @@ def stage_boundaries(num_layers: int, num_stages: int) -> list[int]:
     return [0] + [round(k * num_layers / num_stages) for k in range(1, num_stages)]
 
 
+# A decimal ratio times a token count carries float round-off (0.7 * 90 = 62.99999999999999 and
+# 1 - 0.9 = 0.09999999999999998): counts floor the product rounded to this many decimals, so a product
+# that is a whole number in decimal arithmetic stays that number, as floor(rho * N_v) means.
+COUNT_DECIMALS = 9
+
+
+def floor_count(amount: float) -> int:
+    """``floor(amount)`` for a token count computed in floats, after rounding to ``COUNT_DECIMALS``."""
+    return math.floor(round(amount, COUNT_DECIMALS))
+
+
 def pruned_count(ratio: float, num_tokens: int) -> int:
-    """Tokens a stage removes: ``floor(ratio * num_tokens)`` (tokens), e.g. ``floor(rho * N_v)`` at stage 1."""
-    return math.floor(ratio * num_tokens)
+    """Tokens a stage removes: ``floor(ratio * num_tokens)`` (tokens), e.g. ``floor(rho * N_v)`` at stage 1
+    (``floor(0.7 * 90)`` is 63, not the 62 of the float product)."""
+    return floor_count(ratio * num_tokens)
 
 
 @dataclass(frozen=True)

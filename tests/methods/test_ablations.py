@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ from hieravid.methods.base import VideoTokens
 from hieravid.methods.budget import keep_count
 from hieravid.methods.hieravid import HieraVid
 from hieravid.ops import keep_counts, minmax_normalize
+from hieravid.schedule import pruned_count
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -151,7 +151,7 @@ def test_ratio_for_hits_the_target_exactly(n, data):
     target = data.draw(st.integers(0, n))
     ratio = _ratio_for(n, target)
     assert 0.0 <= ratio < 1.0 or target == 0
-    assert n - math.floor(ratio * n) == target
+    assert n - pruned_count(ratio, n) == target  # the stages' count: floor of the product to 9 decimals
 
 
 def test_merge_ratio_rule():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -53,11 +54,17 @@ def standardise(mv: list[float]) -> tuple[list[float], float]:
     return [(v - mean) / (std + 1e-8) for v in mv], std
 
 
+def ref_floor(amount: float) -> int:
+    """The counts' floor: of the float product rounded to 9 decimals (decimal products that are whole
+    numbers stay whole)."""
+    return math.floor(round(amount, 9))
+
+
 def ref_keep_counts(present: list[int], z: list[float], ratio: float, delta: float, lo: float, hi: float) -> list[int]:
     out = []
     for n, zi in zip(present, z):
         rate = min(max(1 - ratio + delta * zi, lo), hi)
-        out.append(math.floor(n * rate))
+        out.append(ref_floor(n * rate))
     return out
 
 
@@ -66,7 +73,7 @@ def ref_exact_total(present: list[int], z: list[float], base: list[int], ratio: 
     remove; stable for equal z), skipping segments that are full (add) or empty (remove)."""
     k = list(base)
     total = sum(present)
-    diff = (total - math.floor(ratio * total)) - sum(k)
+    diff = (total - ref_floor(ratio * total)) - sum(k)
     if diff > 0:
         order = sorted(range(len(z)), key=lambda i: -z[i])
         while diff > 0:
@@ -217,6 +224,35 @@ def test_keep_counts_custom_clip_and_examples():
     assert keep_counts(torch.tensor([7]), torch.tensor([0.0]), 0.5).tolist() == [3]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    # Multiples of 20 and the presets' ratios make whole products (the case float products get wrong) likely.
+    present=st.lists(
+        st.one_of(st.integers(0, 5000), st.integers(0, 250).map(lambda v: 20 * v)), min_size=1, max_size=6
+    ),
+    ratio_percent=st.one_of(st.sampled_from([30, 50, 57, 60, 70, 80, 85, 90]), st.integers(0, 99)),
+    z_hundredths=st.integers(-300, 300),
+    delta=st.sampled_from(["0", "0.1", "0.3"]),
+)
+def test_keep_counts_floor_the_decimal_product(present, ratio_percent, z_hundredths, delta):
+    """Eq. 5 with decimal R, delta and z: k = floor(n * keep_rate) in exact arithmetic, even where the
+    float product falls just below a whole number (10 tokens at R = 0.9 keep 1)."""
+    ratio, z = Fraction(ratio_percent, 100), Fraction(z_hundredths, 100)
+    rate = min(max(1 - ratio + Fraction(delta) * z, Fraction(5, 100)), Fraction(95, 100))
+    want = [math.floor(n * rate) for n in present]
+    z_tensor = torch.full((len(present),), float(z), dtype=torch.float64)
+    k = keep_counts(torch.tensor(present), z_tensor, ratio_percent / 100, delta=float(delta))
+    assert k.tolist() == want
+
+
+def test_keep_counts_whole_decimal_products():
+    z = torch.zeros(1)
+    assert keep_counts(torch.tensor([10]), z, 0.9).tolist() == [1]  # 10 * (1 - 0.9) is 0.9999999999999998 in floats
+    assert keep_counts(torch.tensor([100]), z, 0.9).tolist() == [10]
+    assert keep_counts(torch.tensor([20]), z, 0.8).tolist() == [4]
+    assert keep_counts(torch.tensor([90]), z, 0.3).tolist() == [63]
+
+
 @pytest.mark.parametrize("ratio", [1.0, -0.1, float("nan")])
 def test_keep_counts_bad_ratio(ratio):
     with pytest.raises(ValueError, match="ratio"):
@@ -230,7 +266,7 @@ def test_keep_counts_exact_total(case):
     zt = torch.tensor(z, dtype=torch.float32)
     k = keep_counts(torch.tensor(present), zt, ratio, delta=delta, exact_total=True).tolist()
     total = sum(present)
-    assert sum(k) == total - math.floor(ratio * total)
+    assert sum(k) == total - ref_floor(ratio * total)
     assert all(0 <= ki <= ni for ki, ni in zip(k, present))
     base = ref_keep_counts(present, z, ratio, delta, 0.05, 0.95)
     assert k == ref_exact_total(present, z, base, ratio)

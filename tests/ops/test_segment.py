@@ -182,7 +182,8 @@ def test_merge_count_is_floor_capped(num_frames, num_slots, numerator):
 
 @pytest.mark.parametrize(
     ("num_frames", "num_slots", "rho", "want"),
-    [(10, 4, 0.5, 20), (10, 4, 0.3, 12), (4, 169, 0.7, 473), (64, 169, 0.7, 7571), (32, 196, 0.5, 3136)],
+    [(10, 4, 0.5, 20), (10, 4, 0.3, 12), (4, 169, 0.7, 473), (64, 169, 0.7, 7571), (32, 196, 0.5, 3136),
+     (10, 9, 0.7, 63), (20, 9, 0.7, 126)],  # 0.7 * 90 is 62.99999999999999 in floats
 )
 def test_merge_count_examples(num_frames, num_slots, rho, want):
     assert merge_count(num_frames, num_slots, rho) == want

@@ -5,19 +5,19 @@ so methods at the same B cost about the same.
 
 from __future__ import annotations
 
-import math
-
 from hieravid.config import check_budget
+from hieravid.schedule import floor_count
 
 __all__ = ["keep_count", "keep_fraction_from_layer", "layer_average"]
 
 
 def keep_count(fraction: float, num_tokens: int) -> int:
     """Tokens kept out of ``num_tokens`` at a kept ``fraction``: ``n - floor((1 - fraction) * n)``, the
-    same rounding as HieraVid's stages (a stage removes ``floor(r * n)``)."""
+    same rounding as HieraVid's stages (a stage removes ``floor(r * n)``; both floor the decimal product,
+    :func:`hieravid.schedule.floor_count`)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-    return num_tokens - math.floor((1.0 - fraction) * num_tokens)
+    return num_tokens - floor_count((1.0 - fraction) * num_tokens)
 
 
 def keep_fraction_from_layer(budget: float, num_layers: int, layer: int) -> float:

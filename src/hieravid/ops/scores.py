@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from hieravid.config import check_ratio
-from hieravid.schedule import pruned_count
+from hieravid.schedule import COUNT_DECIMALS, pruned_count
 
 __all__ = ["segment_sizes", "segment_means", "segment_scores", "keep_counts"]
 
@@ -93,7 +93,8 @@ def keep_counts(
     """
     check_ratio(ratio, "ratio")
     rate = (1.0 - ratio + delta * z.double()).clamp(clip[0], clip[1])  # float64, as Python floats
-    k = torch.floor(present.double() * rate).long().clamp(min=0)
+    # Rounded before the floor as pruned_count does: 10 tokens at R = 0.9 keep 1, not the float product's 0.
+    k = torch.floor(torch.round(present.double() * rate, decimals=COUNT_DECIMALS)).long().clamp(min=0)
     k = torch.minimum(k, present)
     if not exact_total:
         return k
