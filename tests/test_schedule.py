@@ -94,6 +94,40 @@ def test_solver_hits_budget_and_is_monotone(budget: float, num_layers: int, data
     assert 0.0 < kept[-1] <= kept[0] <= 1.0
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    budget=st.floats(min_value=1e-6, max_value=1.0),
+    num_layers=st.integers(min_value=1, max_value=60),
+    min_ratio=st.sampled_from([0.05, 0.1, 0.3]),
+    data=st.data(),
+)
+def test_solver_with_a_smallest_stage_ratio(budget: float, num_layers: int, min_ratio: float, data) -> None:
+    """Every in-LLM stage removes nothing or at least min_stage_ratio; the budget is still hit, kept
+    fractions still fall, and a schedule that already satisfies the floor is left as it was."""
+    num_stages = data.draw(st.integers(min_value=1, max_value=min(num_layers, 6)))
+    s = solve_schedule(budget, num_layers, num_stages, use_presets=False, min_stage_ratio=min_ratio)
+    free = solve_schedule(budget, num_layers, num_stages, use_presets=False)
+    assert len(s.ratios) == num_stages
+    assert abs(s.achieved_budget - budget) < 1e-6
+    assert all(r == 0.0 or r >= min_ratio for r in s.ratios[1:])
+    kept = s.kept_fractions
+    assert all(a >= b for a, b in zip(kept, kept[1:]))
+    nonzero = [r for r in s.ratios[1:] if r > 0]
+    assert all(a <= b for a, b in zip(nonzero, nonzero[1:]))
+    assert all(r == 0.0 for r in s.ratios[1 : num_stages - len(nonzero)])  # the zeros come first
+    if all(r >= min_ratio for r in free.ratios[1:]):
+        assert s.ratios == free.ratios
+
+
+def test_solver_skips_in_llm_stages_eq5_cannot_realise() -> None:
+    # B = 0.9 over 24 layers asks R_2 = 0.021 unconstrained; Eq. 5 keeps at most 95% of a segment.
+    assert solve_schedule(0.9, 24).ratios[1] == pytest.approx(0.0213, abs=1e-4)
+    s = solve_schedule(0.9, 24, min_stage_ratio=0.05)
+    assert s.ratios[1] == 0.0 and min(s.ratios[2:]) >= 0.05
+    assert solve_schedule(0.99, 24, min_stage_ratio=0.05).ratios == pytest.approx((0.01, 0.0, 0.0, 0.0))
+    assert solve_schedule(0.3, 28, min_stage_ratio=0.05).ratios == PRESETS[0.3]  # presets are untouched
+
+
 @settings(max_examples=200, deadline=None)
 @given(budget=st.floats(min_value=1e-9, max_value=1.0), data=st.data())
 def test_achieved_budget_equals_a_direct_layer_loop(budget: float, data: st.DataObject) -> None:

@@ -152,8 +152,11 @@ def _add_schedule(subparsers: Any) -> None:
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
     """Run ``hieravid schedule``."""
+    from hieravid.config import HieraVidConfig
+
     schedule: Schedule = solve_schedule(
-        args.budget, args.layers, args.stages, use_presets=not args.no_presets
+        args.budget, args.layers, args.stages, use_presets=not args.no_presets,
+        min_stage_ratio=HieraVidConfig().min_stage_ratio,  # HieraVid's defaults: Eq. 5 keeps at most 95%
     )
     if args.json:
         payload: dict[str, Any] = {"budget": args.budget, **schedule.to_dict()}

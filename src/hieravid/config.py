@@ -112,6 +112,13 @@ class HieraVidConfig:
     greedy_backend: GreedyBackend = "auto"
     dpp_rank_floor: float = 1e-3
 
+    @property
+    def min_stage_ratio(self) -> float:
+        """The smallest ratio an in-LLM stage realises as asked: Eq. 5's keep rate is at most
+        ``keep_clip[1]``, so a stage removes at least ``1 - keep_clip[1]`` of every segment (0 with
+        ``exact_total``, whose stage totals are exact at any ratio). The schedule solver keeps to it."""
+        return 0.0 if self.exact_total else 1.0 - self.keep_clip[1]
+
     def __post_init__(self) -> None:
         check_budget(self.budget)
         if not isinstance(self.dpp_rank_floor, numbers.Real) or not 0.0 <= self.dpp_rank_floor < 1.0:

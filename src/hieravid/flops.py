@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Mapping, Sequence
 
-from hieravid.config import check_budget, check_choice
+from hieravid.config import HieraVidConfig, check_budget, check_choice
 from hieravid.schedule import solve_schedule
 
 __all__ = [
@@ -306,8 +306,8 @@ def compare(
 ) -> FlopsReport:
     """FLOPs of ``method`` at ``budget`` on a model preset, in both conventions.
 
-    - ``hieravid``: the schedule of ``solve_schedule(budget, L, 4)`` (the paper's presets at 0.3, 0.2,
-      0.1). Integer counts follow :meth:`Schedule.tokens_per_layer`.
+    - ``hieravid``: HieraVid's default schedule, ``solve_schedule(budget, L, 4)`` with its
+      ``min_stage_ratio`` (the paper's presets at 0.3, 0.2, 0.1). Integer counts follow :meth:`Schedule.tokens_per_layer`.
     - ``uniform``: keeps a fraction B in every layer (integer count ``round(B * N_v)``).
     - ``vanilla``: keeps every token; ``budget`` must be 1.
 
@@ -356,7 +356,7 @@ def compare(
         boundaries = (0,)
         achieved = budget
     else:
-        schedule = solve_schedule(budget, num_layers, 4)
+        schedule = solve_schedule(budget, num_layers, 4, min_stage_ratio=HieraVidConfig().min_stage_ratio)
         fractional = schedule.fractional_tokens_per_layer(n0)
         integer = schedule.tokens_per_layer(n0)
         ratios = schedule.ratios

@@ -236,6 +236,7 @@ def solve_schedule(
     num_stages: int = 4,
     *,
     use_presets: bool = True,
+    min_stage_ratio: float = 0.0,
 ) -> Schedule:
     """Per-stage pruning ratios whose layer-weighted kept fraction equals ``budget``.
 
@@ -254,6 +255,13 @@ def solve_schedule(
        ``R_k = 1 - q**(k-1)``: a steepening geometric decay, ``R_2 <= R_3 <= ... <= R_S``.
     3. ``q`` in (0, 1] is found by bisection so that the layer-weighted achieved budget equals ``B``
        (to about 1e-15; the achieved budget rises monotonically with ``q``).
+    4. With ``min_stage_ratio`` m > 0, every in-LLM stage removes nothing (and is skipped) or at least
+       m: when ``R_2 < m`` the first in-LLM stage gets ratio 0, stage 1's layers extend over it in step 1,
+       and steps 1-3 run again on the remaining stages, until the smallest ratio is at least m or no
+       in-LLM stage is left (then ``f_1 = B``). HieraVid passes ``1 - keep_clip[1]`` (0.05): Eq. 5's
+       keep rate is at most 0.95, so a stage removes at least 5% of every segment and a smaller ratio
+       would keep fewer tokens than the budget (high budgets: B = 0.9 over 24 layers would ask
+       ``R_2 = 0.021``).
 
     ``B = 1`` gives all-zero ratios. Example: ``B = 0.3, L = 28, S = 4`` gives ``f_1 = sqrt(0.3)``
     (0.5477). Budgets below ``MIN_BUDGET`` (1e-9) are refused: ``1 - f_1`` would lose its precision
@@ -264,6 +272,7 @@ def solve_schedule(
         num_layers: L, decoder layers.
         num_stages: S, stages (1 <= S <= L).
         use_presets: return the paper's schedule for B in {0.3, 0.2, 0.1} when S = 4 and 4 divides L.
+        min_stage_ratio: the smallest non-zero ratio an in-LLM stage may have (step 4), in [0, 1).
 
     Returns:
         A :class:`Schedule` with non-increasing kept fractions and ratios in [0, 1).
@@ -284,7 +293,19 @@ def solve_schedule(
     if num_stages == 1:
         return Schedule((1.0 - budget,), num_layers)
 
+    min_stage_ratio = check_ratio(min_stage_ratio, "min_stage_ratio")
     widths = [end - start for start, end in zip(boundaries, boundaries[1:] + [num_layers])]
+    for skipped in range(num_stages - 1):  # in-LLM stages given ratio 0, from the first (step 4)
+        solved = _solve_geometric(budget, num_layers, [sum(widths[: skipped + 1])] + widths[skipped + 1 :])
+        ratios = solved[:1] + (0.0,) * skipped + solved[1:]
+        if min(ratios[skipped + 1 :]) >= min_stage_ratio:
+            return Schedule(ratios, num_layers)
+    return Schedule((1.0 - budget,) + (0.0,) * (num_stages - 1), num_layers)
+
+
+def _solve_geometric(budget: float, num_layers: int, widths: list[int]) -> tuple[float, ...]:
+    """Steps 1-3 of :func:`solve_schedule` for stages of ``widths`` layers (at least two): the ratios."""
+    num_stages = len(widths)
     upper = budget * num_layers / widths[0]
     first_kept = min(math.sqrt(budget), 0.5 * (budget + upper))
 
@@ -299,14 +320,11 @@ def solve_schedule(
             lo = mid
         else:
             hi = mid
-    candidates = [
-        Schedule(_geometric_ratios(first_kept, q, num_stages), num_layers)
-        for q in (lo, hi)
-        if q > 0.0 and all(r < 1.0 for r in _geometric_ratios(first_kept, q, num_stages))
-    ]
+    candidates = [q for q in (lo, hi) if q > 0.0 and all(r < 1.0 for r in _geometric_ratios(first_kept, q, num_stages))]
     if not candidates:  # pragma: no cover - q is bounded away from 0 for S <= L (see tests)
         raise ValueError(
             f"no geometric schedule reaches budget {budget!r} with {num_stages} stages over {num_layers} "
             f"layers; use fewer stages"
         )
-    return min(candidates, key=lambda s: abs(s.achieved_budget - budget))
+    q = min(candidates, key=lambda q: abs(_geometric_budget(first_kept, q, widths, num_layers) - budget))
+    return _geometric_ratios(first_kept, q, num_stages)

@@ -306,3 +306,18 @@ def test_stage1_says_when_too_few_frames_cap_its_merge(num_frames, warns, recwar
     assert bool(messages) == warns
     if warns:
         assert f"with {num_frames} frame(s)" in messages[0] and "give the video more frames" in messages[0]
+
+
+def test_schedule_keeps_to_what_eq5_can_remove():
+    """With the default keep_clip a stage removes at least 5% of every segment, so an in-LLM stage asks
+    for 0 or at least 0.05; exact_total hits any ratio, so its schedule is the unconstrained one."""
+    from hieravid.methods.hieravid import HieraVid
+    from hieravid.schedule import solve_schedule
+
+    ratios = HieraVid(HieraVidConfig(budget=0.9)).schedule(24).ratios
+    assert ratios[1] == 0.0 and min(ratios[2:]) >= 0.05
+    assert HieraVid(HieraVidConfig(budget=0.9)).decision_layers(24) == [0, 12, 18]
+    clip = HieraVid(HieraVidConfig(budget=0.9, keep_clip=(0.05, 0.99))).schedule(24).ratios
+    assert all(r == 0.0 or r >= 0.01 for r in clip[1:]) and clip[1] > 0  # R_2 = 0.021 is allowed now
+    exact = HieraVid(HieraVidConfig(budget=0.9, exact_total=True)).schedule(24)
+    assert exact.ratios == solve_schedule(0.9, 24).ratios and exact.ratios[1] < 0.05

@@ -16,6 +16,7 @@ import hieravid
 from hieravid.flops import paper_flops
 from hieravid.runtime import PrunedCache
 from hieravid.runtime.compat import CACHE_ARG, cache_of
+from hieravid.schedule import pruned_count
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -275,6 +276,19 @@ def test_tokens_per_layer_equal_the_schedule(family, model):
     assert stats.flops.exact < stats.flops.vanilla_exact
     assert stats.decide_seconds > 0
     assert stats.num_segments >= 1
+
+
+def test_a_high_budget_is_kept(family, model):
+    """Eq. 5 keeps at most 95% of a segment at a stage, so the schedule skips in-LLM stages that would
+    have to remove less: B = 0.99 merges 1% before the LLM and prunes nothing after (running every
+    stage kept about 0.86 here)."""
+    inputs = build_inputs(family, model)
+    num_layers = len(_language_model(model).layers)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.99) as handle:
+        model(**inputs)
+    assert handle.method.decision_layers(num_layers) == [0]
+    n0 = handle.last_stats.visual_tokens[0]
+    assert handle.last_stats.achieved_budget == pytest.approx((n0 - pruned_count(0.01, n0)) / n0)
 
 
 def test_batch_equals_each_sample_alone(family, model):

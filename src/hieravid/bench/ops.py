@@ -108,7 +108,7 @@ def run_ops_bench(
     """
     dev = bench_device(device)
     config = config or HieraVidConfig(budget=budget)
-    schedule = solve_schedule(budget, num_layers, config.num_stages)
+    schedule = solve_schedule(budget, num_layers, config.num_stages, min_stage_ratio=config.min_stage_ratio)
     x = synthetic_video(frames, slots, dim, scenes, device=dev)
     gen = torch.Generator(device="cpu").manual_seed(1)
     query = torch.randn(1, heads, head_dim, generator=gen).to(dev)  # (1, H, d_h) last prompt token

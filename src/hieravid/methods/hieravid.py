@@ -174,7 +174,9 @@ class HieraVid(PruningMethod):
         """The stage schedule for a decoder of ``num_layers`` layers."""
         if self.config.ratios is not None:
             return Schedule(self.config.ratios, num_layers)
-        return solve_schedule(self.config.budget, num_layers, self.config.num_stages)
+        return solve_schedule(
+            self.config.budget, num_layers, self.config.num_stages, min_stage_ratio=self.config.min_stage_ratio
+        )
 
     def decision_layers(self, num_layers: int) -> list[int]:
         """Stage 1 (layer 0) and every in-LLM stage whose ratio is above 0. A stage with ratio 0 is not
