@@ -209,10 +209,23 @@ def test_cuda_without_cuda(video_file: Path, proxy_dir: Path, capsys) -> None:
                 "--device cpu")
 
 
+def test_unknown_devices_are_refused_before_loading(video_file: Path, tmp_path: Path, capsys) -> None:
+    missing = str(tmp_path / "no-model")  # the device is checked first: this path is never looked at
+    check_error(["run", str(video_file), "-q", "x", "--model", missing, "--device", "foo"], capsys,
+                "unknown device 'foo': use cpu, cuda or cuda:N")
+    check_error(["demo", "--out", str(tmp_path / "d"), "--model", missing, "--device", "mps"], capsys,
+                "hieravid runs on cpu or cuda devices, not mps")
+    check_error(["eval", "--suite", "synthetic", "--out", str(tmp_path / "e"), "--device", "foo"], capsys,
+                "unknown device 'foo'")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
 def test_demo_errors_write_nothing(tmp_path: Path, capsys) -> None:
     a_file = tmp_path / "file.txt"
     a_file.write_text("")
     check_error(["demo", "--out", str(a_file)], capsys, "is a file")
+    check_error(["demo", "--out", str(a_file / "sub")], capsys, "is a file, so the folder cannot be made")
+    check_error(["eval", "--suite", "synthetic", "--out", str(a_file)], capsys, "is a file: pass a folder")
     out = tmp_path / "out"
     check_error(["demo", "--out", str(out), "--model", str(tmp_path / "missing-model")], capsys, "no model directory")
     assert not out.exists()  # the model is loaded before anything is written

@@ -186,7 +186,8 @@ def _add_bench_ops(subparsers: Any) -> None:
     parser.add_argument("--slots", type=_positive_int, default=169, help="tokens per frame P (default 169)")
     parser.add_argument("--dim", type=_positive_int, default=3584, help="hidden size d (default 3584)")
     parser.add_argument("--budget", type=float, default=0.3, help="relative token budget (default 0.3)")
-    parser.add_argument("--scenes", type=_positive_int, default=8, help="planted scenes (default 8)")
+    parser.add_argument("--scenes", type=_positive_int, default=None,
+                        help="planted scenes (default 8, or one per frame with fewer frames)")
     parser.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (default 5)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(
@@ -203,17 +204,12 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
     from hieravid.bench.ops import run_ops_bench  # imported here: the other commands need no benchmark
     from hieravid.config import HieraVidConfig
 
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     result = run_ops_bench(
         frames=args.frames,
         slots=args.slots,
         dim=args.dim,
         budget=args.budget,
-        scenes=args.scenes,
+        scenes=min(8, args.frames) if args.scenes is None else args.scenes,
         repeats=args.repeats,
         device=args.device,
         config=HieraVidConfig(budget=args.budget, greedy_backend=args.greedy_backend),
@@ -222,10 +218,11 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_dict())
         return 0
+    found = f"{result.segments_found} segments found" if any(result.ratios) else "nothing to decide at this budget"
     print(f"machine: {result.machine}")
     print(
         f"shape: {result.frames} frames x {result.slots} tokens, d = {result.dim}, {result.scenes} planted "
-        f"scenes ({result.segments_found} segments found), budget {result.budget:g}, "
+        f"scenes ({found}), budget {result.budget:g}, "
         f"ratios {[round(r, 4) for r in result.ratios]}, greedy loop {result.greedy_backend}"
     )
     print(f"{'stage':>5}  {'tokens after':>12}  {'median ms':>10}")
@@ -327,11 +324,36 @@ def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None 
     them) before any work, not when it is written at the end."""
     if path is None:
         return
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a folder: name a file in it")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"the folder of {option} {path!r} does not exist: create it or pick another path")
     if suffixes is not None and os.path.splitext(path)[1].lower() not in suffixes:
         raise ValueError(f"{option} {path!r}: name a picture file ending in {', '.join(suffixes)}")
+
+
+def _check_folder(path: str, option: str) -> None:
+    """Refuse an output folder that cannot be made, before any work: a file in its place or above it, or
+    a nearest existing folder that is not writable."""
+    folder = Path(path).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if existing == folder and not folder.is_dir():
+        raise ValueError(f"{option} {path!r} is a file: pass a folder")
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path!r}: {existing} is a file, so the folder cannot be made; pass another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path!r}: {existing} is not writable; pick another folder")
+
+
+def _make_folder(path: str, option: str) -> Path:
+    """Create the output folder ``path`` (checked by :func:`_check_folder`), its failure a one-line error."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{option} {path!r} cannot be created ({exc.strerror}): pick another folder") from None
+    return folder
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -456,6 +478,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if (args.tasks is None) == (args.suite is None):
         raise ValueError("pass either --tasks (e.g. mvbench,videomme) or --suite (paper or synthetic)")
     tasks = args.tasks if args.tasks is not None else suite_tasks(args.suite)
+    if args.device != "auto":
+        from hieravid.infer import check_device
+
+        check_device(args.device)
+    _check_folder(args.out, "--out")
     config = EvalConfig(
         tasks=tasks,
         out=Path(args.out),
@@ -662,13 +689,9 @@ def _status(enabled: bool) -> Any:
 
 def _load(name: str | None, device: str) -> Any:
     """:func:`hieravid.infer.load_model` with its failures as one-line ``ValueError`` s naming the fix."""
-    from hieravid.infer import load_model
+    from hieravid.infer import check_device, load_model
 
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    check_device(device)
     looks_like_path = name is not None and (name.startswith(("/", ".", "~")) or name.count("/") > 1)
     if looks_like_path and not os.path.exists(os.path.expanduser(name)):
         raise ValueError(f"no model directory at {name!r}: check the path (or pass a hub id such as "
@@ -894,14 +917,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from hieravid.video import write_test_video
 
     budget = check_budget(args.budget)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {args.out!r} is a file: pass a folder")
+    _check_folder(args.out, "--out")
     status = _status(not args.json)
     with status(f"Loading {args.model or 'the shipped proxy model'} ..."):  # first: a missing model writes nothing
         loaded = _load(args.model, args.device)
     with status("Generating a synthetic test video ..."):
-        out.mkdir(parents=True, exist_ok=True)
+        out = _make_folder(args.out, "--out")
         sample = generate_sample(args.seed, "test")
         video_path = out / f"{DEMO_NAME}.mp4"
         write_test_video(video_path, sample.frames, fps=max(1, int(round(sample.fps))))

@@ -25,7 +25,7 @@ from hieravid.api import apply
 from hieravid.models import find_adapter
 from hieravid.runtime import PruneStats, PruneTrace, device_clock
 
-__all__ = ["Answer", "LoadedModel", "answer", "build_inputs", "load_model"]
+__all__ = ["Answer", "LoadedModel", "answer", "build_inputs", "check_device", "load_model"]
 
 
 @dataclass
@@ -75,6 +75,20 @@ class Answer:
     trace: PruneTrace | None = None
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device hieravid runs and times on: a CPU, or a CUDA device torch sees (its
+    clocks wait for CUDA's queued work). Anything else is a ``ValueError`` naming the choices."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"hieravid runs on cpu or cuda devices, not {dev.type}: use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return dev
+
+
 def load_model(
     id_or_path: str | Path | None = None,
     *,
@@ -87,12 +101,13 @@ def load_model(
     Args:
         id_or_path: a Hugging Face hub id or a local directory; ``None`` loads the small proxy model shipped in
             the package (:func:`hieravid.proxy.model_dir`), which works offline.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (see :func:`check_device`)
         dtype: ``"auto"`` (the checkpoint's), or a torch dtype / its name (``"bfloat16"``).
         attn_implementation: ``"sdpa"`` or ``"eager"``.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    device = check_device(device)  # before the weights are read
     if id_or_path is None:
         from hieravid.proxy import model_dir
 

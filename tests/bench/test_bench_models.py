@@ -415,8 +415,10 @@ def test_bad_outputs_and_devices_are_refused_before_measuring(tmp_path, capsys):
     assert main([*args, "--json", str(tmp_path / "missing" / "b.json")]) == 2
     assert main([*args, "--plot", str(tmp_path / "b.foo")]) == 2
     assert main([*args, "--device", "gpu"]) == 2
+    assert main([*args, "--json", str(tmp_path)]) == 2  # a folder, where a file is written at the end
     out, err = capsys.readouterr()
     assert "the folder of --json" in err and "name a picture file ending in .png" in err and "unknown device" in err
+    assert "is a folder: name a file in it" in err
     assert "machine:" not in out  # nothing was measured
 
 

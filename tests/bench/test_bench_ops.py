@@ -68,3 +68,20 @@ def test_bench_ops_refuses_other_devices(capsys):
     assert main(["bench-ops", "--device", "meta", "--frames", "4", "--slots", "8", "--dim", "16"]) == 2
     err = capsys.readouterr().err
     assert "unknown device 'gpu': use cpu, cuda or cuda:N" in err and "not meta" in err
+
+
+def test_a_video_with_no_token_left_skips_the_later_stages():
+    """One token per frame and a scene per frame: the segments empty out before the last stage, which
+    then has nothing to decide (as in the runtime) instead of failing on an empty relevance."""
+    result = run_ops_bench(frames=8, slots=1, dim=16, scenes=8, heads=4, kv_heads=2, head_dim=8,
+                           text_tokens=5, repeats=1, warmup=0)
+    assert result.tokens_per_stage[-1] == 0
+    first_empty = result.tokens_per_stage.index(0)
+    assert result.stage_ms[first_empty + 1 :] == [0.0] * (3 - first_empty)
+
+
+def test_bench_ops_default_scenes_fit_few_frames(capsys):
+    assert main(["bench-ops", "--frames", "4", "--slots", "8", "--dim", "16", "--repeats", "1"]) == 0
+    assert "4 planted scenes" in capsys.readouterr().out
+    assert main(["bench-ops", "--frames", "4", "--slots", "8", "--dim", "16", "--repeats", "1", "--budget", "1"]) == 0
+    assert "nothing to decide at this budget" in capsys.readouterr().out

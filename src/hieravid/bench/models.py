@@ -260,16 +260,11 @@ def _proc_kib(path: str, key: str) -> int | None:
 
 def bench_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch device the benchmarks can time: a CPU, or a CUDA device torch sees (their
-    clocks wait for CUDA's queued work; other devices would be timed wrong)."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"the benchmarks time cpu or cuda devices, not {dev.type}: use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    return dev
+    clocks wait for CUDA's queued work; other devices would be timed wrong). See
+    :func:`hieravid.infer.check_device`."""
+    from hieravid.infer import check_device
+
+    return check_device(device)
 
 
 def _load_average() -> float | None:

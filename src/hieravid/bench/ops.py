@@ -127,7 +127,7 @@ def run_ops_bench(
         counts = [hidden.shape[0]]
         for stage, (layer, ratio) in enumerate(zip(schedule.boundaries[1:], schedule.ratios[1:]), start=2):
             num_visual = hidden.shape[0]
-            if layer not in decided:
+            if layer not in decided or num_visual == 0:  # the runtime skips a video with no token left too
                 times.append(0.0)
                 counts.append(num_visual)
                 continue
