@@ -209,6 +209,17 @@ def test_cuda_without_cuda(video_file: Path, proxy_dir: Path, capsys) -> None:
                 "--device cpu")
 
 
+def test_warnings_are_one_line_and_in_the_json(proxy_dir: Path, video_file: Path, capsys) -> None:
+    """Two frames make one temporal group: stage 1 cannot merge and says so, as the command's own line
+    (not Python's file:line form) and in the JSON answer."""
+    code, out, err = run_cli(["run", str(video_file), "-q", "what ?", "--model", str(proxy_dir), "--budget", "0.1",
+                              "--num-frames", "2", "--json"], capsys)
+    assert code == 0
+    assert "hieravid run: warning: hieravid: with 1 frame(s)" in err and "UserWarning" not in err
+    warned = json.loads(out)["warnings"]
+    assert len(warned) == 1 and "stage 1 can merge 0 of" in warned[0]
+
+
 def test_unknown_devices_are_refused_before_loading(video_file: Path, tmp_path: Path, capsys) -> None:
     missing = str(tmp_path / "no-model")  # the device is checked first: this path is never looked at
     check_error(["run", str(video_file), "-q", "x", "--model", missing, "--device", "foo"], capsys,

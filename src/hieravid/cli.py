@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -887,7 +888,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                              f"{args.method} at budget {budget:g} on {loaded.name}", notes)
         payload["viz"] = args.viz
     if args.json:
-        _print_json(payload)
+        _print_json({**payload, "warnings": args.warnings})
         return 0
     repeated = " (frames repeated: the video has fewer)" if video.num_frames > video.source_frames else ""
     print(f"video     {video.path}: {video.num_frames} of {video.source_frames} frames{repeated} "
@@ -954,7 +955,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "picture": str(picture_path), "viz_panels": panels,
     }
     if args.json:
-        _print_json(payload)
+        _print_json({**payload, "warnings": args.warnings})
         return 0
     print(f"video     {video_path} ({video.num_frames} frames, {video.duration_s:.1f} s, synthetic test sample "
           f"{args.seed})")
@@ -995,8 +996,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage and the error on stderr
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    args.warnings = []  # what the command warned about, for the --json answers that carry them
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        args.warnings.append(str(message))
+        print(f"hieravid {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():  # restores the default printing when the command is done
+            warnings.showwarning = show
+            return int(args.func(args))
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
         return 0
