@@ -229,6 +229,7 @@ def test_unknown_devices_are_refused_before_loading(video_file: Path, tmp_path: 
     check_error(["eval", "--suite", "synthetic", "--out", str(tmp_path / "e"), "--device", "foo"], capsys,
                 "unknown device 'foo'")
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+    check_error(["run", str(video_file), "-q", "x", "--model", ""], capsys, "--model is empty")
 
 
 def test_demo_errors_write_nothing(tmp_path: Path, capsys) -> None:

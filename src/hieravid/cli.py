@@ -366,7 +366,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot", _PICTURES)
-    if (args.shape is None) == (args.from_json is None):
+    if args.shape is not None and args.from_json is not None:
+        raise ValueError("--shape measures and --from-json reports a saved run without measuring: pass one of them")
+    if args.shape is None and args.from_json is None:
         raise ValueError("pass --shape to measure, or --from-json FILE to report a saved run")
     if args.from_json is not None:
         return _bench_from_json(args)
@@ -693,6 +695,8 @@ def _load(name: str | None, device: str) -> Any:
     from hieravid.infer import check_device, load_model
 
     check_device(device)
+    if name is not None and not name.strip():
+        raise ValueError("--model is empty: pass a hub id or a model directory, or leave it out for the shipped proxy")
     looks_like_path = name is not None and (name.startswith(("/", ".", "~")) or name.count("/") > 1)
     if looks_like_path and not os.path.exists(os.path.expanduser(name)):
         raise ValueError(f"no model directory at {name!r}: check the path (or pass a hub id such as "

@@ -436,7 +436,9 @@ def test_a_saved_run_is_reported_and_plotted_again(bench, tmp_path, capsys):
     assert main(["bench", "--shape", "tiny", "--from-json", str(tmp_path / "newer.json")]) == 2
     err = capsys.readouterr().err
     assert "is not a file written by hieravid bench --json" in err and "cannot read --from-json" in err
-    assert "pass --shape to measure, or --from-json FILE" in err
+    assert "--shape measures and --from-json reports a saved run without measuring: pass one of them" in err
+    assert main(["bench"]) == 2
+    assert "pass --shape to measure, or --from-json FILE" in capsys.readouterr().err
 
 
 def test_methods_all_benches_every_method(tmp_path):

@@ -38,7 +38,7 @@ def test_spec_options_reach_the_method():
         ("hieravid:=1", "write name:key=value"),
         ("hieravid:lam=", "write name:key=value"),
         ("hieravid:lam=1:lam=0", "given twice"),
-        ("hieravid:bogus=1", "allowed: "),
+        ("hieravid:bogus=1", "allowed: avgpool_threshold, beta, delta,"),  # not budget: it is no option
         ("hieravid:lam=2", "lam must be in [0, 1]"),
         ("nope:k=1", "unknown method 'nope'"),
         ("vanilla:k=1", "takes no options"),

@@ -41,7 +41,7 @@ __all__ = [
 
 
 def _hieravid(budget: float, **options: Any) -> PruningMethod:
-    fields = {f.name for f in dataclasses.fields(HieraVidConfig)}
+    fields = {f.name for f in dataclasses.fields(HieraVidConfig)} - {"budget"}  # the budget is its own argument
     check_options("hieravid", options, fields)
     return HieraVid(HieraVidConfig(budget=budget, **options))
 

@@ -54,7 +54,7 @@ def _config(
     variant: str, budget: float, options: dict[str, Any], fixed: dict[str, Any] | None = None
 ) -> HieraVidConfig:
     """A HieraVidConfig from ``options``, refusing unknown names and overrides of ``fixed`` fields."""
-    fields = {f.name for f in dataclasses.fields(HieraVidConfig)}
+    fields = {f.name for f in dataclasses.fields(HieraVidConfig)} - {"budget"}  # the budget is its own argument
     check_options(variant, options, fields)
     for name, value in (fixed or {}).items():
         if name in options and options[name] != value:
