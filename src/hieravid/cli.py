@@ -244,13 +244,21 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
-def _method_list(text: str) -> list[str]:
+class _Methods(list):
+    """The specs of ``--methods``; ``everything`` when it said ``all``: then a budget a method cannot reach on
+    the model is left out with a warning instead of stopping the run."""
+
+    everything = False
+
+
+def _method_list(text: str) -> _Methods:
     """Method specs; ``all`` stands for every registered method (:func:`hieravid.methods.all_methods`), and
     a spec named twice is kept once."""
     from hieravid.methods import all_methods
 
-    specs: list[str] = []
+    specs = _Methods()
     for item in _comma_list(text):
+        specs.everything |= item == "all"
         for spec in all_methods() if item == "all" else [item]:
             if spec not in specs:
                 specs.append(spec)
@@ -287,7 +295,8 @@ def _add_bench(subparsers: Any) -> None:
                         help="raw video frames (default: the shape's; Qwen2-VL takes 2 per temporal group)")
     parser.add_argument("--methods", type=_method_list, default=["vanilla", "hieravid", "fastv", "framefusion", "evs"],
                         help="comma-separated methods (default vanilla,hieravid,fastv,framefusion,evs; 'all' = "
-                             "every method; 'unpatched' = the model without hieravid.apply); options as "
+                             "every method, leaving out with a warning the budgets one cannot reach on the model; "
+                             "'unpatched' = the model without hieravid.apply); options as "
                              "name:key=value, e.g. hieravid:greedy_backend=torch")
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
                         help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
@@ -385,6 +394,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         args.shape,
         frames=args.frames,
         methods=args.methods,
+        skip_unreachable=getattr(args.methods, "everything", False),
         budgets=args.budgets,
         device=args.device,
         dtype=dtype,
@@ -449,8 +459,9 @@ def _add_eval(subparsers: Any) -> None:
     parser.add_argument("--suite", default=None,
                         help="a named list of tasks instead of --tasks: 'paper' (the six above) or 'synthetic'")
     parser.add_argument("--methods", type=_method_list, default=["vanilla", "hieravid"],
-                        help="comma-separated methods (default vanilla,hieravid; 'all' = every method; vanilla "
-                             "runs once at budget 1); "
+                        help="comma-separated methods (default vanilla,hieravid; 'all' = every method, leaving "
+                             "out with a warning the budgets one cannot reach on the model; vanilla runs once at "
+                             "budget 1); "
                              "options as name:key=value[:key=value], e.g. hieravid:relevance_sign=positive, "
                              "each spec its own row")
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
@@ -491,6 +502,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out=Path(args.out),
         model=args.model,
         methods=args.methods,
+        skip_unreachable=getattr(args.methods, "everything", False),
         budgets=args.budgets,
         data_root=Path(args.data_root),
         num_frames=args.num_frames,

@@ -450,6 +450,7 @@ def test_methods_all_benches_every_method(tmp_path):
     assert _method_list("evs,all,hieravid:greedy_backend=torch") == [
         "evs", *[m for m in all_methods() if m != "evs"], "hieravid:greedy_backend=torch"
     ]
+    assert _method_list("all").everything and not _method_list("evs,fastv").everything
     out = tmp_path / "all.json"
     assert main(["bench", "--shape", "tiny", "--methods", "all", "--budgets", "0.5", "--repeats", "1",
                  "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out)]) == 0
@@ -457,3 +458,21 @@ def test_methods_all_benches_every_method(tmp_path):
     assert [r["method"] for r in rows] == all_methods()
     assert all(r["prefill_ms"] > 0 for r in rows)
     assert all(r["achieved_budget"] < 1 for r in rows[1:])  # every method pruned something
+
+
+def test_methods_all_leaves_out_budgets_a_method_cannot_reach(tmp_path, capsys):
+    """On 8 layers FastV (K = 2), PyramidDrop and DyCoke stop at 0.25: with ``all`` their 0.2 is left out
+    and said so; named explicitly, the run is refused before measuring."""
+    out = tmp_path / "all.json"
+    args = ["bench", "--shape", "tiny", "--budgets", "0.2", "--repeats", "1", "--warmup", "0", "--new-tokens", "2",
+            "--quiet"]
+    assert main([*args, "--methods", "all", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [line.split(":")[0] for line in report["skipped"]] == ["fastv@0.2", "pyramiddrop@0.2", "dycoke@0.2"]
+    measured = [r["method"] for r in report["results"]]
+    assert "fastv" not in measured and "hieravid" in measured and "evs" in measured
+    captured = capsys.readouterr()
+    assert "hieravid bench: warning: not measured: fastv at budget 0.2" in captured.err
+    assert "not measured (the method cannot reach the budget on this model):" in captured.out
+    assert main([*args, "--methods", "vanilla,fastv"]) == 2
+    assert "cannot be reached" in capsys.readouterr().err

@@ -150,6 +150,20 @@ def test_a_method_spec_is_its_own_row(tmp_path, model_dir, data_root, capsys):
     assert not (tmp_path / "bad" / "predictions.part0.jsonl").exists()
 
 
+def test_methods_all_leaves_out_what_the_model_cannot_reach(tmp_path, model_dir, data_root, capsys):
+    """On 4 layers FastV (K = 2) cannot go below 0.5: with ``all`` its row is left out with a warning, and a
+    resumed run reports the same rows."""
+    args = ["eval", "--model", str(model_dir), "--tasks", "mvbench", "--data-root", str(data_root), "--limit", "1",
+            "--budgets", "0.3", "--num-frames", "4", "--max-new-tokens", "2", "--quiet", "--methods", "all",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "hieravid eval: warning: not evaluated: fastv at budget 0.3" in capsys.readouterr().err
+    rows = [(row["method"], row["budget"]) for row in json.loads((tmp_path / "summary.json").read_text())["rows"]]
+    assert ("hieravid", 0.3) in rows and ("evs", 0.3) in rows and not [r for r in rows if r[0] == "fastv"]
+    assert main(args) == 0  # nothing left to answer
+    assert [(row["method"], row["budget"]) for row in json.loads((tmp_path / "summary.json").read_text())["rows"]] == rows
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -61,6 +61,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
@@ -531,6 +532,7 @@ class ModelBenchResult:
     allocator_note: str = "not recorded"  # absent from the JSON of releases before it
     others_cpu: float | None = None  # CpuWatch.others_share over the run; absent before it, None off Linux
     scenes: int | None = None  # planted scenes (plant_scenes); None: the vision tower's own output
+    skipped: list[str] = field(default_factory=list)  # "method@budget: why", pairs not measured (skip_unreachable)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -655,6 +657,7 @@ def run_model_bench(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     on_round: Callable[["ModelBenchResult"], None] | None = None,
+    skip_unreachable: bool = False,
 ) -> ModelBenchResult:
     """Measure every method at every budget on one random-weight model of ``shape``.
 
@@ -682,6 +685,9 @@ def run_model_bench(
             and is timed every round); None: the tower's own output, as it is.
         progress: called with one line per measurement.
         on_round: called after every timed round with the result of the rounds so far (to save it).
+        skip_unreachable: leave out, with a warning and a line in ``skipped``, a (method, budget) that
+            ``hieravid.apply`` refuses on this model (a budget below the method's smallest on its depth,
+            such as FastV's ``K / L``) instead of failing; ``--methods all`` sets it.
 
     An interruption (Ctrl-C) after at least one timed round returns the completed rounds, marked
     ``interrupted``; the round it stopped in is dropped, so every method has the same rounds.
@@ -734,9 +740,18 @@ def run_model_bench(
     configs: list[tuple[str, float]] = [("vanilla", 1.0)]
     configs += [(m, 1.0) for m in methods if m == UNPATCHED]
     configs += [(m, b) for m in methods if m not in ("vanilla", UNPATCHED) for b in budgets]
-    for name, budget in configs:  # an unreachable budget (e.g. FastV below K / L) fails now, not midway
-        if name != UNPATCHED:
+    skipped: list[str] = []
+    for name, budget in list(configs):  # an unreachable budget (e.g. FastV below K / L) fails now, not midway
+        if name == UNPATCHED:
+            continue
+        try:
             hieravid.apply(model, name, budget).remove()
+        except ValueError as exc:
+            if not skip_unreachable or name == "vanilla":
+                raise
+            configs.remove((name, budget))
+            skipped.append(f"{name}@{budget:g}: {exc}")
+            warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", stacklevel=2)
 
     encode = multimodal.get_video_features
     encode_kwargs = _encoder_kwargs(encode, inputs)
@@ -802,6 +817,7 @@ def run_model_bench(
             load_average=[load_start, _load_average()],
             others_cpu=watch.others_share(),
             scenes=scenes,
+            skipped=skipped,
             results=results,
             repeats_asked=repeats,
             interrupted=interrupted,
@@ -1094,6 +1110,9 @@ def format_report(result: ModelBenchResult) -> str:
         lines += ["", "deciding per decision point (median ms; Lk: before decoder layer k, L0: before the LLM):"]
         lines += [f"  {r.method}@{r.budget:g}: " + ", ".join(f"L{layer} {ms:.1f}" for layer, ms in
                                                           r.decide_ms_by_layer.items()) for r in staged]
+    if result.skipped:
+        lines += ["", "not measured (the method cannot reach the budget on this model):"]
+        lines += [f"  {line}" for line in result.skipped]
     goals = check_goals(result)
     if goals:
         lines += ["", "goals (hieravid):"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,8 @@ class EvalConfig:
         limit: evaluate only the first ``limit`` samples of each task (a quick look).
         retry_failed: run again the samples an earlier run recorded as failed.
         progress: show a progress bar with ETA on the main process.
+        skip_unreachable: leave out, with a warning, a (method, budget) the method cannot reach on this
+            model's depth (FastV below ``K / L``, ...) instead of failing; ``--methods all`` sets it.
     """
 
     tasks: list[str]
@@ -84,6 +87,7 @@ class EvalConfig:
     limit: int | None = None
     retry_failed: bool = False
     progress: bool = True
+    skip_unreachable: bool = False
 
 
 @dataclass(frozen=True)
@@ -331,7 +335,9 @@ def run_eval(
 
             loaded = load_model(config.model, device=procs.device, dtype=config.dtype,
                                 attn_implementation=config.attn_implementation)
-        _check_budgets(loaded, pairs)
+        pairs = _check_budgets(loaded, pairs, config.skip_unreachable)
+        jobs = [(task, index, sample, [pair for pair in todo if pair in pairs]) for task, index, sample, todo in jobs]
+        total = sum(len(job[3]) for job in jobs)
     if procs.main:  # written once the model has loaded: a run that fails before any answer leaves no settings
         write_json(out / RUN_FILE, _settings(config))
     if total:
@@ -354,14 +360,26 @@ def run_eval(
     return _finish(out, tasks, pairs, samples, task_errors, config)
 
 
-def _check_budgets(loaded: Any, pairs: Sequence[tuple[str, float]]) -> None:
-    """Fail before the first sample when a method cannot reach a budget on this model's depth."""
+def _check_budgets(
+    loaded: Any, pairs: Sequence[tuple[str, float]], skip: bool = False
+) -> list[tuple[str, float]]:
+    """Fail before the first sample when a method cannot reach a budget on this model's depth, or with
+    ``skip`` leave that pair out (with a warning). Returns the pairs to run."""
     from hieravid.methods import build
     from hieravid.models import find_adapter
 
     adapter, _ = find_adapter(loaded.model)
+    kept = []
     for method, budget in pairs:
-        build(method, budget).decision_layers(adapter.num_layers)
+        try:
+            build(method, budget).decision_layers(adapter.num_layers)
+        except ValueError as exc:
+            if not skip:
+                raise
+            warnings.warn(f"not evaluated: {method} at budget {budget:g}: {exc}", stacklevel=2)
+            continue
+        kept.append((method, budget))
+    return kept
 
 
 def _run_sample(
@@ -447,6 +465,9 @@ def _finish(
         "data_root": None if config.data_root is None else str(config.data_root),
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if config.skip_unreachable:  # the pairs left out (no record at all) get no row
+        recorded = {(r["method"], budget_key(r["budget"])) for r in current}
+        pairs = [(m, b) for m, b in pairs if (m, budget_key(b)) in recorded]
     summary = summarize(current, tasks, pairs, task_errors, info)
     write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(to_markdown(summary))
