@@ -75,3 +75,15 @@ _item = st.from_regex(r"[a-z_]{1,8}(:[a-z]{1,5}=(\([0-9.,]{0,9}\)|[a-z0-9.]{1,5}
 @given(st.lists(_item, min_size=1, max_size=5))
 def test_joining_and_splitting_gives_the_items_back(items):
     assert split_top_level(",".join(items)) == items
+
+
+def test_ratios_with_several_budgets_are_called_out(recwarn):
+    from hieravid.methods import warn_if_budget_is_ignored
+
+    warn_if_budget_is_ignored(["vanilla", "hieravid", "hieravid:ratios=(0.5,0.3,0.3,0.57)"], [0.3, 0.2])
+    warn_if_budget_is_ignored(["hieravid:ratios=(0.5,0.3,0.3,0.57)"], [0.3])  # one budget: one row, no warning
+    messages = [str(w.message) for w in recwarn.list]
+    assert messages == [
+        "hieravid:ratios=(0.5,0.3,0.3,0.57): its ratios fix the schedule whatever the budget, so its rows at "
+        "budgets 0.3, 0.2 are the same run under different labels"
+    ]

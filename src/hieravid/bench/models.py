@@ -70,7 +70,7 @@ import torch
 import hieravid
 from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
 from hieravid.config import check_budget, check_choice
-from hieravid.methods import available, parse_method
+from hieravid.methods import available, parse_method, warn_if_budget_is_ignored
 from hieravid.models import CallContext, find_adapter
 from hieravid.runtime import device_clock
 from hieravid.runtime.compat import cache_of
@@ -713,6 +713,7 @@ def run_model_bench(
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}")
     check_choice(cpu_malloc, "cpu_malloc", ("keep", "default"))
     budgets = [check_budget(b) for b in budgets]
+    warn_if_budget_is_ignored(list(methods), budgets)
     if scenes is not None:  # before the build, which takes a minute at the 7B shapes
         _check_scenes(scenes, _model_frames(spec, spec.frames if frames is None else frames))
     dtype = dtype or default_dtype(shape, dev)

@@ -117,7 +117,7 @@ def _processes(device: str) -> _Processes:
 
 
 def _check(config: EvalConfig) -> list[Task]:
-    from hieravid.methods import available, check_budget, parse_method
+    from hieravid.methods import available, check_budget, parse_method, warn_if_budget_is_ignored
 
     if not config.tasks:
         raise ValueError("no task to run: pass --tasks (e.g. mvbench,videomme) or --suite")
@@ -130,6 +130,7 @@ def _check(config: EvalConfig) -> list[Task]:
         raise ValueError("no method to run: pass --methods, e.g. vanilla,hieravid")
     for budget in config.budgets:
         check_budget(budget)
+    warn_if_budget_is_ignored(config.methods, config.budgets)
     if config.limit is not None and config.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {config.limit}")
     tasks = [get_task(name) for name in dict.fromkeys(config.tasks)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable
 
 from hieravid.config import HieraVidConfig, check_budget
@@ -36,6 +37,7 @@ __all__ = [
     "decide_stage1",
     "method_name",
     "parse_method",
+    "warn_if_budget_is_ignored",
     "selector_for_stage",
 ]
 
@@ -113,3 +115,17 @@ def build(method: str | PruningMethod, budget: float = 0.3, **options: Any) -> P
         raise ValueError(f"the budget is not an option of {name}: pass it as the budget (--budget B)")
     check_budget(budget)
     return _REGISTRY[name](budget, **spec_options, **options)
+
+
+def warn_if_budget_is_ignored(methods: list[str], budgets: list[float]) -> None:
+    """Warn when a spec fixes its schedule with ``ratios`` (which override the budget) and several budgets
+    are asked: its runs at those budgets are one and the same."""
+    if len(set(budgets)) < 2:
+        return
+    for method in methods:
+        if "ratios" in parse_method(method)[1]:
+            warnings.warn(
+                f"{method}: its ratios fix the schedule whatever the budget, so its rows at budgets "
+                f"{', '.join(f'{b:g}' for b in budgets)} are the same run under different labels",
+                stacklevel=2,
+            )
