@@ -79,6 +79,9 @@ def test_schedule_json(capsys: pytest.CaptureFixture[str]) -> None:
     payload = json.loads(capsys.readouterr().out)
     assert len(payload["ratios"]) == 3 and payload["boundaries"] == [0, 11, 21]
     assert abs(payload["achieved_budget"] - 0.25) < 1e-9
+    assert main(["schedule", "--budget", "0.01", "--tokens", "10", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["stage_tokens"] == [1, 1, 1, 1] and payload["achieved_budget_in_whole_tokens"] == 0.1
 
 
 def test_schedule_table_and_bad_stages(capsys: pytest.CaptureFixture[str]) -> None:

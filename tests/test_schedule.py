@@ -197,6 +197,8 @@ def test_describe_mentions_each_stage() -> None:
     text = solve_schedule(0.2).describe(6272)
     assert "0.2100" in text and "[21,28)" in text and "3136" in text
     assert str(solve_schedule(0.2)).count("\n") == 5
+    # Ten tokens cannot go below one per layer: the whole-token budget is 0.1, not the fractions' 0.01.
+    assert "with 10 tokens, in whole tokens: 0.1000" in solve_schedule(0.01).describe(10)
 
 
 @pytest.mark.parametrize("bad", [0, 0.0, 1.5, -0.1, float("nan"), float("inf")])

@@ -163,6 +163,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         payload: dict[str, Any] = {"budget": args.budget, **schedule.to_dict()}
         if args.tokens is not None:
             payload["stage_tokens"] = schedule.stage_tokens(args.tokens)
+            if args.tokens:
+                kept = sum(schedule.tokens_per_layer(args.tokens)) / (args.tokens * schedule.num_layers)
+                payload["achieved_budget_in_whole_tokens"] = kept
         _print_json(payload)
     else:
         print(f"budget {args.budget:g}, {args.layers} layers, {args.stages} stages")

@@ -210,6 +210,9 @@ class Schedule:
             f"achieved budget {self.achieved_budget:.4f} (kept visual fraction averaged over "
             f"{self.num_layers} layers)"
         )
+        if n0:  # whole tokens can keep more (or less) than the fractions say, noticeably for few tokens
+            whole = sum(self.tokens_per_layer(n0)) / (n0 * self.num_layers)
+            lines.append(f"with {n0} tokens, in whole tokens: {whole:.4f}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
