@@ -517,8 +517,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.quiet,
     )
+    from hieravid.bench.models import CpuWatch
+
+    watch = CpuWatch()
     try:
         summary = run_eval(config)
+        import torch
+
+        _warn_if_busy(watch, args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()))
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -834,6 +840,7 @@ def _answer_all(
     and of each pruning method's operations; the pruned calls warm up the model too, so vanilla gets its
     own only when nothing is pruned); the run of ``trace_method`` records its trace. Returns per method
     its JSON result and its ``Answer``."""
+    from hieravid.bench.models import CpuWatch
     from hieravid.infer import answer
 
     common = dict(timestamps_s=video.timestamps_s)
@@ -842,13 +849,25 @@ def _answer_all(
         for method, budget in warmups:
             answer(loaded, video.frames, question, method=method, budget=budget, max_new_tokens=1, **common)
     out: dict[str, tuple[dict[str, Any], Any]] = {}
+    watch = CpuWatch()
     for method, budget in runs:
         label = method if method == "vanilla" else f"{method} at budget {budget:g}"
         with status(f"Answering with {label} ..."):
             ans = answer(loaded, video.frames, question, method=method, budget=budget,
                          max_new_tokens=max_new_tokens, trace=method == trace_method, **common)
         out[method] = (_result(method, budget, ans), ans)
+    _warn_if_busy(watch, loaded.device.type == "cpu")
     return out
+
+
+def _warn_if_busy(watch: Any, on_cpu: bool) -> None:
+    """Say so when other processes took much of the CPUs while times were measured on them."""
+    from hieravid.bench.models import busy_elsewhere
+
+    others = watch.others_share()
+    if on_cpu and busy_elsewhere(others):
+        warnings.warn(f"other processes took {others:.0%} of the CPUs' time while this ran: the times are "
+                      "unreliable", stacklevel=2)
 
 
 def _picture(path: str, video: Any, ans: Any, budget: float, title: str, notes: list[str]) -> list[str]:

@@ -81,6 +81,7 @@ __all__ = [
     "MethodResult",
     "ModelBenchResult",
     "bench_device",
+    "busy_elsewhere",
     "build_bench_inputs",
     "build_bench_model",
     "check_goals",
@@ -319,6 +320,12 @@ class CpuWatch:
             return None
         others = (busy1 - busy0) - (own1 - own0)
         return round(min(max(others / ((wall1 - wall0) * (os.cpu_count() or 1)), 0.0), 1.0), 3)
+
+
+def busy_elsewhere(others: float | None) -> bool:
+    """Whether other processes took enough of the CPUs (``others``, from :meth:`CpuWatch.others_share`) for
+    the times measured meanwhile to be unreliable."""
+    return others is not None and others > _OTHERS_UNRELIABLE
 
 
 def _reset_peak_rss() -> bool:
@@ -1053,7 +1060,7 @@ def _contention_line(result: ModelBenchResult) -> str:
     else:
         line += (f"; others (other processes, a hypervisor's steal) took {100 * result.others_cpu:.1f}% of "
                  "the CPUs' time during the run")
-        busy = result.others_cpu > _OTHERS_UNRELIABLE
+        busy = busy_elsewhere(result.others_cpu)
     return line + (" -- other processes were running: timings are unreliable" if busy else "")
 
 
