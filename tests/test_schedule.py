@@ -126,6 +126,9 @@ def test_solver_skips_in_llm_stages_eq5_cannot_realise() -> None:
     assert s.ratios[1] == 0.0 and min(s.ratios[2:]) >= 0.05
     assert solve_schedule(0.99, 24, min_stage_ratio=0.05).ratios == pytest.approx((0.01, 0.0, 0.0, 0.0))
     assert solve_schedule(0.3, 28, min_stage_ratio=0.05).ratios == PRESETS[0.3]  # presets are untouched
+    assert solve_schedule(0.5, 28, min_stage_ratio=1.0).ratios == (0.5, 0.0, 0.0, 0.0)  # keep_clip (0, 0)
+    with pytest.raises(ValueError, match="min_stage_ratio must be in"):
+        solve_schedule(0.5, 28, min_stage_ratio=1.5)
 
 
 @settings(max_examples=200, deadline=None)

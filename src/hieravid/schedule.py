@@ -275,7 +275,7 @@ def solve_schedule(
         num_layers: L, decoder layers.
         num_stages: S, stages (1 <= S <= L).
         use_presets: return the paper's schedule for B in {0.3, 0.2, 0.1} when S = 4 and 4 divides L.
-        min_stage_ratio: the smallest non-zero ratio an in-LLM stage may have (step 4), in [0, 1).
+        min_stage_ratio: the smallest non-zero ratio an in-LLM stage may have (step 4), in [0, 1].
 
     Returns:
         A :class:`Schedule` with non-increasing kept fractions and ratios in [0, 1).
@@ -296,7 +296,8 @@ def solve_schedule(
     if num_stages == 1:
         return Schedule((1.0 - budget,), num_layers)
 
-    min_stage_ratio = check_ratio(min_stage_ratio, "min_stage_ratio")
+    if not 0.0 <= min_stage_ratio <= 1.0:  # 1: no in-LLM stage may run (a keep_clip of at most 0)
+        raise ValueError(f"min_stage_ratio must be in [0, 1], got {min_stage_ratio!r}")
     widths = [end - start for start, end in zip(boundaries, boundaries[1:] + [num_layers])]
     for skipped in range(num_stages - 1):  # in-LLM stages given ratio 0, from the first (step 4)
         solved = _solve_geometric(budget, num_layers, [sum(widths[: skipped + 1])] + widths[skipped + 1 :])
