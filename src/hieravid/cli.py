@@ -164,8 +164,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         if args.tokens is not None:
             payload["stage_tokens"] = schedule.stage_tokens(args.tokens)
             if args.tokens:
-                kept = sum(schedule.tokens_per_layer(args.tokens)) / (args.tokens * schedule.num_layers)
-                payload["achieved_budget_in_whole_tokens"] = kept
+                payload["achieved_budget_in_whole_tokens"] = schedule.whole_token_budget(args.tokens)
         _print_json(payload)
     else:
         print(f"budget {args.budget:g}, {args.layers} layers, {args.stages} stages")

@@ -173,6 +173,10 @@ class Schedule:
             out.extend([count] * width)
         return out
 
+    def whole_token_budget(self, n0: int) -> float:
+        """The budget :meth:`tokens_per_layer` realises for ``n0 >= 1`` tokens (whole tokens per stage)."""
+        return sum(self.tokens_per_layer(n0)) / (n0 * self.num_layers)
+
     def fractional_tokens_per_layer(self, n0: float) -> list[float]:
         """``n0 * layer fraction`` for each layer (tokens, not rounded): the paper's FLOPs convention."""
         if not n0 >= 0:
@@ -211,8 +215,7 @@ class Schedule:
             f"{self.num_layers} layers)"
         )
         if n0:  # whole tokens can keep more (or less) than the fractions say, noticeably for few tokens
-            whole = sum(self.tokens_per_layer(n0)) / (n0 * self.num_layers)
-            lines.append(f"with {n0} tokens, in whole tokens: {whole:.4f}")
+            lines.append(f"with {n0} tokens, in whole tokens: {self.whole_token_budget(n0):.4f}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -286,6 +289,8 @@ def solve_schedule(
             f"budget must be at least {MIN_BUDGET:g} for the schedule solver, got {budget!r}; "
             f"such a budget keeps less than one visual token, raise it"
         )
+    if not 0.0 <= min_stage_ratio <= 1.0:  # 1: no in-LLM stage may run (a keep_clip of at most 0)
+        raise ValueError(f"min_stage_ratio must be in [0, 1], got {min_stage_ratio!r}")
     boundaries = stage_boundaries(num_layers, num_stages)
     if use_presets and num_stages == 4 and num_layers % num_stages == 0:
         for nominal, ratios in PRESETS.items():
@@ -296,8 +301,6 @@ def solve_schedule(
     if num_stages == 1:
         return Schedule((1.0 - budget,), num_layers)
 
-    if not 0.0 <= min_stage_ratio <= 1.0:  # 1: no in-LLM stage may run (a keep_clip of at most 0)
-        raise ValueError(f"min_stage_ratio must be in [0, 1], got {min_stage_ratio!r}")
     widths = [end - start for start, end in zip(boundaries, boundaries[1:] + [num_layers])]
     for skipped in range(num_stages - 1):  # in-LLM stages given ratio 0, from the first (step 4)
         solved = _solve_geometric(budget, num_layers, [sum(widths[: skipped + 1])] + widths[skipped + 1 :])
