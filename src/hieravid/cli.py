@@ -516,14 +516,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.quiet,
     )
-    from hieravid.bench.models import CpuWatch
-
-    watch = CpuWatch()
     try:
         summary = run_eval(config)
-        import torch
-
-        _warn_if_busy(watch, args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()))
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -855,18 +849,9 @@ def _answer_all(
             ans = answer(loaded, video.frames, question, method=method, budget=budget,
                          max_new_tokens=max_new_tokens, trace=method == trace_method, **common)
         out[method] = (_result(method, budget, ans), ans)
-    _warn_if_busy(watch, loaded.device.type == "cpu")
+    if loaded.device.type == "cpu":
+        watch.warn_if_busy()
     return out
-
-
-def _warn_if_busy(watch: Any, on_cpu: bool) -> None:
-    """Say so when other processes took much of the CPUs while times were measured on them."""
-    from hieravid.bench.models import busy_elsewhere
-
-    others = watch.others_share()
-    if on_cpu and busy_elsewhere(others):
-        warnings.warn(f"other processes took {others:.0%} of the CPUs' time while this ran: the times are "
-                      "unreliable", stacklevel=2)
 
 
 def _picture(path: str, video: Any, ans: Any, budget: float, title: str, notes: list[str]) -> list[str]:

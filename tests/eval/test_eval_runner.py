@@ -164,6 +164,19 @@ def test_methods_all_leaves_out_what_the_model_cannot_reach(tmp_path, model_dir,
     assert [(row["method"], row["budget"]) for row in json.loads((tmp_path / "summary.json").read_text())["rows"]] == rows
 
 
+def test_answers_timed_under_load_are_called_unreliable(tmp_path, model_dir, data_root, capsys, monkeypatch):
+    from hieravid.bench.models import CpuWatch
+
+    args = ["eval", "--model", str(model_dir), "--tasks", "mvbench", "--data-root", str(data_root), "--limit", "1",
+            "--budgets", "0.3", "--num-frames", "4", "--max-new-tokens", "2", "--quiet", "--device", "cpu"]
+    monkeypatch.setattr(CpuWatch, "others_share", lambda self: 0.5)
+    assert main([*args, "--out", str(tmp_path / "busy")]) == 0
+    assert "hieravid eval: warning: other processes took 50% of the CPUs' time" in capsys.readouterr().err
+    monkeypatch.setattr(CpuWatch, "others_share", lambda self: 0.02)
+    assert main([*args, "--out", str(tmp_path / "calm")]) == 0
+    assert "other processes took" not in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

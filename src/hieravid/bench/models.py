@@ -321,6 +321,14 @@ class CpuWatch:
         others = (busy1 - busy0) - (own1 - own0)
         return round(min(max(others / ((wall1 - wall0) * (os.cpu_count() or 1)), 0.0), 1.0), 3)
 
+    def warn_if_busy(self) -> None:
+        """Warn when other processes took enough of the CPUs since the start (:func:`busy_elsewhere`) for
+        the times measured on them meanwhile to be unreliable."""
+        others = self.others_share()
+        if busy_elsewhere(others):
+            warnings.warn(f"other processes took {others:.0%} of the CPUs' time while this ran: the times are "
+                          "unreliable", stacklevel=2)
+
 
 def busy_elsewhere(others: float | None) -> bool:
     """Whether other processes took enough of the CPUs (``others``, from :meth:`CpuWatch.others_share`) for

@@ -342,6 +342,9 @@ def run_eval(
     if procs.main:  # written once the model has loaded: a run that fails before any answer leaves no settings
         write_json(out / RUN_FILE, _settings(config))
     if total:
+        from hieravid.bench.models import CpuWatch
+
+        watch = CpuWatch()  # the answers' times, on the CPU, are unreliable when other processes took it
         with PredictionLog(out / f"predictions.part{procs.rank}.jsonl") as log, _progress_bar(
             config.progress and procs.main
         ) as bar:
@@ -355,6 +358,8 @@ def run_eval(
                         bar.advance(bar_task)
                     if on_record is not None:
                         on_record(record)
+        if procs.device == "cpu" and procs.world == 1:  # several processes share the CPUs by design
+            watch.warn_if_busy()
     procs.wait()
     if not procs.main:
         return None
