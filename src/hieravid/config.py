@@ -7,7 +7,7 @@ defaults are the paper's (spec section 4).
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, Sequence
 
 Segmentation = Literal["merge_ratio", "avgpool", "none"]
@@ -111,6 +111,11 @@ class HieraVidConfig:
     eps: float = 1e-6
     greedy_backend: GreedyBackend = "auto"
     dpp_rank_floor: float = 1e-3
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The fields a method spec may set (``hieravid:lam=1``): all but the budget, the method's own argument."""
+        return {f.name for f in fields(cls)} - {"budget"}
 
     @property
     def min_stage_ratio(self) -> float:

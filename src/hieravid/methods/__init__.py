@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Any, Callable
 
@@ -43,8 +42,7 @@ __all__ = [
 
 
 def _hieravid(budget: float, **options: Any) -> PruningMethod:
-    fields = {f.name for f in dataclasses.fields(HieraVidConfig)} - {"budget"}  # the budget is its own argument
-    check_options("hieravid", options, fields)
+    check_options("hieravid", options, HieraVidConfig.option_names())
     return HieraVid(HieraVidConfig(budget=budget, **options))
 
 

@@ -27,7 +27,6 @@ are the fields of :class:`hieravid.HieraVidConfig` (plus the variant's own, list
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -54,8 +53,7 @@ def _config(
     variant: str, budget: float, options: dict[str, Any], fixed: dict[str, Any] | None = None
 ) -> HieraVidConfig:
     """A HieraVidConfig from ``options``, refusing unknown names and overrides of ``fixed`` fields."""
-    fields = {f.name for f in dataclasses.fields(HieraVidConfig)} - {"budget"}  # the budget is its own argument
-    check_options(variant, options, fields)
+    check_options(variant, options, HieraVidConfig.option_names())
     for name, value in (fixed or {}).items():
         if name in options and options[name] != value:
             raise ValueError(f"method {variant!r} fixes {name}={value!r}; got {name}={options[name]!r}")
