@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -131,6 +132,21 @@ def test_qwen2_vl_preset_and_overrides() -> None:
     report = compare("qwen2-vl-7b", "hieravid", 0.2, frames=8, text_tokens=0)
     assert report.visual_tokens == 8 * 256 and report.text_tokens == 0
     assert report.tokens_per_layer[0] == 1024
+
+
+def test_too_few_frames_cap_stage_one_with_a_warning() -> None:
+    # B = 0.1: rho = 0.7 asks floor(0.7 * 3 * 169) = 354 tokens of 3 frames, but only the 2 * 169 = 338
+    # tokens of frames 1 and 2 have a predecessor to merge into.
+    with pytest.warns(UserWarning, match="stage 1 can merge 338 of the 354"):
+        capped = compare("llava-video-7b", "hieravid", 0.1, frames=3)
+    assert capped.tokens_per_layer[0] == 507 - 338
+    assert capped.achieved_budget == pytest.approx(sum(capped.tokens_per_layer) / (507 * 28), rel=1e-2)
+    assert capped.achieved_budget > 0.1 + 0.005  # it keeps more than asked, and says so
+    with pytest.warns(UserWarning, match="can merge 0 of"):
+        assert compare("llava-video-7b", "hieravid", 0.3, frames=1).tokens_per_layer[0] == 169
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compare("llava-video-7b", "hieravid", 0.3, frames=2).achieved_budget == pytest.approx(0.3, abs=1e-3)
 
 
 def test_compare_rejects_bad_input() -> None:

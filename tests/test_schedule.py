@@ -196,6 +196,18 @@ def test_tokens_per_layer_llava_video() -> None:
     )
 
 
+def test_first_limit_caps_stage_one_and_the_later_stages_follow() -> None:
+    s = solve_schedule(0.3)  # rho 0.5, then 0.3, 0.3, 0.57
+    # 169 tokens (one frame) that stage 1 cannot touch: the later stages prune what is left.
+    # 169 -> 169 - floor(0.3 * 169) = 119 -> 119 - 35 = 84 -> 84 - 47 = 37
+    assert s.stage_tokens(169, first_limit=0) == [169, 119, 84, 37]
+    assert s.fractional_tokens_per_layer(169, first_limit=0)[::7] == pytest.approx([169, 118.3, 82.81, 35.6083])
+    # 338 tokens (two frames): floor(0.5 * 338) = 169 = the limit, so nothing changes.
+    assert s.stage_tokens(338, first_limit=169) == s.stage_tokens(338) == [169, 119, 84, 37]
+    assert s.fractional_tokens_per_layer(338, first_limit=169) == s.fractional_tokens_per_layer(338)
+    assert s.tokens_per_layer(169, first_limit=0)[::7] == [169, 119, 84, 37]
+
+
 def test_describe_mentions_each_stage() -> None:
     text = solve_schedule(0.2).describe(6272)
     assert "0.2100" in text and "[21,28)" in text and "3136" in text

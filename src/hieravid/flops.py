@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Mapping, Sequence
 
 from hieravid.config import HieraVidConfig, check_budget, check_choice
+from hieravid.ops.segment import warn_if_merge_is_capped
 from hieravid.schedule import solve_schedule
 
 __all__ = [
@@ -357,11 +358,15 @@ def compare(
         achieved = budget
     else:
         schedule = solve_schedule(budget, num_layers, 4, min_stage_ratio=HieraVidConfig().min_stage_ratio)
-        fractional = schedule.fractional_tokens_per_layer(n0)
-        integer = schedule.tokens_per_layer(n0)
+        # Stage 1 merges into the previous frame: it can remove at most (T-1) * P tokens.
+        num_frames = preset.frames if frames is None else frames
+        first_limit = (num_frames - 1) * preset.tokens_per_frame
+        warn_if_merge_is_capped(num_frames, preset.tokens_per_frame, schedule.ratios[0], "hieravid")
+        fractional = schedule.fractional_tokens_per_layer(n0, first_limit)
+        integer = schedule.tokens_per_layer(n0, first_limit)
         ratios = schedule.ratios
         boundaries = tuple(schedule.boundaries)
-        achieved = schedule.achieved_budget
+        achieved = sum(fractional) / (n0 * num_layers)
 
     d, m = shape.hidden_size, shape.intermediate_size
     vanilla = paper_flops([n0] * num_layers, d, m)

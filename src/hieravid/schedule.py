@@ -150,26 +150,30 @@ class Schedule:
         """Layer-weighted mean kept fraction (the relative token budget this schedule realises)."""
         return sum(w * f for w, f in zip(self.stage_widths, self.kept_fractions)) / self.num_layers
 
-    def stage_tokens(self, n0: int) -> list[int]:
+    def stage_tokens(self, n0: int, first_limit: int | None = None) -> list[int]:
         """Integer visual tokens present during each stage for ``n0`` input visual tokens.
 
         Sequential: ``c_0 = n0``, ``c_k = c_{k-1} - floor(r_k * c_{k-1})``; stage 1 removes exactly
-        ``floor(rho * n0)`` tokens. This is the nominal count: HieraVid's per-segment keep rates (Eq. 5)
-        may let the real total drift a little at stages >= 2.
+        ``floor(rho * n0)`` tokens, or ``first_limit`` if that is fewer (HieraVid's stage 1 can merge at
+        most ``(T-1) * P`` tokens: frame 0 has no predecessor). This is the nominal count: HieraVid's
+        per-segment keep rates (Eq. 5) may let the real total drift a little at stages >= 2.
         """
         if not isinstance(n0, int) or isinstance(n0, bool) or n0 < 0:
             raise ValueError(f"n0 (visual tokens) must be an integer >= 0, got {n0!r}")
         counts: list[int] = []
         current = n0
-        for r in self.ratios:
-            current -= pruned_count(r, current)
+        for k, r in enumerate(self.ratios):
+            removed = pruned_count(r, current)
+            if k == 0 and first_limit is not None:
+                removed = min(removed, first_limit)
+            current -= removed
             counts.append(current)
         return counts
 
-    def tokens_per_layer(self, n0: int) -> list[int]:
+    def tokens_per_layer(self, n0: int, first_limit: int | None = None) -> list[int]:
         """Integer visual tokens entering each of the ``L`` layers (see :meth:`stage_tokens`)."""
         out: list[int] = []
-        for width, count in zip(self.stage_widths, self.stage_tokens(n0)):
+        for width, count in zip(self.stage_widths, self.stage_tokens(n0, first_limit)):
             out.extend([count] * width)
         return out
 
@@ -177,11 +181,16 @@ class Schedule:
         """The budget :meth:`tokens_per_layer` realises for ``n0 >= 1`` tokens (whole tokens per stage)."""
         return sum(self.tokens_per_layer(n0)) / (n0 * self.num_layers)
 
-    def fractional_tokens_per_layer(self, n0: float) -> list[float]:
-        """``n0 * layer fraction`` for each layer (tokens, not rounded): the paper's FLOPs convention."""
+    def fractional_tokens_per_layer(self, n0: float, first_limit: float | None = None) -> list[float]:
+        """``n0 * layer fraction`` for each layer (tokens, not rounded): the paper's FLOPs convention.
+        With ``first_limit`` stage 1 removes at most that many tokens and the later stages keep their
+        kept fractions of what it left."""
         if not n0 >= 0:
             raise ValueError(f"n0 (visual tokens) must be >= 0, got {n0!r}")
-        return [n0 * f for f in self.layer_fractions()]
+        scale = 1.0
+        if first_limit is not None and n0 > 0 and self.ratios[0] * n0 > first_limit:
+            scale = (n0 - first_limit) / (n0 * self.kept_fractions[0])  # kept_fractions[0] > 0: rho < 1
+        return [n0 * f * scale for f in self.layer_fractions()]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: ratios, kept fractions, boundaries, widths, achieved budget."""

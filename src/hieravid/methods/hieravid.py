@@ -6,7 +6,6 @@ model's hidden states, positions and caches.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +25,9 @@ from hieravid.ops import (
     segment_scores,
     segment_sizes,
     temporal_run_merge,
+    warn_if_merge_is_capped,
 )
-from hieravid.schedule import Schedule, pruned_count, solve_schedule
+from hieravid.schedule import Schedule, solve_schedule
 
 __all__ = ["HieraVid", "Stage1Decision", "decide_stage1", "decide_stage", "selector_for_stage"]
 
@@ -139,21 +139,6 @@ def decide_stage(
                               rank_floor=config.dpp_rank_floor)
 
 
-def _warn_if_stage1_is_capped(num_frames: int, num_slots: int, rho: float, name: str) -> None:
-    """Stage 1 merges into the previous frame, so it removes at most ``(T-1) * P`` tokens: with fewer
-    frames than ``1 / (1 - rho)`` it merges less than rho asks, the later stages do not make up for it,
-    and the prefill keeps more than its budget. Say so (once per call site) rather than stay silent."""
-    asked = pruned_count(rho, num_frames * num_slots)
-    possible = merge_count(num_frames, num_slots, rho)
-    if possible < asked:
-        warnings.warn(
-            f"{name}: with {num_frames} frame(s) (temporal groups) stage 1 can merge {possible} of the {asked} "
-            f"tokens its ratio {rho:g} asks for (the first frame has no predecessor), so this prefill keeps "
-            "more visual tokens than its budget: give the video more frames",
-            stacklevel=3,
-        )
-
-
 class HieraVid(PruningMethod):
     """HieraVid as a runtime method: stage 1 before layer 0, in-LLM stages at the schedule's layers.
 
@@ -198,7 +183,7 @@ class HieraVid(PruningMethod):
         ratio = schedule.ratios[stage - 1]
         if stage == 1:
             x = tokens.grid("HieraVid's stage 1")  # (T, P, D)
-            _warn_if_stage1_is_capped(tokens.num_frames, tokens.num_slots, ratio, self.name)
+            warn_if_merge_is_capped(tokens.num_frames, tokens.num_slots, ratio, self.name)
             first = decide_stage1(x, ratio, self.config)
             keep = first.keep.reshape(-1)
             slot = torch.arange(tokens.num_slots, device=x.device)

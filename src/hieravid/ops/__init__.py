@@ -11,7 +11,13 @@ from hieravid.ops.dpp import (
 from hieravid.ops.merge import RunMerge, temporal_run_merge
 from hieravid.ops.relevance import attention_from_queries, minmax_normalize, relevance
 from hieravid.ops.scores import keep_counts, segment_means, segment_scores, segment_sizes
-from hieravid.ops.segment import merge_count, merge_set, same_slot_similarity, segment_ids
+from hieravid.ops.segment import (
+    merge_count,
+    merge_set,
+    same_slot_similarity,
+    segment_ids,
+    warn_if_merge_is_capped,
+)
 
 __all__ = [
     "RunMerge",
@@ -33,4 +39,5 @@ __all__ = [
     "segment_scores",
     "segment_sizes",
     "temporal_run_merge",
+    "warn_if_merge_is_capped",
 ]

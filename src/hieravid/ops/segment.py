@@ -6,6 +6,8 @@ frame, D channels. Pure torch; nothing here knows about models.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from hieravid.config import check_choice, check_ratio
@@ -15,6 +17,7 @@ __all__ = [
     "same_slot_similarity",
     "merge_set",
     "merge_count",
+    "warn_if_merge_is_capped",
     "segment_ids",
     "check_video_tokens",
 ]
@@ -58,6 +61,21 @@ def merge_count(num_frames: int, num_slots: int, rho: float) -> int:
     """
     check_ratio(rho, "rho")
     return min(pruned_count(rho, num_frames * num_slots), (num_frames - 1) * num_slots)
+
+
+def warn_if_merge_is_capped(num_frames: int, num_slots: int, rho: float, name: str) -> None:
+    """Stage 1 merges into the previous frame, so it removes at most ``(T-1) * P`` tokens: with fewer
+    frames than ``1 / (1 - rho)`` it merges less than rho asks, the later stages do not make up for it,
+    and the prefill keeps more than its budget. Say so (once per call site) rather than stay silent."""
+    asked = pruned_count(rho, num_frames * num_slots)
+    possible = merge_count(num_frames, num_slots, rho)
+    if possible < asked:
+        warnings.warn(
+            f"{name}: with {num_frames} frame(s) (temporal groups) stage 1 can merge {possible} of the {asked} "
+            f"tokens its ratio {rho:g} asks for (the first frame has no predecessor), so this prefill keeps "
+            "more visual tokens than its budget: give the video more frames",
+            stacklevel=3,
+        )
 
 
 def merge_set(similarity: torch.Tensor, k: int) -> torch.Tensor:
