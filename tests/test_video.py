@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import av
 import numpy as np
 import pytest
@@ -102,6 +104,26 @@ def test_window(clips, suffix):
     assert identify(tail.frames, NUM_FRAMES) == [32, 36, 39]
     head = read_video(clips[suffix], 2, end_s=1.0)
     assert identify(head.frames, NUM_FRAMES) == [0, 7]
+
+
+def test_complete_files_raise_no_warning(clips):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in clips.values():
+            read_video(path, 4)
+
+
+def test_a_cut_off_file_is_sampled_from_the_frames_it_has_with_a_warning(clips, tmp_path):
+    # A Matroska file cut in half keeps its header's duration (5 s) but only the first frames.
+    data = open(clips["mkv"], "rb").read()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="may be truncated"):
+        sampled = read_video(cut, 4)
+    assert 0 < sampled.source_frames < NUM_FRAMES
+    assert sampled.duration_s == pytest.approx(sampled.source_frames / FPS)
+    assert sampled.frame_indices == sample_indices(sampled.source_frames, 4)
+    assert identify(sampled.frames, NUM_FRAMES) == sampled.frame_indices
 
 
 def test_fewer_frames_than_requested_repeats_nearest(tmp_path):

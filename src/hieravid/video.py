@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -244,6 +245,7 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
         duration = _duration(container, stream, index, fps)
     if index.count == 0:
         raise ValueError(f"could not decode video at {str(file)!r}: the video stream has no frames")
+    duration = _check_coverage(file, index, fps, duration)
 
     wanted = _select(index, num_frames, start_s, end_s, duration)
     kept = _decode_selected(file, index, sorted(set(wanted)), by_pts=index.pts is not None)
@@ -320,6 +322,20 @@ def _duration(container: av.container.InputContainer, stream: av.VideoStream, in
     if container.duration:
         return container.duration / av.time_base
     return index.count / fps
+
+
+def _check_coverage(file: Path, index: _Index, fps: float, duration: float) -> float:
+    """The duration the frames cover when it falls well short of the header's (a file cut off, e.g. by an
+    interrupted download, keeps its header), with a warning; else the header's ``duration``."""
+    covered = index.times_s[-1] + (1 / fps if fps > 0 else 0.0)  # the last frame lasts one frame period
+    if duration - covered <= max(2 / fps if fps > 0 else 0.0, 0.05 * duration):
+        return duration
+    warnings.warn(
+        f"{str(file)!r}: its header says the video lasts {duration:.3f} s but its {index.count} frames cover "
+        f"{covered:.3f} s: the file may be truncated; frames are sampled from those it has",
+        stacklevel=4,
+    )
+    return covered
 
 
 def _select(index: _Index, num_frames: int, start_s: float | None, end_s: float | None, duration: float) -> list[int]:
