@@ -21,6 +21,30 @@ _VIDEO_KEYS = ("video_grid_thw", "pixel_values_videos")
 _SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
+def _refuse_copy(*args: Any) -> None:
+    """Raised from what :func:`apply` puts on a model when the model is copied (``copy.deepcopy``) or pickled
+    (``torch.save(model)``): a copy would keep the patched forward without the hooks that feed it."""
+    raise TypeError(
+        "a model hieravid is applied to cannot be copied or pickled (the copy would keep the patched forward "
+        "without the hooks that feed it): call handle.remove() first, copy or save the model, then "
+        "hieravid.apply to each copy; torch.save(model.state_dict()) works while applied"
+    )
+
+
+class _Patch:
+    """A hook or patched method that :func:`apply` puts on a model: calls ``fn`` (and looks like it to
+    ``inspect.signature``), and refuses to be copied or pickled."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    __reduce_ex__ = _refuse_copy
+
+
 class PruneHandle:
     """Returned by :func:`apply`. ``last_stats`` describes the last prefill (``last_trace`` too, token by
     token, when applied with ``trace=True``); ``remove()`` (or leaving a ``with`` block) gives the model back
@@ -49,6 +73,8 @@ class PruneHandle:
         kept and dropped tokens at every decision point, segments and relevance scores. None before the
         first call, and always None unless :func:`apply` was given ``trace=True``."""
         return self.runtime.last_trace
+
+    __reduce_ex__ = _refuse_copy
 
     def remove(self) -> None:
         """Undo :func:`apply`: restore the language model's forward and remove the hooks."""
@@ -150,13 +176,13 @@ def apply(
                 )
 
     hooks = [
-        multimodal.register_forward_pre_hook(remember_call, with_kwargs=True),
-        multimodal.register_forward_hook(forget_call, with_kwargs=True),
+        multimodal.register_forward_pre_hook(_Patch(remember_call), with_kwargs=True),
+        multimodal.register_forward_hook(_Patch(forget_call), with_kwargs=True),
     ]
-    hooks.append(model.register_forward_pre_hook(refuse_what_pruning_cannot_return, with_kwargs=True))
+    hooks.append(model.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True))
     handle = PruneHandle(model, runtime, {text_model: "forward", multimodal: "get_video_features"}, hooks)
-    text_model.forward = functools.partial(runtime.forward, text_model)
-    multimodal.get_video_features = remember_video
+    text_model.forward = _Patch(functools.partial(runtime.forward, text_model))
+    multimodal.get_video_features = _Patch(remember_video)
     for module in (model, multimodal, text_model):
         module.__dict__[_MARK] = handle
     return handle

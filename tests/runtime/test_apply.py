@@ -7,6 +7,9 @@ original positions, a plain causal mask. They do not go through the runtime.
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from device_reads import DeviceReads
@@ -199,6 +202,20 @@ def test_apply_twice_is_refused(family, model):
     inputs = build_inputs(family, model)
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.5) as handle:  # and it works again after both
         model(**inputs)
+    assert handle.last_stats is not None and handle.last_stats.flops_ratio < 1
+
+
+def test_copying_a_patched_model_is_refused_with_the_fix(family, model):
+    with hieravid.apply(model, "hieravid", 0.3):
+        with pytest.raises(TypeError, match="handle.remove"):
+            copy.deepcopy(model)
+        with pytest.raises(TypeError, match="handle.remove"):
+            pickle.dumps(model)
+        assert set(model.state_dict()) == set(pickle.loads(pickle.dumps(model.state_dict())))
+    twin = copy.deepcopy(model)  # once removed, a copy can be patched on its own
+    inputs = build_inputs(family, model)
+    with torch.no_grad(), hieravid.apply(twin, "hieravid", 0.3) as handle, hieravid.apply(model, "hieravid", 0.3):
+        torch.testing.assert_close(twin(**inputs).logits, model(**inputs).logits)
     assert handle.last_stats is not None and handle.last_stats.flops_ratio < 1
 
 
