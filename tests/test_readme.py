@@ -43,3 +43,25 @@ def test_readme_flops_table_matches_the_command(capsys):
             got_r.append(f"{100 * out['ratio']:.1f}")
         assert [t.strip() for t in tflops.split("/")] == got_t
         assert [r.strip() for r in ratios.split("/")] == got_r
+
+
+def test_the_python_example_runs_on_a_saved_model(tmp_path, monkeypatch):
+    """The README's first Python example, verbatim but for the checkpoint (a tiny Qwen2-VL with random
+    weights and its real processor, saved and loaded with ``from_pretrained``) and the video file."""
+    from tiny_models import build_model, build_processor, random_video
+
+    from hieravid.video import write_test_video
+
+    code = re.search(r"## Use it on a model\n\n```python\n(.+?)\n```", README, flags=re.S).group(1)
+    assert code.count('"Qwen/Qwen2-VL-7B-Instruct"') == 2 and code.count('"clip.mp4"') == 1
+    model = build_model("qwen2_vl")
+    build_processor("qwen2_vl", model, tmp_path)
+    model.save_pretrained(tmp_path)
+    write_test_video(tmp_path / "clip.mp4", random_video(frames=8), fps=4)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(code.replace('"Qwen/Qwen2-VL-7B-Instruct"', repr(str(tmp_path))), scope)
+    stats, out, inputs = scope["stats"], scope["out"], scope["inputs"]
+    assert out.shape[1] > inputs["input_ids"].shape[1]  # it generated
+    assert stats.pruned and 0 < stats.flops_ratio < 1 and stats.achieved_budget < 0.35
+    assert not scope["handle"].active
