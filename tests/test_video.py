@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -186,6 +187,121 @@ def test_video_metadata(clips):
     assert meta.duration == pytest.approx(sampled.duration_s)
     assert (meta.height, meta.width) == (HEIGHT, WIDTH)
     np.testing.assert_allclose(meta.timestamps, sampled.timestamps_s, atol=1e-6)
+
+
+def write_colours(path, n=NUM_FRAMES, *, pts=None, time_base=None, audio_s=None, rotation=None):
+    """``colour_video(n)`` written with PyAV: frame i at ``pts[i]`` (default i) in ``time_base`` (default
+    1/FPS), with B-frames, optionally a silent AAC track of ``audio_s`` seconds and a display rotation."""
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    time_base = time_base or Fraction(1, FPS)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.codec_context.time_base = time_base
+        stream.codec_context.max_b_frames = 2
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        audio = container.add_stream("aac", rate=48000) if audio_s else None
+        for i, pixels in enumerate(colour_video(n)):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = (i if pts is None else pts[i]), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        if audio is not None:
+            size = audio.codec_context.frame_size or 1024
+            for k in range(int(48000 * audio_s) // size):
+                block = av.AudioFrame.from_ndarray(
+                    np.zeros((1, size), np.float32), format=audio.codec_context.format.name, layout="mono"
+                )
+                block.sample_rate, block.pts, block.time_base = 48000, k * size, Fraction(1, 48000)
+                container.mux(audio.encode(block))
+            container.mux(audio.encode(None))
+    return str(path)
+
+
+def test_avi_with_b_frames_counts_from_its_first_frame(tmp_path):
+    # AVI states a start of 0 but, with B-frames, shows its first frame one frame period later.
+    path = write_colours(tmp_path / "b.avi")
+    whole = read_video(path, NUM_FRAMES)
+    np.testing.assert_allclose(whole.timestamps_s, [i / FPS for i in range(NUM_FRAMES)], atol=1e-6)
+    assert identify(read_video(path, 8, start_s=2.0, end_s=3.0).frames, NUM_FRAMES) == list(range(16, 24))
+    assert whole.duration_s == pytest.approx(NUM_FRAMES / FPS)
+
+
+def test_frames_an_edit_list_hides_are_not_frames(clips, tmp_path):
+    # A cut without re-encoding: an MP4 whose edit list hides the first 3 frames (decoded, never shown).
+    cut = tmp_path / "cut.mp4"
+    with av.open(clips["mkv"]) as source, av.open(str(cut), "w") as target:
+        original = source.streams.video[0]
+        stream = target.add_stream_from_template(original)
+        shift = int(3 / FPS / original.time_base)
+        for packet in source.demux(original):
+            if packet.size:
+                packet.pts -= shift
+                packet.dts = None if packet.dts is None else packet.dts - shift
+                packet.stream = stream
+                target.mux(packet)
+    whole = read_video(cut, NUM_FRAMES - 3)
+    assert whole.source_frames == NUM_FRAMES - 3
+    assert identify(whole.frames, NUM_FRAMES) == [i + 3 for i in whole.frame_indices]
+    window = read_video(cut, 2, start_s=1.0, end_s=2.0)
+    assert window.source_frames == NUM_FRAMES - 3 and window.frame_indices == [8, 15]
+    assert identify(window.frames, NUM_FRAMES) == [11, 18]
+    np.testing.assert_allclose(list(video_metadata(window).timestamps), [1.0, 1.875], atol=1e-6)
+
+
+def test_matroska_starting_late_or_with_longer_audio_is_not_truncated(tmp_path):
+    late = write_colours(tmp_path / "late.mkv", pts=[10 * FPS + i for i in range(NUM_FRAMES)])  # starts at 10 s
+    long_audio = write_colours(tmp_path / "audio.mkv", audio_s=3 * NUM_FRAMES / FPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in (late, long_audio):
+            sampled = read_video(path, 8)
+            assert sampled.duration_s == pytest.approx(NUM_FRAMES / FPS)
+            assert identify(sampled.frames, NUM_FRAMES) == sampled.frame_indices == sample_indices(NUM_FRAMES, 8)
+            assert sampled.timestamps_s[0] == 0
+
+
+def test_variable_frame_rate_reports_its_real_average(tmp_path):
+    gaps = [250] * 20 + [62] * 19  # ms: 4 frames per second, then about 16
+    pts = [0] + list(np.cumsum(gaps))
+    sampled = read_video(write_colours(tmp_path / "vfr.mkv", pts=pts, time_base=Fraction(1, 1000)), 4)
+    assert sampled.fps == pytest.approx((NUM_FRAMES - 1) / (pts[-1] / 1000))
+    np.testing.assert_allclose(sampled.timestamps_s, [pts[i] / 1000 for i in sampled.frame_indices], atol=1e-6)
+    assert identify(sampled.frames, NUM_FRAMES) == sampled.frame_indices
+
+
+def test_frames_come_upright(tmp_path):
+    # Stored 96 wide x 64 high, red along the top; the display matrix turns it 90 degrees clockwise (how a
+    # phone stores a portrait recording), so a player shows it 64 wide x 96 high, red along the right edge.
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.set_display_rotation(-90)
+        pixels = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
+        pixels[:16] = (255, 0, 0)
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, FPS)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    sampled = read_video(path, 2)
+    assert sampled.frames.shape == (2, WIDTH, HEIGHT, 3) and (sampled.height, sampled.width) == (WIDTH, HEIGHT)
+    right, left = sampled.frames[:, :, -12:].mean(axis=(0, 1, 2)), sampled.frames[:, :, :-20].mean(axis=(0, 1, 2))
+    assert right[0] > 240 and right[1] < 15 and np.abs(left - 128).max() < 8
+
+
+def test_empty_and_cut_header_files_are_value_errors(clips, tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    with pytest.raises(ValueError, match="empty"):
+        read_video(empty, 4)
+    head = tmp_path / "head.mkv"
+    head.write_bytes(open(clips["mkv"], "rb").read()[:300])  # cut inside its header: FFmpeg reports EIO
+    with pytest.raises(ValueError, match="could not decode video at .*head.mkv"):
+        read_video(head, 4)
 
 
 def test_missing_file(tmp_path):

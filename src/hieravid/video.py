@@ -21,7 +21,15 @@ stream's start. How a file is read:
 
 Frames are identified by their timestamps; files whose packets carry none number frames in decoding order.
 When some sampled frame never comes out of the decoder (dropped or re-timed frames), one extra decoding pass
-counts the frames as decoded, and the sampling is redone on that count.
+counts the frames as decoded, and the sampling is redone on that count. Packets an edit list hides (a cut
+made without re-encoding) are not frames of the video. Times count from the first frame shown (a stream's
+stated start, or its first frame if that comes later, as in AVI files with B-frames).
+
+Frames come upright, as players show them: a display matrix that rotates by a multiple of 90 degrees (how
+phones store portrait recordings) is applied. ``fps`` is the average rate of the frames' own timestamps
+(a variable-rate file's real average, not its nominal rate), ``duration_s`` the video stream's duration
+from its header, unless the frames end well before it (a cut-off file: a warning says so) or the header
+states none for the video stream alone (then the span the frames cover).
 """
 
 from __future__ import annotations
@@ -123,10 +131,12 @@ def read_video(
     if file.is_dir():
         raise ValueError(f"could not decode video at {str(file)!r}: it is a directory, not a video file")
     _check_window(start_s, end_s)
+    if file.stat().st_size == 0:
+        raise ValueError(f"could not decode video at {str(file)!r}: the file is empty (0 bytes)")
     try:
         return _read(file, num_frames, start_s, end_s)
     except av.FFmpegError as err:
-        if isinstance(err, OSError):  # permissions and the like: not a property of the file's content
+        if isinstance(err, (PermissionError, FileNotFoundError, IsADirectoryError)):  # not the content's fault
             raise
         raise ValueError(f"could not decode video at {str(file)!r}: {err}") from err
 
@@ -137,7 +147,8 @@ def video_metadata(sampled: SampledVideo):
     Returns a ``transformers.video_utils.VideoMetadata`` (a mapping: ``fps`` frames per second,
     ``total_num_frames`` of the source, ``frames_indices`` of the sampled frames in the source, ``duration``
     seconds, ``width``/``height`` pixels, ``video_backend="pyav"``), the same fields transformers' own PyAV
-    loader fills. Qwen3-VL derives its frame timestamps from it (``frames_indices / fps``).
+    loader fills. Qwen3-VL derives its frame timestamps from it (``frames_indices / fps``): exact for a
+    constant frame rate, an approximation of ``sampled.timestamps_s`` for a variable one.
 
     Pass the frames with ``do_sample_frames=False`` (the default of the Qwen2-VL, Qwen2.5-VL and LLaVA-OneVision
     video processors): they are already sampled, and ``total_num_frames`` counts the source, not the array.
@@ -223,8 +234,9 @@ class _Index:
     """Every frame of the video stream, from the demuxing pass."""
 
     pts: list[int] | None  # sorted presentation timestamps (stream time_base); None if packets lack them
-    times_s: list[float]  # seconds from the stream start, per frame
+    times_s: list[float]  # seconds from the first frame shown (see _origin), per frame
     count: int  # frames in the video
+    start_s: float = 0.0  # where times_s counts from, on the stream's clock, seconds
 
 
 def _open(file: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
@@ -242,10 +254,10 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
     with container:
         index = _demux_index(container, stream)
         fps = _frame_rate(stream, index)
-        duration = _duration(container, stream, index, fps)
+        header = _header_duration(container, stream)
     if index.count == 0:
         raise ValueError(f"could not decode video at {str(file)!r}: the video stream has no frames")
-    duration = _check_coverage(file, index, fps, duration)
+    duration = _duration(file, index, fps, header)
 
     wanted = _select(index, num_frames, start_s, end_s, duration)
     kept = _decode_selected(file, index, sorted(set(wanted)), by_pts=index.pts is not None)
@@ -270,12 +282,19 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
     )
 
 
+def _origin(stream: av.VideoStream, first_pts: int) -> int:
+    """The timestamp times count from: the stream's stated start, or its first frame when that comes later
+    (an AVI file with B-frames states 0 and shows its first frame one frame period later)."""
+    return first_pts if stream.start_time is None else max(int(stream.start_time), first_pts)
+
+
 def _demux_index(container: av.container.InputContainer, stream: av.VideoStream) -> _Index:
-    """Presentation timestamps of all frames, by demuxing (no decoding)."""
+    """Presentation timestamps of all frames, by demuxing (no decoding). Packets marked to discard (those
+    an edit list hides: decoded for the frames after them, never shown) are not frames."""
     pts: list[int] = []
     missing = 0
     for packet in container.demux(stream):
-        if packet.size == 0:  # the flush packet at the end
+        if packet.size == 0 or packet.is_discard:  # the flush packet at the end, or a hidden one
             continue
         if packet.pts is None:
             missing += 1
@@ -287,51 +306,65 @@ def _demux_index(container: av.container.InputContainer, stream: av.VideoStream)
         step = 1 / float(rate) if rate else 0.0
         return _Index(pts=None, times_s=[i * step for i in range(count)], count=count)
     pts.sort()
-    origin = stream.start_time if stream.start_time is not None else pts[0]
+    origin = _origin(stream, pts[0])
     base = stream.time_base
-    return _Index(pts=pts, times_s=[float((p - origin) * base) for p in pts], count=len(pts))
+    return _Index(
+        pts=pts, times_s=[float((p - origin) * base) for p in pts], count=len(pts), start_s=float(origin * base)
+    )
 
 
 def _decode_index(file: Path, fps: float) -> _Index:
-    """Count frames by decoding them all (fallback when packets cannot be trusted); times from the frames."""
+    """Count frames by decoding them all (fallback when packets cannot be trusted); times from the frames,
+    counted from the same origin as :func:`_demux_index`'s."""
     container, stream = _open(file)
-    times: list[float] = []
     with container:
-        origin = stream.start_time or 0
-        for i, frame in enumerate(container.decode(stream)):
-            if frame.pts is not None and stream.time_base is not None:
-                times.append(float((frame.pts - origin) * stream.time_base))
-            else:
-                times.append(i / fps if fps else 0.0)
-    return _Index(pts=None, times_s=times, count=len(times))
+        pts = [frame.pts for frame in container.decode(stream)]
+        base = stream.time_base
+        if pts and base is not None and None not in pts:
+            origin = _origin(stream, pts[0])
+            times = [float((p - origin) * base) for p in pts]
+            return _Index(pts=None, times_s=times, count=len(pts), start_s=float(origin * base))
+    return _Index(pts=None, times_s=[i / fps for i in range(len(pts))], count=len(pts))
 
 
 def _frame_rate(stream: av.VideoStream, index: _Index) -> float:
-    """Average frame rate in frames per second (from the container, else from the frame times)."""
+    """Average frame rate in frames per second: from the frames' own times (a variable-rate file's nominal
+    rate can be far from its real average), else the stream's stated rate, else 1."""
+    if index.count > 1 and index.times_s[-1] > index.times_s[0]:
+        return (index.count - 1) / (index.times_s[-1] - index.times_s[0])
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    if rate:
-        return float(rate)
-    span = index.times_s[-1] - index.times_s[0] if index.count > 1 else 0.0
-    return (index.count - 1) / span if span > 0 else 1.0
+    return float(rate) if rate else 1.0
 
 
-def _duration(container: av.container.InputContainer, stream: av.VideoStream, index: _Index, fps: float) -> float:
-    """Duration of the whole video in seconds: the stream's, else the container's, else frames / fps."""
+def _header_duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """The video stream's duration as the file's header states it, seconds: the stream's own, or the
+    container's when the video is its only stream (with others it may be, e.g., a longer audio track's);
+    None when neither is stated."""
     if stream.duration and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    if container.duration:
+    if container.duration and len(container.streams) == 1:
         return container.duration / av.time_base
-    return index.count / fps
+    return None
 
 
-def _check_coverage(file: Path, index: _Index, fps: float, duration: float) -> float:
-    """The duration the frames cover when it falls well short of the header's (a file cut off, e.g. by an
-    interrupted download, keeps its header), with a warning; else the header's ``duration``."""
-    covered = index.times_s[-1] + (1 / fps if fps > 0 else 0.0)  # the last frame lasts one frame period
-    if duration - covered <= max(2 / fps if fps > 0 else 0.0, 0.05 * duration):
-        return duration
+def _duration(file: Path, index: _Index, fps: float, header: float | None) -> float:
+    """The video's duration, seconds: the header's, unless it states none or one that ends before the
+    last frame starts (an estimate from the bitrate), then the span the frames cover; or unless the frames
+    end well before it (a file cut off, e.g. by an interrupted download, keeps its header), then that span,
+    with a warning."""
+    covered = index.times_s[-1] + 1 / fps  # the last frame lasts one frame period
+    if header is None:
+        return covered
+    # A container's duration may run from its clock's zero to the stream's end (Matroska) rather than from
+    # the stream's start: of the two readings, the one nearer the frames'.
+    spans = [header, header - index.start_s] if index.start_s > 0 else [header]
+    span = min(spans, key=lambda d: abs(d - covered))
+    if span < index.times_s[-1]:  # it ends before the last frame starts: an estimate
+        return covered
+    if span - covered <= max(2 / fps, 0.05 * span):
+        return span
     warnings.warn(
-        f"{str(file)!r}: its header says the video lasts {duration:.3f} s but its {index.count} frames cover "
+        f"{str(file)!r}: its header says the video lasts {span:.3f} s but its {index.count} frames cover "
         f"{covered:.3f} s: the file may be truncated; frames are sampled from those it has",
         stacklevel=4,
     )
@@ -348,6 +381,13 @@ def _select(index: _Index, num_frames: int, start_s: float | None, end_s: float 
             f"{duration:.3f} s with {index.count} frames: pick a window inside it"
         )
     return [first + i for i in sample_indices(stop - first, num_frames)]
+
+
+def _upright(frame: av.VideoFrame, pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` (H, W, 3) of ``frame`` turned as its display matrix says (a multiple of 90 degrees
+    counterclockwise; phones store portrait video this way), so they look as a player shows them."""
+    turns = frame.rotation // 90 if frame.rotation % 90 == 0 else 0
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns % 4 else pixels
 
 
 def _decode_selected(file: Path, index: _Index, wanted: list[int], by_pts: bool) -> dict[int, np.ndarray] | None:
@@ -379,7 +419,7 @@ def _decode_selected(file: Path, index: _Index, wanted: list[int], by_pts: bool)
                 if size is None:
                     size = (frame.height, frame.width)
                 # (H, W, 3) uint8; frames of another size (a resolution change) are scaled to the first's
-                kept[i] = frame.to_ndarray(format="rgb24", height=size[0], width=size[1])
+                kept[i] = _upright(frame, frame.to_ndarray(format="rgb24", height=size[0], width=size[1]))
             if len(kept) == len(targets):
                 break
     return kept if len(kept) == len(targets) else None
