@@ -330,7 +330,10 @@ def test_bad_num_frames(clips, bad):
 
 @pytest.mark.parametrize(
     "start_s, end_s, match",
-    [(3.0, 2.0, "end_s"), (-1.0, None, "start_s"), (float("nan"), None, "start_s"), (9.0, None, "no frame")],
+    [
+        (3.0, 2.0, "end_s"), (-1.0, None, "start_s"), (float("nan"), None, "start_s"), (9.0, None, "no frame"),
+        ("1", None, "start_s"), (None, "2", "end_s"),
+    ],
 )
 def test_bad_window(clips, start_s, end_s, match):
     with pytest.raises(ValueError, match=match):

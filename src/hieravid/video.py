@@ -213,7 +213,10 @@ def _check_num_frames(num_frames: int) -> None:
 
 def _check_window(start_s: float | None, end_s: float | None) -> None:
     for name, value in (("start_s", start_s), ("end_s", end_s)):
-        if value is not None and (isinstance(value, bool) or not math.isfinite(value) or value < 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value) or value < 0
+        ):
             raise ValueError(f"{name} must be a finite time >= 0 in seconds or None, got {value!r}")
     if start_s is not None and end_s is not None and end_s <= start_s:
         raise ValueError(f"end_s ({end_s} s) must be after start_s ({start_s} s)")
