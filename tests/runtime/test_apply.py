@@ -13,7 +13,7 @@ import pickle
 import pytest
 import torch
 from device_reads import DeviceReads
-from tiny_models import build_inputs, build_model, unbatch, video_token_id
+from tiny_models import build_inputs, build_model, unbatch, video_layout, video_token_id
 
 import hieravid
 from hieravid.flops import paper_flops
@@ -355,6 +355,40 @@ def test_decoding_never_prunes_again(family, model):
         assert cache.stored_length(layer_idx) == kept[0].numel() + n_new - 1
 
 
+def test_crop_takes_back_generated_and_trailing_text_tokens_only(family, model):
+    inputs = build_inputs(family, model)
+    n_new = 4
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        out = _generate(model, inputs, n_new, return_dict_in_generate=True)
+        cache = cache_of(out)
+        stored = [cache.stored_length(layer) for layer in range(len(cache.layers))]
+        prompt = inputs["input_ids"].shape[1]
+        after_video = prompt - video_layout(family, model, inputs).frame_spans[0][-1][1]  # text after the last frame
+        cache.crop(-2)  # two generated tokens
+        assert cache.get_seq_length() == prompt + n_new - 1 - 2
+        assert [cache.stored_length(layer) for layer in range(len(cache.layers))] == [n - 2 for n in stored]
+        assert [m.shape[1] for m in cache.key_valid] == [n - 2 for n in stored]
+        with pytest.raises(ValueError, match="last visual token"):
+            cache.crop(-(n_new - 3 + after_video + 1))  # into the video, where the layers differ
+        cache.crop(-(n_new - 3 + after_video))  # the rest of the generated tokens and the text after the video
+        assert cache.get_seq_length() == prompt - after_video
+
+
+def test_assisted_generation(family, model):
+    """generate with a draft model appends its guesses to the prompt and crops the rejected ones from the
+    cache: without pruning this equals the unpatched model; with pruning it runs (the decisions see the
+    guesses as the prompt's last tokens)."""
+    draft = build_model(family, seed=1)
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        plain = _generate(model, inputs, 8, assistant_model=draft)
+        with hieravid.apply(model, "vanilla"):
+            torch.testing.assert_close(_generate(model, inputs, 8, assistant_model=draft), plain, rtol=0, atol=0)
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            pruned = _generate(model, inputs, 8, assistant_model=draft)
+    assert pruned.shape == plain.shape and handle.last_stats.flops_ratio < 1
+
+
 def test_stage1_merges_into_run_means(family, model):
     """With rho > 0, stage-1 tokens are the means of their temporal runs: the decoder's first layer
     receives exactly those means at the anchors' positions."""
@@ -544,6 +578,25 @@ def test_right_padding_is_repacked(family, model):
         for b in range(2):
             alone = model(**unbatch(family, model, inputs, b)).logits[0, -1]
             torch.testing.assert_close(batched[b], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_two_videos_in_one_prompt_are_refused_with_the_way_out(tmp_path):
+    from tiny_models import build_processor, random_video
+    from transformers.video_utils import VideoMetadata
+
+    model = build_model("qwen2_vl")
+    processor = build_processor("qwen2_vl", model, tmp_path)
+    video = "<|vision_start|><|video_pad|><|vision_end|>"
+    text = f"<|im_start|>user\n{video}{video}what is happening in the video ?<|im_end|>\n<|im_start|>assistant\n"
+    meta = [VideoMetadata(total_num_frames=8, fps=2.0, frames_indices=list(range(8)), height=112, width=168)] * 2
+    inputs = processor(text=[text], videos=[random_video(8, seed=1), random_video(8, seed=2)], video_metadata=meta,
+                       return_tensors="pt")
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        with pytest.raises(ValueError, match="one video per sample.*handle.remove"):
+            model(**inputs)
+    with torch.no_grad():
+        model(**inputs)  # the model itself takes it once the handle is removed
+    assert not handle.active
 
 
 def test_image_only_input_is_a_passthrough():

@@ -29,7 +29,8 @@ class LlavaOnevisionAdapter(ModelAdapter):
             if rest or slots < 1:
                 raise ValueError(
                     f"a sample has {pos.numel()} video tokens, which is not {frames} frames x P tokens + 1 "
-                    "newline; hieravid prunes one video per sample: pass one video per sample"
+                    "newline; hieravid prunes one video per sample: pass one video per sample, or call handle.remove() "
+                    "to run this prompt unpruned"
                 )
             layouts.append(VideoLayout(positions=pos[:-1], num_frames=frames, num_slots=slots))
         return layouts

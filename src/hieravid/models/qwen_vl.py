@@ -56,7 +56,8 @@ class QwenVLAdapter(ModelAdapter):
             if t * slots != pos.numel():
                 raise ValueError(
                     f"a sample has {pos.numel()} video tokens but its video grid {(t, h, w)} gives {t * slots}; "
-                    "hieravid prunes one video per sample: pass one video per sample"
+                    "hieravid prunes one video per sample: pass one video per sample, or call handle.remove() "
+                    "to run this prompt unpruned"
                 )
             layouts.append(VideoLayout(positions=pos, num_frames=t, num_slots=slots))
         return layouts

@@ -22,6 +22,7 @@ class PrunedCache(DynamicCache):
     def __init__(self, config) -> None:
         super().__init__(config=config)
         self.virtual_length = 0  # tokens, as if nothing had been pruned
+        self.fixed_length = 0  # of them, those no crop can remove: the prompt up to its last visual token
         self.key_valid: list[torch.Tensor | None] = []
         self.all_valid: list[bool] = []
 
@@ -36,3 +37,24 @@ class PrunedCache(DynamicCache):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
         self.key_valid = [None if m is None else m.index_select(0, beam_idx.to(m.device)) for m in self.key_valid]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` tokens from every layer (``generate`` does so when assisted or
+        prompt-lookup decoding rejects guessed tokens, which it appends to the prompt at first). Text is never
+        pruned and each row ends with its last token, so the last tokens are the same columns in every layer,
+        back to the prompt's last visual token: before it, each layer keeps its own subset."""
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"crop takes the negative number of tokens to remove, got {tokens_to_remove} (as DynamicCache)"
+            )
+        count = -tokens_to_remove
+        if self.virtual_length - count < self.fixed_length:
+            raise ValueError(
+                f"cannot remove {count} tokens from a pruned cache: only the "
+                f"{self.virtual_length - self.fixed_length} after the prompt's last visual token are the same in "
+                "every layer"
+            )
+        super().crop(tokens_to_remove)
+        if count:
+            self.key_valid = [None if m is None else m[:, : m.shape[1] - count] for m in self.key_valid]
+            self.virtual_length -= count

@@ -295,6 +295,7 @@ class Runtime:
                 cache.all_valid.append(all_valid)
         if cache is not None:
             cache.virtual_length = length
+            cache.fixed_length = length - min(instruction_length[b] for b in with_video)
         hidden = text_model.norm(seq.hidden)
 
         self.last_stats = PruneStats(
