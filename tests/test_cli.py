@@ -121,3 +121,18 @@ def test_budgets_of_any_real_number_type() -> None:
     assert check_budget(np.float32(0.5)) == 0.5 and isinstance(check_budget(np.float64(0.3)), float)
     with pytest.raises(ValueError, match="in \\(0, 1\\]"):
         check_budget(np.float32(1.5))
+
+
+def test_subpackages_load_on_first_use_and_import_stays_light() -> None:
+    """``import hieravid`` alone gives ``hieravid.methods.available()`` (as the README writes it), and does
+    not import transformers until a model is touched."""
+    code = (
+        "import sys, hieravid\n"
+        "assert 'transformers' not in sys.modules\n"
+        "print(','.join(hieravid.methods.available()))\n"
+        "try:\n    hieravid.no_such_thing\nexcept AttributeError:\n    print('refused')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    names, refused = result.stdout.split()
+    assert "hieravid" in names.split(",") and refused == "refused"

@@ -4,6 +4,9 @@
 the algorithms live in :mod:`hieravid.ops`, the methods in :mod:`hieravid.methods`.
 """
 
+import importlib
+import importlib.util
+
 from hieravid.config import HieraVidConfig
 
 __version__ = "0.1.0"
@@ -17,4 +20,7 @@ def __getattr__(name: str):
         from hieravid import api
 
         return getattr(api, name)
+    # Subpackages on first use, so `import hieravid; hieravid.methods.available()` works.
+    if not name.startswith("_") and importlib.util.find_spec(f"hieravid.{name}") is not None:
+        return importlib.import_module(f"hieravid.{name}")
     raise AttributeError(f"module 'hieravid' has no attribute {name!r}")
