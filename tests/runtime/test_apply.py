@@ -599,6 +599,14 @@ def test_two_videos_in_one_prompt_are_refused_with_the_way_out(tmp_path):
     assert not handle.active
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_static_cache_is_refused_with_the_fix(family, model, batch):
+    inputs = build_inputs(family, model, batch=batch, left_pad=[0, 3][:batch])
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        with pytest.raises(ValueError, match="dynamic cache.*cache_implementation"):
+            _generate(model, inputs, 3, cache_implementation="static")
+
+
 def test_image_only_input_is_a_passthrough():
     """An image (no video) goes through unpruned: the output equals the unpatched model's."""
     model = build_model("qwen2_vl")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from hieravid.flops import ModelShape
@@ -143,11 +144,12 @@ class Runtime:
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_ARG: past_key_values}, **kwargs,
         )
-        if isinstance(attention_mask, dict):
+        prepared = isinstance(attention_mask, dict) or (torch.is_tensor(attention_mask) and attention_mask.dim() == 4)
+        if prepared or (past_key_values is not None and not isinstance(past_key_values, DynamicCache)):
             raise ValueError(
-                "hieravid needs the 2-D attention mask; prepared 4-D masks come from static/compiled caches, "
-                "which pruning cannot use (every layer keeps a different number of tokens): use the default "
-                "dynamic cache"
+                "hieravid needs the default dynamic cache and a 2-D attention mask: static and compiled caches "
+                "(and the 4-D masks prepared for them) cannot hold layers that keep different numbers of tokens; "
+                "generate without cache_implementation, or pass a DynamicCache"
             )
         if inputs_embeds is None:
             inputs_embeds = text_model.embed_tokens(input_ids)
