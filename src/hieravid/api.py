@@ -16,7 +16,7 @@ __all__ = ["PruneHandle", "apply"]
 
 _MARK = "_hieravid_handle"
 # The call arguments the adapters read to locate the video tokens.
-_CONTEXT_KEYS = ("input_ids", "video_grid_thw", "pixel_values_videos", "attention_mask")
+_CONTEXT_KEYS = ("input_ids", "video_grid_thw", "pixel_values_videos", "attention_mask", "mm_encoder_outputs")
 _VIDEO_KEYS = ("video_grid_thw", "pixel_values_videos")
 _SUPPORTED_ATTENTION = ("sdpa", "eager")
 

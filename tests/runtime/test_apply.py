@@ -7,6 +7,7 @@ original positions, a plain causal mask. They do not go through the runtime.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import pickle
 
@@ -26,6 +27,24 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 # In-LLM stages only (rho = 0): every kept token is an original token, so the by-hand check needs no
 # merge arithmetic. Stage-1 merging is checked on its own below.
 SELECT_ONLY = dict(ratios=(0.0, 0.5, 0.4, 0.5))
+
+
+@contextlib.contextmanager
+def _record_prefills(handle, seen):
+    """Append the runtime's statistics after every prefill to ``seen``."""
+    runtime = handle.runtime
+    prefill = runtime._prefill
+
+    def recording(*args, **kwargs):
+        out = prefill(*args, **kwargs)
+        seen.append(runtime.last_stats)
+        return out
+
+    runtime._prefill = recording
+    try:
+        yield
+    finally:
+        del runtime._prefill
 
 
 def _generate(model, inputs, n=4, **kw):
@@ -387,6 +406,27 @@ def test_assisted_generation(family, model):
         with hieravid.apply(model, "hieravid", 0.3) as handle:
             pruned = _generate(model, inputs, 8, assistant_model=draft)
     assert pruned.shape == plain.shape and handle.last_stats.flops_ratio < 1
+
+
+def test_generation_without_cache_prunes_every_step(family, model):
+    """generate(use_cache=False) runs the whole sequence at every step with the video it encoded once; each
+    step is a pruned prefill of its own (its last token the relevance query), not the unpruned model."""
+    inputs = build_inputs(family, model, batch=2, left_pad=[0, 3])
+    prompt = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        plain = _generate(model, inputs, 3, use_cache=False)
+        with hieravid.apply(model, "vanilla"):
+            torch.testing.assert_close(_generate(model, inputs, 3, use_cache=False), plain, rtol=0, atol=0)
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            cached = _generate(model, inputs, 3)
+            seen = []
+            with _record_prefills(handle, seen):
+                uncached = _generate(model, inputs, 3, use_cache=False)
+    assert len(seen) == 3 and all(stats.pruned and stats.flops_ratio < 0.5 for stats in seen)
+    assert [stats.text_tokens[0] for stats in seen] == [
+        t + seen[0].text_tokens[0] for t in range(3)
+    ]  # the same video, one more text token each step
+    torch.testing.assert_close(uncached[:, prompt], cached[:, prompt], rtol=0, atol=0)  # the first step is the same
 
 
 def test_stage1_merges_into_run_means(family, model):

@@ -18,6 +18,7 @@ continue from the original, unpruned length) and attend to every stored key of e
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,8 @@ class Runtime:
         self.video_call: dict[str, Any] | None = None  # arguments of its video encoding
         self.last_stats: PruneStats | None = None
         self.last_trace: PruneTrace | None = None
+        # The layouts found for the last encoded video, with a weak reference to its encoder output.
+        self._encoded: tuple[weakref.ref, list[VideoLayout | None]] | None = None
         self._shape = ModelShape.from_config(adapter.text_config)
 
     # ------------------------------------------------------------------------------------ dispatch
@@ -184,7 +187,18 @@ class Runtime:
             )
         kwargs = dict(self.context.kwargs)
         kwargs.update({k: v for k, v in (self.video_call or {}).items() if v is not None})
-        return self.adapter.video_layouts(CallContext(kwargs), length)
+        layouts = self.adapter.video_layouts(CallContext(kwargs), length)
+        encoded = kwargs.get("mm_encoder_outputs")
+        video = encoded.get("video") if isinstance(encoded, dict) else None
+        if video is not None:
+            if any(layout is not None for layout in layouts):
+                self._encoded = (weakref.ref(video), layouts)
+            elif self._encoded is not None and self._encoded[0]() is video:
+                # generate(use_cache=False) runs the whole sequence at every step with the video it encoded
+                # once (this same encoder output) and no encoding call to read the layout from: the video's
+                # tokens are where they were, new tokens only follow them.
+                layouts = self._encoded[1]
+        return layouts
 
     # ------------------------------------------------------------------------------------- prefill
     def _prefill(
