@@ -429,6 +429,17 @@ def test_generation_without_cache_prunes_every_step(family, model):
     torch.testing.assert_close(uncached[:, prompt], cached[:, prompt], rtol=0, atol=0)  # the first step is the same
 
 
+def test_a_pruned_cache_is_refused_by_the_model_without_hieravid(family, model):
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        with hieravid.apply(model, "hieravid", 0.3):
+            first = _generate(model, inputs, 3, return_dict_in_generate=True)
+        follow_up = torch.cat([first.sequences, first.sequences[:, -4:]], dim=1)  # a text-only next turn
+        with pytest.raises(ValueError, match="pruned prefill.*hieravid applied"):
+            model.generate(input_ids=follow_up, attention_mask=torch.ones_like(follow_up),
+                           **{CACHE_ARG: cache_of(first)}, max_new_tokens=2, do_sample=False)
+
+
 def test_stage1_merges_into_run_means(family, model):
     """With rho > 0, stage-1 tokens are the means of their temporal runs: the decoder's first layer
     receives exactly those means at the anchors' positions."""

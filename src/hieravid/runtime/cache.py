@@ -30,6 +30,15 @@ class PrunedCache(DynamicCache):
         """Original sequence length seen so far (tokens), whatever was pruned."""
         return self.virtual_length
 
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        """Only a model without hieravid asks (its own attention masks assume every layer holds the same
+        tokens): refuse, naming the fix. The runtime builds its masks from ``key_valid``."""
+        raise ValueError(
+            "this cache holds a pruned prefill (each layer keeps its own tokens), which the model without "
+            "hieravid cannot continue: continue it with hieravid applied (the same method), or run the "
+            "conversation again from the full prompt"
+        )
+
     def stored_length(self, layer_idx: int) -> int:
         """Tokens actually stored for ``layer_idx``."""
         return super().get_seq_length(layer_idx)
