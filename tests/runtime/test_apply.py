@@ -658,6 +658,27 @@ def test_a_static_cache_is_refused_with_the_fix(family, model, batch):
             _generate(model, inputs, 3, cache_implementation="static")
 
 
+@pytest.mark.parametrize("method, budget", [("vanilla", 1.0), ("hieravid", 1.0)])
+def test_right_padding_stays_when_nothing_is_pruned(family, model, method, budget):
+    """With nothing to decide, a right-padded batch keeps its layout: every valid position's logits equal
+    the model's without hieravid (as ``logits[b, mask.sum() - 1]`` reads them)."""
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 4], left_pad=[0, 2])
+    ids, mask = inputs["input_ids"].clone(), inputs["attention_mask"].clone()
+    for b in range(2):
+        n = int(mask[b].sum())
+        ids[b] = torch.cat([ids[b][mask[b].bool()], torch.zeros(ids.shape[1] - n, dtype=ids.dtype)])
+        mask[b] = (torch.arange(ids.shape[1]) < n).long()
+    right = dict(inputs, input_ids=ids, attention_mask=mask)
+    if "mm_token_type_ids" in inputs:
+        right["mm_token_type_ids"] = (ids == video_token_id(family, model)).long() * 2
+    with torch.no_grad():
+        expected = model(**right).logits
+        with hieravid.apply(model, method, budget):
+            got = model(**right).logits
+    valid = mask.bool()
+    torch.testing.assert_close(got[valid], expected[valid], rtol=0, atol=0)
+
+
 def test_image_only_input_is_a_passthrough():
     """An image (no video) goes through unpruned: the output equals the unpatched model's."""
     model = build_model("qwen2_vl")

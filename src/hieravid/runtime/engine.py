@@ -255,15 +255,19 @@ class Runtime:
             layout is not None and host[2 * b + 1] - host[2 * b] + 1 == counts[b]
             for b, layout in enumerate(layouts)
         ]
-        if num_valid < valid.numel() and not bool(valid[:, -1].all()):
-            # Right padding: re-pack so every row ends with its last token.
+        decision_layers = set(self.method.decision_layers(num_layers))
+        # Each row's valid columns are its last ones, unless right padding stays: it is re-packed so that every
+        # row ends with its last token when something is decided, and left as it is otherwise (vanilla, budget
+        # 1), so the output keeps the caller's layout, as the model without hieravid gives it.
+        valid_last = num_valid == valid.numel() or bool(valid[:, -1].all())
+        if not valid_last and decision_layers:
             seq = seq.gather(*_right_align(valid))
+            valid_last = True
         states: list[dict] = [{"num_layers": num_layers} for _ in range(batch)]
         # Per sample, the decisions recorded for the trace (None: tracing is off).
         traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = (
             [[] for _ in range(batch)] if self.trace else None
         )
-        decision_layers = set(self.method.decision_layers(num_layers))
         cache = PrunedCache(text_model.config) if use_cache else None
         implementation = adapter.attn_implementation
         per_sample: list[list[int]] = [[] for _ in range(batch)]
@@ -284,10 +288,12 @@ class Runtime:
                 # The sequence changes only here (its counts were read back by the decision, once: each read
                 # waits for the GPU to finish all the layers queued so far).
                 all_valid = num_valid == seq.valid.numel()  # no column is padding
-                # Each row's valid columns are its last ones: its text (never removed) and its visual tokens.
+                # The valid columns: each row's text (never removed) and its visual tokens.
                 width = seq.index.shape[1]
                 kept_positions.append(
                     [seq.index[b, width - text_tokens[b] - counts[b] :] for b in range(batch)]
+                    if valid_last
+                    else [seq.index[b][seq.valid[b]] for b in range(batch)]
                 )
                 mask = attention_mask(seq.valid, seq.hidden.shape[1], implementation, seq.hidden.dtype, all_valid)
             else:
