@@ -305,8 +305,8 @@ def _demux_index(container: av.container.InputContainer, stream: av.VideoStream)
             pts.append(int(packet.pts))
     if missing or not pts or stream.time_base is None:
         count = len(pts) + missing
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        step = 1 / float(rate) if rate else 0.0
+        rate = _stated_rate(stream)
+        step = 1 / rate if rate else 0.0
         return _Index(pts=None, times_s=[i * step for i in range(count)], count=count)
     pts.sort()
     origin = _origin(stream, pts[0])
@@ -335,8 +335,13 @@ def _frame_rate(stream: av.VideoStream, index: _Index) -> float:
     rate can be far from its real average), else the stream's stated rate, else 1."""
     if index.count > 1 and index.times_s[-1] > index.times_s[0]:
         return (index.count - 1) / (index.times_s[-1] - index.times_s[0])
+    return _stated_rate(stream) or 1.0
+
+
+def _stated_rate(stream: av.VideoStream) -> float | None:
+    """The frame rate the stream states (average, else guessed, else base), frames per second; None if none."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return float(rate) if rate else 1.0
+    return float(rate) if rate else None
 
 
 def _header_duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
