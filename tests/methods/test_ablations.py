@@ -124,9 +124,10 @@ def test_topk_by_relevance_with_the_negative_sign_keeps_the_least_attended():
     assert keep.tolist() == ref_topk(attention.tolist(), segment.tolist(), k.tolist())
 
 
-def test_topk_mean_query_uses_the_configured_rows():
-    _, _, _, _, calls, _ = _topk_run(create_hieravid_topk(0.3, relevance_query="mean", query_tokens=3))
-    assert calls == [3]
+def test_topk_mean_query_uses_the_configured_rows_within_the_instruction():
+    for rows, used in ((1, 1), (2, 2), (3, 2)):  # the instruction has 2 tokens: never a row of the video's
+        _, _, _, _, calls, _ = _topk_run(create_hieravid_topk(0.3, relevance_query="mean", query_tokens=rows))
+        assert calls == [used]
 
 
 def test_topk_schedule_is_hieravids():

@@ -754,7 +754,8 @@ def test_per_layer_outputs_are_refused_while_pruning(family, model, name):
         assert model(**inputs, output_hidden_states=True).hidden_states is not None  # removed: as before
 
 
-def test_the_mean_query_stays_inside_the_instruction(family, model):
+@pytest.mark.parametrize("method", ["hieravid", "hieravid_topk"])
+def test_the_mean_query_stays_inside_the_instruction(family, model, method):
     """``relevance_query="mean"`` averages the trailing instruction tokens: asking for more than there are
     gives the decisions of all of them, not an average reaching into the video."""
     inputs = build_inputs(family, model)
@@ -763,7 +764,7 @@ def test_the_mean_query_stays_inside_the_instruction(family, model):
     kept = []
     with torch.no_grad():
         for rows in (instruction + 20, instruction + 40):  # both more than the instruction has
-            with hieravid.apply(model, "hieravid", 0.3, relevance_query="mean", query_tokens=rows) as handle:
+            with hieravid.apply(model, method, 0.3, relevance_query="mean", query_tokens=rows) as handle:
                 model(**inputs)
             kept.append([k[0].tolist() for k in handle.last_stats.kept_positions])
     assert kept[0] == kept[1]

@@ -98,8 +98,7 @@ class HieraVidTopK(HieraVid):
         ratio = schedule.ratios[schedule.boundaries.index(layer)]
         if tokens.relevance_from_attention is None:
             raise ValueError(f"hieravid_topk needs attention relevance at layer {layer}")
-        rows = self.config.query_tokens if self.config.relevance_query == "mean" else 1
-        score = tokens.relevance_from_attention(query_rows=rows)  # (N,) a
+        score = tokens.relevance_from_attention(query_rows=self.query_rows(tokens))  # (N,) a
         if self.topk_by == "relevance":
             sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
             score = minmax_normalize(sign * score, self.config.eps)

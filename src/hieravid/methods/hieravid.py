@@ -175,6 +175,16 @@ class HieraVid(PruningMethod):
     def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:
         return self.schedule(num_layers).tokens_per_layer(num_visual)
 
+    def query_rows(self, tokens: VideoTokens) -> int:
+        """Query rows whose attention gives the relevance (Eq. 8): 1 (``last``), or ``query_tokens`` of the
+        trailing instruction tokens (``mean``), never more than the instruction has: never the video's."""
+        if self.config.relevance_query != "mean":
+            return 1
+        rows = self.config.query_tokens
+        if tokens.instruction is not None:
+            rows = max(1, min(rows, int(tokens.instruction.shape[0])))
+        return rows
+
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if "schedule" not in state:
             state["schedule"] = self.schedule(state["num_layers"])
@@ -199,12 +209,7 @@ class HieraVid(PruningMethod):
         if tokens.relevance_from_attention is None:
             raise ValueError(f"HieraVid's stage {stage} needs attention relevance at layer {layer}")
         sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
-        rows = 1
-        if self.config.relevance_query == "mean":  # the trailing instruction tokens, never the video's
-            rows = self.config.query_tokens
-            if tokens.instruction is not None:
-                rows = max(1, min(rows, int(tokens.instruction.shape[0])))
-        r = minmax_normalize(sign * tokens.relevance_from_attention(query_rows=rows), self.config.eps)
+        r = minmax_normalize(sign * tokens.relevance_from_attention(query_rows=self.query_rows(tokens)), self.config.eps)
         keep = decide_stage(
             tokens.features, r, state["segment"], state["z"], ratio, self.config,
             selector_for_stage(stage, self.config),
