@@ -59,6 +59,10 @@ def test_unreachable_budget_names_the_minimum():
     with pytest.raises(ValueError, match=r"^fastv \(k=2\): .*\(a smaller k, e\.g\. fastv:k=1\)"):
         FastV(0.05).decision_layers(28)
     FastV(2 / 28).decision_layers(28)  # the bound itself: f = 0
+    with pytest.raises(ValueError, match=r"\(a smaller k, e\.g\. fastv:k=1\)$"):
+        FastV(0.2, k=5).decision_layers(8)  # 0.2 x 8 = 1.6: only k=1 fits
+    with pytest.raises(ValueError, match=r"\(k=1 is the earliest FastV prunes\)$"):
+        FastV(0.1, k=1).decision_layers(8)  # no k fits: never a hint FastV refuses (k=0)
 
 
 def test_budget_one_decides_nothing():

@@ -76,8 +76,10 @@ def frame_keep_counts(budget: float, num_frames: int, num_slots: int) -> torch.T
     rest = total - num_anchors * num_slots
     if rest < 0:
         raise ValueError(
-            f"DyCoke keeps every {WINDOW}th frame whole: with {num_frames} frames the smallest budget it can "
-            f"reach is {num_anchors / num_frames:.3f}, got budget {budget:g}; use a budget at least that"
+            f"DyCoke keeps every {WINDOW}th frame whole: with {num_frames} frames of visual tokens (temporal "
+            f"groups, where the model encodes input frames in groups) the smallest budget it can reach is "
+            f"{num_anchors / num_frames:.3f}, got budget {budget:g}; use a budget at least that, or a number "
+            f"of frames of tokens that {WINDOW} divides (minimum {1 / WINDOW})"
         )
     compared = num_frames - num_anchors
     counts = torch.full((num_frames,), num_slots, dtype=torch.long)

@@ -8,14 +8,14 @@ fraction f stays for layers ``[K, L)``.
 Budget rule: the relative token budget B is the kept visual fraction averaged over the L layers
 (:mod:`hieravid.methods.budget`), so ``B = (K + (L - K) f) / L`` and
 ``f = keep_fraction_from_layer(B, L, K) = (B L - K) / (L - K)``. A budget below ``K / L`` cannot be
-reached (the first K layers alone cost more): the helper raises a ``ValueError`` naming the smallest
-reachable budget (0.0714 for K = 2, L = 28) at the first prefill, when L is known.
+reached (the first K layers alone cost more): ``apply`` refuses it, naming the smallest reachable budget
+(0.0714 for K = 2, L = 28) and the largest K that reaches it.
 
 Placement: the ranking is computed at the INPUT of layer K with layer K's own query/key projections
 (``VideoTokens.relevance_from_attention(query_rows=1)``), so it needs no eager attention. The
-original code reuses the attention weights of layer K - 1 from the full pass (it needs
-``output_attentions``); both are attention of the last token to the visual tokens at the K-th
-boundary, computed from the same hidden states one projection apart.
+original code ranks by the attention weights of layer K - 1 (from that layer's input, with its
+projections; it needs ``output_attentions``): the same boundary, but one layer's attention later
+here, so the two kept sets can differ.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ class FastV(PruningMethod):
         try:
             return keep_fraction_from_layer(self.budget, num_layers, self.k)
         except ValueError as err:
-            raise ValueError(f"fastv (k={self.k}): {err} (a smaller k, e.g. fastv:k={max(self.k - 1, 0)})") from None
+            latest = int(self.budget * num_layers + 1e-9)  # the largest k whose first layers fit in B
+            fix = f"a smaller k, e.g. fastv:k={latest}" if latest >= 1 else "k=1 is the earliest FastV prunes"
+            raise ValueError(f"fastv (k={self.k}): {err} ({fix})") from None
 
     def decision_layers(self, num_layers: int) -> list[int]:
         """``[k]``, or nothing when f = 1 (budget 1)."""
