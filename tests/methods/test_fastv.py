@@ -6,11 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import build_inputs, num_visual_tokens
+from tiny_models import build_inputs, build_model, num_visual_tokens, video_layout
 
 import hieravid
 from hieravid.methods.base import VideoTokens
-from hieravid.methods.budget import layer_average
+from hieravid.methods.budget import keep_count, layer_average
 from hieravid.methods.fastv import FastV, create_fastv
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -144,3 +144,20 @@ def test_tokens_per_layer_follow_the_budget_rule(family, model):
     assert stats.per_sample_tokens_per_layer[0] == method.expected_tokens_per_layer(n, 8)
     assert stats.per_sample_tokens_per_layer[0][:2] == [n, n]
     assert stats.achieved_budget == pytest.approx(0.5, abs=1 / n)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_keeps_the_tokens_the_layer_before_k_attends_to_most(family, k):
+    """The original ranking: the last token's attention in layer K - 1, heads averaged, as the unpatched
+    model returns it under eager attention; the top fraction f enters layer K."""
+    model = build_model(family, attn_implementation="eager")
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        attention = model(**inputs, output_attentions=True).attentions[k - 1][0, :, -1].mean(dim=0)  # (L,)
+        with hieravid.apply(model, FastV(0.5, k=k)) as handle:
+            model(**inputs)
+    visual = torch.cat([torch.arange(start, end) for start, end in video_layout(family, model, inputs).frame_spans[0]])
+    kept = keep_count(FastV(0.5, k=k).keep_fraction(8), visual.numel())
+    expected = visual[torch.sort(torch.topk(attention[visual], kept).indices).values]
+    positions = handle.last_stats.kept_positions[k][0]  # the columns entering layer k
+    assert positions[torch.isin(positions, visual)].tolist() == expected.tolist()

@@ -3,7 +3,8 @@
 ``VideoTokens.relevance_from_attention`` is computed from the decision layer's norm, projections and
 rotary embedding for a few query rows only (it must work under SDPA). Here it is checked against the
 attention probabilities the unpatched model itself returns under eager attention (``output_attentions``),
-for every family, in a left-padded batch.
+for every family, in a left-padded batch: at the decision layer, or at the layer before it where the
+method ranks by that one's attention (``PruningMethod.attention_layer``, FastV's choice).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ LAYER = 3
 
 @dataclass
 class _Recorder(PruningMethod):
-    """Keeps every token; at ``LAYER`` records the attention it is offered for 1 and 3 query rows."""
+    """Keeps every token; at ``LAYER`` records the attention it is offered for 1 and 3 query rows, that of
+    layer ``ranked_by``."""
 
+    ranked_by: int = LAYER
     seen: list[dict[int, torch.Tensor]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -32,19 +35,23 @@ class _Recorder(PruningMethod):
     def decision_layers(self, num_layers: int) -> list[int]:
         return [LAYER]
 
+    def attention_layer(self, layer: int) -> int:
+        return self.ranked_by
+
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         assert tokens.relevance_from_attention is not None
         self.seen.append({rows: tokens.relevance_from_attention(query_rows=rows) for rows in (1, 3)})
         return Decision(keep=torch.ones(tokens.num_tokens, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("ranked_by", [LAYER, LAYER - 1])
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
-def test_offered_attention_is_the_models_own(family):
+def test_offered_attention_is_the_models_own(family, ranked_by):
     model = build_model(family, attn_implementation="eager")
     inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2])
     with torch.no_grad():
-        attentions = model(**inputs, output_attentions=True).attentions[LAYER]  # (B, H, L, L)
-        recorder = _Recorder()
+        attentions = model(**inputs, output_attentions=True).attentions[ranked_by]  # (B, H, L, L)
+        recorder = _Recorder(ranked_by=ranked_by)
         with hieravid.apply(model, method=recorder):
             model(**inputs)
     layout = video_layout(family, model, inputs)
@@ -55,3 +62,10 @@ def test_offered_attention_is_the_models_own(family):
             expected = attentions[b, :, -rows:].mean(dim=(0, 1))[visual]  # heads and query rows averaged
             assert got.shape == expected.shape
             torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_ranking_layer_other_than_the_point_or_the_one_before_is_refused():
+    model = build_model("qwen2_vl")
+    with torch.no_grad(), hieravid.apply(model, method=_Recorder(ranked_by=LAYER - 2)):
+        with pytest.raises(ValueError, match=r"attention_layer\(k\) must be k or k - 1"):
+            model(**build_inputs("qwen2_vl", model))

@@ -116,6 +116,12 @@ class PruningMethod:
         """Decide at ``layer`` for one sample."""
         raise NotImplementedError
 
+    def attention_layer(self, layer: int) -> int:
+        """The decoder layer whose attention ``relevance_from_attention`` gives at decision point ``layer``
+        (>= 1): ``layer`` itself (its projections on its input; the default) or ``layer - 1`` (the
+        attention the previous layer computed, over the same tokens)."""
+        return layer
+
     def active(self, layer: int, state: dict) -> bool:
         """False once this sample has nothing left to decide at ``layer`` or any later point. When no
         sample of a batch is active the runtime skips the point: no relevance rows, no gathers, no

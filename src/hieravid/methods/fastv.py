@@ -11,11 +11,11 @@ Budget rule: the relative token budget B is the kept visual fraction averaged ov
 reached (the first K layers alone cost more): ``apply`` refuses it, naming the smallest reachable budget
 (0.0714 for K = 2, L = 28) and the largest K that reaches it.
 
-Placement: the ranking is computed at the INPUT of layer K with layer K's own query/key projections
-(``VideoTokens.relevance_from_attention(query_rows=1)``), so it needs no eager attention. The
-original code ranks by the attention weights of layer K - 1 (from that layer's input, with its
-projections; it needs ``output_attentions``): the same boundary, but one layer's attention later
-here, so the two kept sets can differ.
+Ranking: by the attention of layer K - 1, the last layer that sees every token, as the original code
+does (it reads that layer's weights through ``output_attentions``). Here the runtime recomputes that
+layer's last-token row from its input, norm, query/key projections and rotary embedding
+(:meth:`attention_layer`, ``VideoTokens.relevance_from_attention(query_rows=1)``), so no eager
+attention is needed, and the pruning applies to layer K's input.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ class FastV(PruningMethod):
             latest = int(self.budget * num_layers + 1e-9)  # the largest k whose first layers fit in B
             fix = f"a smaller k, e.g. fastv:k={latest}" if latest >= 1 else "k=1 is the earliest FastV prunes"
             raise ValueError(f"fastv (k={self.k}): {err} ({fix})") from None
+
+    def attention_layer(self, layer: int) -> int:
+        """Layer K - 1: the tokens are ranked by the attention of the layer before the pruning."""
+        return layer - 1
 
     def decision_layers(self, num_layers: int) -> list[int]:
         """``[k]``, or nothing when f = 1 (budget 1)."""

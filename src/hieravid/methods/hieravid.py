@@ -209,7 +209,8 @@ class HieraVid(PruningMethod):
         if tokens.relevance_from_attention is None:
             raise ValueError(f"HieraVid's stage {stage} needs attention relevance at layer {layer}")
         sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
-        r = minmax_normalize(sign * tokens.relevance_from_attention(query_rows=self.query_rows(tokens)), self.config.eps)
+        attention = tokens.relevance_from_attention(query_rows=self.query_rows(tokens))  # (N,)
+        r = minmax_normalize(sign * attention, self.config.eps)
         keep = decide_stage(
             tokens.features, r, state["segment"], state["z"], ratio, self.config,
             selector_for_stage(stage, self.config),

@@ -256,6 +256,10 @@ class Runtime:
             for b, layout in enumerate(layouts)
         ]
         decision_layers = set(self.method.decision_layers(num_layers))
+        # Decision points ranked by the previous layer's attention: that layer's input is kept for them.
+        ranked_before = {k for k in decision_layers if k > 0 and self.method.attention_layer(k) != k}
+        if any(self.method.attention_layer(point) != point - 1 for point in ranked_before):
+            raise ValueError(f"method {self.method.name}: attention_layer(k) must be k or k - 1")
         # Each row's valid columns are its last ones, unless right padding stays: it is re-packed so that every
         # row ends with its last token when something is decided, and left as it is otherwise (vanilla, budget
         # 1), so the output keeps the caller's layout, as the model without hieravid gives it.
@@ -273,6 +277,7 @@ class Runtime:
         per_sample: list[list[int]] = [[] for _ in range(batch)]
         kept_positions: list[list[torch.Tensor]] = []
         decide_by_layer: dict[int, float] = {}  # decision layer -> seconds
+        attended: tuple[torch.nn.Module, torch.Tensor] | None = None  # (layer, its input) for ranked_before
         for layer_idx, layer in enumerate(layers):
             deciding = layer_idx in decision_layers and any(
                 layout is not None and self.method.active(layer_idx, states[b]) for b, layout in enumerate(layouts)
@@ -280,8 +285,8 @@ class Runtime:
             if deciding:
                 start = device_clock(device)
                 seq, counts, num_valid = self._decide(
-                    layer_idx, layer, seq, num_valid, counts, layouts, instruction_length, video_is_a_run,
-                    frame_of, slot_of, visual, states, traced,
+                    layer_idx, attended or (layer, seq.hidden), seq, num_valid, counts, layouts,
+                    instruction_length, video_is_a_run, frame_of, slot_of, visual, states, traced,
                 )
                 decide_by_layer[layer_idx] = device_clock(device) - start
             if layer_idx == 0 or deciding:
@@ -300,6 +305,8 @@ class Runtime:
                 kept_positions.append(kept_positions[-1])
             for b, count in enumerate(counts):
                 per_sample[b].append(count)
+            # Nothing is decided between this layer's input and the next's: the same columns.
+            attended = (layer, seq.hidden) if layer_idx + 1 in ranked_before else None
             hidden = layer(
                 seq.hidden,
                 attention_mask=mask,
@@ -337,7 +344,7 @@ class Runtime:
     def _decide(
         self,
         layer_idx: int,
-        layer: torch.nn.Module,
+        attended: tuple[torch.nn.Module, torch.Tensor],
         seq: _Sequence,
         num_valid: int,
         counts: list[int],
@@ -351,9 +358,11 @@ class Runtime:
         traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = None,
     ) -> tuple[_Sequence, list[int], int]:
         """Ask the method about every sample at one decision point and apply the answers (and record
-        them in ``traced`` when tracing). Host ints in: ``num_valid``, the valid columns of ``seq``;
-        ``counts``, the visual tokens of each row; per sample, ``instruction_length``, the tokens after
-        its video (the row's last columns), and ``video_is_a_run``, no text between its video tokens.
+        them in ``traced`` when tracing). ``attended``: the layer whose attention ranks
+        (:meth:`PruningMethod.attention_layer`) and its input, with the columns of ``seq``. Host ints
+        in: ``num_valid``, the valid columns of ``seq``; ``counts``, the visual tokens of each row; per
+        sample, ``instruction_length``, the tokens after its video (the row's last columns), and
+        ``video_is_a_run``, no text between its video tokens.
         Returns the new sequence with its ``counts`` and ``num_valid``, read back together."""
         all_valid = num_valid == seq.valid.numel()
         length = seq.valid.shape[1]
@@ -364,7 +373,7 @@ class Runtime:
 
         def projections(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
             if f"q{rows}" not in keys_cache:
-                q, k = self.adapter.query_key(layer, seq.hidden, seq.cos, seq.sin, query_rows=rows)
+                q, k = self.adapter.query_key(*attended, seq.cos, seq.sin, query_rows=rows)
                 keys_cache[f"q{rows}"], keys_cache["k"] = q, k
             return keys_cache[f"q{rows}"], keys_cache["k"]
 
