@@ -283,6 +283,37 @@ def test_the_summary_scores_the_samples_of_this_run(tmp_path, model_dir, data_ro
     assert summary["rows"][0]["failed"]["mvbench"] == 2  # the missing video and the answer that is no candidate
 
 
+def test_a_saved_answer_is_reused_for_the_same_question_only(tmp_path, model_dir, data_root):
+    """Resuming after the annotations changed under the same ids asks the changed questions again (a saved
+    record would score an old target); the same data in a moved folder keeps every record."""
+    root = _mvbench_copy(data_root, tmp_path / "a")
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(model_dir), "--tasks", "mvbench", "--out", str(out), "--methods", "vanilla",
+            "--num-frames", "4", "--max-new-tokens", "2", "--quiet"]
+    assert main([*args, "--data-root", str(root)]) == 0
+    first = {r["id"]: r for r in _records(out)}
+    moved = tmp_path / "b"
+    root.rename(moved)
+    asked: list[str] = []
+    code = main([*args, "--data-root", str(moved)])
+    assert code == 0 and {r["id"]: r for r in _records(out)} == first  # nothing asked again
+    path = moved / "mvbench" / "json" / "action_antonym.json"
+    questions = json.loads(path.read_text())
+    questions[0]["answer"] = questions[0]["candidates"][-1]  # the first question's answer changes
+    path.write_text(json.dumps(questions))
+    from hieravid.infer import load_model
+
+    config = EvalConfig(tasks=["mvbench"], out=out, model=str(model_dir), methods=["vanilla"], data_root=moved,
+                        num_frames=4, max_new_tokens=2, progress=False)
+    run_eval(config, loaded=load_model(str(model_dir)), on_record=lambda r: asked.append(r["id"]))
+    assert asked == ["action_antonym/0"]
+    now = {r["id"]: r for r in _records(out)}
+    assert now["action_antonym/0"]["target"] != first["action_antonym/0"]["target"]
+    assert {k: v for k, v in now.items() if k != "action_antonym/0"} == {
+        k: v for k, v in first.items() if k != "action_antonym/0"
+    }
+
+
 def test_records_of_the_wrong_types_fail_their_samples_only(tmp_path, model_dir, data_root):
     root = _mvbench_copy(data_root, tmp_path / "data")
     (root / "mvbench" / "json" / "action_count.json").write_text(json.dumps([

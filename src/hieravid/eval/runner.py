@@ -4,7 +4,9 @@ What one run does:
 
 1. reads every task's samples (:mod:`hieravid.eval.tasks`); a task whose files cannot be read is reported and
    skipped, a sample whose record is malformed is recorded as failed;
-2. skips what the output folder already holds (a finished or interrupted earlier run with the same settings);
+2. skips what the output folder already holds (a finished or interrupted earlier run with the same settings),
+   unless the sample it answered has changed since (its question, options, answer or video: an edited
+   annotation file, or another data root holding other data under the same ids);
 3. splits the samples over the processes (``accelerate launch -m hieravid eval ...``: process r of W takes the
    samples r, r + W, r + 2W, ... of the whole list), loads the model once per process, decodes each video once
    and answers it with every method at every budget (:func:`hieravid.infer.answer`), appending each record to the
@@ -18,6 +20,7 @@ failed sample (status ``failed``, its reason and kind) and scores 0; the run goe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -195,6 +198,16 @@ def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tu
     return samples, errors
 
 
+def _sample_digest(sample: Sample, data_root: Path) -> str:
+    """A short hash of what ``sample`` asks: its question, options, answer, metadata, video path and error,
+    with the paths taken relative to ``data_root`` (a moved data folder keeps its records). A saved record
+    is reused only for a sample with the same digest."""
+    asked = [sample.question, sample.options, sample.answer, sample.meta, sample.video, sample.error]
+    root = json.dumps(str(data_root))[1:-1]  # as the paths below it appear in the JSON text
+    text = json.dumps(asked, sort_keys=True, default=str).replace(root, "<data_root>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _record(task: Task, sample: Sample, index: int, method: str, budget: float, rank: int, **fields: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
         "task": task.name,
@@ -319,9 +332,18 @@ def run_eval(
     samples, task_errors = _load_tasks(tasks, data_root, config.limit)
     pairs = combinations(config.methods, config.budgets)
 
-    previous = read_records(part_files(out) + [out / MERGED])
-    done = {record_key(r) for r in previous if r.get("status") == "ok" or not config.retry_failed}
     units = [(task, i, s) for task in tasks for i, s in enumerate(samples.get(task.name, []))]
+    digests = {(task.name, str(s.id)): _sample_digest(s, data_root) for task, _, s in units}
+    previous = read_records(part_files(out) + [out / MERGED])
+
+    def reusable(record: Mapping[str, Any]) -> bool:
+        """Not a failure to retry, and made for the sample as it is now (a record written before digests
+        were kept stands for its sample)."""
+        current = digests.get((str(record["task"]), str(record["id"])))
+        retried = config.retry_failed and record.get("status") != "ok"
+        return not retried and record.get("sample_digest", current) == current
+
+    done = {record_key(r) for r in previous if reusable(r)}
     mine = units[procs.rank :: procs.world]
     jobs = [
         (task, index, sample, [(m, b) for m, b in pairs if (task.name, sample.id, m, budget_key(b)) not in done])
@@ -352,8 +374,9 @@ def run_eval(
             for task, index, sample, todo in jobs:
                 if bar is not None:
                     bar.update(bar_task, description=f"{task.name} (process 1 of {procs.world})")
+                digest = digests[(task.name, str(sample.id))]
                 for record in _run_sample(task, sample, index, todo, loaded, config, procs.rank):
-                    log.append(record)
+                    log.append({**record, "sample_digest": digest})
                     if bar is not None:
                         bar.advance(bar_task)
                     if on_record is not None:
