@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hieravid.eval.mvbench import MVBENCH_FOLDERS
 from hieravid.video import write_test_video
 
 FRAME_HW = (112, 168)  # the tiny Qwen2-VL's default frame size: its processor keeps it
@@ -69,6 +70,8 @@ def write_mvbench(root: Path) -> None:
         {"video": "p1.mp4", "question": "How many times?", "candidates": ["1", "2", "3"], "answer": "3"},
         {"video": "p1.mp4", "question": "How many?", "candidates": ["1", "2"], "answer": "4"},  # not a candidate
     ])
+    for sub_task in MVBENCH_FOLDERS.keys() - {"action_antonym", "action_count"}:  # every task file is needed
+        _json(base / "json" / f"{sub_task}.json", [])
 
 
 EGO_UIDS = ("0074f737-11cb-497d-8d07-77c3a8127391", "00b9a0de-c59e-49cb-a127-6081e2fb8c8e", "absent-uid")

@@ -262,25 +262,24 @@ def _mvbench_copy(data_root: Path, dest: Path) -> Path:
 
 def test_the_summary_scores_the_samples_of_this_run(tmp_path, model_dir, data_root):
     """Records of earlier runs stay in predictions.jsonl, but the summary covers the samples this run loaded,
-    so every method is scored on the same ones; a placeholder record of a broken file goes once it is fixed."""
+    so every method is scored on the same ones; a task that cannot be read is an error, its records kept."""
     root = _mvbench_copy(data_root, tmp_path / "data")
     out = tmp_path / "out"
     args = ["eval", "--model", str(model_dir), "--tasks", "mvbench", "--data-root", str(root), "--out", str(out),
             "--num-frames", "4", "--max-new-tokens", "2", "--quiet"]
-    good = (root / "mvbench" / "json" / "action_count.json").read_text()
-    (root / "mvbench" / "json" / "action_count.json").write_text('{"broken": ')
     assert main([*args, "--methods", "vanilla"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rows"][0]["samples"]["mvbench"] == 3  # two questions of action_antonym + the broken file
-    (root / "mvbench" / "json" / "action_count.json").write_text(good)
+    assert summary["rows"][0]["samples"]["mvbench"] == 4
+    assert summary["rows"][0]["failed"]["mvbench"] == 2  # the missing video and the answer that is no candidate
     assert main([*args, "--methods", "vanilla,hieravid", "--budgets", "0.3", "--limit", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [row["samples"]["mvbench"] for row in summary["rows"]] == [1, 1]
-    assert len(_records(out)) == 3 + 1  # nothing dropped from the file
-    assert main([*args, "--methods", "vanilla"]) == 0
+    assert len(_records(out)) == 4 + 1  # nothing dropped from the file
+    (root / "mvbench" / "json" / "action_count.json").write_text('{"broken": ')
+    assert main([*args, "--methods", "vanilla"]) == 1  # no task could run
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rows"][0]["samples"]["mvbench"] == 4  # the fixed file's two questions, not its placeholder
-    assert summary["rows"][0]["failed"]["mvbench"] == 2  # the missing video and the answer that is no candidate
+    assert "action_count.json is not valid JSON" in summary["task_errors"]["mvbench"]
+    assert len(_records(out)) == 4 + 1
 
 
 def test_a_saved_answer_is_reused_for_the_same_question_only(tmp_path, model_dir, data_root):
