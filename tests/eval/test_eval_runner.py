@@ -80,6 +80,15 @@ def test_a_missing_benchmark_is_reported_and_the_others_run(tmp_path, model_dir,
     assert set(summary["task_errors"]) == {"videomme", "mvbench"}
     assert "Expected layout" in summary["task_errors"]["videomme"]
     assert "could not be read" in (tmp_path / "out2" / "summary.md").read_text()
+    import shutil
+
+    shutil.copytree(data_root / "egoschema", tmp_path / "ego" / "egoschema")
+    code = main(["eval", "--model", str(model_dir), "--tasks", "mvbench,egoschema", "--data-root",
+                 str(tmp_path / "ego"), "--out", str(tmp_path / "out3"), "--limit", "1", *RUN_ARGS])
+    assert code == 0  # the first task missing: the others are scored, reported and plotted
+    summary = json.loads((tmp_path / "out3" / "summary.json").read_text())
+    assert set(summary["task_errors"]) == {"mvbench"} and "egoschema" in summary["rows"][0]["scores"]
+    assert (tmp_path / "out3" / "scores.png").stat().st_size > 10_000
 
 
 class _Stop(Exception):

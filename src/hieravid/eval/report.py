@@ -70,7 +70,8 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(summary["tasks"])
+    errors = summary.get("task_errors") or {}
+    tasks = [task for task in summary["tasks"] if task not in errors]  # a task that did not load has no point
     panels: list[tuple[str, str, str | None]] = []  # (title, task, group or None)
     for task in tasks:
         panels.append((f"{task} ({summary['metrics'].get(task, 'score')})", task, None))
@@ -107,8 +108,13 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str | None
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=8, frameon=False)
+    legend: dict[str, Any] = {}  # label -> handle, over every panel (a method may miss a task's scores)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    labels = list(legend)
+    figure.legend(list(legend.values()), labels, loc="lower center", ncol=max(1, min(8, len(labels))), fontsize=8,
+                  frameon=False)
     figure.suptitle(title or f"hieravid eval: {summary.get('model') or 'the shipped proxy model'}", fontsize=11)
     figure.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 8), 1, 0.97))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
