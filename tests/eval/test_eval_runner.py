@@ -139,6 +139,10 @@ def test_bad_command_lines(tmp_path, capsys):
     assert main(["eval", "--tasks", "mvbench", "--methods", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown task 'bogus'" in err and "unknown method" in err and "unknown suite" in err
+    # an option's typo, before any model loads (there is none here to load)
+    assert main(["eval", "--tasks", "mvbench", "--methods", "vanilla,hieravid:lamda=1", "--model",
+                 str(tmp_path / "no-model"), "--out", str(tmp_path)]) == 2
+    assert "lamda" in capsys.readouterr().err
 
 
 def test_a_method_spec_is_its_own_row(tmp_path, model_dir, data_root, capsys):

@@ -120,7 +120,7 @@ def _processes(device: str) -> _Processes:
 
 
 def _check(config: EvalConfig) -> list[Task]:
-    from hieravid.methods import available, check_budget, parse_method, warn_if_budget_is_ignored
+    from hieravid.methods import available, build, check_budget, parse_method, warn_if_budget_is_ignored
 
     if not config.tasks:
         raise ValueError("no task to run: pass --tasks (e.g. mvbench,videomme) or --suite")
@@ -131,6 +131,8 @@ def _check(config: EvalConfig) -> list[Task]:
         raise ValueError(f"unknown method(s) {unknown}; available: {', '.join(available())}")
     if not config.methods:
         raise ValueError("no method to run: pass --methods, e.g. vanilla,hieravid")
+    for method in config.methods:
+        build(method, 1.0)  # its options, before a model loads (the budgets are checked on the model's depth)
     for budget in config.budgets:
         check_budget(budget)
     warn_if_budget_is_ignored(config.methods, config.budgets)
