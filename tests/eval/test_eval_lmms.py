@@ -7,6 +7,8 @@ task, split)``) and the ``task_dict`` lmms-eval sets on the model.
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -115,3 +117,36 @@ def test_wrong_family_bad_arguments_and_non_video_requests(loaded, data_root):
         model.generate_until([FakeInstance(("q", {}, lambda d: [object()], 0, "t", "s"))])
     with pytest.raises(NotImplementedError):
         model.loglikelihood([])
+
+
+def test_under_accelerate_launch_the_processes_gather_through_the_models_accelerator(tmp_path, model_dir):
+    """lmms-eval, with several processes, counts each one's requests with ``lm.accelerator.gather``."""
+    script = tmp_path / "gather.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from hieravid.eval.lmms import HieravidLMM\n"
+        "from hieravid.infer import load_model\n"
+        "lm = HieravidLMM(loaded=load_model(sys.argv[1], device='cpu'), method='hieravid', budget=0.3)\n"
+        "counts = lm.accelerator.gather(torch.tensor([lm.rank + 1], device=lm.device)).tolist()\n"
+        "print(f'rank {lm.rank} of {lm.world_size}: {counts}', flush=True)\n"
+        "lm.accelerator.wait_for_everyone()\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), str(script), str(model_dir),
+    ]
+    done = subprocess.run(command, check=False, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("rank")) == [
+        "rank 0 of 2: [1, 2]", "rank 1 of 2: [1, 2]",
+    ]
+
+
+def test_one_process_needs_no_accelerator(loaded):
+    lm = HieravidLMM(loaded=loaded)
+    assert (lm.rank, lm.world_size, lm.accelerator) == (0, 1, None)

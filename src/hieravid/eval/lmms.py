@@ -102,6 +102,18 @@ class HieravidLMM:
         if self.max_num_frames < 1:
             raise ValueError(f"max_num_frames must be >= 1, got {max_num_frames}")
         self.max_new_tokens = int(max_new_tokens)
+        # Under ``accelerate launch`` lmms-eval gathers the processes' request counts through the model's
+        # accelerator (``lm.accelerator.gather``); one process needs none.
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from datetime import timedelta
+
+            import torch
+            from accelerate import Accelerator, InitProcessGroupKwargs
+
+            on_cpu = not torch.cuda.is_available() or str(device).startswith("cpu")
+            # a long timeout: the processes wait for each other after shards of unequal length
+            self.accelerator = Accelerator(cpu=on_cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(days=7))])
         if loaded is None:
             if not pretrained:
                 raise ValueError("pass the model with model_args pretrained=<hub id or local directory>")
@@ -114,8 +126,8 @@ class HieravidLMM:
             raise ValueError(f"{pretrained or loaded.name} is a {loaded.family} model: use --model {right}")
         self.loaded = loaded
         self.task_dict: dict = getattr(self, "task_dict", {})
-        self._rank = int(os.environ.get("RANK", "0"))
-        self._world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self._rank = 0 if self.accelerator is None else self.accelerator.process_index
+        self._world_size = 1 if self.accelerator is None else self.accelerator.num_processes
         self.last_stats: list[Any] = []  # PruneStats of each answer of the last generate_until call
 
     @property
