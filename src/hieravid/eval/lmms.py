@@ -112,8 +112,8 @@ class HieravidLMM:
             from accelerate import Accelerator, InitProcessGroupKwargs
 
             on_cpu = not torch.cuda.is_available() or str(device).startswith("cpu")
-            # a long timeout: the processes wait for each other after shards of unequal length
-            self.accelerator = Accelerator(cpu=on_cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(days=7))])
+            wait = InitProcessGroupKwargs(timeout=timedelta(days=7))  # the processes' shards are of unequal length
+            self.accelerator = Accelerator(cpu=on_cpu, kwargs_handlers=[wait])
         if loaded is None:
             if not pretrained:
                 raise ValueError("pass the model with model_args pretrained=<hub id or local directory>")
