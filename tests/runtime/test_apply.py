@@ -293,6 +293,27 @@ def test_generation_with_cache_equals_recompute_with_same_decisions(family, mode
         torch.testing.assert_close(out.logits[step][0], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["vanilla", "hieravid"])
+def test_a_cache_the_caller_passes_is_the_one_filled(method):
+    """A loop that passes its own DynamicCache at every step (transformers fills it in place) decodes as
+    ``generate`` does: the prefill fills that object, pruned or not. (LLaVA-OneVision: the Qwen-VL models
+    of transformers 5.23 cannot take such a bare decoding step, without hieravid either.)"""
+    from transformers import DynamicCache
+
+    model = build_model("llava_onevision")
+    inputs = build_inputs("llava_onevision", model)
+    with torch.no_grad(), hieravid.apply(model, method, 0.3):
+        expected = _generate(model, inputs, 2, return_dict_in_generate=True, output_logits=True).logits
+        cache = DynamicCache(config=model.config)
+        out = model(**inputs, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)  # (1, 1)
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=1)
+        step = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+    assert out.past_key_values is cache
+    torch.testing.assert_close(out.logits[:, -1], expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(step.logits[:, -1], expected[1], rtol=1e-5, atol=1e-5)
+
+
 def test_tokens_per_layer_equal_the_schedule(family, model):
     inputs = build_inputs(family, model)
     num_layers = len(_language_model(model).layers)

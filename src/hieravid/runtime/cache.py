@@ -21,10 +21,24 @@ class PrunedCache(DynamicCache):
 
     def __init__(self, config) -> None:
         super().__init__(config=config)
+        self._start()
+
+    def _start(self) -> None:
         self.virtual_length = 0  # tokens, as if nothing had been pruned
         self.fixed_length = 0  # of them, those no crop can remove: the prompt up to its last visual token
         self.key_valid: list[torch.Tensor | None] = []
         self.all_valid: list[bool] = []
+
+    @classmethod
+    def adopt(cls, cache: DynamicCache) -> PrunedCache:
+        """The caller's empty ``cache`` (a :class:`DynamicCache`), made a PrunedCache in place and returned:
+        the object the caller passed is the one the prefill fills, as without hieravid (a loop that keeps
+        passing it finds the prompt in it)."""
+        if type(cache) not in (DynamicCache, cls) or cache.get_seq_length() != 0:
+            raise ValueError(f"only an empty DynamicCache can take a pruned prefill, got {type(cache).__name__}")
+        cache.__class__ = cls
+        cache._start()
+        return cache
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # noqa: D401 - same contract as the parent
         """Original sequence length seen so far (tokens), whatever was pruned."""

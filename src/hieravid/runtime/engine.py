@@ -175,9 +175,13 @@ class Runtime:
             if self.trace:
                 self.last_trace = self._passthrough_trace(inputs_embeds.shape[0])
             return original(text_model, **call)
-        return self._prefill(
-            text_model, inputs_embeds, attention_mask, position_ids, use_cache, layouts, kwargs
-        )
+        if not use_cache:
+            cache = None
+        elif type(past_key_values) in (DynamicCache, PrunedCache):  # the caller's, empty: filled in place
+            cache = PrunedCache.adopt(past_key_values)
+        else:
+            cache = PrunedCache(text_model.config)
+        return self._prefill(text_model, inputs_embeds, attention_mask, position_ids, cache, layouts, kwargs)
 
     def _layouts(self, length: int) -> list[VideoLayout | None]:
         if self.context is None:
@@ -207,7 +211,7 @@ class Runtime:
         embeds: torch.Tensor,
         mask_2d: torch.Tensor | None,
         position_ids: torch.Tensor | None,
-        use_cache: bool,
+        cache: PrunedCache | None,
         layouts: list[VideoLayout | None],
         kwargs: dict[str, Any],
     ) -> BaseModelOutputWithPast:
@@ -272,7 +276,6 @@ class Runtime:
         traced: list[list[tuple[StageTrace, torch.Tensor | None]]] | None = (
             [[] for _ in range(batch)] if self.trace else None
         )
-        cache = PrunedCache(text_model.config) if use_cache else None
         implementation = adapter.attn_implementation
         per_sample: list[list[int]] = [[] for _ in range(batch)]
         kept_positions: list[list[torch.Tensor]] = []
@@ -313,7 +316,7 @@ class Runtime:
                 position_embeddings=(seq.cos, seq.sin),
                 position_ids=seq.text_pos,
                 **{CACHE_ARG: cache},
-                use_cache=use_cache,
+                use_cache=cache is not None,
                 **kwargs,
             )
             if layer_idx < len(seq.side):  # deepstack: per-token features added after the first layers
