@@ -671,6 +671,24 @@ def test_two_videos_in_one_prompt_are_refused_with_the_way_out(tmp_path):
     assert not handle.active
 
 
+@pytest.mark.parametrize("frames", [1, 2])
+def test_two_llava_videos_in_one_prompt_are_refused_whatever_their_length(tmp_path, frames):
+    """Two 1-frame videos have as many tokens as one frame of twice the slots: the frame size tells them apart."""
+    from tiny_models import build_processor, random_video
+    from transformers.video_utils import VideoMetadata
+
+    model = build_model("llava_onevision")
+    processor = build_processor("llava_onevision", model, tmp_path)
+    text = "<|im_start|>user\n<video><video>what is happening in the video ?<|im_end|>\n<|im_start|>assistant\n"
+    videos = [random_video(frames, seed=1), random_video(frames, seed=2)]
+    meta = [VideoMetadata(total_num_frames=frames, fps=2.0, frames_indices=list(range(frames)), height=112,
+                          width=168)] * 2
+    inputs = processor(text=[text], videos=videos, video_metadata=meta, return_tensors="pt")
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        with pytest.raises(ValueError, match="one video per sample.*handle.remove"):
+            model(**inputs)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_a_static_cache_is_refused_with_the_fix(family, model, batch):
     inputs = build_inputs(family, model, batch=batch, left_pad=[0, 3][:batch])

@@ -18,19 +18,21 @@ class LlavaOnevisionAdapter(ModelAdapter):
         pixels = context.get("pixel_values_videos")
         if pixels is None:  # no video in this call (text only, or a decoding step)
             return [None] * input_ids.shape[0]
-        positions = video_token_positions(input_ids, int(self.model.config.video_token_index))
+        config = self.model.config
+        positions = video_token_positions(input_ids, int(config.video_token_index))
+        side = config.vision_config.image_size // config.vision_config.patch_size  # patches per frame side
+        pooled = (-(-side // 2)) ** 2  # P: tokens per frame after the model's 2x2 pooling (ceil)
         layouts: list[VideoLayout | None] = []
         for pos in positions:
             if pos.numel() == 0:
                 layouts.append(None)
                 continue
             frames = int(pixels.shape[1])  # (B, F, 3, S, S)
-            slots, rest = divmod(pos.numel() - 1, frames)
-            if rest or slots < 1:
+            if pos.numel() != frames * pooled + 1:
                 raise ValueError(
-                    f"a sample has {pos.numel()} video tokens, which is not {frames} frames x P tokens + 1 "
+                    f"a sample has {pos.numel()} video tokens, which is not {frames} frames x {pooled} tokens + 1 "
                     "newline; hieravid prunes one video per sample: pass one video per sample, or call handle.remove() "
                     "to run this prompt unpruned"
                 )
-            layouts.append(VideoLayout(positions=pos[:-1], num_frames=frames, num_slots=slots))
+            layouts.append(VideoLayout(positions=pos[:-1], num_frames=frames, num_slots=pooled))
         return layouts
