@@ -671,6 +671,25 @@ def test_two_videos_in_one_prompt_are_refused_with_the_way_out(tmp_path):
     assert not handle.active
 
 
+def test_a_prompt_ending_with_a_video_token_is_refused_when_something_is_pruned(family, model):
+    inputs = build_inputs(family, model, prompt_tokens=0)
+    vid = video_token_id(family, model)
+    end = int(torch.nonzero(inputs["input_ids"][0] == vid).max()) + 1  # cut after the last video token
+    cut = {k: v[:, :end] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == inputs["input_ids"].shape[1] else v
+           for k, v in inputs.items()}
+    with torch.no_grad():
+        expected = model(**cut).logits
+        with hieravid.apply(model, "vanilla"):  # nothing pruned: the model's own answer
+            torch.testing.assert_close(model(**cut).logits, expected)
+        if family == "llava_onevision":  # its last video token is the newline, which is never pruned
+            with hieravid.apply(model, "hieravid", 0.3) as handle:
+                model(**cut)
+            assert all(int(kept[0].max()) == end - 1 for kept in handle.last_stats.kept_positions)
+            return
+        with hieravid.apply(model, "hieravid", 0.3), pytest.raises(ValueError, match="ends with a video token"):
+            model(**cut)
+
+
 @pytest.mark.parametrize("frames", [1, 2])
 def test_two_llava_videos_in_one_prompt_are_refused_whatever_their_length(tmp_path, frames):
     """Two 1-frame videos have as many tokens as one frame of twice the slots: the frame size tells them apart."""

@@ -260,6 +260,11 @@ class Runtime:
             for b, layout in enumerate(layouts)
         ]
         decision_layers = set(self.method.decision_layers(num_layers))
+        if decision_layers and any(instruction_length[b] == 0 for b in with_video):
+            raise ValueError(
+                "a prompt ends with a video token: the last prompt token is never pruned, so it must be text; "
+                "end the prompt with text after the video (as the model's chat template does)"
+            )
         # Decision points ranked by the previous layer's attention: that layer's input is kept for them.
         ranked_before = {k for k in decision_layers if k > 0 and self.method.attention_layer(k) != k}
         if any(self.method.attention_layer(point) != point - 1 for point in ranked_before):
