@@ -179,7 +179,8 @@ def apply(
         multimodal.register_forward_pre_hook(_Patch(remember_call), with_kwargs=True),
         multimodal.register_forward_hook(_Patch(forget_call), with_kwargs=True),
     ]
-    hooks.append(model.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True))
+    for caller in dict.fromkeys((model, multimodal)):  # the multimodal model may be called on its own too
+        hooks.append(caller.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True))
     handle = PruneHandle(model, runtime, {text_model: "forward", multimodal: "get_video_features"}, hooks)
     text_model.forward = _Patch(functools.partial(runtime.forward, text_model))
     multimodal.get_video_features = _Patch(remember_video)

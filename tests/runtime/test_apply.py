@@ -798,6 +798,8 @@ def test_per_layer_outputs_are_refused_while_pruning(family, model, name):
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
         with pytest.raises(ValueError, match=fix):
             model(**inputs, **{name: True})
+        with pytest.raises(ValueError, match=fix):  # the multimodal model inside, called on its own
+            model.model(**inputs, **{name: True})
         with pytest.raises(ValueError, match=fix):
             model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, **{name: True})
         if name == "output_hidden_states":  # (a config asking for attentions needs eager attention)
