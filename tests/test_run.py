@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import tiny_models as tm
 from hieravid.cli import main
@@ -200,6 +201,13 @@ def test_bad_model_and_budget(video_file: Path, tmp_path: Path, capsys) -> None:
     check_error(["run", str(video_file), "-q", "what ?", "--model", str(tmp_path), "--method", "fastv:kk=3"], capsys,
                 "unknown option(s) for method 'fastv': kk; allowed: k")
     check_error(["demo", "--budget", "0", "--out", str(tmp_path)], capsys, "budget")
+    text_only = tmp_path / "text-only"  # a language model alone: named as such, before its weights are read
+    transformers.Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, architectures=["Qwen2ForCausalLM"]
+                             ).save_pretrained(text_only)
+    check_error(["run", str(video_file), "-q", "what ?", "--model", str(text_only)], capsys,
+                "is a 'qwen2' model (Qwen2ForCausalLM): hieravid supports the video-language families qwen2_vl, "
+                "qwen2_5_vl, qwen3_vl, llava_onevision")
     check_error(["run", str(video_file), "-q", "what ?", "--viz", str(tmp_path / "no" / "x.png")], capsys, "--viz")
 
 

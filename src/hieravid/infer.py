@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hieravid.api import apply
-from hieravid.models import find_adapter
+from hieravid.models import FAMILIES, SUPPORTED, find_adapter
 from hieravid.runtime import PruneStats, PruneTrace, device_clock
 
 __all__ = ["Answer", "LoadedModel", "answer", "build_inputs", "check_device", "load_model"]
@@ -105,7 +105,7 @@ def load_model(
         dtype: ``"auto"`` (the checkpoint's), or a torch dtype / its name (``"bfloat16"``).
         attn_implementation: ``"sdpa"`` or ``"eager"``.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     device = check_device(device)  # before the weights are read
     if id_or_path is None:
@@ -119,6 +119,13 @@ def load_model(
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     try:
+        config = AutoConfig.from_pretrained(name)  # its family, before the weights are read
+        if config.model_type not in FAMILIES:
+            classes = ", ".join(getattr(config, "architectures", None) or []) or "no class named"
+            raise ValueError(
+                f"{name} is a {config.model_type!r} model ({classes}): hieravid supports the video-language "
+                f"families {', '.join(FAMILIES)} (model classes {', '.join(SUPPORTED)})"
+            )
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
     except OSError as err:
         if local.exists():
@@ -128,7 +135,7 @@ def load_model(
             f"{name} is not a local directory, and loading it as a Hugging Face hub id failed ({reason}): pass a "
             "directory saved with save_pretrained, or a hub id that is in the local cache or reachable"
         ) from err
-    adapter, _ = find_adapter(model)  # unsupported classes fail here, with the list of supported ones
+    adapter, _ = find_adapter(model)
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(name)
     return LoadedModel(model=model, processor=processor, family=adapter.family, name=name)

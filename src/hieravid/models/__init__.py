@@ -8,7 +8,7 @@ from hieravid.models.base import CallContext, ModelAdapter, VideoLayout
 from hieravid.models.llava_onevision import LlavaOnevisionAdapter
 from hieravid.models.qwen_vl import Qwen3VLAdapter, QwenVLAdapter
 
-__all__ = ["CallContext", "ModelAdapter", "VideoLayout", "find_adapter", "SUPPORTED"]
+__all__ = ["CallContext", "ModelAdapter", "VideoLayout", "find_adapter", "FAMILIES", "SUPPORTED"]
 
 # Class names of the multimodal models (the inner model or its ForConditionalGeneration wrapper).
 _FAMILIES: dict[str, tuple[type[ModelAdapter], str]] = {
@@ -24,6 +24,8 @@ _FAMILIES: dict[str, tuple[type[ModelAdapter], str]] = {
 
 #: Model classes hieravid supports.
 SUPPORTED = tuple(_FAMILIES)
+#: Model families hieravid supports, named as their configs' ``model_type``.
+FAMILIES = tuple(dict.fromkeys(family for _, family in _FAMILIES.values()))
 
 
 def find_adapter(model: nn.Module) -> tuple[ModelAdapter, nn.Module]:
