@@ -131,14 +131,18 @@ class HieraVidConfig:
         if not isinstance(self.num_stages, int) or self.num_stages < 1:
             raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
         if self.ratios is not None:
-            ratios = tuple(float(r) for r in self.ratios)
+            if not isinstance(self.ratios, (tuple, list)):
+                raise ValueError(
+                    f"ratios must be a list of one pruning ratio per stage, e.g. (0.5, 0.3, 0.3, 0.57) (on the "
+                    f"command line hieravid:ratios=(0.5,0.3,0.3,0.57)), got {self.ratios!r}"
+                )
+            ratios = tuple(self.ratios)
             if len(ratios) != self.num_stages:
                 raise ValueError(
                     f"ratios must give one pruning ratio per stage ({self.num_stages}), got {len(ratios)}: "
                     f"{self.ratios!r}; pass num_stages={len(ratios)} or fix the list"
                 )
-            for i, r in enumerate(ratios):
-                check_ratio(r, "rho" if i == 0 else f"ratios[{i}] (R_{i + 1})")
+            ratios = tuple(check_ratio(r, "rho" if i == 0 else f"ratios[{i}] (R_{i + 1})") for i, r in enumerate(ratios))
             object.__setattr__(self, "ratios", ratios)
         check_choice(self.segmentation, "segmentation", ("merge_ratio", "avgpool", "none"))
         check_choice(self.overlap_indicator, "overlap_indicator", ("tau", "topk"))
