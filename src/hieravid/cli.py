@@ -247,10 +247,17 @@ def _comma_list(text: str) -> list[str]:
 
 
 class _Methods(list):
-    """The specs of ``--methods``; ``everything`` when it said ``all``: then a budget a method cannot reach on
-    the model is left out with a warning instead of stopping the run."""
+    """The specs of ``--methods``; ``skip_unreachable`` when it said ``all`` (or is a command's default): then a
+    budget a method cannot reach on the model is left out with a warning instead of stopping the run."""
 
-    everything = False
+    skip_unreachable = False
+
+
+def _default_methods(*specs: str) -> _Methods:
+    """A default ``--methods``: it must run on every shape, so it leaves out what a model cannot reach, as ``all``."""
+    methods = _Methods(specs)
+    methods.skip_unreachable = True
+    return methods
 
 
 def _method_list(text: str) -> _Methods:
@@ -260,7 +267,7 @@ def _method_list(text: str) -> _Methods:
 
     specs = _Methods()
     for item in _comma_list(text):
-        specs.everything |= item == "all"
+        specs.skip_unreachable |= item == "all"
         for spec in all_methods() if item == "all" else [item]:
             if spec not in specs:
                 specs.append(spec)
@@ -295,9 +302,11 @@ def _add_bench(subparsers: Any) -> None:
                         help="measure nothing: print the report (and --plot) of a run saved with --json")
     parser.add_argument("--frames", type=_positive_int, default=None,
                         help="raw video frames (default: the shape's; Qwen2-VL takes 2 per temporal group)")
-    parser.add_argument("--methods", type=_method_list, default=["vanilla", "hieravid", "fastv", "framefusion", "evs"],
+    parser.add_argument("--methods", type=_method_list,
+                        default=_default_methods("vanilla", "hieravid", "fastv", "framefusion", "evs"),
                         help="comma-separated methods (default vanilla,hieravid,fastv,framefusion,evs; 'all' = "
-                             "every method, leaving out with a warning the budgets one cannot reach on the model; "
+                             "every method; 'all' and the default leave out with a warning the budgets one cannot "
+                             "reach on the model; "
                              "'unpatched' = the model without hieravid.apply); options as "
                              "name:key=value, e.g. hieravid:greedy_backend=torch")
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
@@ -325,7 +334,9 @@ def _add_bench(subparsers: Any) -> None:
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="also plot speed-up and visual KV cache against the budget to FILE.png")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    parser.set_defaults(func=_cmd_bench)
+    measuring = ("frames", "methods", "budgets", "device", "dtype", "repeats", "warmup", "new_tokens", "scenes",
+                 "allow_cpu", "cpu_malloc", "json")  # what --from-json, which measures nothing, refuses
+    parser.set_defaults(func=_cmd_bench, measuring_defaults={dest: parser.get_default(dest) for dest in measuring})
 
 
 _PICTURES = (".png", ".pdf", ".svg", ".jpg")
@@ -396,7 +407,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         args.shape,
         frames=args.frames,
         methods=args.methods,
-        skip_unreachable=getattr(args.methods, "everything", False),
+        skip_unreachable=getattr(args.methods, "skip_unreachable", False),
         budgets=args.budgets,
         device=args.device,
         dtype=dtype,
@@ -425,6 +436,11 @@ def _bench_from_json(args: argparse.Namespace) -> int:
     """``hieravid bench --from-json FILE``: the report (and plot) of a saved run, e.g. one made on a GPU."""
     from hieravid.bench.models import ModelBenchResult, format_report, plot_report
 
+    given = [dest for dest, default in args.measuring_defaults.items() if getattr(args, dest) != default]
+    if given:
+        flags = ", ".join("--" + dest.replace("_", "-") for dest in given)
+        raise ValueError(f"--from-json reports a saved run without measuring: {flags} would change nothing; leave "
+                         "them out (--plot applies)")
     try:
         data = json.loads(Path(args.from_json).read_text())
         result = ModelBenchResult.from_dict(data)
@@ -432,6 +448,9 @@ def _bench_from_json(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot read --from-json {args.from_json!r}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{args.from_json} is not a file written by hieravid bench --json ({exc})") from None
+    if not result.results:
+        raise ValueError(f"{args.from_json} holds no measurement (its results are empty): it was saved before a "
+                         "timed round ended, or is not a file written by hieravid bench --json")
     print(format_report(result))
     if args.plot:
         plot_report(result, args.plot)
@@ -504,7 +523,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out=Path(args.out),
         model=args.model,
         methods=args.methods,
-        skip_unreachable=getattr(args.methods, "everything", False),
+        skip_unreachable=getattr(args.methods, "skip_unreachable", False),
         budgets=args.budgets,
         data_root=Path(args.data_root),
         num_frames=args.num_frames,

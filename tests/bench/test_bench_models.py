@@ -288,6 +288,8 @@ def test_an_interrupted_bench_reports_its_complete_rounds(monkeypatch):
     assert all(len(r.prefill_runs_ms) == 2 for r in result.results) and len(result.vision_runs_ms) == 2
     assert "INTERRUPTED: 2 of 3 timed rounds" in format_report(result)
     assert ModelBenchResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    result.interrupted = False  # as --json saves it after round 2 of a run then killed
+    assert "INCOMPLETE: 2 of 3 timed rounds" in format_report(result)
 
     _interrupt_measurement(monkeypatch, at_call=2)  # within the first round: nothing to report
     with pytest.raises(KeyboardInterrupt):
@@ -439,6 +441,12 @@ def test_a_saved_run_is_reported_and_plotted_again(bench, tmp_path, capsys):
     assert "--shape measures and --from-json reports a saved run without measuring: pass one of them" in err
     assert main(["bench"]) == 2
     assert "pass --shape to measure, or --from-json FILE" in capsys.readouterr().err
+    again = ["bench", "--from-json", str(tmp_path / "newer.json")]
+    assert main([*again, "--json", str(tmp_path / "copy.json"), "--methods", "evs", "--repeats", "5"]) == 2
+    assert "--methods, --repeats, --json would change nothing" in capsys.readouterr().err
+    (tmp_path / "empty.json").write_text(json.dumps({**report, "results": []}))
+    assert main(["bench", "--from-json", str(tmp_path / "empty.json")]) == 2
+    assert "holds no measurement" in capsys.readouterr().err
 
 
 def test_methods_all_benches_every_method(tmp_path):
@@ -450,7 +458,7 @@ def test_methods_all_benches_every_method(tmp_path):
     assert _method_list("evs,all,hieravid:greedy_backend=torch") == [
         "evs", *[m for m in all_methods() if m != "evs"], "hieravid:greedy_backend=torch"
     ]
-    assert _method_list("all").everything and not _method_list("evs,fastv").everything
+    assert _method_list("all").skip_unreachable and not _method_list("evs,fastv").skip_unreachable
     out = tmp_path / "all.json"
     assert main(["bench", "--shape", "tiny", "--methods", "all", "--budgets", "0.5", "--repeats", "1",
                  "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out)]) == 0
@@ -476,3 +484,16 @@ def test_methods_all_leaves_out_budgets_a_method_cannot_reach(tmp_path, capsys):
     assert "not measured (the method cannot reach the budget on this model):" in captured.out
     assert main([*args, "--methods", "vanilla,fastv"]) == 2
     assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_the_default_methods_run_on_the_tiny_shape(capsys):
+    """The default --methods must run on every shape: what FastV cannot reach on 8 layers is left out, warned."""
+    assert main(["bench", "--shape", "tiny", "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "| fastv | 0.3 |" in out and "| fastv | 0.1 |" not in out and "| hieravid | 0.1 |" in out
+    assert "fastv" in err and "0.1" in err
+
+
+def test_unpatched_takes_no_options():
+    with pytest.raises(ValueError, match="unpatched .* takes no options, got 'unpatched:x=1'"):
+        run_model_bench("tiny", methods=["unpatched:x=1"], repeats=1, warmup=0, new_tokens=2)

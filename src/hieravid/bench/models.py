@@ -726,6 +726,9 @@ def run_model_bench(
     unknown = [m for m in methods if parse_method(m)[0] not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}")
+    with_options = [m for m in methods if parse_method(m)[0] == UNPATCHED and m != UNPATCHED]
+    if with_options:
+        raise ValueError(f"{UNPATCHED} (the model without hieravid.apply) takes no options, got {with_options[0]!r}")
     check_choice(cpu_malloc, "cpu_malloc", ("keep", "default"))
     budgets = [check_budget(b) for b in budgets]
     warn_if_budget_is_ignored(list(methods), budgets)
@@ -1085,6 +1088,17 @@ def _faults_summary(result: ModelBenchResult) -> str:
     return text
 
 
+def _partial_note(result: ModelBenchResult) -> str:
+    """What the protocol line adds for a run with fewer timed rounds than asked: stopped by Ctrl-C, or saved
+    by ``--json`` after a round of a run that was killed (or is still going)."""
+    done = f"{result.repeats} of {result.repeats_asked} timed rounds"
+    if result.interrupted:
+        return f" (INTERRUPTED: {done})"
+    if result.repeats_asked is not None and result.repeats < result.repeats_asked:
+        return f" (INCOMPLETE: {done}; saved after a round of a run that was stopped or is still going)"
+    return ""
+
+
 def format_report(result: ModelBenchResult) -> str:
     """A plain-text report: machine, shape, token counts, one table row per (method, budget), goals."""
     lines = [
@@ -1101,12 +1115,12 @@ def format_report(result: ModelBenchResult) -> str:
            f"of a scene that frame plus {_SCENE_NOISE:.0%} noise), in place of the tower's output"),
         f"protocol: {result.warmup} warm-up + {result.repeats} timed rounds, methods interleaved, medians; "
         f"{result.new_tokens} new tokens per generate"
-        + (f" (INTERRUPTED: {result.repeats} of {result.repeats_asked} timed rounds)" if result.interrupted else ""),
+        + _partial_note(result),
         f"allocator: {result.allocator_note}; {_faults_summary(result)}",
         _contention_line(result),
         "",
         "| method | budget | achieved | tokens L0 | prefill ms | speed-up | theory | eff. | decide ms | "
-        "decide % | TTFT ms | decode ms/tok | peak MB | KV MB | visual KV MB | visual KV ratio |",
+        "decide % | TTFT ms | decode ms/tok | peak MiB | KV MiB | visual KV MiB | visual KV ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.results:
