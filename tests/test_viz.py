@@ -99,6 +99,35 @@ def test_bad_input(proxy, frames: np.ndarray, tmp_path: Path) -> None:
         render_decisions(tmp_path / "x.png", frames, trace, grid_hw=(5, 7))
     with pytest.raises(ValueError, match="no video"):
         render_decisions(tmp_path / "x.png", frames, PruneTrace("fastv", 8, [None]))
+    with pytest.raises(ValueError, match="uint8 pixels"):
+        render_decisions(tmp_path / "x.png", frames / 255.0, trace)
+    with pytest.raises(ValueError, match="8 frames for the 16 frames the model saw"):
+        render_decisions(tmp_path / "x.png", frames[:8], trace)
+    with pytest.raises(ValueError, match=r"one label per frame \(32\), got 3"):
+        render_decisions(tmp_path / "x.png", frames, trace, frame_labels=["0", "1", "2"])
+
+
+@pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".pdf", b"%PDF"), (".jpg", b"\xff\xd8\xff")])
+def test_the_picture_has_the_format_its_name_says(proxy, frames, tmp_path, suffix, magic) -> None:
+    trace = traced(proxy, frames, "fastv").trace
+    path = tmp_path / f"x{suffix}"
+    picture = render_decisions(path, frames, trace)
+    assert path.read_bytes().startswith(magic) and picture.width_px > 0
+
+
+def test_skipped_stages_keep_their_numbers(proxy, frames, tmp_path) -> None:
+    """At budget 0.9 HieraVid skips stage 2 (ratio 0): the rows say stages 3 and 4, at their layers."""
+    picture = render_decisions(tmp_path / "b09.png", frames, traced(proxy, frames, "hieravid", budget=0.9).trace)
+    stages = [t.split(",")[0] for t in picture.panels if t.startswith("Stage")]
+    assert stages == ["Stage 1", "Stage 3", "Stage 4"]
+
+
+def test_the_topk_ablation_shows_its_attention_normalised(proxy, frames, tmp_path) -> None:
+    trace = traced(proxy, frames, "hieravid_topk").trace
+    scores = next(s.scores for s in trace.samples[0].stages if s.scores is not None)
+    assert float(scores.min()) < 0.01 and 0.99 < float(scores.max()) <= 1.001  # the colour scale's [0, 1]
+    picture = render_decisions(tmp_path / "topk.png", frames, trace)
+    assert any(t.startswith("Token attention a (min-max normalised)") for t in picture.panels)
 
 
 def test_other_family_grid(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The picture of one pruned prefill: what was merged, kept and dropped, where, and why.
 
-``render_decisions(path, frames, trace, ...)`` writes one PNG, top to bottom:
+``render_decisions(path, frames, trace, ...)`` writes one picture (PNG, or the format of the path's suffix:
+PDF, SVG, JPEG), top to bottom:
 
 1. **frames**: one column per frame as the model sees it (Qwen-VL: a temporal group of 2 input frames, the
    first one shown), coloured bars and vertical lines at the segment boundaries (HieraVid);
@@ -125,13 +126,19 @@ def _how_to_read(method: str, sample: SampleTrace) -> str:
 def _reading_of(method: str) -> str:
     """What the rows of ``method``'s picture show."""
     if method.startswith("hieravid"):
+        later = (
+            "- Later stages keep, inside each segment, the tokens the\n"
+            "  last prompt token attends to most (top-k, Eq. 5 counts);\n"
+            if method == "hieravid_topk" else
+            "- Later stages keep, inside each segment, a diverse and\n"
+            "  question-relevant subset (conditional DPP, Eq. 5-10);\n"
+        )
         return (
             "How to read:\n"
             "- Segments: runs of frames whose tokens stay alike (Eq. 1-2).\n"
             "- Stage 1 averages a token into the same slot of an earlier\n"
             "  frame when the two are alike (blue), before the LLM.\n"
-            "- Later stages keep, inside each segment, a diverse and\n"
-            "  question-relevant subset (conditional DPP, Eq. 5-10);\n"
+            + later +
             "  red tokens are dropped there, dark ones were gone before.\n"
             "- Fewer tokens in later layers = less prefill compute."
         )
@@ -167,10 +174,10 @@ def render_decisions(
     flops_ratio: float | None = None,
     dpi: int = 110,
 ) -> Picture:
-    """Draw what a method decided for one video (see the module docstring) and write it as a PNG.
+    """Draw what a method decided for one video (see the module docstring) and write it as a picture.
 
     Args:
-        path: the PNG to write (its folder must exist).
+        path: the picture to write (its folder must exist; PNG, PDF, SVG or JPEG by its suffix).
         frames: ``(N, H, W, 3)`` uint8, the frames given to the model (N input frames; the model may see
             fewer, e.g. Qwen-VL's temporal groups of 2).
         trace: ``handle.last_trace`` (its first sample is drawn) or one :class:`SampleTrace`.
@@ -180,7 +187,7 @@ def render_decisions(
         frame_labels: one label per input frame (e.g. its time in seconds); default the frame numbers.
         grid_hw: (rows, cols) of a frame's token grid; default from ``num_slots`` and the frame aspect.
         flops_ratio: prefill FLOPs relative to vanilla, shown in the curve's title when given.
-        dpi: pixels per inch of the PNG.
+        dpi: pixels per inch of a raster picture.
 
     Returns:
         A :class:`Picture` with the panel titles and the image size.
@@ -193,6 +200,8 @@ def render_decisions(
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be an (N, H, W, 3) array, got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 pixels (0-255), as given to the model; got {frames.dtype}")
     method = trace.method if isinstance(trace, PruneTrace) else "method"
     num_layers = trace.num_layers if isinstance(trace, PruneTrace) else None
     sample = trace.samples[0] if isinstance(trace, PruneTrace) else trace
@@ -203,8 +212,12 @@ def render_decisions(
     rows, cols = grid_hw or token_grid(P, (frames.shape[1], frames.shape[2]))
     if rows * cols != P:
         raise ValueError(f"grid_hw {rows}x{cols} does not hold the {P} tokens of a frame")
+    if frames.shape[0] < T:
+        raise ValueError(f"{frames.shape[0]} frames for the {T} frames the model saw: pass the frames given to it")
     columns = _frame_columns(frames.shape[0], T)
     labels = list(frame_labels) if frame_labels is not None else [str(i) for i in range(frames.shape[0])]
+    if len(labels) != frames.shape[0]:
+        raise ValueError(f"frame_labels must give one label per frame ({frames.shape[0]}), got {len(labels)}")
 
     stage_rows = _stages_to_draw(sample)
     scored = next((i for i, s in enumerate(sample.stages) if s.scores is not None), None)
@@ -299,7 +312,7 @@ def render_decisions(
     for index in stage_rows:
         stage = sample.stages[index]
         rgba = _overlay(sample, index).reshape(T, rows, cols, 4)
-        number = index + 1
+        number = index + 1 if stage.stage is None else stage.stage  # HieraVid's own, where it skips a stage
         frame_row(_stage_title(stage, number, method, sample.num_tokens), rgba)
 
     # 3. relevance
@@ -310,7 +323,10 @@ def render_decisions(
         gone = np.zeros((sample.num_tokens, 4))
         gone[np.isnan(heat)] = (0.55, 0.55, 0.55, 0.92)
         heat_grid = np.ma.masked_invalid(heat).reshape(T, rows, cols)
-        name = "relevance r (Eq. 8)" if method.startswith("hieravid") else "score"
+        name = (
+            "attention a (min-max normalised)" if method == "hieravid_topk"
+            else "relevance r (Eq. 8)" if method.startswith("hieravid") else "score"
+        )
         axes = frame_row(
             f"Token {name} at layer {stage.layer}, the first in-LLM stage (bright = relevant to the question; "
             "grey = already removed)",
@@ -382,8 +398,11 @@ def render_decisions(
     ax.grid(alpha=0.25)
     picture.panels.append(curve_title)
 
-    fig.savefig(picture.path, dpi=dpi, format="png")
-    with open(picture.path, "rb") as f:  # the size as written: the PNG header's IHDR width and height
-        header = f.read(24)
-    picture.width_px, picture.height_px = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    fig.savefig(picture.path, dpi=dpi)  # the format of the file's suffix
+    if Path(picture.path).suffix.lower() == ".png":
+        with open(picture.path, "rb") as f:  # the size as written: the PNG header's IHDR width and height
+            header = f.read(24)
+        picture.width_px, picture.height_px = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    else:  # the figure's size at ``dpi`` (a raster format's pixels; a vector format's nominal size)
+        picture.width_px, picture.height_px = (int(round(v * dpi)) for v in fig.get_size_inches())
     return picture
