@@ -95,7 +95,8 @@ class HieraVidTopK(HieraVid):
         if layer == 0:
             return super().decide(layer, tokens, state)
         schedule: Schedule = state["schedule"]  # set by stage 1, which always runs first
-        ratio = schedule.ratios[schedule.boundaries.index(layer)]
+        stage = schedule.boundaries.index(layer) + 1
+        ratio = schedule.ratios[stage - 1]
         if tokens.relevance_from_attention is None:
             raise ValueError(f"hieravid_topk needs attention relevance at layer {layer}")
         score = tokens.relevance_from_attention(query_rows=self.query_rows(tokens))  # (N,) a
@@ -110,7 +111,8 @@ class HieraVidTopK(HieraVid):
         )
         keep = segment_top_k(score, segment, k)
         state["segment"] = segment[keep]
-        return Decision(keep=keep, scores=score, segment=segment)
+        shown = score if self.topk_by == "relevance" else minmax_normalize(score, self.config.eps)  # in [0, 1]
+        return Decision(keep=keep, scores=shown, segment=segment, stage=stage)
 
 
 def create_hieravid_topk(budget: float, **options: Any) -> PruningMethod:

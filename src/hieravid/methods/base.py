@@ -86,6 +86,8 @@ class Decision:
             the relevance r of Eq. 8).
         segment: optional ``(N,)`` int64 segment of each token present.
         frame_segment: optional ``(T,)`` int64 segment of each frame, where the method segments the video.
+        stage: optional number the method gives this decision point (HieraVid: its stage k, 1 before
+            the LLM; a stage it skips keeps its number).
     """
 
     keep: torch.Tensor
@@ -94,6 +96,7 @@ class Decision:
     scores: torch.Tensor | None = None
     segment: torch.Tensor | None = None
     frame_segment: torch.Tensor | None = None
+    stage: int | None = None
 
 
 @dataclass

@@ -204,7 +204,7 @@ class HieraVid(PruningMethod):
             return Decision(
                 keep=keep, merge_into=merge_into, features=first.features,
                 segment=first.frame_segment.repeat_interleave(tokens.num_slots),  # (T*P,) each token's own frame's
-                frame_segment=first.frame_segment,
+                frame_segment=first.frame_segment, stage=1,
             )
         if tokens.relevance_from_attention is None:
             raise ValueError(f"HieraVid's stage {stage} needs attention relevance at layer {layer}")
@@ -217,4 +217,4 @@ class HieraVid(PruningMethod):
         )
         segment = state["segment"]
         state["segment"] = segment[keep]
-        return Decision(keep=keep, scores=r, segment=segment)
+        return Decision(keep=keep, scores=r, segment=segment, stage=stage)

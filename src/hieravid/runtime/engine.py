@@ -536,7 +536,7 @@ def _stage_trace(layer: int, token: torch.Tensor, decision: Decision) -> StageTr
 
     return StageTrace(
         layer=layer, tokens=token, keep=keep, merged_into=merged_into,
-        scores=cpu(decision.scores), segment=cpu(decision.segment),
+        scores=cpu(decision.scores), segment=cpu(decision.segment), stage=decision.stage,
     )
 
 

@@ -30,8 +30,10 @@ class StageTrace:
         merged_into: ``(N,)`` int64 token index of the kept token each removed token was averaged into;
             -1 for kept tokens and for removed tokens that were dropped (merged into nothing).
         scores: ``(N,)`` float32 score the method ranked the tokens by at this point (HieraVid: the
-            relevance r of Eq. 8 in [0, 1], higher = more relevant), or None when it has none.
+            relevance r of Eq. 8 in [0, 1], higher = more relevant; ``hieravid_topk``: the attention it
+            ranks by, min-max normalised to [0, 1]), or None when it has none.
         segment: ``(N,)`` int64 segment of each token present, or None when the method has no segments.
+        stage: the method's number for this decision point (HieraVid: its stage k), or None.
     """
 
     layer: int
@@ -40,6 +42,7 @@ class StageTrace:
     merged_into: torch.Tensor
     scores: torch.Tensor | None = None
     segment: torch.Tensor | None = None
+    stage: int | None = None
 
     @property
     def num_present(self) -> int:
