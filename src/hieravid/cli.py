@@ -635,8 +635,13 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
-        print(f"hieravid train-proxy: interrupted; {args.out}/checkpoint.pt holds the last checkpoint (every "
-              f"{config.checkpoint_every} steps): run the same command with --resume to go on", file=sys.stderr)
+        if (Path(args.out) / "checkpoint.pt").exists():
+            print(f"hieravid train-proxy: interrupted; {args.out}/checkpoint.pt holds the last checkpoint (every "
+                  f"{config.checkpoint_every} steps): run the same command with --resume to go on", file=sys.stderr)
+        else:
+            print(f"hieravid train-proxy: interrupted before the first checkpoint (at step "
+                  f"{config.checkpoint_every}): nothing to resume; run the same command again, without --resume",
+                  file=sys.stderr)
         return 130
     from hieravid.proxy.card import write_card
 

@@ -138,3 +138,30 @@ def test_a_fresh_run_starts_its_own_log(tmp_path):
     train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "steps": 2}), progress=False)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_a_log_line_cut_short_by_a_kill_does_not_stop_the_resume(tmp_path):
+    from hieravid.proxy.train import _log_lines_up_to
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert _log_lines_up_to(log, 2) == ['{"step": 1}', '{"step": 2}']
+    log.write_text('{"step": 1}\n{"st\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"train_log\.jsonl: line 2 is not JSON: remove that line"):
+        _log_lines_up_to(log, 2)
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    import hieravid.proxy.train as proxy_train
+    from hieravid.cli import main
+
+    def interrupted(out, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(proxy_train, "train", interrupted)
+    assert main(["train-proxy", "--out", str(tmp_path / "run")]) == 130
+    assert "interrupted before the first checkpoint (at step 25): nothing to resume" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    assert main(["train-proxy", "--out", str(tmp_path / "run")]) == 130
+    assert "checkpoint.pt holds the last checkpoint" in capsys.readouterr().err

@@ -264,6 +264,23 @@ def _save_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _log_lines_up_to(path: Path, step: int) -> list[str]:
+    """The training log's lines of steps up to ``step``; a last line cut short (a kill while it was written)
+    is dropped with the rest after the checkpoint."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is not JSON: remove that line (or the file) to resume") from None
+        if entry["step"] <= step:
+            kept.append(line)
+    return kept
+
+
 def train(
     out_dir: str | os.PathLike,
     config: TrainConfig | None = None,
@@ -337,8 +354,7 @@ def train(
     log_path = out / "train_log.jsonl"
     # The log holds this run's lines up to its checkpoint: a fresh run starts it anew, and a resumed one
     # drops what was logged after the checkpoint (those steps are trained and logged again).
-    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step] \
-        if resume and log_path.exists() else []
+    kept = _log_lines_up_to(log_path, step) if resume and log_path.exists() else []
     log_path.write_text("".join(line + "\n" for line in kept))
     log_file = log_path.open("a")
 
