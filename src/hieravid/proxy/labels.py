@@ -15,7 +15,8 @@ head           classes
 ``object``     0 = no object's centre in the token, else 1 + the shape of the object centred there
 ``flash``      0 = no flash centre, else 1 + the flash colour
 ``mover``      0 = the mover's outline does not change inside the token between its two frames, else 1 + its
-               direction (the tokens where its motion is visible; the centre of a 24-pixel object often is not)
+               direction (where its motion can show, unlike the centre of a 24-pixel object; from the mover's
+               own outline, so a token where an object drawn over the mover hides the change is labelled too)
 =============  =====================================================================================
 """
 
