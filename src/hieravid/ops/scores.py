@@ -101,17 +101,20 @@ def keep_counts(
     total = int(present.sum())
     target = total - pruned_count(ratio, total)
     diff = target - int(k.sum())
-    # Each pass moves at most one token per segment; the number of passes is <= max n_i.
-    while diff != 0:
-        if diff > 0:
-            order = torch.argsort(z, descending=True, stable=True)
-            room = (k < present)[order]
-        else:
-            order = torch.argsort(z, stable=True)
-            room = (k > 0)[order]
-        chosen = order[room][: abs(diff)]
-        if chosen.numel() == 0:
-            break
-        k[chosen] += 1 if diff > 0 else -1
-        diff -= chosen.numel() if diff > 0 else -chosen.numel()
+    if diff == 0:
+        return k
+    # Passes over the segments in z order (descending to top up, ascending to trim), one token per segment
+    # with room in each, until |diff| tokens have moved: after P whole passes segment i has moved
+    # min(room_i, P); the last, partial pass moves one in each of the first segments that still have room.
+    order = torch.argsort(z, descending=diff > 0, stable=True)  # (M,)
+    room = (present - k if diff > 0 else k)[order]  # (M,) tokens each segment can still move
+    amount = min(abs(diff), int(room.sum()))
+    passes = torch.arange(int(room.max()) + 1, device=room.device)  # (P,)
+    moved = torch.minimum(room.unsqueeze(0), passes.unsqueeze(1)).sum(dim=1)  # (P,) tokens after P passes
+    whole = int((moved <= amount).sum()) - 1  # the most whole passes that fit
+    step = torch.minimum(room, torch.tensor(whole, device=room.device))  # (M,)
+    more = room > whole  # segments the partial pass can take one from
+    rest = amount - int(moved[whole])
+    step += (more & (torch.cumsum(more.long(), dim=0) <= rest)).long()
+    k[order] += step if diff > 0 else -step
     return k
