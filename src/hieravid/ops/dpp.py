@@ -154,20 +154,22 @@ def _greedy_picks(
     block: int | None,
     loop: str,
     rank_floor: float = _RANK_FLOOR,
+    scratch: bool = False,
 ) -> torch.Tensor:
     """:func:`greedy_map`'s picks for checked arguments, ``kmax = max k`` and a resolved backend ``loop``
-    (``block`` None: that backend's): ``(G, kmax)`` int64 column indices, -1 where a group has fewer picks."""
+    (``block`` None: that backend's): ``(G, kmax)`` int64 column indices, -1 where a group has fewer picks.
+    ``scratch``: the caller no longer needs ``kernel``, which the Schur updates may then overwrite."""
     device = kernel.device
     block = _BLOCKS[loop] if block is None else block
     if kmax == 0:
         return torch.full((kernel.shape[0], 0), -1, dtype=torch.long, device=device)
     if loop == "numba":  # the driver runs on the host, next to the compiled picks
         host = _blocked_greedy(kernel.cpu(), k.cpu(), valid.cpu(), kmax, block, _numba_block_picks, _UNBLOCKED_FLOATS,
-                               rank_floor)
+                               rank_floor, scratch)
         return host.to(device)
     if loop == "triton":
-        return _blocked_greedy(kernel, k, valid, kmax, block, _triton_block_picks(), 0, rank_floor)
-    return _blocked_greedy(kernel, k, valid, kmax, block, _torch_block_picks, 0, rank_floor)
+        return _blocked_greedy(kernel, k, valid, kmax, block, _triton_block_picks(), 0, rank_floor, scratch)
+    return _blocked_greedy(kernel, k, valid, kmax, block, _torch_block_picks, 0, rank_floor, scratch)
 
 
 def _check_backend(backend: str) -> None:
@@ -226,21 +228,23 @@ def _blocked_greedy(
     block_picks: BlockPicks,
     unblocked: int,
     rank_floor: float = _RANK_FLOOR,
+    scratch: bool = False,
 ) -> torch.Tensor:
     """:func:`greedy_map`'s blocked loop on tensors of one device: ``block_picks`` makes each block's
     picks, the Schur update between blocks is one batched product, and columns that can no longer be
     picked are dropped. Runs unblocked (one block of ``kmax = max k`` picks) when kmax x n <=
-    ``unblocked``. Returns ``(G, kmax)`` int64 picks (original column indices, -1 where a group has
-    fewer picks)."""
+    ``unblocked``; ``scratch`` as in :func:`_greedy_picks`. Returns ``(G, kmax)`` int64 picks (original column
+    indices, -1 where a group has fewer picks)."""
     num_groups, n, _ = kernel.shape
     device = kernel.device
     k = k.long()
     neg_inf = float("-inf")
     # (G, m, m) Schur complement, m shrinks as tokens are used up; every tensor here is C-contiguous.
     # Detached: the picks are discrete, and the compiled loops read the tensors' memory directly. The
-    # block picks only read it: the caller's kernel is copied before the first Schur update, if any.
+    # block picks only read it: the caller's kernel is copied before the first Schur update, if any,
+    # unless the caller gave it as ``scratch``.
     residual = kernel.detach().float().contiguous()
-    owned = residual.data_ptr() != kernel.data_ptr()
+    owned = scratch or residual.data_ptr() != kernel.data_ptr()
     diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0)  # (G, m)
     top = diag.amax(dim=1)  # (G,)
     floor = (rank_floor * top).clamp(min=1e-30)  # (G,)
@@ -544,9 +548,10 @@ def segment_dpp_select(
         start += len(bucket)
         width = max(sizes[i] for i in bucket)
         rows_x = x[safe[part, :width]].mul_(scale[part, :width].unsqueeze(2))  # (G, n, D) a copy, weighted
-        kernel = _gram(rows_x)  # (G, n, n)
+        kernel = _gram(rows_x)  # (G, n, n) ours: the Schur updates may overwrite it
         bucket_kmax = max(counts[i] for i in bucket)
-        picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, None, loop, rank_floor)
+        picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, None, loop, rank_floor,
+                              scratch=True)
         if chosen is None:
             chosen = picks
         else:
