@@ -6,6 +6,7 @@ import functools
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
 from hieravid.methods import PruningMethod, build
@@ -98,6 +99,19 @@ class PruneHandle:
         self.remove()
 
 
+def _execution_device(module: nn.Module) -> torch.device:
+    """The device ``module`` computes on: its weights', or, where accelerate keeps them offloaded (on the
+    meta device), the execution device of its first dispatch hook."""
+    device = next(module.parameters()).device
+    if device.type != "meta":
+        return device
+    for sub in module.modules():
+        execution = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if execution is not None:
+            return torch.device(execution)
+    return device
+
+
 def apply(
     model: nn.Module,
     method: str | PruningMethod = "hieravid",
@@ -134,7 +148,7 @@ def apply(
     runtime = Runtime(adapter, build(method, budget, **options), trace=bool(trace))
     runtime.method.decision_layers(adapter.num_layers)  # an unreachable budget fails here, not at prefill
     text_model = adapter.text_model
-    runtime.method.prepare(next(text_model.parameters()).device)  # compile now, not in the first prefill
+    runtime.method.prepare(_execution_device(text_model))  # compile now, not in the first prefill
 
     signature = inspect.signature(type(multimodal).forward)
 

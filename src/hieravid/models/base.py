@@ -109,8 +109,27 @@ class ModelAdapter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries of the last ``query_rows`` positions and keys of all positions of ``layer`` for ``hidden``
         (B, L, D): the layer's input norm, its own projections (and per-head norms, if any) and rotary
-        embedding, as its attention computes them. Returns ``(B, H, Q, d_h)`` and ``(B, H_kv, L, d_h)``.
+        embedding, as its attention computes them. Returns ``(B, H, Q, d_h)`` and ``(B, H_kv, L, d_h)`` on
+        ``hidden``'s device.
+
+        A layer dispatched by accelerate (``device_map``, offloading) is run under its own hook, as a call of
+        the layer is: the hook moves the inputs to the layer's device and loads weights it keeps offloaded
+        (all of the layer's when it is preloaded as a whole, its submodules then having no hook of their own).
         """
+        hook = getattr(layer, "_hf_hook", None)
+        if hook is None:
+            return self._query_key(layer, hidden, cos, sin, query_rows)
+        device = hidden.device
+        (hidden, cos, sin), _ = hook.pre_forward(layer, hidden, cos, sin)
+        try:
+            q, k = self._query_key(layer, hidden, cos, sin, query_rows)
+        finally:
+            hook.post_forward(layer, None)  # offloads the weights again
+        return q.to(device), k.to(device)
+
+    def _query_key(
+        self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, query_rows: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)  # (B, L, D)
         xq = x[:, -query_rows:]

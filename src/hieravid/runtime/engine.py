@@ -291,6 +291,9 @@ class Runtime:
                 layout is not None and self.method.active(layer_idx, states[b]) for b, layout in enumerate(layouts)
             )
             if deciding:
+                # Layers dispatched over several devices (device_map) leave the sequence on the last one's:
+                # the decision's indices live here.
+                seq.hidden = seq.hidden.to(device)
                 start = device_clock(device)
                 seq, counts, num_valid = self._decide(
                     layer_idx, attended or (layer, seq.hidden), seq, num_valid, counts, layouts,
@@ -325,7 +328,7 @@ class Runtime:
                 **kwargs,
             )
             if layer_idx < len(seq.side):  # deepstack: per-token features added after the first layers
-                hidden = hidden + seq.side[layer_idx].to(hidden.dtype)
+                hidden = hidden + seq.side[layer_idx].to(hidden.device, hidden.dtype)
             seq.hidden = hidden
             if cache is not None:
                 cache.key_valid.append(seq.valid)
@@ -382,6 +385,7 @@ class Runtime:
         def projections(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
             if f"q{rows}" not in keys_cache:
                 q, k = self.adapter.query_key(*attended, seq.cos, seq.sin, query_rows=rows)
+                q, k = q.to(seq.valid.device), k.to(seq.valid.device)  # a layer on another device: back here
                 keys_cache[f"q{rows}"], keys_cache["k"] = q, k
             return keys_cache[f"q{rows}"], keys_cache["k"]
 

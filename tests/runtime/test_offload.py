@@ -1,0 +1,38 @@
+"""Models dispatched by accelerate (``device_map``, CPU or disk offload), as 7B checkpoints are often loaded:
+their weights sit on the meta device until a module's hook brings them in. HieraVid's relevance rows use a
+layer's norm and projections outside the layer's forward; they run under the layer's hook, so a layer
+preloaded as a whole (``preload_module_classes``) works too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hieravid
+from hieravid.api import _execution_device
+from tiny_models import build_inputs, build_model
+
+
+@pytest.mark.parametrize("preload", [False, True])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_an_offloaded_model_is_pruned_as_the_model_in_memory(family, preload):
+    accelerate = pytest.importorskip("accelerate")
+    reference = build_model(family)
+    inputs = build_inputs(family, reference)
+    with torch.no_grad(), hieravid.apply(reference, "hieravid", 0.3) as handle:
+        expected = reference(**inputs).logits
+    kept = handle.last_stats.per_sample_tokens_per_layer
+    model = build_model(family)  # the same weights
+    layers = model.model.language_model.layers
+    accelerate.cpu_offload(model, execution_device=torch.device("cpu"),
+                           preload_module_classes=[type(layers[0]).__name__] if preload else None)
+    assert layers[2].self_attn.k_proj.weight.device.type == "meta"  # loaded only while a hook runs
+    assert _execution_device(model.model.language_model) == torch.device("cpu")
+    with torch.no_grad():
+        unpatched = model(**inputs).logits
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            got = model(**inputs).logits
+        torch.testing.assert_close(model(**inputs).logits, unpatched, rtol=0, atol=0)  # removed: as before
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert handle.last_stats.per_sample_tokens_per_layer == kept
+    assert layers[2].self_attn.k_proj.weight.device.type == "meta"  # offloaded again
