@@ -30,12 +30,15 @@ class PrunedCache(DynamicCache):
         self.all_valid: list[bool] = []
 
     @classmethod
-    def adopt(cls, cache: DynamicCache) -> PrunedCache:
-        """The caller's empty ``cache`` (a :class:`DynamicCache`), made a PrunedCache in place and returned:
-        the object the caller passed is the one the prefill fills, as without hieravid (a loop that keeps
-        passing it finds the prompt in it)."""
-        if type(cache) not in (DynamicCache, cls) or cache.get_seq_length() != 0:
-            raise ValueError(f"only an empty DynamicCache can take a pruned prefill, got {type(cache).__name__}")
+    def for_prefill(cls, cache: object, config) -> PrunedCache:
+        """The cache a pruned prefill fills: the caller's empty ``cache`` when it is a plain
+        :class:`DynamicCache` (or a PrunedCache), made a PrunedCache in place, so that the object the caller
+        passed is the one filled, as without hieravid (a loop that keeps passing it finds the prompt in it);
+        otherwise a new one."""
+        if type(cache) not in (DynamicCache, cls):
+            return cls(config)
+        if cache.get_seq_length() != 0:
+            raise ValueError(f"a pruned prefill starts an empty cache; this one holds {cache.get_seq_length()} tokens")
         cache.__class__ = cls
         cache._start()
         return cache

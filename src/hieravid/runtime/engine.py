@@ -175,12 +175,7 @@ class Runtime:
             if self.trace:
                 self.last_trace = self._passthrough_trace(inputs_embeds.shape[0])
             return original(text_model, **call)
-        if not use_cache:
-            cache = None
-        elif type(past_key_values) in (DynamicCache, PrunedCache):  # the caller's, empty: filled in place
-            cache = PrunedCache.adopt(past_key_values)
-        else:
-            cache = PrunedCache(text_model.config)
+        cache = PrunedCache.for_prefill(past_key_values, text_model.config) if use_cache else None
         return self._prefill(text_model, inputs_embeds, attention_mask, position_ids, cache, layouts, kwargs)
 
     def _layouts(self, length: int) -> list[VideoLayout | None]:
