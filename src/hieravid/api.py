@@ -90,6 +90,7 @@ class PruneHandle:
                 module.__dict__[name] = before
         for module in {self.model, *(m for m, _, _ in self._saved)}:
             module.__dict__.pop(_MARK, None)
+        self.runtime.context = self.runtime.video_call = None  # nothing of the last call kept alive
         self.active = False
 
     def __enter__(self) -> "PruneHandle":
@@ -169,7 +170,11 @@ def apply(
     def remember_video(*args: Any, **kwargs: Any) -> Any:
         bound = encode_signature.bind_partial(*args, **kwargs).arguments
         runtime.video_call = {k: bound[k] for k in _VIDEO_KEYS if k in bound}
-        return encode_video(*args, **kwargs)
+        try:
+            return encode_video(*args, **kwargs)
+        except BaseException:
+            runtime.video_call = None  # a failed call's pixels are not kept alive
+            raise
 
     def refuse_what_pruning_cannot_return(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if kwargs.get("labels") is not None:
@@ -191,7 +196,8 @@ def apply(
 
     hooks = [
         multimodal.register_forward_pre_hook(_Patch(remember_call), with_kwargs=True),
-        multimodal.register_forward_hook(_Patch(forget_call), with_kwargs=True),
+        # always_call: a forward that raises forgets its inputs too (they may be large: pixel values).
+        multimodal.register_forward_hook(_Patch(forget_call), with_kwargs=True, always_call=True),
     ]
     for caller in dict.fromkeys((model, multimodal)):  # the multimodal model may be called on its own too
         hooks.append(caller.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True))

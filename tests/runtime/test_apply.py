@@ -828,3 +828,85 @@ def test_the_mean_query_stays_inside_the_instruction(family, model, method):
                 model(**inputs)
             kept.append([k[0].tolist() for k in handle.last_stats.kept_positions])
     assert kept[0] == kept[1]
+
+
+class _FailOnce(Exception):
+    pass
+
+
+def test_a_cache_a_failed_prefill_left_keys_in_is_refused():
+    """A prefill that fails part-way (out of memory, Ctrl-C) leaves its first layers' keys in the caller's
+    cache while the cache still reports 0 tokens: a retry with that cache is refused (it would attend to
+    them), as the model without hieravid fails on it too; a new cache gives the answer."""
+    from transformers import DynamicCache
+
+    model = build_model("qwen2_vl")
+    inputs = build_inputs("qwen2_vl", model)
+    calls = []
+
+    def fail_first_call(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise _FailOnce
+
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        expected = _generate(model, inputs, past_key_values=DynamicCache())
+        cache = DynamicCache()
+        hook = _language_model(model).layers[3].register_forward_pre_hook(fail_first_call, with_kwargs=True)
+        with pytest.raises(_FailOnce):
+            _generate(model, inputs, past_key_values=cache)
+        hook.remove()
+        with pytest.raises(ValueError, match="already holds keys of .* pass a new DynamicCache"):
+            _generate(model, inputs, past_key_values=cache)
+        assert torch.equal(_generate(model, inputs, past_key_values=DynamicCache()), expected)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_a_video_after_a_cached_prefix_is_not_pruned_and_says_so(family):
+    """A prompt continuing a cache that holds a prefix runs as the model without hieravid does (every layer
+    holds the prefix's tokens, so nothing can be pruned): a warning names the fix, and ``last_stats``
+    describes this call (no pruning, every video token in every layer), not the call before."""
+    from transformers import DynamicCache
+
+    model = build_model(family)
+    inputs = build_inputs(family, model)
+    prefix = 3  # text tokens before the video
+    assert video_token_id(family, model) not in inputs["input_ids"][0, :prefix]
+
+    def continue_prefix():
+        cache = DynamicCache()
+        with torch.no_grad():
+            model(input_ids=inputs["input_ids"][:, :prefix], attention_mask=inputs["attention_mask"][:, :prefix],
+                  past_key_values=cache, use_cache=True)
+        return _generate(model, inputs, past_key_values=cache)
+
+    expected = continue_prefix()
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        _generate(model, inputs)
+        assert handle.last_stats.pruned
+        with pytest.warns(UserWarning, match="video is not pruned.*without a cache"):
+            out = continue_prefix()
+    assert torch.equal(out, expected)
+    stats = handle.last_stats
+    visual = int((inputs["input_ids"] == video_token_id(family, model)).sum()) - (family == "llava_onevision")
+    assert not stats.pruned
+    assert stats.visual_tokens == [visual]
+    assert stats.tokens_per_layer == [visual] * len(_language_model(model).layers)
+    assert stats.text_tokens == [inputs["input_ids"].shape[1] - prefix - visual]
+
+
+def test_a_failed_call_keeps_none_of_its_inputs():
+    """A call that fails (here: a prompt ending with a video token) leaves nothing of its inputs referenced
+    by the handle: its pixel values are not kept alive into the next call, nor after ``remove()``."""
+    model = build_model("qwen2_vl")
+    inputs = build_inputs("qwen2_vl", model)
+    video = video_token_id("qwen2_vl", model)
+    end = int((inputs["input_ids"][0] == video).nonzero().max()) + 1
+    ends_with_video = {k: v[:, :end] if k != "pixel_values_videos" and v.dim() == 2 else v for k, v in inputs.items()}
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        with pytest.raises(ValueError, match="ends with a video token"):
+            _generate(model, ends_with_video)
+        assert handle.runtime.context is None and handle.runtime.video_call is None
+        with pytest.raises(ValueError, match="ends with a video token"):
+            model(**ends_with_video)
+        assert handle.runtime.context is None and handle.runtime.video_call is None

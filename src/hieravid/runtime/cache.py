@@ -37,8 +37,14 @@ class PrunedCache(DynamicCache):
         otherwise a new one."""
         if type(cache) not in (DynamicCache, cls):
             return cls(config)
-        if cache.get_seq_length() != 0:
-            raise ValueError(f"a pruned prefill starts an empty cache; this one holds {cache.get_seq_length()} tokens")
+        # Keys stored in any layer, not the length the cache reports: a prefill that failed part-way (out of
+        # memory, Ctrl-C) leaves its first layers' keys in a cache that still reports 0 tokens.
+        stored = max((DynamicCache.get_seq_length(cache, i) for i in range(len(cache.layers))), default=0)
+        if stored:
+            raise ValueError(
+                f"a pruned prefill starts an empty cache; this one already holds keys of {stored} tokens (a call "
+                "that failed part-way leaves them): pass a new DynamicCache, or none"
+            )
         cache.__class__ = cls
         cache._start()
         return cache

@@ -18,6 +18,7 @@ continue from the original, unpruned length) and attend to every stored key of e
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -167,11 +168,19 @@ class Runtime:
                     "conversation turn started without a cache: run the new turn from the full prompt"
                 )
             return self._decode(text_model, inputs_embeds, attention_mask, position_ids, past_key_values, kwargs)
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
-            # A continuation of an unpruned cache (e.g. a text-only first turn): nothing to prune.
+        continues = past_key_values is not None and past_key_values.get_seq_length() > 0
+        if continues and not has_video:  # a decoding step, or a text-only turn, after an unpruned prefill
             return original(text_model, **call)
-        if not has_video:
-            self.last_stats = self._passthrough_stats(inputs_embeds, attention_mask)
+        if continues or not has_video:
+            if continues:
+                # Pruning needs the whole prompt in one prefill: the cached prefix's layers hold every token.
+                warnings.warn(
+                    f"hieravid: this call continues a cache that already holds {past_key_values.get_seq_length()} "
+                    "tokens (a cached prefix or an earlier turn), so its video is not pruned; to prune it, pass "
+                    "the whole prompt without a cache (or with a new DynamicCache)",
+                    stacklevel=2,
+                )
+            self.last_stats = self._passthrough_stats(inputs_embeds, attention_mask, layouts)
             if self.trace:
                 self.last_trace = self._passthrough_trace(inputs_embeds.shape[0])
             return original(text_model, **call)
@@ -502,17 +511,23 @@ class Runtime:
     def _passthrough_trace(self, batch: int) -> PruneTrace:
         return PruneTrace(method=self.method.name, num_layers=self.adapter.num_layers, samples=[None] * batch)
 
-    def _passthrough_stats(self, embeds: torch.Tensor, mask_2d: torch.Tensor | None) -> PruneStats:
+    def _passthrough_stats(
+        self, embeds: torch.Tensor, mask_2d: torch.Tensor | None, layouts: list[VideoLayout | None]
+    ) -> PruneStats:
+        """A call nothing is pruned in: every layer sees every token (its video's, if any)."""
         batch, length, _ = embeds.shape
-        text = [length] * batch if mask_2d is None else [int(v) for v in mask_2d.sum(dim=1).tolist()]
-        per_sample = [[0] * self.adapter.num_layers for _ in range(batch)]
+        # This call's tokens (a continued cache's prefix is in the 2-D mask too).
+        valid = [length] * batch if mask_2d is None else [int(v) for v in mask_2d[:, -length:].sum(dim=1).tolist()]
+        visual = [0 if layout is None else layout.positions.numel() for layout in layouts]
+        text = [v - n for v, n in zip(valid, visual)]
+        per_sample = [[n] * self.adapter.num_layers for n in visual]
         return PruneStats(
             method=self.method.name,
             per_sample_tokens_per_layer=per_sample,
-            visual_tokens=[0] * batch,
+            visual_tokens=visual,
             text_tokens=text,
             per_sample_segments=[None] * batch,
-            flops=count_flops(self._shape, per_sample, text, [0] * batch),
+            flops=count_flops(self._shape, per_sample, text, visual),
             decide_seconds_by_layer={},
             kept_positions=[],
             pruned=False,

@@ -46,7 +46,8 @@ class PruneStats:
         decide_seconds_by_layer: wall time spent deciding (relevance, scoring, selection) at each decision
             point, in seconds, keyed by the index of the layer the decision ran before (0: before the LLM).
         kept_positions: for each layer, for each sample, the original sequence positions present.
-        pruned: False when nothing could be pruned (no video in the input): a pass-through.
+        pruned: False when nothing could be pruned (no video in the input, or a call continuing a cache that
+            already holds tokens): a pass-through, every layer seeing every token.
     """
 
     method: str
