@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,15 @@ def test_unknown_devices_are_refused_before_loading(video_file: Path, tmp_path: 
                 "unknown device 'foo'")
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
     check_error(["run", str(video_file), "-q", "x", "--model", ""], capsys, "--model is empty")
+
+
+def test_a_missing_torchvision_is_named_before_loading(video_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """transformers' video processors need torchvision, which pip does not pull in with torch: its absence is
+    named, with the fix, before any weights are read."""
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` fails
+    check_error(["run", str(video_file), "-q", "x"], capsys, "video processors need torchvision")
+    check_error(["demo", "--out", str(tmp_path / "d")], capsys, "pip install torch==2.14.1 torchvision==0.29.1")
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_errors_write_nothing(tmp_path: Path, capsys) -> None:

@@ -745,7 +745,7 @@ def _load(name: str | None, device: str) -> Any:
     hf_logging.disable_progress_bar()  # our own status line says what is loading
     try:
         return load_model(name, device=device)
-    except FileNotFoundError as exc:  # the proxy weights are missing, or a directory without config.json
+    except (FileNotFoundError, ImportError) as exc:  # no proxy weights, no config.json, no torchvision
         raise ValueError(str(exc)) from exc
     except OSError as exc:  # not on the hub, no network, a broken directory
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

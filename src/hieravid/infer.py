@@ -105,9 +105,17 @@ def load_model(
         dtype: ``"auto"`` (the checkpoint's), or a torch dtype / its name (``"bfloat16"``).
         attn_implementation: ``"sdpa"`` or ``"eager"``.
     """
+    device = check_device(device)  # before the weights are read
+    try:
+        import torchvision  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "transformers' video processors need torchvision, which is not installed: install the torchvision "
+            f"release paired with your torch {torch.__version__.split('+')[0]} (e.g. pip install torch==2.14.1 "
+            "torchvision==0.29.1)"
+        ) from err
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    device = check_device(device)  # before the weights are read
     if id_or_path is None:
         from hieravid.proxy import model_dir
 
