@@ -86,3 +86,28 @@ def test_budget_one_equals_the_unpatched_model(family, models, method):
         with hieravid.apply(model, method, 1.0):
             out = model(**inputs).logits[:, -1]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def models_by_family():
+    return {}
+
+
+# Qwen2.5-VL's own vision tower creates tensors on the default device (its window index), so it cannot run
+# under this check; its language side is Qwen2-VL's.
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_tensor_created_names_its_device(models_by_family, family_name, method):
+    """On a GPU, a tensor made without ``device=`` lands on the CPU and mixing it with the model's fails.
+    With the default device set to meta, such a tensor is a meta tensor, which fails when it meets the
+    model's (CPU) tensors or is read: generating gives the same tokens only if every tensor the runtime
+    and the method create names its device (the host's, where it is meant for the host)."""
+    if family_name not in models_by_family:
+        models_by_family[family_name] = build_model(family_name)
+    model = models_by_family[family_name]
+    inputs = build_inputs(family_name, model, seed=2)
+    with torch.no_grad(), hieravid.apply(model, method, BUDGET):
+        expected = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        with torch.device("meta"):
+            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out, expected)

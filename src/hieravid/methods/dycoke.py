@@ -53,7 +53,7 @@ def reference_frames(num_frames: int) -> torch.Tensor:
     Returns:
         ``(T,)`` int64.
     """
-    t = torch.arange(num_frames)
+    t = torch.arange(num_frames, device="cpu")
     offset = t % WINDOW
     return torch.where(offset == 0, -1, torch.where(offset == 2, t - 2, t - 1))
 
@@ -82,9 +82,9 @@ def frame_keep_counts(budget: float, num_frames: int, num_slots: int) -> torch.T
             f"of frames of tokens that {WINDOW} divides (minimum {1 / WINDOW})"
         )
     compared = num_frames - num_anchors
-    counts = torch.full((num_frames,), num_slots, dtype=torch.long)
+    counts = torch.full((num_frames,), num_slots, dtype=torch.long, device="cpu")
     if compared:
-        share = torch.full((compared,), rest // compared, dtype=torch.long)
+        share = torch.full((compared,), rest // compared, dtype=torch.long, device="cpu")
         share[: rest % compared] += 1
         counts[~anchors] = share
     return counts

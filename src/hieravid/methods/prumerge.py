@@ -83,7 +83,7 @@ def frame_counts(total: int, num_frames: int, num_slots: int) -> torch.Tensor:
     """``total`` tokens spread evenly over frames: ``(T,)`` int64, ``floor((t+1) K / T) - floor(t K / T)``."""
     if not 0 <= total <= num_frames * num_slots:
         raise ValueError(f"total must be in [0, {num_frames * num_slots}], got {total}")
-    edges = torch.div(torch.arange(num_frames + 1) * total, num_frames, rounding_mode="floor")
+    edges = torch.div(torch.arange(num_frames + 1, device="cpu") * total, num_frames, rounding_mode="floor")
     return edges[1:] - edges[:-1]
 
 
