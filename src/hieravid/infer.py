@@ -125,6 +125,8 @@ def load_model(
     if local.exists() and not (local / "config.json").is_file():
         raise FileNotFoundError(f"{name} has no config.json: pass a model directory saved with save_pretrained")
     if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}: use auto (the checkpoint's), bfloat16, float16 or float32")
         dtype = getattr(torch, dtype)
     try:
         config = AutoConfig.from_pretrained(name)  # its family, before the weights are read

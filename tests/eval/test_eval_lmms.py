@@ -85,7 +85,7 @@ def test_model_classes_need_lmms_eval_only_when_asked_for():
         pytest.skip("lmms-eval is installed here")
 
 
-def test_generate_until_answers_each_request_like_hieravid_answer(loaded, data_root):
+def test_generate_until_answers_each_request_like_hieravid_answer(loaded, data_root, capsys):
     video = str(data_root / "egoschema" / "videos" / "0074f737-11cb-497d-8d07-77c3a8127391.mp4")
     model = Qwen2VLWrapper(loaded=loaded, method="hieravid", budget=0.3, max_num_frames=4)
     requests, model.task_dict = _requests(video)
@@ -98,6 +98,8 @@ def test_generate_until_answers_each_request_like_hieravid_answer(loaded, data_r
     ]
     assert outputs == expected and all(isinstance(o, str) and o for o in outputs)
     assert all(s.flops_ratio < 0.5 for s in model.last_stats)
+    kept = sum(s.achieved_budget for s in model.last_stats) / 2
+    assert f"2 answers by hieravid at budget 0.3: visual tokens kept {kept:.3f}" in capsys.readouterr().err
     requests, model.task_dict = _requests(video, until=[" "])  # stop strings cut the answer
     assert model.generate_until(requests) == [o.split(" ")[0] for o in expected]
 
@@ -111,6 +113,10 @@ def test_wrong_family_bad_arguments_and_non_video_requests(loaded, data_root):
         Qwen2VLWrapper(loaded=loaded, frames=8)
     with pytest.raises(ValueError, match="pretrained="):
         Qwen2VLWrapper()
+    with pytest.raises(ValueError, match="model_args budget must be a number in \\(0, 1\\], got 'abc'"):
+        Qwen2VLWrapper(loaded=loaded, method="hieravid", budget="abc")
+    with pytest.raises(ValueError, match="unknown dtype 'float17'"):
+        Qwen2VLWrapper(pretrained="unused", dtype="float17")
     model = Qwen2VLWrapper(loaded=loaded)
     model.task_dict = {"t": {"s": [{}]}}
     with pytest.raises(ValueError, match="exactly one video file"):
@@ -149,3 +155,12 @@ def test_under_accelerate_launch_the_processes_gather_through_the_models_acceler
 def test_one_process_needs_no_accelerator(loaded):
     lm = HieravidLMM(loaded=loaded)
     assert (lm.rank, lm.world_size, lm.accelerator) == (0, 1, None)
+
+
+def test_a_pruning_method_without_a_budget_prunes_at_the_default(loaded):
+    """``method=hieravid`` alone prunes (at 0.3, as ``hieravid run``), it does not run unpruned under the
+    method's name; ``vanilla`` keeps everything."""
+    assert Qwen2VLWrapper(loaded=loaded, method="hieravid").budget == 0.3
+    assert Qwen2VLWrapper(loaded=loaded, method="fastv").budget == 0.3
+    assert Qwen2VLWrapper(loaded=loaded).budget == 1.0
+    assert Qwen2VLWrapper(loaded=loaded, method="hieravid", budget="0.2").budget == 0.2

@@ -12,13 +12,16 @@ so that, with lmms-eval installed::
         --tasks videomme
 
 runs the model pruned by ``method`` at ``budget`` (``method=vanilla`` prunes nothing). Model arguments:
-``pretrained`` (hub id or local directory), ``method``, ``budget``, ``max_num_frames`` (frames sampled per
+``pretrained`` (hub id or local directory), ``method`` (default ``vanilla``), ``budget`` (default 0.3, as
+``hieravid run``; 1 for ``vanilla``), ``max_num_frames`` (frames sampled per
 video, default 32), ``device`` (``auto``: the process's GPU under ``accelerate launch``, else ``cuda`` or
 ``cpu``), ``dtype`` (``auto``, ``bfloat16``...), ``attn_implementation`` (``sdpa``), ``max_new_tokens``
 (used when the task sets none; default 128, as lmms-eval's own Qwen2-VL model).
 
 Each request is answered alone (greedy decoding) by :func:`hieravid.infer.answer` on frames decoded by
 :mod:`hieravid.video`: video tasks only (a request whose visual is not a video file path is refused with an error).
+lmms-eval's output says nothing of the pruning, so each ``generate_until`` call ends with one line on stderr:
+the answers, the visual tokens kept and the prefill FLOPs against the unpruned model's (means over the answers).
 
 lmms-eval is a heavy install, and this module never imports it at import time: the entry points return manifests
 built on call, and the classes lmms-eval loads (``HieravidQwen2VL``...) are made on first access, as subclasses
@@ -31,6 +34,7 @@ lmms-eval's ``Instance``, without lmms-eval installed.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +55,7 @@ CLASS_NAMES = {
     "hieravid_llava_onevision": "HieravidLlavaOneVision",
 }
 _MODEL_OF_CLASS = {cls: name for name, cls in CLASS_NAMES.items()}
+DEFAULT_BUDGET = 0.3  # as `hieravid run`
 
 
 class HieravidLMM:
@@ -59,7 +64,8 @@ class HieravidLMM:
     Args:
         pretrained: hub id or local directory (``from_pretrained``).
         method: pruning method name (:func:`hieravid.methods.available`); ``vanilla`` prunes nothing.
-        budget: relative token budget in (0, 1] (visual tokens kept, averaged over the decoder layers).
+        budget: relative token budget in (0, 1] (visual tokens kept, averaged over the decoder layers); default
+            0.3, and 1 for ``vanilla``.
         max_num_frames: frames sampled uniformly from each video.
         device: ``auto`` (also None, lmms-eval's default), ``cuda``, ``cuda:1``, ``cpu``.
         dtype: ``auto`` (the checkpoint's) or a torch dtype name.
@@ -76,7 +82,7 @@ class HieravidLMM:
         self,
         pretrained: str | None = None,
         method: str = "vanilla",
-        budget: float = 1.0,
+        budget: float | str | None = None,
         max_num_frames: int = 32,
         device: str | None = "auto",
         dtype: str = "auto",
@@ -96,7 +102,12 @@ class HieravidLMM:
         from hieravid.methods import build
 
         self.method = str(method)
-        self.budget = float(budget)
+        if budget is None:
+            budget = 1.0 if self.method == "vanilla" else DEFAULT_BUDGET
+        try:
+            self.budget = float(budget)
+        except ValueError:
+            raise ValueError(f"model_args budget must be a number in (0, 1], got {budget!r}") from None
         build(self.method, self.budget)  # an unknown method or a bad budget fails here, naming the allowed values
         self.max_num_frames = int(max_num_frames)
         if self.max_num_frames < 1:
@@ -168,7 +179,21 @@ class HieravidLMM:
             )
             outputs.append(_cut(result.text, gen_kwargs.get("until")))
             self.last_stats.append(result.stats)
+        if self.last_stats:
+            print(self._summary(), file=sys.stderr, flush=True)
         return outputs
+
+    def _summary(self) -> str:
+        """One line on the last ``generate_until`` call's pruning (lmms-eval's results do not show it)."""
+        stats = self.last_stats
+        where = f" (process {self.rank} of {self.world_size})" if self.world_size > 1 else ""
+        kept = sum(s.achieved_budget for s in stats) / len(stats)
+        flops = sum(s.flops.exact_ratio for s in stats) / len(stats)
+        return (
+            f"hieravid{where}: {len(stats)} answers by {self.method} at budget {self.budget:g}: visual tokens kept "
+            f"{kept:.3f} of the unpruned model's, prefill FLOPs (exact, text included) {flops:.3f} of its (means "
+            "over the answers)"
+        )
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
         raise NotImplementedError("hieravid models support generate_until tasks only (not loglikelihood)")
