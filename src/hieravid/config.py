@@ -44,9 +44,18 @@ def check_choice(value: str, name: str, allowed: Sequence[str]) -> str:
     return value
 
 
+def _is_number(value: object) -> bool:
+    """A real number, not a bool (``True`` would pass for 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_unit_interval(value: float, name: str, *, closed: bool = True) -> float:
     """Return ``value`` if it is in [0, 1] (or (0, 1) when ``closed`` is False)."""
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    is_number = _is_number(value)
     ok = is_number and (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
     if not ok:
         interval = "[0, 1]" if closed else "(0, 1)"
@@ -126,9 +135,9 @@ class HieraVidConfig:
 
     def __post_init__(self) -> None:
         check_budget(self.budget)
-        if not isinstance(self.dpp_rank_floor, numbers.Real) or not 0.0 <= self.dpp_rank_floor < 1.0:
+        if not _is_number(self.dpp_rank_floor) or not 0.0 <= self.dpp_rank_floor < 1.0:
             raise ValueError(f"dpp_rank_floor must be a number in [0, 1), got {self.dpp_rank_floor!r}")
-        if not isinstance(self.num_stages, int) or self.num_stages < 1:
+        if not _is_integer(self.num_stages) or self.num_stages < 1:
             raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
         if self.ratios is not None:
             if not isinstance(self.ratios, (tuple, list)):
@@ -150,18 +159,25 @@ class HieraVidConfig:
         check_choice(self.relevance_query, "relevance_query", ("last", "mean"))
         check_choice(self.in_llm_selector, "in_llm_selector", ("dpp", "bins"))
         check_choice(self.greedy_backend, "greedy_backend", ("auto", "torch", "numba", "triton"))
-        if not isinstance(self.tau, (int, float)) or not -1.0 <= self.tau <= 1.0:
+        if not _is_number(self.tau) or not -1.0 <= self.tau <= 1.0:
             raise ValueError(f"tau is a cosine-similarity threshold and must be in [-1, 1], got {self.tau!r}")
         check_unit_interval(self.beta, "beta")
-        if not isinstance(self.avgpool_threshold, (int, float)) or not -1.0 <= self.avgpool_threshold <= 1.0:
+        if not _is_number(self.avgpool_threshold) or not -1.0 <= self.avgpool_threshold <= 1.0:
             raise ValueError(f"avgpool_threshold must be in [-1, 1], got {self.avgpool_threshold!r}")
         check_unit_interval(self.lam, "lam")
-        if not isinstance(self.delta, (int, float)) or not self.delta >= 0:  # NaN fails too
+        if not _is_number(self.delta) or not self.delta >= 0:  # NaN fails too
             raise ValueError(f"delta (pruning deviation) must be >= 0, got {self.delta!r}")
-        lo, hi = self.keep_clip
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"keep_clip must satisfy 0 <= low <= high <= 1, got {self.keep_clip!r}")
-        if not isinstance(self.query_tokens, int) or self.query_tokens < 1:
+        clip = self.keep_clip
+        pair = isinstance(clip, (tuple, list)) and len(clip) == 2 and all(_is_number(v) for v in clip)
+        if not pair or not 0.0 <= clip[0] <= clip[1] <= 1.0:
+            raise ValueError(
+                f"keep_clip must be a pair (low, high) with 0 <= low <= high <= 1, e.g. (0.05, 0.95) (on the command "
+                f"line hieravid:keep_clip=(0.05,0.95)), got {clip!r}"
+            )
+        object.__setattr__(self, "keep_clip", (float(clip[0]), float(clip[1])))
+        if not isinstance(self.exact_total, bool):
+            raise ValueError(f"exact_total must be True or False, got {self.exact_total!r}")
+        if not _is_integer(self.query_tokens) or self.query_tokens < 1:
             raise ValueError(f"query_tokens must be an integer >= 1, got {self.query_tokens!r}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        if not _is_number(self.eps) or not self.eps > 0:
+            raise ValueError(f"eps must be a number > 0, got {self.eps!r}")

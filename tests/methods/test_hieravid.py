@@ -280,11 +280,29 @@ def test_config_bad_choice_lists_allowed(field, value, allowed):
         ("num_stages", 0),
         ("query_tokens", 0),
         ("eps", 0.0),
+        # wrong types: each named, never taken by truthiness or unpacked raw
+        ("exact_total", "false"),
+        ("exact_total", 1),
+        ("keep_clip", 0.9),
+        ("keep_clip", None),
+        ("keep_clip", (0.05,)),
+        ("keep_clip", (0.05, 0.5, 0.95)),
+        ("keep_clip", ("a", "b")),
+        ("eps", "abc"),
+        ("eps", True),
+        ("tau", True),
+        ("query_tokens", True),
+        ("num_stages", True),
+        ("delta", True),
     ],
 )
 def test_config_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         HieraVidConfig(**{field: value})
+
+
+def test_config_keep_clip_list_is_a_pair_of_floats():
+    assert HieraVidConfig(keep_clip=[0, 1]).keep_clip == (0.0, 1.0)
 
 
 def test_config_nan_delta_rejected():
