@@ -381,6 +381,19 @@ def test_weights_that_do_not_fit_are_refused_before_building(monkeypatch):
         run_model_bench("tiny", methods=["vanilla"], repeats=1, warmup=0, new_tokens=2)
 
 
+def test_a_bad_method_option_is_refused_before_building(monkeypatch):
+    """A typo in a method's options fails at once, not after the model is built (minutes at a 7B shape)."""
+    import hieravid.bench.models as bench_models
+
+    built = []
+    monkeypatch.setattr(bench_models, "build_bench_model", lambda shape, **kw: built.append(shape))
+    with pytest.raises(ValueError, match="exact_total must be True or False"):
+        run_model_bench("tiny", methods=["vanilla", "hieravid:exact_total=nope"], repeats=1, warmup=0, new_tokens=2)
+    with pytest.raises(ValueError, match="unknown option"):
+        run_model_bench("tiny", methods=["vanilla", "fastv:kk=2"], repeats=1, warmup=0, new_tokens=2)
+    assert built == []
+
+
 @pytest.mark.parametrize(
     ("shape", "video_tokens", "params_billions"),
     [("qwen2-vl-7b", 16 * 256, 8.29), ("llava-onevision-7b", 32 * 196 + 1, 8.03),

@@ -70,7 +70,7 @@ import torch
 import hieravid
 from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
 from hieravid.config import check_budget, check_choice
-from hieravid.methods import available, parse_method, warn_if_budget_is_ignored
+from hieravid.methods import available, build, parse_method, warn_if_budget_is_ignored
 from hieravid.models import CallContext, find_adapter
 from hieravid.runtime import device_clock
 from hieravid.runtime.compat import cache_of
@@ -729,6 +729,9 @@ def run_model_bench(
     with_options = [m for m in methods if parse_method(m)[0] == UNPATCHED and m != UNPATCHED]
     if with_options:
         raise ValueError(f"{UNPATCHED} (the model without hieravid.apply) takes no options, got {with_options[0]!r}")
+    for method in methods:
+        if method != UNPATCHED:
+            build(method, 1.0)  # its options, before the build (budgets are checked on the model's depth)
     check_choice(cpu_malloc, "cpu_malloc", ("keep", "default"))
     budgets = [check_budget(b) for b in budgets]
     warn_if_budget_is_ignored(list(methods), budgets)
