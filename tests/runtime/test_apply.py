@@ -910,3 +910,39 @@ def test_a_failed_call_keeps_none_of_its_inputs():
         with pytest.raises(ValueError, match="ends with a video token"):
             model(**ends_with_video)
         assert handle.runtime.context is None and handle.runtime.video_call is None
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_threads_generating_at_once_each_prune_their_own_video(family):
+    """A model served from two threads (each its own ``generate``) answers each call from that call's own
+    inputs, as without hieravid: here both threads encode their videos before either prefills."""
+    import threading
+
+    model = build_model(family)
+    first, second = build_inputs(family, model, frames=8, seed=1), build_inputs(family, model, frames=16, seed=2)
+    tower = model.model.visual if family != "llava_onevision" else model.model.vision_tower
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        expected = [_generate(model, first), _generate(model, second)]
+        both_encoding = threading.Barrier(2, timeout=60)
+
+        def wait_for_both(module, args):
+            both_encoding.wait()
+
+        hook = tower.register_forward_pre_hook(wait_for_both)
+        outputs, errors = [None, None], []
+
+        def answer(i, inputs):
+            try:
+                with torch.no_grad():
+                    outputs[i] = _generate(model, inputs)
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=answer, args=(i, x)) for i, x in enumerate((first, second))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        hook.remove()
+    assert not errors, errors
+    assert torch.equal(outputs[0], expected[0]) and torch.equal(outputs[1], expected[1])

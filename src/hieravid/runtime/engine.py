@@ -17,6 +17,7 @@ continue from the original, unpruned length) and attend to every stored key of e
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 import weakref
@@ -108,23 +109,41 @@ def _right_align(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Te
     return cols, keep.gather(1, cols)
 
 
+class _CallState(threading.local):
+    """What a model call carries from its start to its decoder, one per thread: a model served from several
+    threads (each its own ``generate``) runs each call with its own inputs, as without hieravid."""
+
+    def __init__(self) -> None:
+        self.context: CallContext | None = None  # arguments of the current multimodal call
+        self.video_call: dict[str, Any] | None = None  # arguments of its video encoding
+        # The layouts found for the last encoded video, with a weak reference to its encoder output.
+        self.encoded: tuple[weakref.ref, list[VideoLayout | None]] | None = None
+
+
+def _this_thread(name: str) -> property:
+    return property(lambda self: getattr(self._call, name), lambda self, value: setattr(self._call, name, value))
+
+
 class Runtime:
     """Applies a method's decisions inside one model's decoder. Created by :func:`hieravid.apply`.
 
     With ``trace=True`` every prefill also leaves a :class:`PruneTrace` in ``last_trace`` (the decisions
-    token by token); with ``trace=False`` nothing is recorded and ``last_trace`` stays None.
+    token by token); with ``trace=False`` nothing is recorded and ``last_trace`` stays None. ``last_stats``
+    and ``last_trace`` are the last prefill's, whichever thread ran it (``generate`` run in a thread behind a
+    streamer, read in another); a call's inputs are kept per thread.
     """
+
+    context = _this_thread("context")
+    video_call = _this_thread("video_call")
+    _encoded = _this_thread("encoded")
 
     def __init__(self, adapter: ModelAdapter, method: PruningMethod, trace: bool = False) -> None:
         self.adapter = adapter
         self.method = method
         self.trace = trace
-        self.context: CallContext | None = None  # arguments of the current multimodal call
-        self.video_call: dict[str, Any] | None = None  # arguments of its video encoding
+        self._call = _CallState()
         self.last_stats: PruneStats | None = None
         self.last_trace: PruneTrace | None = None
-        # The layouts found for the last encoded video, with a weak reference to its encoder output.
-        self._encoded: tuple[weakref.ref, list[VideoLayout | None]] | None = None
         self._shape = ModelShape.from_config(adapter.text_config)
 
     # ------------------------------------------------------------------------------------ dispatch
