@@ -625,6 +625,26 @@ def test_unsupported_model_class():
         hieravid.apply(llm, "hieravid")
 
 
+def test_wrapped_models_are_refused_naming_the_model_to_apply_to():
+    """A PEFT wrapper (duck-typed by its ``get_base_model``, as peft's PeftModel and LoraModel) and a
+    torch.compile wrapper are refused, naming the model inside to apply hieravid to."""
+    model = build_model("qwen2_vl")
+
+    class PeftModelForCausalLM(torch.nn.Module):  # what matters of peft's wrapper
+        def __init__(self, inner):
+            super().__init__()
+            self.base_model = inner
+
+        def get_base_model(self):
+            return self.base_model
+
+    with pytest.raises(ValueError, match=r"PEFT wrapper of Qwen2VLForConditionalGeneration.*get_base_model\(\)"):
+        hieravid.apply(PeftModelForCausalLM(model), "hieravid")
+    with pytest.raises(ValueError, match="torch.compile wrapper of Qwen2VLForConditionalGeneration: apply hieravid"):
+        hieravid.apply(torch.compile(model), "hieravid")
+    hieravid.apply(PeftModelForCausalLM(model).get_base_model(), "hieravid").remove()
+
+
 def test_flash_attention_is_refused_with_the_fix(family):
     model = build_model(family)
     model.model.language_model.config._attn_implementation = "flash_attention_2"

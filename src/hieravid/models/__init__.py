@@ -32,6 +32,18 @@ def find_adapter(model: nn.Module) -> tuple[ModelAdapter, nn.Module]:
     """The adapter for ``model`` and the multimodal module whose calls carry ``input_ids`` (it is
     ``model`` itself or ``model.model``)."""
     name = type(model).__name__
+    if name not in _FAMILIES and hasattr(model, "get_base_model"):  # a PEFT wrapper (PeftModel, LoraModel)
+        inner = type(model.get_base_model()).__name__
+        raise ValueError(
+            f"{name} is a PEFT wrapper of {inner}: apply hieravid to the model it wraps, "
+            "hieravid.apply(peft_model.get_base_model(), ...), and call the wrapper as before (its adapters stay "
+            "in the layers hieravid runs)"
+        )
+    if name not in _FAMILIES and isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+        raise ValueError(
+            f"{name} is a torch.compile wrapper of {type(model._orig_mod).__name__}: apply hieravid to the model "
+            "before compiling it (or to compiled._orig_mod)"
+        )
     if name not in _FAMILIES:
         raise ValueError(
             f"hieravid does not support {name}; supported model classes: {', '.join(SUPPORTED)}. "
