@@ -191,7 +191,8 @@ def apply(
                 raise ValueError(
                     f"hieravid's pruned forward returns no per-layer {what} (each layer keeps its own set of "
                     f"tokens; the last hidden state and logits cover the kept positions only): call without "
-                    f"{name}=True (and with model.config.{name} False), or handle.remove() to get them"
+                    f"{name}=True (and with {name} False in model.config and model.generation_config), or "
+                    "handle.remove() to get them"
                 )
 
     hooks = [
