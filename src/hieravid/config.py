@@ -18,9 +18,18 @@ InLLMSelector = Literal["dpp", "bins"]
 GreedyBackend = Literal["auto", "torch", "numba", "triton"]
 
 
+def _is_number(value: object) -> bool:
+    """A real number, not a bool (``True`` would pass for 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_budget(budget: float, name: str = "budget") -> float:
     """Return ``budget`` as a float if it lies in (0, 1]; otherwise raise a ``ValueError`` naming it."""
-    if not isinstance(budget, numbers.Real) or isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0:
+    if not _is_number(budget) or not 0.0 < float(budget) <= 1.0:
         raise ValueError(
             f"{name} must be a fraction of visual tokens kept in (0, 1], got {budget!r}; "
             f"e.g. {name}=0.3 keeps 30% of the visual tokens on average over the decoder layers"
@@ -30,7 +39,7 @@ def check_budget(budget: float, name: str = "budget") -> float:
 
 def check_ratio(ratio: float, name: str) -> float:
     """Return ``ratio`` as a float if it is a pruning ratio in [0, 1); otherwise raise a ``ValueError``."""
-    if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool) or not 0.0 <= float(ratio) < 1.0:
+    if not _is_number(ratio) or not 0.0 <= float(ratio) < 1.0:
         raise ValueError(
             f"{name} must be a pruning ratio (fraction of tokens removed) in [0, 1), got {ratio!r}"
         )
@@ -42,15 +51,6 @@ def check_choice(value: str, name: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
     return value
-
-
-def _is_number(value: object) -> bool:
-    """A real number, not a bool (``True`` would pass for 1)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_unit_interval(value: float, name: str, *, closed: bool = True) -> float:
