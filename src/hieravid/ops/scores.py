@@ -112,7 +112,7 @@ def keep_counts(
     passes = torch.arange(int(room.max()) + 1, device=room.device)  # (P,)
     moved = torch.minimum(room.unsqueeze(0), passes.unsqueeze(1)).sum(dim=1)  # (P,) tokens after P passes
     whole = int((moved <= amount).sum()) - 1  # the most whole passes that fit
-    step = torch.minimum(room, torch.tensor(whole, device=room.device))  # (M,)
+    step = room.clamp(max=whole)  # (M,)
     more = room > whole  # segments the partial pass can take one from
     rest = amount - int(moved[whole])
     step += (more & (torch.cumsum(more.long(), dim=0) <= rest)).long()
