@@ -15,7 +15,7 @@ Relevance, following the official code (``llava/model/llava_arch.py``, ``encode_
   the instruction gets a higher weight; ``relevance_sign="negative"`` (default) reproduces that,
   ``"positive"`` flips it;
 * min-max over the video's tokens: ``r = (u - min u + 1e-6) / (max u - min u)``
-  (:func:`hieravid.ops.minmax_normalize`; all ones when u is constant);
+  (:func:`hieravid.ops.minmax_normalize`; all ones when u is constant up to round-off);
 * theta: the paper's optional trade-off ``r <- exp(alpha r)``, ``alpha = theta / (2 (1 - theta))``,
   is commented out in the official code (default off: ``theta=None``); ``theta`` in [0, 1) turns it on.
 

@@ -47,12 +47,20 @@ def attention_from_queries(query: torch.Tensor, keys: torch.Tensor, *, causal: b
     return logits.softmax(dim=-1).mean(dim=(0, 1, 2))
 
 
+# Values that differ by less than this fraction of their magnitude differ by float32 round-off only
+# (the same scores computed by another kernel, or in a batch, differ that much).
+_ROUND_OFF = 1e-5
+
+
 def minmax_normalize(u: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``Norm(u)_j = (u_j - min u + eps) / (max u - min u)``; all ones when u is constant."""
+    """``Norm(u)_j = (u_j - min u + eps) / (max u - min u)``; all ones when u is constant, or constant
+    up to round-off (``max u - min u <= 1e-5 max |u|``): stretching round-off to [0, 1] would rank
+    tokens by noise."""
     lo, hi = torch.aminmax(u)
     span = hi - lo
+    spread = span > _ROUND_OFF * torch.maximum(lo.abs(), hi.abs())
     # Decided on the device (no read back): a constant u divides by zero in the branch not taken.
-    return torch.where(span > 0, (u - lo + eps) / span, 1.0)
+    return torch.where(spread, (u - lo + eps) / span, 1.0)
 
 
 def relevance(
