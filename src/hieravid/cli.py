@@ -468,7 +468,7 @@ def _add_eval(subparsers: Any) -> None:
             "Answer every question of the chosen benchmarks with every method at every budget, scored as "
             "lmms-eval scores them. Each answer is appended to OUT/predictions.part<rank>.jsonl as it finishes; "
             "running the same command again resumes. At the end: OUT/predictions.jsonl, OUT/summary.json and "
-            "OUT/summary.md (scores per task, average, %% of vanilla, FLOPs). Run on several GPUs with "
+            "OUT/summary.md (scores per task, average, % of vanilla, FLOPs). Run on several GPUs with "
             "`accelerate launch -m hieravid eval ...`. See the README section 'Benchmark evaluation' for the "
             "data layout."
         ),

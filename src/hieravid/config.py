@@ -1,7 +1,7 @@
 """Typed configuration for HieraVid, with validation that names the bad value and the allowed range.
 
-Every switch named in the method specification (``shared/hieravid-method.md``) is a field here; the
-defaults are the paper's (spec section 4).
+Every alternative the method's equations allow is a field here (README, "The library", maps each
+equation to its switches); the defaults are the paper's.
 """
 
 from __future__ import annotations

@@ -429,6 +429,19 @@ def test_assisted_generation(family, model):
     assert pruned.shape == plain.shape and handle.last_stats.flops_ratio < 1
 
 
+def test_prompt_lookup_generation(family, model):
+    """generate with prompt lookup guesses tokens by matching the prompt's n-grams, appends them and crops
+    the rejected ones: without pruning this equals the unpatched model; with pruning it runs."""
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        plain = _generate(model, inputs, 8, prompt_lookup_num_tokens=3)
+        with hieravid.apply(model, "vanilla"):
+            torch.testing.assert_close(_generate(model, inputs, 8, prompt_lookup_num_tokens=3), plain, rtol=0, atol=0)
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            pruned = _generate(model, inputs, 8, prompt_lookup_num_tokens=3)
+    assert pruned.shape == plain.shape and handle.last_stats.flops_ratio < 1
+
+
 def test_generation_without_cache_prunes_every_step(family, model):
     """generate(use_cache=False) runs the whole sequence at every step with the video it encoded once; each
     step is a pruned prefill of its own (its last token the relevance query), not the unpruned model."""
