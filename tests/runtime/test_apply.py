@@ -894,6 +894,47 @@ def test_a_cache_a_failed_prefill_left_keys_in_is_refused():
         assert torch.equal(_generate(model, inputs, past_key_values=DynamicCache()), expected)
 
 
+def test_a_refused_prefill_gives_the_callers_cache_back():
+    """A pruned prefill refused before it stores anything leaves the caller's empty cache a plain
+    DynamicCache, usable with hieravid and without it."""
+    from transformers import DynamicCache
+
+    model = build_model("qwen2_vl")
+    inputs = build_inputs("qwen2_vl", model)
+    vid = video_token_id("qwen2_vl", model)
+    end = int(torch.nonzero(inputs["input_ids"][0] == vid).max()) + 1  # the prompt ends with a video token
+    cut = {k: v[:, :end] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in inputs.items()}
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        with hieravid.apply(model, "hieravid", 0.3):
+            pruned = model(**inputs).logits
+            with pytest.raises(ValueError, match="ends with a video token"):
+                model(**cut, past_key_values=cache, use_cache=True)
+            assert type(cache) is DynamicCache
+            torch.testing.assert_close(model(**inputs, past_key_values=cache, use_cache=True).logits, pruned)
+        assert type(cache) is not DynamicCache  # the second call filled it, pruned
+        torch.testing.assert_close(
+            model(**inputs, past_key_values=DynamicCache(config=model.config), use_cache=True).logits, expected
+        )
+
+
+def test_a_dynamic_cache_subclass_is_refused():
+    """A pruned prefill fills the caller's own cache object in place; a subclass of DynamicCache cannot
+    become a PrunedCache without losing what it adds, and filling another object instead would leave the
+    caller's empty (a loop passing it again would decode without the prompt): refused, naming the fix."""
+    from transformers import DynamicCache
+
+    class LoggingCache(DynamicCache):
+        pass
+
+    model = build_model("llava_onevision")
+    inputs = build_inputs("llava_onevision", model)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        with pytest.raises(ValueError, match="plain DynamicCache; this call passes a LoggingCache"):
+            model(**inputs, past_key_values=LoggingCache(config=model.config), use_cache=True)
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
 def test_a_video_after_a_cached_prefix_is_not_pruned_and_says_so(family):
     """A prompt continuing a cache that holds a prefix runs as the model without hieravid does (every layer

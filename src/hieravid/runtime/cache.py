@@ -31,12 +31,18 @@ class PrunedCache(DynamicCache):
 
     @classmethod
     def for_prefill(cls, cache: object, config) -> PrunedCache:
-        """The cache a pruned prefill fills: the caller's empty ``cache`` when it is a plain
-        :class:`DynamicCache` (or a PrunedCache), made a PrunedCache in place, so that the object the caller
-        passed is the one filled, as without hieravid (a loop that keeps passing it finds the prompt in it);
-        otherwise a new one."""
-        if type(cache) not in (DynamicCache, cls):
+        """The cache a pruned prefill fills: the caller's empty ``cache`` (a plain :class:`DynamicCache` or a
+        PrunedCache), made a PrunedCache in place, so that the object the caller passed is the one filled, as
+        without hieravid (a loop that keeps passing it finds the prompt in it); a new one when there is none.
+        A subclass of DynamicCache is refused: its own behaviour cannot survive the change of class, and
+        filling another cache would leave the caller's empty."""
+        if cache is None:
             return cls(config)
+        if type(cache) not in (DynamicCache, cls):
+            raise ValueError(
+                f"hieravid prunes into a plain DynamicCache; this call passes a {type(cache).__name__}: pass a "
+                "DynamicCache, or none"
+            )
         # Keys stored in any layer, not the length the cache reports: a prefill that failed part-way (out of
         # memory, Ctrl-C) leaves its first layers' keys in a cache that still reports 0 tokens.
         stored = max((DynamicCache.get_seq_length(cache, i) for i in range(len(cache.layers))), default=0)
@@ -45,9 +51,24 @@ class PrunedCache(DynamicCache):
                 f"a pruned prefill starts an empty cache; this one already holds keys of {stored} tokens (a call "
                 "that failed part-way leaves them): pass a new DynamicCache, or none"
             )
-        cache.__class__ = cls
+        if type(cache) is not cls:
+            cache._plain_class = type(cache)
+            cache.__class__ = cls
         cache._start()
         return cache
+
+    def release(self) -> None:
+        """Make a cache :meth:`for_prefill` converted in place the caller's class again, without the
+        pruning's bookkeeping, if it stores nothing (a prefill refused before its first layer gives it back
+        so). One that stores keys stays a PrunedCache reporting 0 tokens, so that a retry with it is
+        refused, naming the fix, rather than taken for a cached prefix."""
+        plain = self.__dict__.get("_plain_class")
+        if plain is None or any(self.stored_length(i) for i in range(len(self.layers))):
+            return
+        del self._plain_class
+        for name in ("virtual_length", "fixed_length", "key_valid", "all_valid"):
+            self.__dict__.pop(name, None)
+        self.__class__ = plain
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # noqa: D401 - same contract as the parent
         """Original sequence length seen so far (tokens), whatever was pruned."""

@@ -204,7 +204,12 @@ class Runtime:
                 self.last_trace = self._passthrough_trace(inputs_embeds.shape[0])
             return original(text_model, **call)
         cache = PrunedCache.for_prefill(past_key_values, text_model.config) if use_cache else None
-        return self._prefill(text_model, inputs_embeds, attention_mask, position_ids, cache, layouts, kwargs)
+        try:
+            return self._prefill(text_model, inputs_embeds, attention_mask, position_ids, cache, layouts, kwargs)
+        except BaseException:
+            if cache is not None and cache is past_key_values:
+                cache.release()  # the caller's empty cache is theirs again
+            raise
 
     def _layouts(self, length: int) -> list[VideoLayout | None]:
         if self.context is None:
