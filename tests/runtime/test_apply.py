@@ -314,6 +314,33 @@ def test_a_cache_the_caller_passes_is_the_one_filled(method):
     torch.testing.assert_close(step.logits[:, -1], expected[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("edit", ["select", "repeat"])
+def test_batch_edits_of_a_pruned_cache_keep_each_rows_padding(edit):
+    """``batch_select_indices`` and ``batch_repeat_interleave`` (the Cache API's batch edits, for callers
+    and decoding strategies that use them) move each row's padding mask with its keys: the next step
+    equals the unedited step's rows, as with the model's own cache. (LLaVA-OneVision: see
+    test_a_cache_the_caller_passes_is_the_one_filled.)"""
+    import copy
+
+    from hieravid.runtime.compat import cache_of
+
+    model = build_model("llava_onevision")
+    inputs = build_inputs("llava_onevision", model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 3])
+    rows = torch.tensor([1, 0]) if edit == "select" else torch.tensor([0, 0, 1, 1])
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        out = model(**inputs, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)  # (2, 1)
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=1)
+        cache, edited = cache_of(out), copy.deepcopy(cache_of(out))
+        if edit == "select":
+            edited.batch_select_indices(rows)
+        else:
+            edited.batch_repeat_interleave(2)
+        step = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, -1]
+        moved = model(input_ids=token[rows], attention_mask=mask[rows], past_key_values=edited, use_cache=True)
+    torch.testing.assert_close(moved.logits[:, -1], step[rows], rtol=1e-5, atol=1e-5)
+
+
 def test_tokens_per_layer_equal_the_schedule(family, model):
     inputs = build_inputs(family, model)
     num_layers = len(_language_model(model).layers)

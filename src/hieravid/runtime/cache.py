@@ -91,6 +91,17 @@ class PrunedCache(DynamicCache):
         super().reorder_cache(beam_idx)
         self.key_valid = [None if m is None else m.index_select(0, beam_idx.to(m.device)) for m in self.key_valid]
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self.key_valid = [None if m is None else m.repeat_interleave(repeats, dim=0) for m in self.key_valid]
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self.key_valid = [
+            None if m is None else m[indices.to(m.device) if torch.is_tensor(indices) else indices]
+            for m in self.key_valid
+        ]
+
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last ``-tokens_to_remove`` tokens from every layer (``generate`` does so when assisted or
         prompt-lookup decoding rejects guessed tokens, which it appends to the prompt at first). Text is never
