@@ -341,6 +341,16 @@ def test_batch_edits_of_a_pruned_cache_keep_each_rows_padding(edit):
     torch.testing.assert_close(moved.logits[:, -1], step[rows], rtol=1e-5, atol=1e-5)
 
 
+def test_positions_given_once_for_a_batch(family, model):
+    """``position_ids`` of shape (1, N) for a batch (the model broadcasts them) prune as the same positions
+    given for every row."""
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=8)  # same length, no padding
+    once = torch.arange(inputs["input_ids"].shape[1])[None]  # (1, N)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        expected = model(**inputs, position_ids=once.expand(2, -1)).logits
+        torch.testing.assert_close(model(**inputs, position_ids=once).logits, expected, rtol=0, atol=0)
+
+
 def test_tokens_per_layer_equal_the_schedule(family, model):
     inputs = build_inputs(family, model)
     num_layers = len(_language_model(model).layers)

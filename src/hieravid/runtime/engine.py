@@ -51,6 +51,15 @@ def device_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def _per_row(
+    rope_pos: torch.Tensor, text_pos: torch.Tensor | None, batch: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positions with one row per sample: ``(..., B, N)`` rotary and ``(B, N)`` text positions, from
+    positions given once for the whole batch (``(..., 1, N)``, which the model itself broadcasts)."""
+    rope_pos = rope_pos.expand(*rope_pos.shape[:-2], batch, rope_pos.shape[-1])
+    return rope_pos, None if text_pos is None else text_pos.expand(batch, text_pos.shape[-1])
+
+
 @dataclass
 class _Sequence:
     """The batch as it currently flows through the decoder. L = current (re-padded) length."""
@@ -248,7 +257,7 @@ class Runtime:
         adapter, layers = self.adapter, self.adapter.layers
         num_layers = len(layers)
         valid = torch.ones(batch, length, dtype=torch.bool, device=device) if mask_2d is None else mask_2d.bool()
-        rope_pos, text_pos = adapter.split_positions(position_ids, batch, length, 0, device)
+        rope_pos, text_pos = _per_row(*adapter.split_positions(position_ids, batch, length, 0, device), batch)
         side = adapter.side_inputs(kwargs, batch, length)
         kwargs = adapter.strip_side_inputs(kwargs)
         cos, sin = text_model.rotary_emb(embeds, rope_pos)  # (B or 1, N, d_h) each
@@ -501,8 +510,8 @@ class Runtime:
     ) -> BaseModelOutputWithPast:
         batch, query_len, _ = embeds.shape
         device = embeds.device
-        rope_pos, text_pos = self.adapter.split_positions(
-            position_ids, batch, query_len, cache.virtual_length, device
+        rope_pos, text_pos = _per_row(
+            *self.adapter.split_positions(position_ids, batch, query_len, cache.virtual_length, device), batch
         )
         kwargs = self.adapter.strip_side_inputs(kwargs)
         cos, sin = text_model.rotary_emb(embeds, rope_pos)
