@@ -623,20 +623,24 @@ def test_the_runtime_never_reads_padding_back_per_layer(monkeypatch):
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
 def test_the_runtime_reads_the_device_once_per_decision_point(monkeypatch, family):
-    """Each read makes a GPU's host wait: the prefill reads once at the start (plus once to find
-    padding) and once per decision point, whatever the batch, for a method that reads nothing itself.
-    (Qwen3-VL's timestamps between frames add one search per sample and decision point.)"""
+    """Each read makes a GPU's host wait: the prefill reads once at the start and once per decision
+    point, whatever the batch and its padding, for a method that reads nothing itself (its relevance
+    rows included). (Qwen3-VL's timestamps between frames add one search per sample and decision point.)"""
     from hieravid.methods.base import Decision, PruningMethod
     from hieravid.runtime import engine
 
-    class EveryOther(PruningMethod):  # keeps every other token; reads nothing back
+    class EveryOther(PruningMethod):  # keeps every other token, ranked by relevance; reads nothing back
         name = "every_other"
 
         def decision_layers(self, num_layers):
             return [0, 2, 5]
 
         def decide(self, layer, tokens, state):
-            return Decision(keep=torch.arange(tokens.num_tokens) % 2 == 0)
+            if layer == 0:
+                return Decision(keep=torch.arange(tokens.num_tokens) % 2 == 0)
+            relevance = tokens.relevance_from_attention()  # (N,)
+            order = torch.argsort(relevance, descending=True, stable=True)
+            return Decision(keep=torch.zeros_like(relevance, dtype=torch.bool).index_fill(0, order[::2], True))
 
     model = build_model(family)
     mode = DeviceReads()
@@ -647,16 +651,33 @@ def test_the_runtime_reads_the_device_once_per_decision_point(monkeypatch, famil
             return prefill(*args, **kwargs)
 
     monkeypatch.setattr(engine.Runtime, "_prefill", counted)
-    for inputs, start_reads in [
-        (build_inputs(family, model), 1),
-        (build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2]), 2),
+    for inputs in [
+        build_inputs(family, model),
+        build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2]),
+        build_inputs(family, model, batch=3, prompt_tokens=[8, 5, 7], left_pad=[0, 3, 1]),
     ]:
         mode.reads.clear()
         with torch.no_grad(), hieravid.apply(model, EveryOther()) as handle:
             model(**inputs)
-        assert len(mode.reads) == start_reads + 3, mode.reads
+        assert len(mode.reads) == 1 + 3, mode.reads
         first = handle.last_stats.per_sample_tokens_per_layer[-1]
         assert all(n > 0 for n in first)
+
+
+@pytest.mark.parametrize("method", ["fastv", "hieravid"])
+def test_a_gap_in_the_attention_mask_is_padding(family, model, method):
+    """A row whose mask has a gap (a masked token between valid ones) is re-packed like right padding:
+    the gap is never a kept position and every valid text token is kept at every layer."""
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[8, 5], left_pad=[0, 2])
+    mask = inputs["attention_mask"].clone()
+    mask[0, 2] = 0  # in row 0's text before the video
+    inputs = dict(inputs, attention_mask=mask)
+    with torch.no_grad(), hieravid.apply(model, method, 0.3) as handle:
+        logits = model(**inputs).logits
+    assert torch.isfinite(logits).all()
+    text = torch.nonzero(mask[0].bool() & (inputs["input_ids"][0] != video_token_id(family, model))).squeeze(1)
+    for kept in (layer[0] for layer in handle.last_stats.kept_positions):
+        assert not (kept == 2).any() and torch.isin(text, kept).all()
 
 
 def test_unknown_method_and_option(family, model):

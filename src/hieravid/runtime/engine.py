@@ -285,8 +285,11 @@ class Runtime:
         span = torch.full((batch, 2), length, dtype=torch.long, device=device)  # no video: nothing follows
         span[with_video] = torch.stack([torch.stack(torch.aminmax(layouts[b].positions)) for b in with_video])
         after_video = valid & (torch.arange(length, device=device) > span[:, 1:])  # (B, L)
-        host = torch.cat([span.view(-1), after_video.sum(dim=1), valid.sum(dim=1)]).tolist()
-        instruction_length, row_valid = host[2 * batch : 3 * batch], host[3 * batch :]
+        from_first_valid = length - valid.to(torch.int8).argmax(dim=1)  # (B,) columns from the first valid one on
+        host = torch.cat([span.view(-1), after_video.sum(dim=1), valid.sum(dim=1), from_first_valid]).tolist()
+        instruction_length, row_valid = host[2 * batch : 3 * batch], host[3 * batch : 4 * batch]
+        # Each row's valid columns are its last ones (left padding, or none): as many as from its first on.
+        valid_last = row_valid == host[4 * batch :]
         num_valid = sum(row_valid)
         counts = [0 if layout is None else layout.positions.numel() for layout in layouts]  # (B,) visual tokens
         original_visual = list(counts)
@@ -306,10 +309,9 @@ class Runtime:
         ranked_before = {k for k in decision_layers if k > 0 and self.method.attention_layer(k) != k}
         if any(self.method.attention_layer(point) != point - 1 for point in ranked_before):
             raise ValueError(f"method {self.method.name}: attention_layer(k) must be k or k - 1")
-        # Each row's valid columns are its last ones, unless right padding stays: it is re-packed so that every
-        # row ends with its last token when something is decided, and left as it is otherwise (vanilla, budget
-        # 1), so the output keeps the caller's layout, as the model without hieravid gives it.
-        valid_last = num_valid == valid.numel() or bool(valid[:, -1].all())
+        # Unless each row's valid columns are its last ones, the rows are re-packed so when something is
+        # decided (right padding, gaps), and left as they are otherwise (vanilla, budget 1), so the output
+        # keeps the caller's layout, as the model without hieravid gives it.
         if not valid_last and decision_layers:
             seq = seq.gather(*_right_align(valid))
             valid_last = True
@@ -333,7 +335,7 @@ class Runtime:
                 seq.hidden = seq.hidden.to(device)
                 start = device_clock(device)
                 seq, counts, num_valid = self._decide(
-                    layer_idx, attended or (layer, seq.hidden), seq, num_valid, counts, layouts,
+                    layer_idx, attended or (layer, seq.hidden), seq, num_valid, counts, layouts, text_tokens,
                     instruction_length, video_is_a_run, frame_of, slot_of, visual, states, traced,
                 )
                 decide_by_layer[layer_idx] = device_clock(device) - start
@@ -397,6 +399,7 @@ class Runtime:
         num_valid: int,
         counts: list[int],
         layouts: list[VideoLayout | None],
+        text_tokens: list[int],
         instruction_length: list[int],
         video_is_a_run: list[bool],
         frame_of: torch.Tensor,
@@ -408,11 +411,10 @@ class Runtime:
         """Ask the method about every sample at one decision point and apply the answers (and record
         them in ``traced`` when tracing). ``attended``: the layer whose attention ranks
         (:meth:`PruningMethod.attention_layer`) and its input, with the columns of ``seq``. Host ints
-        in: ``num_valid``, the valid columns of ``seq``; ``counts``, the visual tokens of each row; per
-        sample, ``instruction_length``, the tokens after its video (the row's last columns), and
-        ``video_is_a_run``, no text between its video tokens.
+        in: ``num_valid``, the valid columns of ``seq`` (each row's last ones); ``counts``, the visual tokens
+        of each row; per sample, ``text_tokens``, its text tokens, ``instruction_length``, the tokens after its
+        video (the row's last columns), and ``video_is_a_run``, no text between its video tokens.
         Returns the new sequence with its ``counts`` and ``num_valid``, read back together."""
-        all_valid = num_valid == seq.valid.numel()
         length = seq.valid.shape[1]
         keep = seq.valid.clone()  # (B, L)
         # Per sample that merged: (its kept columns, their new hidden states, their new side inputs).
@@ -440,14 +442,17 @@ class Runtime:
                 cols = torch.nonzero(seq.valid[b] & is_visual[b]).squeeze(1)  # (N,)
             original = seq.index[b, cols]
 
-            def relevance(query_rows: int = 1, b: int = b, cols: slice | torch.Tensor = cols) -> torch.Tensor:
+            # The row's valid columns are its last ones, its text and visual tokens: no read to find them.
+            first = length - text_tokens[b] - count
+
+            def relevance(
+                query_rows: int = 1, b: int = b, cols: slice | torch.Tensor = cols, first: int = first
+            ) -> torch.Tensor:
                 q, k = projections(query_rows)  # (B, H, Q, d_h), (B, H_kv, L, d_h)
-                if all_valid:
-                    return attention_from_queries(q[b].transpose(0, 1), k[b].transpose(0, 1))[cols]
-                valid_cols = torch.nonzero(seq.valid[b]).squeeze(1)
-                a = attention_from_queries(q[b].transpose(0, 1), k[b][:, valid_cols].transpose(0, 1))
-                where = torch.arange(length, device=a.device)[cols]  # (N,) column of each token
-                return a[torch.searchsorted(valid_cols, where)]
+                a = attention_from_queries(q[b].transpose(0, 1), k[b][:, first:].transpose(0, 1))  # (valid,)
+                if isinstance(cols, slice):
+                    return a[cols.start - first : cols.stop - first]
+                return a[cols - first]
 
             tokens = VideoTokens(
                 features=seq.hidden[b, cols],  # a view when cols is a slice
