@@ -146,6 +146,14 @@ def apply(
             f"hieravid supports attn_implementation {' or '.join(_SUPPORTED_ATTENTION)}, the model uses "
             f"{implementation!r}: load it with attn_implementation='sdpa'"
         )
+    layer_types = list(getattr(adapter.text_config, "layer_types", None) or [])
+    windowed = [i for i, kind in enumerate(layer_types) if kind != "full_attention"]
+    if windowed:
+        raise ValueError(
+            f"hieravid masks every decoder layer with full causal attention, but layers {windowed} of this model "
+            f"use {layer_types[windowed[0]]!r}: load it with its sliding window off (Qwen2 decoders: "
+            "use_sliding_window=False, as the released checkpoints have it), or run it without hieravid"
+        )
     runtime = Runtime(adapter, build(method, budget, **options), trace=bool(trace))
     runtime.method.decision_layers(adapter.num_layers)  # an unreachable budget fails here, not at prefill
     text_model = adapter.text_model

@@ -723,6 +723,21 @@ def test_flash_attention_is_refused_with_the_fix(family):
         hieravid.apply(model, "hieravid")
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_sliding_window_layers_are_refused_with_the_fix(family):
+    """A Qwen2 decoder with its sliding window on (off in the released checkpoints) would be masked with full
+    causal attention by the runtime, changing its output even unpruned: refused, naming the switch."""
+    from tiny_models import _config, _model_class
+
+    config = _config(family, 4)
+    text = config.text_config
+    text.use_sliding_window, text.sliding_window, text.max_window_layers = True, 16, 2
+    text.layer_types = ["full_attention"] * 2 + ["sliding_attention"] * 2
+    model = _model_class(family)(config).eval()
+    with pytest.raises(ValueError, match=r"layers \[2, 3\] .* 'sliding_attention'.*use_sliding_window=False"):
+        hieravid.apply(model, "vanilla")
+
+
 def test_right_padding_is_repacked(family, model):
     """A right-padded batch (as some processors pad) is re-packed, so each sample's last logits equal
     running it alone."""
