@@ -992,6 +992,33 @@ def test_a_refused_prefill_gives_the_callers_cache_back():
         )
 
 
+def test_last_stats_describe_the_last_call_whatever_cache_it_continues():
+    """A text-only call that continues a cache of its own (a cached text prefix) is an unpruned call of
+    its own, reported so; the decoding steps of a call keep that call's report."""
+    from transformers import DynamicCache
+
+    model = build_model("llava_onevision")
+    inputs = build_inputs("llava_onevision", model)
+    words = torch.randint(16, 500, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        prefix = DynamicCache(config=model.config)
+        model(input_ids=words[:, :4], attention_mask=torch.ones(1, 4, dtype=torch.long), past_key_values=prefix)
+        model(**inputs)
+        assert handle.last_stats.pruned
+        model(input_ids=words[:, 4:], attention_mask=torch.ones(1, 10, dtype=torch.long), past_key_values=prefix)
+        assert not handle.last_stats.pruned and handle.last_stats.visual_tokens == [0]
+        assert handle.last_stats.text_tokens == [6]
+        # A video after a cached prefix is not pruned; the steps that decode after it keep its report.
+        video_prefix = DynamicCache(config=model.config)
+        model(input_ids=words[:, :4], attention_mask=torch.ones(1, 4, dtype=torch.long), past_key_values=video_prefix)
+        with pytest.warns(UserWarning, match="not pruned"):
+            _generate(model, dict(inputs, input_ids=torch.cat([words[:, :4], inputs["input_ids"]], dim=1),
+                                  attention_mask=torch.ones(1, 4 + inputs["input_ids"].shape[1], dtype=torch.long)),
+                      3, past_key_values=video_prefix)
+    assert not handle.last_stats.pruned and handle.last_stats.visual_tokens == [inputs["input_ids"].eq(
+        video_token_id("llava_onevision", model)).sum().item() - 1]
+
+
 def test_a_dynamic_cache_subclass_is_refused():
     """A pruned prefill fills the caller's own cache object in place; a subclass of DynamicCache cannot
     become a PrunedCache without losing what it adds, and filling another object instead would leave the

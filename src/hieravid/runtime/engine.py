@@ -33,7 +33,7 @@ from hieravid.methods.base import Decision, PruningMethod, VideoTokens
 from hieravid.models.base import CallContext, ModelAdapter, VideoLayout
 from hieravid.ops import attention_from_queries
 from hieravid.runtime.cache import PrunedCache
-from hieravid.runtime.compat import CACHE_ARG, text_model_output
+from hieravid.runtime.compat import CACHE_ARG, cache_of, text_model_output
 from hieravid.runtime.masks import attention_mask
 from hieravid.runtime.stats import PruneStats, count_flops
 from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
@@ -153,6 +153,7 @@ class Runtime:
         self._call = _CallState()
         self.last_stats: PruneStats | None = None
         self.last_trace: PruneTrace | None = None
+        self._described: weakref.ref | None = None  # the cache the call last_stats describes filled
         self._shape = ModelShape.from_config(adapter.text_config)
 
     # ------------------------------------------------------------------------------------ dispatch
@@ -198,6 +199,9 @@ class Runtime:
             return self._decode(text_model, inputs_embeds, attention_mask, position_ids, past_key_values, kwargs)
         continues = past_key_values is not None and past_key_values.get_seq_length() > 0
         if continues and not has_video:  # a decoding step, or a text-only turn, after an unpruned prefill
+            if self._described is None or self._described() is not past_key_values:
+                # Not a step of the call last_stats describes: a text-only call of its own.
+                self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), past_key_values)
             return original(text_model, **call)
         if continues or not has_video:
             if continues:
@@ -208,10 +212,9 @@ class Runtime:
                     "the whole prompt without a cache (or with a new DynamicCache)",
                     stacklevel=2,
                 )
-            self.last_stats = self._passthrough_stats(inputs_embeds, attention_mask, layouts)
-            if self.trace:
-                self.last_trace = self._passthrough_trace(inputs_embeds.shape[0])
-            return original(text_model, **call)
+            output = original(text_model, **call)
+            self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), cache_of(output))
+            return output
         cache = PrunedCache.for_prefill(past_key_values, text_model.config) if use_cache else None
         try:
             return self._prefill(text_model, inputs_embeds, attention_mask, position_ids, cache, layouts, kwargs)
@@ -219,6 +222,13 @@ class Runtime:
             if cache is not None and cache is past_key_values:
                 cache.release()  # the caller's empty cache is theirs again
             raise
+
+    def _describe(self, stats: PruneStats, cache: Any) -> None:
+        """Report an unpruned call: ``stats``, and the cache it filled (its later steps keep the report)."""
+        self.last_stats = stats
+        if self.trace:
+            self.last_trace = self._passthrough_trace(len(stats.visual_tokens))
+        self._described = None if cache is None else weakref.ref(cache)
 
     def _layouts(self, length: int) -> list[VideoLayout | None]:
         if self.context is None:
@@ -377,6 +387,7 @@ class Runtime:
             cache.fixed_length = length - min(instruction_length[b] for b in with_video)
         hidden = text_model.norm(seq.hidden)
 
+        self._described = None if cache is None else weakref.ref(cache)
         self.last_stats = PruneStats(
             method=self.method.name,
             per_sample_tokens_per_layer=per_sample,
