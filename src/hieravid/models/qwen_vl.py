@@ -78,8 +78,9 @@ class Qwen3VLAdapter(QwenVLAdapter):
         dense = []
         for emb in embeds:  # (n_visual, D) in row-major order of the mask
             full = emb.new_zeros(batch, length, emb.shape[-1])
-            full[mask.to(emb.device)] = emb
-            dense.append(full)
+            # Filled in the mask's row-major order, as indexing by it would, without finding its True
+            # entries on the host (a read from a GPU).
+            dense.append(full.masked_scatter_(mask.to(emb.device).unsqueeze(-1), emb))
         return dense
 
     def strip_side_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
