@@ -164,3 +164,21 @@ def test_a_pruning_method_without_a_budget_prunes_at_the_default(loaded):
     assert Qwen2VLWrapper(loaded=loaded, method="fastv").budget == 0.3
     assert Qwen2VLWrapper(loaded=loaded).budget == 1.0
     assert Qwen2VLWrapper(loaded=loaded, method="hieravid", budget="0.2").budget == 0.2
+
+
+@pytest.mark.parametrize(
+    ("device", "world", "expected"),
+    [("auto", "1", "cuda:1"), ("auto", "2", "cuda:1"), ("cuda", "2", "cuda:1"), ("cuda", "1", "cuda"),
+     ("cuda:0", "2", "cuda:0"), ("cpu", "2", "cpu")],
+)
+def test_each_process_runs_on_its_own_gpu(monkeypatch, device, world, expected):
+    """Under ``accelerate launch`` a plain ``device=cuda`` is each process's own GPU (LOCAL_RANK), as in
+    ``hieravid eval --device cuda``; a numbered GPU or the CPU is taken as given."""
+    import torch
+
+    from hieravid.eval import lmms
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert lmms._device(device) == expected

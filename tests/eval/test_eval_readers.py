@@ -51,6 +51,21 @@ def test_egoschema_prompt_and_answer(data_root):
     assert "not in questions.json" in samples[2].error
 
 
+def test_nextqa_mc_counts_tp_questions_as_tn(tmp_path):
+    """NExT-QA's own evaluation groups its previous (TP) and next (TN) temporal questions as one type, TN,
+    in the multiple-choice task as in the open-ended one."""
+    import csv
+
+    mc = tmp_path / "nextqa" / "mc"
+    mc.mkdir(parents=True)
+    with open(mc / "test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "frame_count", "width", "height", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4"])
+        for qid, kind in enumerate(["TP", "TN", "CW"]):
+            w.writerow(["4010069381", 8, 168, 112, "what happens", 0, qid, kind, "a", "b", "c", "d", "e"])
+    assert [s.meta["group"] for s in get_task("nextqa_mc").load(tmp_path)] == ["TN", "TN", "CW"]
+
+
 def test_nextqa_prompts_videos_and_types(data_root, toy_wups):
     mc = get_task("nextqa_mc").load(data_root)
     assert mc[0].question == (

@@ -203,12 +203,15 @@ class HieravidLMM:
 
 
 def _device(device: str) -> str:
-    if device != "auto":
+    """The device this process runs on: ``auto`` is this process's GPU (or the CPU), and a plain ``cuda``
+    under several processes (``accelerate launch``) is this process's GPU too, as in ``hieravid eval``."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if device not in ("auto", "cuda") or (device == "cuda" and not several):
         return device
     import torch
 
     if not torch.cuda.is_available():
-        return "cpu"
+        return "cpu" if device == "auto" else device
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 

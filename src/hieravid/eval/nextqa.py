@@ -99,7 +99,7 @@ class NextQAMultipleChoice(Task):
 
     def _sample(self, root: Path, row: dict[str, str], mapping: Mapping[str, str]) -> Sample:
         sample_id = f"{row['video']}_{row['qid']}"
-        meta = {"group": row["type"]}
+        meta = {"group": "TN" if row["type"] == "TP" else row["type"]}  # before / after, as NExT-QA scores them
         if any(row.get(c) is None for c in self._columns):
             return Sample(id=sample_id, task=self.name, question="", meta=meta, error=f"row {sample_id} has missing fields")
         try:
