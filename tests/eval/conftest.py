@@ -16,7 +16,7 @@ from fixtures import ToyLexicon, write_benchmarks
 RUN_ARGS = ["--methods", "vanilla,hieravid", "--budgets", "0.3", "--num-frames", "4", "--max-new-tokens", "2", "--quiet"]
 ALL_TASKS = "mvbench,egoschema,nextqa_mc,nextqa_oe,videomme,videomme_sub"
 # record fields that are measurements or bookkeeping, not results
-VOLATILE = ("prefill_seconds", "vision_seconds", "total_seconds", "rank")
+VOLATILE = ("prefill_seconds", "vision_seconds", "total_seconds", "rank", "written_at")
 
 
 def comparable(record: dict) -> dict:

@@ -326,6 +326,57 @@ def test_a_saved_answer_is_reused_for_the_same_question_only(tmp_path, model_dir
     }
 
 
+def test_the_data_root_spelled_another_way_keeps_the_records(tmp_path, model_dir, data_root, monkeypatch):
+    """The same folder given as an absolute path, then as a relative one (whose text appears in every
+    question), asks nothing again: only the paths under the root are made relative to it."""
+    root = _mvbench_copy(data_root, tmp_path / "a")
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(model_dir), "--tasks", "mvbench", "--out", str(out), "--methods", "vanilla",
+            "--num-frames", "4", "--max-new-tokens", "2", "--quiet"]
+    assert main([*args, "--data-root", str(root)]) == 0
+    first = _records(out)
+    monkeypatch.chdir(tmp_path)
+    from hieravid.infer import load_model
+
+    asked: list[str] = []
+    config = EvalConfig(tasks=["mvbench"], out=out, model=str(model_dir), methods=["vanilla"], data_root=Path("a"),
+                        num_frames=4, max_new_tokens=2, progress=False)
+    run_eval(config, loaded=load_model(str(model_dir)), on_record=lambda r: asked.append(r["id"]))
+    assert asked == [] and _records(out) == first
+
+
+def test_a_re_asked_sample_replaces_the_record_another_process_left(tmp_path, model_dir, data_root):
+    """A run killed with two processes leaves a part file per process; rerun with one, a sample whose
+    annotation changed since is asked again, and its new record, not the other process's old one, is the
+    one merged and scored."""
+    root = _mvbench_copy(data_root, tmp_path / "data")
+    out = tmp_path / "out"
+    config = EvalConfig(tasks=["mvbench"], out=out, model=str(model_dir), methods=["vanilla"], data_root=root,
+                        num_frames=4, max_new_tokens=2, progress=False)
+    from hieravid.infer import load_model
+
+    loaded = load_model(str(model_dir))
+    run_eval(config, loaded=loaded)
+    records = _records(out)
+    (out / "predictions.jsonl").unlink()
+    for rank in (0, 1):  # what two killed processes leave: process r asked samples r, r + 2, ...
+        with open(out / f"predictions.part{rank}.jsonl", "w") as f:
+            for record in records:
+                if record["index"] % 2 == rank:
+                    f.write(json.dumps({**record, "rank": rank}) + "\n")
+    changed = next(r for r in records if r["index"] == 1)
+    path = root / "mvbench" / "json" / f"{changed['id'].split('/')[0]}.json"
+    questions = json.loads(path.read_text())
+    position = int(changed["id"].split("/")[1])
+    questions[position]["answer"] = next(c for c in questions[position]["candidates"] if c != questions[position]["answer"])
+    path.write_text(json.dumps(questions))
+    asked: list[str] = []
+    run_eval(config, loaded=loaded, on_record=lambda r: asked.append(r["id"]))
+    merged = {r["id"]: r for r in _records(out)}
+    assert asked == [changed["id"]]
+    assert merged[changed["id"]]["target"] != changed["target"] and merged[changed["id"]]["rank"] == 0
+
+
 def test_records_of_the_wrong_types_fail_their_samples_only(tmp_path, model_dir, data_root):
     root = _mvbench_copy(data_root, tmp_path / "data")
     (root / "mvbench" / "json" / "action_count.json").write_text(json.dumps([

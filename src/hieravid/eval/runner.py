@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -202,11 +203,21 @@ def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tu
 
 def _sample_digest(sample: Sample, data_root: Path) -> str:
     """A short hash of what ``sample`` asks: its question, options, answer, metadata, video path and error,
-    with the paths taken relative to ``data_root`` (a moved data folder keeps its records). A saved record
+    with the paths under ``data_root`` (the video's, a metadata path such as a subtitle file's) taken
+    relative to it, however the root is spelled (a moved data folder keeps its records). A saved record
     is reused only for a sample with the same digest."""
-    asked = [sample.question, sample.options, sample.answer, sample.meta, sample.video, sample.error]
-    root = json.dumps(str(data_root))[1:-1]  # as the paths below it appear in the JSON text
-    text = json.dumps(asked, sort_keys=True, default=str).replace(root, "<data_root>")
+    root = os.path.abspath(data_root)
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str) and os.sep in value:
+            path = os.path.abspath(value)
+            if path == root or path.startswith(root + os.sep):
+                return "<data_root>" + path[len(root) :]
+        return value
+
+    meta = {key: relative(value) for key, value in sample.meta.items()}
+    asked = [sample.question, sample.options, sample.answer, meta, relative(sample.video), sample.error]
+    text = json.dumps(asked, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -378,7 +389,7 @@ def run_eval(
                     bar.update(bar_task, description=f"{task.name} (process 1 of {procs.world})")
                 digest = digests[(task.name, str(sample.id))]
                 for record in _run_sample(task, sample, index, todo, loaded, config, procs.rank):
-                    log.append({**record, "sample_digest": digest})
+                    log.append({**record, "sample_digest": digest, "written_at": time.time()})
                     if bar is not None:
                         bar.advance(bar_task)
                     if on_record is not None:
@@ -388,7 +399,7 @@ def run_eval(
     procs.wait()
     if not procs.main:
         return None
-    return _finish(out, tasks, pairs, samples, task_errors, config)
+    return _finish(out, tasks, pairs, samples, task_errors, config, digests)
 
 
 def _check_budgets(
@@ -466,13 +477,23 @@ def _finish(
     samples: Mapping[str, Sequence[Sample]],
     task_errors: Mapping[str, str],
     config: EvalConfig,
+    digests: Mapping[tuple[str, str], str],
 ) -> dict[str, Any]:
     """Merge every process's records into predictions.jsonl (all of them, this run's and earlier runs')
     and write the summary of this run: its tasks, (method, budget) pairs and the samples it loaded, so
-    every method is scored on the same samples (main process)."""
+    every method is scored on the same samples (main process). Of the records of one (task, sample,
+    method, budget), the one kept was made for the sample as it is now (its ``digests``), and of those the
+    last written: a retried or re-asked sample's new record, whichever process's file holds each."""
+
+    def rank(record: Mapping[str, Any]) -> tuple[bool, float]:
+        current = digests.get((str(record["task"]), str(record["id"])))
+        return record.get("sample_digest", current) == current, float(record.get("written_at") or 0.0)
+
     latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for record in read_records([out / MERGED] + part_files(out)):
-        latest[record_key(record)] = record  # a retried sample's later record wins
+        key = record_key(record)
+        if key not in latest or rank(record) >= rank(latest[key]):  # ties: the later file or line
+            latest[key] = record
     task_order = {t.name: i for i, t in enumerate(tasks)}
     pair_order = {(m, budget_key(b)): i for i, (m, b) in enumerate(pairs)}
 
