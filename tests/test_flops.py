@@ -121,9 +121,15 @@ def test_report_fields_and_integer_counts() -> None:
     assert d["tokens_per_layer"][0] == 5408 and d["ratios"] == [0.5, 0.3, 0.3, 0.57]
 
 
-def test_uniform_integer_count_is_rounded() -> None:
-    report = compare("llava-video-7b", "uniform", 0.3)
-    assert set(report.tokens_per_layer) == {round(0.3 * 10816)} == {3245}
+@pytest.mark.parametrize(("frames", "budget"), [(64, 0.3), (2, 0.3), (5, 0.1), (64, 0.2)])
+def test_uniform_integer_count_is_what_a_method_keeping_b_keeps(frames, budget) -> None:
+    """The methods that keep B before the LLM keep ``keep_count(B, N)``; so does the uniform row."""
+    from hieravid.methods.budget import keep_count
+
+    report = compare("llava-video-7b", "uniform", budget, frames=frames)
+    n = frames * 169
+    assert set(report.tokens_per_layer) == {keep_count(budget, n)}
+    assert compare("llava-video-7b", "uniform", 0.3).tokens_per_layer[0] == 3245  # 10816 - floor(0.7 * 10816)
 
 
 def test_qwen2_vl_preset_and_overrides() -> None:

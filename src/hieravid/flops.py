@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from hieravid.config import HieraVidConfig, check_budget, check_choice
 from hieravid.ops.segment import warn_if_merge_is_capped
-from hieravid.schedule import solve_schedule
+from hieravid.schedule import floor_count, solve_schedule
 
 __all__ = [
     "MODEL_PRESETS",
@@ -309,7 +309,8 @@ def compare(
 
     - ``hieravid``: HieraVid's default schedule, ``solve_schedule(budget, L, 4)`` with its
       ``min_stage_ratio`` (the paper's presets at 0.3, 0.2, 0.1). Integer counts follow :meth:`Schedule.tokens_per_layer`.
-    - ``uniform``: keeps a fraction B in every layer (integer count ``round(B * N_v)``).
+    - ``uniform``: keeps a fraction B in every layer (integer count ``N_v - floor((1 - B) N_v)``, as the
+      methods that keep B before the LLM do).
     - ``vanilla``: keeps every token; ``budget`` must be 1.
 
     Args:
@@ -352,7 +353,7 @@ def compare(
         achieved = 1.0
     elif method == "uniform":
         fractional = [budget * n0] * num_layers
-        integer = [round(budget * n0)] * num_layers
+        integer = [n0 - floor_count((1.0 - budget) * n0)] * num_layers  # as keep_count: what a method keeps
         ratios = (1.0 - budget,)
         boundaries = (0,)
         achieved = budget
