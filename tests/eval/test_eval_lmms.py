@@ -164,6 +164,8 @@ def test_a_pruning_method_without_a_budget_prunes_at_the_default(loaded):
     assert Qwen2VLWrapper(loaded=loaded, method="fastv").budget == 0.3
     assert Qwen2VLWrapper(loaded=loaded).budget == 1.0
     assert Qwen2VLWrapper(loaded=loaded, method="hieravid", budget="0.2").budget == 0.2
+    with pytest.warns(UserWarning, match="vanilla keeps every visual token: budget 0.3 is ignored"):
+        assert Qwen2VLWrapper(loaded=loaded, method="vanilla", budget="0.3").budget == 1.0  # what it reports
 
 
 @pytest.mark.parametrize(
