@@ -210,13 +210,13 @@ def _device(device: str) -> str:
     """The device this process runs on: ``auto`` is this process's GPU (or the CPU), and a plain ``cuda``
     under several processes (``accelerate launch``) is this process's GPU too, as in ``hieravid eval``."""
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if device not in ("auto", "cuda") or (device == "cuda" and not several):
-        return device
-    import torch
+    if device == "auto" or (device == "cuda" and several):
+        import torch
 
-    if not torch.cuda.is_available():
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         return "cpu" if device == "auto" else device
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
 
 
 def _flatten(visuals: Any) -> list[Any]:

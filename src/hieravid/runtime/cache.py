@@ -51,24 +51,20 @@ class PrunedCache(DynamicCache):
                 f"a pruned prefill starts an empty cache; this one already holds keys of {stored} tokens (a call "
                 "that failed part-way leaves them): pass a new DynamicCache, or none"
             )
-        if type(cache) is not cls:
-            cache._plain_class = type(cache)
-            cache.__class__ = cls
+        cache.__class__ = cls
         cache._start()
         return cache
 
     def release(self) -> None:
-        """Make a cache :meth:`for_prefill` converted in place the caller's class again, without the
-        pruning's bookkeeping, if it stores nothing (a prefill refused before its first layer gives it back
-        so). One that stores keys stays a PrunedCache reporting 0 tokens, so that a retry with it is
-        refused, naming the fix, rather than taken for a cached prefix."""
-        plain = self.__dict__.get("_plain_class")
-        if plain is None or any(self.stored_length(i) for i in range(len(self.layers))):
+        """Make a cache :meth:`for_prefill` converted in place from the caller's DynamicCache a plain
+        DynamicCache again, without the pruning's bookkeeping, if it stores nothing (a prefill refused before
+        its first layer gives it back so). One that stores keys stays a PrunedCache reporting 0 tokens, so
+        that a retry with it is refused, naming the fix, rather than taken for a cached prefix."""
+        if any(self.stored_length(i) for i in range(len(self.layers))):
             return
-        del self._plain_class
         for name in ("virtual_length", "fixed_length", "key_valid", "all_valid"):
             self.__dict__.pop(name, None)
-        self.__class__ = plain
+        self.__class__ = DynamicCache
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # noqa: D401 - same contract as the parent
         """Original sequence length seen so far (tokens), whatever was pruned."""

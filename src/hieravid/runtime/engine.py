@@ -215,11 +215,12 @@ class Runtime:
             output = original(text_model, **call)
             self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), cache_of(output))
             return output
+        converted = use_cache and type(past_key_values) is DynamicCache  # the caller's, made a PrunedCache in place
         cache = PrunedCache.for_prefill(past_key_values, text_model.config) if use_cache else None
         try:
             return self._prefill(text_model, inputs_embeds, attention_mask, position_ids, cache, layouts, kwargs)
         except BaseException:
-            if cache is not None and cache is past_key_values:
+            if converted:
                 cache.release()  # the caller's empty cache is theirs again
             raise
 
