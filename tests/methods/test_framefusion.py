@@ -306,3 +306,31 @@ def test_the_runtime_stops_asking_once_pruning_is_done(family, model, monkeypatc
     assert torch.equal(always_logits, logits)
     assert always.per_sample_tokens_per_layer == stats.per_sample_tokens_per_layer
     assert all(torch.equal(a, b) for x, y in zip(always.kept_positions, stats.kept_positions) for a, b in zip(x, y))
+
+
+def test_pruning_ranks_by_the_attention_of_the_first_layer_after_the_last_merge(monkeypatch):
+    # The reference prunes with the attention of the first layer that ran on the merged tokens; here the
+    # last merge runs at a layer's input and pruning at the next layer's input, so the ranking is the
+    # attention of the layer before the pruning point, over the same tokens.
+    from tiny_models import build_model, video_layout
+
+    import hieravid.methods.framefusion as framefusion
+
+    model = build_model("qwen2_vl", attn_implementation="eager")
+    inputs = build_inputs("qwen2_vl", model, seed=3)
+    start = video_layout("qwen2_vl", model, inputs).frame_spans[0][0][0]  # columns before the video: text
+    weights: dict[int, torch.Tensor] = {}
+    for index, layer in enumerate(model.model.language_model.layers):
+        layer.self_attn.register_forward_hook(lambda m, a, out, index=index: weights.__setitem__(index, out[1]))
+    ranked: list[tuple[int, torch.Tensor]] = []
+    decide, top_k = FrameFusion.decide, framefusion.top_k_mask
+    monkeypatch.setattr(FrameFusion, "decide", lambda self, layer, tokens, state: (
+        ranked.append((layer, None)), decide(self, layer, tokens, state))[1])
+    monkeypatch.setattr(framefusion, "top_k_mask", lambda score, k: (
+        ranked.append((ranked[-1][0], score)), top_k(score, k))[1])
+    with torch.no_grad(), hieravid.apply(model, FrameFusion(0.4)) as handle:
+        model(**inputs)
+    (layer, score), = [(layer, score) for layer, score in ranked if score is not None]
+    assert layer >= 1 and handle.last_stats.per_sample_tokens_per_layer[0][layer] < score.numel()
+    expected = weights[layer - 1][0, :, -1, start : start + score.numel()].mean(dim=0)  # (n,) heads averaged
+    torch.testing.assert_close(score, expected, rtol=1e-4, atol=1e-6)

@@ -31,12 +31,15 @@ hard-codes ``num_layers = 28``; here L is the decoder's own depth.
 
 Placement in this runtime. The reference merges on the embeddings before layer 0's attention, then
 after the attention block of layer 0, 1, 2, ... (before the MLP), and prunes after the attention block
-of the layer following the last merge, with that layer's attention of the last token. Here every
-decision point is a layer input: merge step j runs at the input of layer j (step 0 on the input
-embeddings, as in the reference), and pruning runs at the input of the layer after the last merge (or
-at the last merge's own layer, under the guards below), with that layer's own query/key projections of
-the last prompt token (``VideoTokens.relevance_from_attention(query_rows=1)``, no eager attention
-needed). One consequence is
+of the layer following the last merge, with that layer's attention of the last token: merge step s
+runs inside layer s - 1, and layer s, the first to attend over the merged tokens, ranks them. Here
+every decision point is a layer input: merge step j runs at the input of layer j (step 0 on the input
+embeddings, as in the reference), and pruning runs at the input of layer s + 1, the layer after the
+last merge (or at the last merge's own layer, under the guards below), ranked by the attention of the
+layer before it (:meth:`FrameFusion.attention_layer`): after a last merge at step s that is layer s,
+over the same tokens as the reference's ranking. The attention is the last prompt token's, from that
+layer's own query/key projections of its input (``VideoTokens.relevance_from_attention(query_rows=1)``,
+no eager attention needed). One consequence is
 an improvement in the accounting: the reference charges its two layer-0 merges as two layers, while
 here each merge step is exactly the count entering one layer, so the layer average is exactly B.
 Every layer is a decision point (the number of merge steps depends on the data); once merging and
@@ -48,8 +51,9 @@ for each later layer (``R - n_kept >= L - l - 1``); otherwise the step goes to t
 very layer, ``round(t)`` tokens. When the top-k merge has candidates enough, it merges the most similar
 tokens down to that level. When even merging every candidate cannot reach it, the layer merges the
 tokens above the threshold (the similarity merge) and then prunes, at this same layer, to ``round(t)``
-tokens by the last prompt token's attention (a merged token is ranked by the mean relevance of its
-members; the tokens merged into a pruned one go with it); that is the one pruning, and later layers keep
+tokens by the last prompt token's attention in the layer before, over the tokens this merge started
+from (a merged token is ranked by the mean relevance of its members; the tokens merged into a pruned
+one go with it); that is the one pruning, and later layers keep
 everything. Layer 0 has no attention yet: there the step merges every candidate and pruning follows at
 layer 1, keeping ``max(0, round(t))``. So the layer average is B within integer rounding (half a token
 per layer after the pruning) whenever B is reachable, and a layer keeps 0 visual tokens only when the
@@ -146,6 +150,11 @@ class FrameFusion(PruningMethod):
             )
         self.similarity_lower_bound = float(similarity_lower_bound)
         self.ratio_lower_bound = check_unit_interval(ratio_lower_bound, "ratio_lower_bound")
+
+    def attention_layer(self, layer: int) -> int:
+        """The layer before the decision point: at the pruning point after a last merge at step s, layer s,
+        the first to attend over the merged tokens, whose attention the reference ranks them by."""
+        return layer - 1
 
     def decision_layers(self, num_layers: int) -> list[int]:
         """Every layer (how many merge steps run depends on the data); none at budget 1."""
