@@ -65,22 +65,18 @@ def ref_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: torch.Ten
 
 
 def ref_bins(relevance: list[float], segment: list[int], k: list[int]) -> list[bool]:
-    """Split each segment's tokens (in sequence order) into k_i bins, bin of position p = floor(p k / n);
-    keep the first token with the largest relevance in each bin."""
+    """Split each segment's tokens (in sequence order) into k_i bins, bin b the positions
+    ``[b n // k, (b + 1) n // k)`` (the reference code's bounds); keep the first token with the largest
+    relevance in each bin."""
     keep = [False] * len(relevance)
     for i, ki in enumerate(k):
         members = [t for t, s in enumerate(segment) if s == i]
         n = len(members)
-        if ki == 0:
-            continue
-        best: dict[int, int] = {}
-        for p, t in enumerate(members):
-            b = (p * ki) // n
-            if b not in best or relevance[t] > relevance[best[b]]:
-                best[b] = t
-        assert len(best) == ki
-        for t in best.values():
-            keep[t] = True
+        for b in range(ki):
+            bin_members = members[b * n // ki : (b + 1) * n // ki]
+            assert bin_members
+            best = max(bin_members, key=lambda t: (relevance[t], -t))  # ties: the earlier token
+            keep[best] = True
     return keep
 
 
@@ -457,10 +453,10 @@ def test_segment_bin_select_matches_loop(sizes, data, interleave):
 
 
 def test_segment_bin_select_hand_example():
-    # One segment of 7 tokens, k = 3: bins floor(p*3/7) = [0,0,0,1,1,2,2]; ties go to the earlier token.
+    # One segment of 7 tokens, k = 3: bins [0, 2), [2, 4), [4, 7) (b * 7 // 3); ties go to the earlier token.
     relevance = torch.tensor([0.1, 0.9, 0.9, 0.3, 0.2, 0.5, 0.6])
     keep = segment_bin_select(relevance, torch.zeros(7, dtype=torch.long), torch.tensor([3]))
-    assert keep.tolist() == [False, True, False, True, False, False, True]
+    assert keep.tolist() == [False, True, True, False, False, False, True]
 
 
 def test_segment_bin_select_bad_k_raises():

@@ -562,7 +562,8 @@ def segment_dpp_select(
 
 def segment_bin_select(relevance: torch.Tensor, segment: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Stage-2 variant: split each segment's ordered tokens into ``k_i`` equal contiguous bins and keep
-    the highest-relevance token of each bin (ties go to the earlier token).
+    the highest-relevance token of each bin (ties go to the earlier token). Bin b of a segment of n
+    tokens holds its positions ``[b n // k, (b + 1) n // k)``, the reference code's bounds.
 
     Args:
         relevance: ``(N,)`` relevance r.
@@ -583,7 +584,8 @@ def segment_bin_select(relevance: torch.Tensor, segment: torch.Tensor, k: torch.
     position[order] = torch.arange(num_tokens, device=segment.device) - starts[segment[order]]
     n_tok, k_tok = present[segment], k[segment]
     has_bins = k_tok > 0
-    bin_in_seg = torch.div(position * k_tok, n_tok.clamp(min=1), rounding_mode="floor")
+    # Position p is in bin b when b n // k <= p < (b + 1) n // k, i.e. b = ceil((p + 1) k / n) - 1.
+    bin_in_seg = torch.div((position + 1) * k_tok - 1, n_tok.clamp(min=1), rounding_mode="floor")
     bin_offset = torch.cumsum(k, 0) - k
     bin_id = torch.where(has_bins, bin_offset[segment] + bin_in_seg, torch.full_like(segment, -1))
     num_bins = int(k.sum())
