@@ -97,8 +97,9 @@ class HieraVidConfig:
         dpp_rank_floor: residual variances at or below this fraction of a segment's largest kernel
             diagonal count as used-up rank in the greedy MAP (Eq. 10; a zero update row, then relevance
             order). The default 1e-3 is a deviation kept for deterministic picks across attention kernels;
-            0 is the specification's plain rule (clamp d2 >= 0, guard the square root). See
-            :func:`hieravid.ops.greedy_map`.
+            0 is the specification's plain rule (clamp d2 >= 0, guard the square root), except that
+            residuals at or below 1e-30 (zero, or negative round-off) are then taken in kernel-diagonal
+            order rather than by whichever round-off is largest. See :func:`hieravid.ops.greedy_map`.
     """
 
     budget: float = 0.3

@@ -143,6 +143,28 @@ def test_topk_bad_option():
         create_hieravid_topk(0.3, sinks=2)
 
 
+@pytest.mark.parametrize(
+    "variant, options",
+    [
+        (create_hieravid_topk, {"greedy_backend": "torch"}),
+        (create_hieravid_topk, {"in_llm_selector": "bins"}),
+        (create_hieravid_topk, {"dpp_rank_floor": 0.0}),
+        (create_hieravid_topk, {"relevance_sign": "positive"}),  # topk_by="attention" ranks by a itself
+        (create_hieravid_no_layer, {"relevance_query": "mean"}),
+        (create_hieravid_no_layer, {"query_tokens": 3}),
+        (create_hieravid_no_layer, {"in_llm_selector": "bins"}),
+    ],
+)
+def test_options_a_variant_never_reads_are_refused(variant, options):
+    with pytest.raises(ValueError, match=rf"does not use {next(iter(options))}: .*; leave them out"):
+        variant(0.3, **options)
+
+
+def test_options_the_variants_read_are_taken():
+    assert create_hieravid_topk(0.3, topk_by="relevance", relevance_sign="positive").config.relevance_sign == "positive"
+    assert create_hieravid_no_layer(0.3, greedy_backend="torch", dpp_rank_floor=0.0).config.dpp_rank_floor == 0.0
+
+
 # ------------------------------------------------------------------------------------ no layer stages
 
 

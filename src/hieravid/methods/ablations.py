@@ -10,7 +10,9 @@ are the fields of :class:`hieravid.HieraVidConfig` (plus the variant's own, list
   (FastV's ranking). Stage 1 and the schedule are HieraVid's. Option ``topk_by``: ``attention``
   (default, a itself) or ``relevance`` (Eq. 8's r after the configured sign: with the reference's
   negative sign that keeps the LEAST attended tokens, the reading under which a top-k without the
-  DPP's diversity term would fall as far as the paper's 48.3; offered to test that reading).
+  DPP's diversity term would fall as far as the paper's 48.3; offered to test that reading). The DPP's
+  options (``in_llm_selector``, ``greedy_backend``, ``dpp_rank_floor``) are refused, as is
+  ``relevance_sign`` with ``topk_by="attention"``: it never reads them.
 - ``hieravid_no_layer``: without the layer-level stages, everything happens before the LLM (layer 0):
   the stage-1 merge with the schedule's rho (rho = 1 - B when ``B > 1 - rho``: merge only down to B),
   then, still at layer 0, conditional DPP inside each segment (Eq. 9-10, per-segment counts of Eq. 5)
@@ -21,8 +23,8 @@ are the fields of :class:`hieravid.HieraVidConfig` (plus the variant's own, list
   similarity of each (merged) visual token to the instruction's tokens (the text after the video, at
   the input embeddings), ``Norm(-s)`` with the config's ``relevance_sign="negative"`` (CDPruner's own
   code and Eq. 8's default) or ``Norm(s)`` with ``"positive"``; all ones without instruction tokens.
-  Options that concern attention (``relevance_query``, ``query_tokens``, ``in_llm_selector``) are not
-  used.
+  Options that concern attention (``relevance_query``, ``query_tokens``, ``in_llm_selector``) are
+  refused: it never reads them.
 """
 
 from __future__ import annotations
@@ -50,10 +52,19 @@ __all__ = [
 
 
 def _config(
-    variant: str, budget: float, options: dict[str, Any], fixed: dict[str, Any] | None = None
+    variant: str,
+    budget: float,
+    options: dict[str, Any],
+    fixed: dict[str, Any] | None = None,
+    unused: tuple[tuple[str, ...], str] = ((), ""),
 ) -> HieraVidConfig:
-    """A HieraVidConfig from ``options``, refusing unknown names and overrides of ``fixed`` fields."""
+    """A HieraVidConfig from ``options``, refusing unknown names, overrides of ``fixed`` fields and the
+    config fields the variant never reads (``unused``: their names and why they are not read)."""
     check_options(variant, options, HieraVidConfig.option_names())
+    names, why = unused
+    given = [name for name in names if name in options]
+    if given:
+        raise ValueError(f"method {variant!r} does not use {', '.join(given)}: {why}; leave them out")
     for name, value in (fixed or {}).items():
         if name in options and options[name] != value:
             raise ValueError(f"method {variant!r} fixes {name}={value!r}; got {name}={options[name]!r}")
@@ -119,7 +130,11 @@ def create_hieravid_topk(budget: float, **options: Any) -> PruningMethod:
     """HieraVid with FastV-style attention top-k inside each segment instead of the DPP; extra option
     ``topk_by`` (``attention`` default, or ``relevance``)."""
     topk_by = options.pop("topk_by", "attention")
-    return HieraVidTopK(_config("hieravid_topk", budget, options), topk_by=topk_by)
+    unused = ("in_llm_selector", "greedy_backend", "dpp_rank_floor")
+    why = "its in-LLM stages run a top-k, no DPP"
+    if topk_by == "attention":
+        unused, why = unused + ("relevance_sign",), why + ", ranked by the attention itself (topk_by=relevance uses the sign)"
+    return HieraVidTopK(_config("hieravid_topk", budget, options, unused=(unused, why)), topk_by=topk_by)
 
 
 # ------------------------------------------------------------------------------------ no layer stages
@@ -205,4 +220,6 @@ class HieraVidNoLayer(HieraVid):
 
 def create_hieravid_no_layer(budget: float, **options: Any) -> PruningMethod:
     """HieraVid with every reduction before layer 0 (merge + segment DPP), kept fraction B throughout."""
-    return HieraVidNoLayer(_config("hieravid_no_layer", budget, options))
+    unused = ("relevance_query", "query_tokens", "in_llm_selector")
+    why = "it decides before the LLM only, with no attention"
+    return HieraVidNoLayer(_config("hieravid_no_layer", budget, options, unused=(unused, why)))

@@ -53,6 +53,8 @@ Placement and other differences from the reference:
 - M defaults to ``round(10 / 28 * L)`` (10 on a 28-layer decoder). The public code selects at layer 10
   of PLLaVA-7B, a 32-layer LLaMA (``selected_layer = 10``), after that layer has run, using its
   attention; here the selection runs at the input of layer M with layer M's own query/key projections.
+  The scale is 28 layers, the depth of the 7B decoders compared here (Qwen2-7B), so that they select at
+  the public code's layer 10 as its constant does (scaled from PLLaVA's 32 layers it would be layer 9).
   ``layer`` sets M explicitly.
 - The attention is averaged over heads and question rows (``relevance_from_attention``, no eager
   attention needed); the reference takes the maximum over heads, then over question rows.

@@ -38,8 +38,9 @@ def same_slot_similarity(x: torch.Tensor) -> torch.Tensor:
         x: ``(T, P, D)`` visual tokens as they enter decoder layer 0.
 
     Returns:
-        ``(T, P)`` float32 similarities; frame 0 (no predecessor) and zero-norm tokens get ``-inf`` so
-        they are never selected for merging.
+        ``(T, P)`` float32 similarities; frame 0 (no predecessor) and zero-norm tokens get ``-inf``:
+        :func:`merge_set` never merges frame 0 and ranks zero-norm tokens last (it takes them only when
+        K exceeds the finite candidates).
     """
     check_video_tokens(x)
     xf = x.float()
