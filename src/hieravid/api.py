@@ -208,6 +208,18 @@ def apply(
         # always_call: a forward that raises forgets its inputs too (they may be large: pixel values).
         multimodal.register_forward_hook(_Patch(forget_call), with_kwargs=True, always_call=True),
     ]
+    if model is not multimodal:  # the outer model runs the LM head: on the positions logits_to_keep names
+        outer = inspect.signature(type(model).forward).parameters.get("logits_to_keep")
+        unset = 0 if outer is None or outer.default is inspect.Parameter.empty else outer.default
+
+        def remember_logits(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            runtime.logits_to_keep = kwargs.get("logits_to_keep", unset)
+
+        def forget_logits(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            runtime.logits_to_keep = None
+
+        hooks.append(model.register_forward_pre_hook(_Patch(remember_logits), with_kwargs=True))
+        hooks.append(model.register_forward_hook(_Patch(forget_logits), with_kwargs=True, always_call=True))
     for caller in dict.fromkeys((model, multimodal)):  # the multimodal model may be called on its own too
         hooks.append(caller.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True))
     handle = PruneHandle(model, runtime, {text_model: "forward", multimodal: "get_video_features"}, hooks)

@@ -35,7 +35,7 @@ from hieravid.ops import attention_from_queries
 from hieravid.runtime.cache import PrunedCache
 from hieravid.runtime.compat import CACHE_ARG, cache_of, text_model_output
 from hieravid.runtime.masks import attention_mask
-from hieravid.runtime.stats import PruneStats, count_flops
+from hieravid.runtime.stats import FlopsCount, PruneStats, count_flops
 from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
 
 __all__ = ["Runtime", "device_clock"]
@@ -125,6 +125,8 @@ class _CallState(threading.local):
     def __init__(self) -> None:
         self.context: CallContext | None = None  # arguments of the current multimodal call
         self.video_call: dict[str, Any] | None = None  # arguments of its video encoding
+        # The outer model call's ``logits_to_keep`` (positions its LM head runs on; None: no LM head).
+        self.logits_to_keep: int | torch.Tensor | None = None
         # The layouts found for the last encoded video, with a weak reference to its encoder output.
         self.encoded: tuple[weakref.ref, list[VideoLayout | None]] | None = None
 
@@ -144,6 +146,7 @@ class Runtime:
 
     context = _this_thread("context")
     video_call = _this_thread("video_call")
+    logits_to_keep = _this_thread("logits_to_keep")
     _encoded = _this_thread("encoded")
 
     def __init__(self, adapter: ModelAdapter, method: PruningMethod, trace: bool = False) -> None:
@@ -395,7 +398,7 @@ class Runtime:
             visual_tokens=original_visual,
             text_tokens=text_tokens,
             per_sample_segments=[state.get("num_segments") for state in states],
-            flops=count_flops(self._shape, per_sample, text_tokens, original_visual),
+            flops=self._count_flops(per_sample, text_tokens, original_visual),
             decide_seconds_by_layer=decide_by_layer,
             kept_positions=kept_positions,
         )
@@ -557,6 +560,11 @@ class Runtime:
         cache.virtual_length += query_len
         return text_model_output(text_model.norm(hidden), cache)
 
+    def _count_flops(self, per_sample: list[list[int]], text: list[int], visual: list[int]) -> FlopsCount:
+        """This call's FLOPs: its LM head's positions, and eager attention's dense products."""
+        causal = self.adapter.attn_implementation != "eager"
+        return count_flops(self._shape, per_sample, text, visual, logits_to_keep=self.logits_to_keep, causal=causal)
+
     # ------------------------------------------------------------------------------------- no video
     def _passthrough_trace(self, batch: int) -> PruneTrace:
         return PruneTrace(method=self.method.name, num_layers=self.adapter.num_layers, samples=[None] * batch)
@@ -577,7 +585,7 @@ class Runtime:
             visual_tokens=visual,
             text_tokens=text,
             per_sample_segments=[None] * batch,
-            flops=count_flops(self._shape, per_sample, text, visual),
+            flops=self._count_flops(per_sample, text, visual),
             decide_seconds_by_layer={},
             kept_positions=[],
             pruned=False,

@@ -14,7 +14,9 @@ __all__ = ["PruneStats", "FlopsCount"]
 @dataclass(frozen=True)
 class FlopsCount:
     """Prefill FLOPs of the batch: the paper's convention (Eq. 12, visual tokens only) and the exact
-    matmul count (text tokens, GQA, SwiGLU, LM head for the last token), pruned and unpruned."""
+    matmul count (text tokens, GQA, SwiGLU, the LM head over the positions the call asked logits for),
+    pruned and unpruned. A batch counts as its samples run one by one, without padding (a padded batch
+    also multiplies its padding columns, and its SDPA calls get an explicit mask: dense products)."""
 
     paper: float
     exact: float
@@ -88,13 +90,38 @@ class PruneStats:
         return kept / full if full else 1.0
 
 
+def lm_head_positions(logits_to_keep: int | torch.Tensor | None, positions: int) -> int:
+    """Positions the LM head runs on for a sample of ``positions`` tokens out of the last layer:
+    ``logits_to_keep`` as the model's ``forward`` takes it (0: all of them, k: the last k, a tensor: the
+    positions it lists), None when the call computes no logits (the multimodal model called alone)."""
+    if logits_to_keep is None:
+        return 0
+    if isinstance(logits_to_keep, torch.Tensor):
+        return logits_to_keep.numel()  # indices (a 0-d one selects one position)
+    return min(int(logits_to_keep), positions) if logits_to_keep else positions
+
+
 def count_flops(
-    shape: ModelShape, per_sample_tokens: list[list[int]], text_tokens: list[int], original_visual: list[int]
+    shape: ModelShape,
+    per_sample_tokens: list[list[int]],
+    text_tokens: list[int],
+    original_visual: list[int],
+    *,
+    logits_to_keep: int | torch.Tensor | None = 1,
+    causal: bool = True,
 ) -> FlopsCount:
-    """FLOPs of a batch, sample by sample (attention is quadratic per sample)."""
+    """FLOPs of a batch, sample by sample (attention is quadratic per sample), each sample's LM head over
+    the positions ``logits_to_keep`` asks for (see :func:`lm_head_positions`); ``causal``: the causal
+    attention pairs (SDPA) or the dense products (eager attention)."""
     paper = sum(paper_flops(rows, shape.hidden_size, shape.intermediate_size) for rows in per_sample_tokens)
-    exact = sum(exact_flops(shape, rows, text) for rows, text in zip(per_sample_tokens, text_tokens))
+    exact = sum(
+        exact_flops(shape, rows, text, lm_head_tokens=lm_head_positions(logits_to_keep, rows[-1] + text), causal=causal)
+        for rows, text in zip(per_sample_tokens, text_tokens)
+    )
     layers = shape.num_layers
     vanilla_paper = sum(paper_flops([n] * layers, shape.hidden_size, shape.intermediate_size) for n in original_visual)
-    vanilla_exact = sum(exact_flops(shape, [n] * layers, text) for n, text in zip(original_visual, text_tokens))
+    vanilla_exact = sum(
+        exact_flops(shape, [n] * layers, text, lm_head_tokens=lm_head_positions(logits_to_keep, n + text), causal=causal)
+        for n, text in zip(original_visual, text_tokens)
+    )
     return FlopsCount(paper=paper, exact=exact, vanilla_paper=vanilla_paper, vanilla_exact=vanilla_exact)
