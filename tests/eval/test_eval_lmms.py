@@ -7,11 +7,12 @@ task, split)``) and the ``task_dict`` lmms-eval sets on the model.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -27,6 +28,7 @@ class FakeInstance:
     """What a model sees of lmms-eval's Instance."""
 
     arguments: tuple
+    metadata: dict = field(default_factory=dict)
 
     @property
     def args(self) -> tuple:
@@ -102,6 +104,38 @@ def test_generate_until_answers_each_request_like_hieravid_answer(loaded, data_r
     assert f"2 answers by hieravid at budget 0.3: visual tokens kept {kept:.3f}" in capsys.readouterr().err
     requests, model.task_dict = _requests(video, until=[" "])  # stop strings cut the answer
     assert model.generate_until(requests) == [o.split(" ")[0] for o in expected]
+
+
+def test_lmms_evals_padding_requests_are_answered_but_not_counted(loaded, data_root, capsys):
+    """lmms-eval evens out the processes' shares with copies of a request marked ``__padding_only__`` and drops
+    their answers: each gets an answer (the same as its original's), but the statistics and the count on
+    stderr are of the real requests only."""
+    video = str(data_root / "egoschema" / "videos" / "0074f737-11cb-497d-8d07-77c3a8127391.mp4")
+    model = Qwen2VLWrapper(loaded=loaded, method="hieravid", budget=0.3, max_num_frames=4)
+    requests, model.task_dict = _requests(video)
+    padding = FakeInstance(requests[-1].arguments, metadata={"__padding_only__": True})
+    outputs = model.generate_until([*requests, padding, padding])
+    assert len(outputs) == 4 and outputs[2] == outputs[3] == outputs[1]
+    assert len(model.last_stats) == 2
+    assert "hieravid: 2 answers by hieravid at budget 0.3" in capsys.readouterr().err
+
+
+def test_the_plugin_cuts_answers_as_hieravid_eval_does(loaded, data_root, monkeypatch):
+    """One cutting rule for both: at the earliest of the stop strings, whichever is listed first."""
+    import hieravid.infer
+
+    text = "xbcd\n\nmore"
+    real = hieravid.infer.answer
+    monkeypatch.setattr(hieravid.infer, "answer", lambda *a, **k: dataclasses.replace(real(*a, **k), text=text))
+    video = str(data_root / "egoschema" / "videos" / "0074f737-11cb-497d-8d07-77c3a8127391.mp4")
+    model = Qwen2VLWrapper(loaded=loaded, max_num_frames=4)
+    cases = ((["cd", "bc"], "x"), (["\n\n"], "xbcd"), (None, text))
+    for until, expected in cases:
+        requests, model.task_dict = _requests(video, until=until)
+        assert model.generate_until(requests[:1]) == [expected]
+    from hieravid.eval.tasks import cut_at_stop
+
+    assert [cut_at_stop(text, until) for until, _ in cases] == [expected for _, expected in cases]
 
 
 def test_wrong_family_bad_arguments_and_non_video_requests(loaded, data_root):

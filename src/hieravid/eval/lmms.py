@@ -20,8 +20,12 @@ video, default 32), ``device`` (``auto``: the process's GPU under ``accelerate l
 
 Each request is answered alone (greedy decoding) by :func:`hieravid.infer.answer` on frames decoded by
 :mod:`hieravid.video`: video tasks only (a request whose visual is not a video file path is refused with an error).
+Each answer is cut at the earliest of the request's stop strings (``until``; lmms-eval gives ``"\\n\\n"`` to every
+task whose yaml sets none), as ``hieravid eval`` cuts it (:func:`hieravid.eval.tasks.cut_at_stop`).
 lmms-eval's output says nothing of the pruning, so each ``generate_until`` call ends with one line on stderr:
 the answers, the visual tokens kept and the prefill FLOPs against the unpruned model's (means over the answers).
+The requests lmms-eval adds to even out the processes' shares (``metadata["__padding_only__"]``; their answers are
+dropped) are answered like the others but left out of that line and of ``last_stats``.
 
 lmms-eval is a heavy install, and this module never imports it at import time: the entry points return manifests
 built on call, and the classes lmms-eval loads (``HieravidQwen2VL``...) are made on first access, as subclasses
@@ -38,6 +42,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
+
+from hieravid.eval.tasks import cut_at_stop
 
 __all__ = ["CLASS_NAMES", "FAMILIES", "HieravidLMM"]
 
@@ -143,7 +149,7 @@ class HieravidLMM:
         self.task_dict: dict = getattr(self, "task_dict", {})
         self._rank = 0 if self.accelerator is None else self.accelerator.process_index
         self._world_size = 1 if self.accelerator is None else self.accelerator.num_processes
-        self.last_stats: list[Any] = []  # PruneStats of each answer of the last generate_until call
+        self.last_stats: list[Any] = []  # PruneStats of each answer of the last generate_until call (no padding)
 
     @property
     def rank(self) -> int:
@@ -181,8 +187,9 @@ class HieravidLMM:
                 max_new_tokens=int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens),
                 timestamps_s=video.timestamps_s,
             )
-            outputs.append(_cut(result.text, gen_kwargs.get("until")))
-            self.last_stats.append(result.stats)
+            outputs.append(cut_at_stop(result.text, gen_kwargs.get("until")))
+            if not _is_padding(request):
+                self.last_stats.append(result.stats)
         if self.last_stats:
             print(self._summary(), file=sys.stderr, flush=True)
         return outputs
@@ -225,13 +232,12 @@ def _flatten(visuals: Any) -> list[Any]:
     return [visuals]
 
 
-def _cut(text: str, until: Any) -> str:
-    """``text`` up to the first stop string (lmms-eval's ``until``)."""
-    stops = [until] if isinstance(until, str) else list(until or [])
-    for stop in stops:
-        if stop:
-            text = text.split(stop)[0]
-    return text
+def _is_padding(request: Any) -> bool:
+    """Whether lmms-eval added ``request`` only so that every process runs as many requests (its evaluator
+    marks the copies ``metadata["__padding_only__"]`` and drops their answers). It is still answered: lmms-eval
+    expects an answer for each request, and its response cache keys a copy as the request it copies."""
+    metadata = getattr(request, "metadata", None)
+    return isinstance(metadata, dict) and bool(metadata.get("__padding_only__"))
 
 
 def _manifest(model_id: str):

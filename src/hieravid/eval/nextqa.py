@@ -15,8 +15,13 @@ Prompts and scoring follow lmms-eval's ``nextqa_mc_test`` and ``nextqa_oe_test``
 ``question + "\\nA. <a0>" ... "\\nE. <a4>"`` and reads the option with MMMU's rule in lmms-eval's NExT-QA variant
 (accuracy; lmms-eval guesses at random when no option is found, here that answer scores 0 and counts as failed);
 open-ended asks ``question + "\\nAnswer a question using a short phrase or sentence."`` and scores WUPS@0
-(:mod:`hieravid.eval.wups`; WUPS@0.9 and per-type scores are in the details). Both generate up to 128 tokens
-(lmms-eval's default for these tasks).
+(:mod:`hieravid.eval.wups`; WUPS@0.9 and per-type scores are in the details).
+
+Both generate up to 128 tokens. lmms-eval's NExT-QA tasks set no token limit, so there it is the model class's
+default: 128 in its Qwen2-VL and Qwen3-VL models, 1024 in LLaVA-OneVision, LLaVA-Video and LLaVA-HF, 32768 in
+Qwen2.5-VL. hieravid uses one limit for every model so that its scores do not depend on a model class's
+setting: 128, which a short phrase or an option letter ends well before (and the answer is scored only up to
+its first ``"\\n\\n"``, lmms-eval's stop string); ``--max-new-tokens`` sets another.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ What one run does:
 4. waits for every process, then the main one merges the records into ``predictions.jsonl`` (a fixed order, so
    the file is the same whatever the number of processes) and writes ``summary.json`` and ``summary.md``.
 
+Each answer is scored on the generated text cut at the task's first stop string (:attr:`Task.until`, lmms-eval's
+``until``); the record keeps both (``raw``, ``prediction``) and the stop strings applied (``until``). A saved
+record scored with other stop strings (one written before the answers were cut, whose ``prediction`` is the whole
+text) is scored again from its text when merged: the text does not depend on the stop strings (generation runs to
+the token limit or the end of the answer and is cut afterwards), so nothing is asked again.
+
 A video that cannot be decoded, an answer that cannot be parsed, or an error while generating is recorded as a
 failed sample (status ``failed``, its reason and kind) and scores 0; the run goes on.
 """
@@ -43,7 +49,7 @@ from hieravid.eval.records import (
     write_jsonl,
 )
 from hieravid.eval.summary import combinations, summarize, to_markdown
-from hieravid.eval.tasks import Sample, Task, get_task
+from hieravid.eval.tasks import Sample, Task, cut_at_stop, get_task
 
 __all__ = ["EvalConfig", "run_eval"]
 
@@ -69,7 +75,7 @@ class EvalConfig:
         device: ``auto`` (a GPU per process when CUDA is there, else the CPU), ``cpu``, ``cuda``...
         dtype: ``auto`` (the checkpoint's), ``bfloat16``, ``float16``, ``float32``.
         attn_implementation: ``sdpa`` or ``eager``.
-        max_new_tokens: tokens to generate per answer; None = each task's own (lmms-eval's setting).
+        max_new_tokens: tokens to generate per answer; None = each task's own (:attr:`Task.max_new_tokens`).
         limit: evaluate only the first ``limit`` samples of each task (a quick look).
         retry_failed: run again the samples an earlier run recorded as failed.
         progress: show a progress bar with ETA on the main process.
@@ -232,6 +238,8 @@ def _record(task: Task, sample: Sample, index: int, method: str, budget: float, 
         "failure_kind": None,
         "reason": None,
         "prediction": None,
+        "raw": None,
+        "until": None,
         "parsed": None,
         "target": sample.answer,
         "score": 0.0,
@@ -256,14 +264,41 @@ def _failed(kind: str, reason: str) -> dict[str, Any]:
     return {"status": "failed", "failure_kind": kind, "reason": reason}
 
 
-def _answer_fields(task: Task, sample: Sample, result: Any) -> dict[str, Any]:
-    """Record fields of a generated answer: the prediction, its score and the prefill statistics."""
-    score = task.score(sample, result.text)
+def _scored_fields(task: Task, sample: Sample, text: str) -> dict[str, Any]:
+    """Record fields of the generated ``text``: the answer scored (``text`` cut at the task's stop strings), the
+    text itself, the stop strings, what was read, the score and whether it failed to parse."""
+    prediction = cut_at_stop(text, task.until)
+    score = task.score(sample, prediction)
     fields: dict[str, Any] = {
-        "prediction": result.text,
+        "prediction": prediction,
+        "raw": text,
+        "until": list(task.until),
         "parsed": score.parsed,
         "score": float(score.value) if score.failure is None else 0.0,
         "score_details": dict(score.details),
+        "status": "ok",
+        "failure_kind": None,
+        "reason": None,
+    }
+    if score.failure is not None:
+        fields.update(_failed("unparsed", score.failure))
+    return fields
+
+
+def _rescored(record: dict[str, Any], task: Task, sample: Sample) -> dict[str, Any]:
+    """``record`` scored again from its generated text when it was scored with other stop strings than the
+    task's (a record without ``until`` was scored on its whole text, kept in ``prediction``); records with
+    no text (failed before an answer) and records scored as the task scores now are returned as they are."""
+    text = record.get("raw", record.get("prediction"))
+    if not isinstance(text, str) or list(record.get("until") or []) == list(task.until):
+        return record
+    return {**record, **_scored_fields(task, sample, text)}
+
+
+def _answer_fields(task: Task, sample: Sample, result: Any) -> dict[str, Any]:
+    """Record fields of a generated answer: the prediction, its score and the prefill statistics."""
+    fields: dict[str, Any] = {
+        **_scored_fields(task, sample, result.text),
         "input_tokens": result.input_tokens,
         "new_tokens": result.new_tokens,
         "prefill_seconds": result.prefill_seconds,
@@ -278,8 +313,6 @@ def _answer_fields(task: Task, sample: Sample, result: Any) -> dict[str, Any]:
             achieved_budget=float(stats.achieved_budget),
             visual_tokens=int(sum(stats.visual_tokens)),
         )
-    if score.failure is not None:
-        fields.update(_failed("unparsed", score.failure))
     return fields
 
 
@@ -483,7 +516,9 @@ def _finish(
     and write the summary of this run: its tasks, (method, budget) pairs and the samples it loaded, so
     every method is scored on the same samples (main process). Of the records of one (task, sample,
     method, budget), the one kept was made for the sample as it is now (its ``digests``), and of those the
-    last written: a retried or re-asked sample's new record, whichever process's file holds each."""
+    last written: a retried or re-asked sample's new record, whichever process's file holds each. A kept
+    record of a sample this run loaded, made for it as it is now but scored with other stop strings than
+    its task's, is scored again (:func:`_rescored`)."""
 
     def rank(record: Mapping[str, Any]) -> tuple[bool, float]:
         current = digests.get((str(record["task"]), str(record["id"])))
@@ -494,6 +529,12 @@ def _finish(
         key = record_key(record)
         if key not in latest or rank(record) >= rank(latest[key]):  # ties: the later file or line
             latest[key] = record
+    by_name = {task.name: task for task in tasks}
+    by_id = {(name, str(sample.id)): sample for name, task_samples in samples.items() for sample in task_samples}
+    for key, record in latest.items():
+        sample = by_id.get((str(record["task"]), str(record["id"])))
+        if sample is not None and rank(record)[0]:
+            latest[key] = _rescored(record, by_name[str(record["task"])], sample)
     task_order = {t.name: i for i, t in enumerate(tasks)}
     pair_order = {(m, budget_key(b)): i for i, (m, b) in enumerate(pairs)}
 

@@ -3,7 +3,8 @@
 Samples are the first ``size`` questions of the synthetic test split (:mod:`hieravid.synthetic`), 100 of each
 question type by default; their frames are rendered in memory (32 frames, 96 x 96), no files are needed and
 ``--data-root`` is ignored. The answer is the option letter read from the generated text (VideoMME's rule:
-``extract_mcq_answer``); the score is accuracy in percent, also per question type (``details["groups"]``).
+``extract_mcq_answer``) of the whole generated text (no stop string: the suite is hieravid's own, not an
+lmms-eval task); the score is accuracy in percent, also per question type (``details["groups"]``).
 With the shipped proxy model (the default ``--model`` for this suite) it is an accuracy signal measured on a
 small trained model, not a benchmark of real VideoLLMs.
 """
@@ -26,6 +27,7 @@ class SyntheticTask(Task):
     name = "synthetic"
     layout = "nothing: the videos are rendered in memory from their seeds (hieravid.synthetic)"
     max_new_tokens = 4
+    until = ()  # the whole answer is read
 
     def __init__(self, size: int = 100 * len(QUESTION_TYPES)) -> None:
         self.size = size

@@ -3,7 +3,8 @@
 A task is a :class:`Task` subclass registered under a name with :func:`register_task`. The runner
 (:mod:`hieravid.eval.runner`) is generic over tasks: it asks a task for its samples (:meth:`Task.load`), for the
 prompt of a sample once its video is decoded (:meth:`Task.prompt`), for the score of a prediction
-(:meth:`Task.score`) and for the task's summary score (:meth:`Task.aggregate`).
+(:meth:`Task.score`, given the generated text cut at the task's first stop string, :attr:`Task.until`) and for
+the task's summary score (:meth:`Task.aggregate`).
 
 Built-in tasks live in their own modules and are imported the first time their name is asked for
 (:data:`_MODULES`); a module elsewhere registers more with :func:`register_task` when it is imported.
@@ -27,6 +28,7 @@ __all__ = [
     "Task",
     "TaskResult",
     "available_tasks",
+    "cut_at_stop",
     "get_task",
     "register_task",
     "suite_tasks",
@@ -45,6 +47,10 @@ _MODULES = {
 
 PAPER_TASKS = ("mvbench", "egoschema", "nextqa_mc", "nextqa_oe", "videomme", "videomme_sub")
 SUITES: dict[str, tuple[str, ...]] = {"paper": PAPER_TASKS, "synthetic": ("synthetic",)}
+
+# lmms-eval's stop strings for a generate_until task whose yaml sets no ``until`` (its TaskConfig default, the
+# few-shot delimiter); none of the paper's tasks sets one.
+LMMS_EVAL_UNTIL = ("\n\n",)
 
 _REGISTRY: dict[str, Task] = {}
 
@@ -116,8 +122,11 @@ class Task:
 
     name: str = ""
     metric: str = "accuracy"
-    #: tokens to generate per answer (lmms-eval's ``max_new_tokens`` for the task).
+    #: tokens to generate per answer (lmms-eval's ``max_new_tokens`` where the task's yaml sets one).
     max_new_tokens: int = 16
+    #: stop strings: the generated text is scored up to the first of them (lmms-eval's ``until``; its
+    #: default ``"\n\n"`` where the task's yaml sets none). ``()`` scores the whole text.
+    until: tuple[str, ...] = LMMS_EVAL_UNTIL
     #: where to get the data and how to lay it out under ``--data-root`` (shown in errors and the docs).
     layout: str = ""
 
@@ -137,7 +146,7 @@ class Task:
         return sample.question
 
     def score(self, sample: Sample, prediction: str) -> Score:
-        """Score the model's generated text for ``sample``."""
+        """Score the model's answer for ``sample`` (the generated text cut at :attr:`until`)."""
         raise NotImplementedError
 
     def aggregate(self, records: Sequence[Mapping[str, Any]]) -> TaskResult:
@@ -159,6 +168,14 @@ class Task:
     def check_ready(self) -> None:
         """Raise an error naming the fix when something the task needs at scoring time is missing (checked
         before any model is loaded). The default needs nothing."""
+
+
+def cut_at_stop(text: str, until: str | Sequence[str] | None) -> str:
+    """``text`` up to the earliest occurrence of any stop string in ``until`` (a string, a list, or None for
+    none): lmms-eval's ``until`` applied as its Qwen2-VL model applies it before the answer is scored."""
+    stops = [until] if isinstance(until, str) else list(until or [])
+    found = [text.find(stop) for stop in stops if stop and stop in text]
+    return text[: min(found)] if found else text
 
 
 def register_task(task: Task, *, replace: bool = False) -> Task:
