@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from loop_references import ref_bins
 from synthetic import planted_video
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,20 +17,6 @@ from hieravid.methods.hieravid import decide_stage, decide_stage1, selector_for_
 
 def ref_counts(present: list[int], z: list[float], ratio: float, delta: float = 0.1) -> list[int]:
     return [math.floor(n * min(max(1 - ratio + delta * zi, 0.05), 0.95)) for n, zi in zip(present, z)]
-
-
-def ref_bins(relevance: list[float], segment: list[int], k: list[int]) -> list[bool]:
-    keep = [False] * len(relevance)
-    for i, ki in enumerate(k):
-        members = [t for t, s in enumerate(segment) if s == i]
-        best: dict[int, int] = {}
-        for p, t in enumerate(members):
-            b = (p * ki) // len(members) if ki else None
-            if b is not None and (b not in best or relevance[t] > relevance[best[b]]):
-                best[b] = t
-        for t in best.values():
-            keep[t] = True
-    return keep
 
 
 @st.composite

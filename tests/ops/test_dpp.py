@@ -12,6 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from device_reads import DeviceReads
+from loop_references import ref_bins
 
 from hieravid.ops.dpp import conditional_kernel, greedy_map, pack_segments, segment_bin_select, segment_dpp_select
 import hieravid.ops.dpp as dpp_module
@@ -62,22 +63,6 @@ def ref_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: torch.Ten
                     dot = sum(a * b for a, b in zip(feats[g][i], feats[g][j]))
                     out[g, i, j] = rel[g][i] * rel[g][j] * dot / (norms[i] * norms[j])
     return out
-
-
-def ref_bins(relevance: list[float], segment: list[int], k: list[int]) -> list[bool]:
-    """Split each segment's tokens (in sequence order) into k_i bins, bin b the positions
-    ``[b n // k, (b + 1) n // k)`` (the reference code's bounds); keep the first token with the largest
-    relevance in each bin."""
-    keep = [False] * len(relevance)
-    for i, ki in enumerate(k):
-        members = [t for t, s in enumerate(segment) if s == i]
-        n = len(members)
-        for b in range(ki):
-            bin_members = members[b * n // ki : (b + 1) * n // ki]
-            assert bin_members
-            best = max(bin_members, key=lambda t: (relevance[t], -t))  # ties: the earlier token
-            keep[best] = True
-    return keep
 
 
 def random_psd(gen: torch.Generator, groups: int, n: int, dim: int, valid: torch.Tensor) -> torch.Tensor:
