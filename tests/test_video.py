@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -349,3 +350,269 @@ def test_write_test_video_checks_its_input(tmp_path):
         write_test_video(tmp_path / "float.mp4", np.zeros((2, 64, 96, 3), np.float32))
     with pytest.raises(ValueError, match="fps"):
         write_test_video(tmp_path / "fps.mp4", np.zeros((2, 64, 96, 3), np.uint8), fps=0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# frames numbered by bars: up to 256 frames, each frame's index written in binary as 8 vertical bars
+
+needs_x264 = pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV build has no libx264")
+
+
+def bars(i: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8: bar b (12 pixels wide) white when bit b of ``i`` is set, else black."""
+    bits = (i >> np.arange(8)) & 1  # (8,)
+    row = np.repeat(np.where(bits, 235, 16), WIDTH // 8).astype(np.uint8)  # (W,)
+    return np.broadcast_to(row[None, :, None], (HEIGHT, WIDTH, 3)).copy()
+
+
+def read_bars(frames: np.ndarray) -> list[int]:
+    """The index :func:`bars` wrote into each of ``frames`` ``(N, H, W, 3)``."""
+    columns = frames[:, HEIGHT // 4: 3 * HEIGHT // 4].mean(axis=(1, 3))  # (N, W)
+    centres = columns[:, WIDTH // 16:: WIDTH // 8] > 128  # (N, 8): the middle of each bar
+    return [int(sum(1 << b for b in range(8) if bit[b])) for bit in centres]
+
+
+def write_bars(path, n: int, *, fps: int = 25, options: dict | None = None, codec: str = "libx264",
+               container_options: dict | None = None, pix_fmt: str = "yuv420p") -> str:
+    """``bars(0..n-1)`` at ``fps``, with encoder ``options``."""
+    rate = Fraction(fps, 1)
+    with av.open(str(path), "w", options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, pix_fmt
+        stream.codec_context.time_base = 1 / rate
+        stream.codec_context.options = options or {}
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(bars(i), format="rgb24")
+            frame.pts, frame.time_base = i, 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return str(path)
+
+
+def output_pts(path) -> list[int]:
+    """Timestamps of the frames as the decoder gives them out."""
+    with av.open(str(path)) as container:
+        return [frame.pts for frame in container.decode(container.streams.video[0])]
+
+
+B_FRAMES = {"x264-params": "bframes=2:b-adapt=0:keyint=10", "crf": "10"}  # B-frames everywhere
+
+
+@needs_x264
+@pytest.mark.parametrize("caught_while_decoding", [False, True])
+def test_avi_with_b_frames_returns_the_frames_its_indices_name(tmp_path, monkeypatch, caught_while_decoding):
+    # AVI has no presentation times: FFmpeg stamps frames with their decoding rank, and the decoder gives them
+    # out in presentation order with shuffled stamps; matching frames by stamp picked frames up to 3 away.
+    path = write_bars(tmp_path / "b.avi", 30, fps=10, options=B_FRAMES)
+    stamps = output_pts(path)
+    assert stamps != sorted(stamps)  # the file does reorder frames
+    if caught_while_decoding:  # without the AVI rule: the stamps' disorder is seen while decoding
+        monkeypatch.setattr(video, "_decoding_order_stamps", lambda *args: False)
+    for n, window in ((8, {}), (3, {}), (30, {}), (1, {"start_s": 1.2}), (4, {"start_s": 0.5, "end_s": 2.0})):
+        sampled = read_video(path, n, **window)
+        assert read_bars(sampled.frames) == sampled.frame_indices, (n, window)
+        np.testing.assert_allclose(sampled.timestamps_s, [i / 10 for i in sampled.frame_indices], atol=1e-6)
+    assert sampled.fps == pytest.approx(10) and sampled.source_frames == 30
+
+
+def test_frames_1_or_3_pixels_high_are_read_channels_last(tmp_path):
+    # transformers guesses the channel axis; (T, 1, W, 3) and (T, 3, W, 3) look channels-first to it.
+    import tiny_models as tm
+    from transformers.video_utils import VideoMetadata
+
+    from hieravid.infer import LoadedModel, build_inputs
+
+    rng = np.random.default_rng(0)
+    for family in ("qwen2_vl", "qwen3_vl", "llava_onevision"):
+        model = tm.build_model(family)
+        processor = tm.build_processor(family, model, tmp_path / family)
+        loaded = LoadedModel(model=model, processor=processor, family=family, name=family)
+        for height in (1, 3):
+            frames = rng.integers(0, 256, (4, height, 64, 3), dtype=np.uint8)
+            got = build_inputs(loaded, frames, "what?")
+            meta = VideoMetadata(total_num_frames=4, fps=1.0, frames_indices=[0, 1, 2, 3], height=height, width=64)
+            prompt = processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what?"}]}],
+                add_generation_prompt=True, tokenize=False,
+            )
+            want = processor(
+                text=[prompt], videos=[frames.transpose(0, 3, 1, 2).copy()], video_metadata=[meta],
+                do_sample_frames=False, return_tensors="pt", input_data_format="channels_first",
+            )
+            for key in ("pixel_values_videos", "video_grid_thw"):
+                if key in want:
+                    assert got[key].shape == want[key].shape and bool((got[key] == want[key]).all()), (family, key)
+
+
+def test_too_elongated_frames_name_the_size_and_the_fix(tmp_path):
+    import tiny_models as tm
+
+    from hieravid.infer import LoadedModel, build_inputs
+
+    frames = np.zeros((2, 10, 4000, 3), np.uint8)
+    for family in ("qwen2_vl", "qwen3_vl", "llava_onevision"):
+        model = tm.build_model(family)
+        processor = tm.build_processor(family, model, tmp_path / family)
+        loaded = LoadedModel(model=model, processor=processor, family=family, name=family)
+        if family == "llava_onevision":  # resizes every frame to a square: no limit
+            assert build_inputs(loaded, frames, "what?")["pixel_values_videos"].shape[1] == 2
+            continue
+        with pytest.raises(ValueError, match=r"4000x10 pixels .* 400 times .* crop or pad"):
+            build_inputs(loaded, frames, "what?")
+
+
+@needs_x264
+def test_a_last_frame_held_long_is_not_a_truncation(tmp_path):
+    # 6 frames 0.1 s apart, the last one shown for 60 s (a screen recording that stops changing)
+    path = tmp_path / "hold.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        packets = []
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(bars(i), format="rgb24")
+            frame.pts = 100 * i
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        packets[-1].duration = 60_000
+        for packet in packets:
+            container.mux(packet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampled = read_video(path, 6)
+    assert sampled.duration_s == pytest.approx(60.5)
+    assert read_bars(sampled.frames) == sampled.frame_indices == list(range(6))
+
+
+def test_too_many_frames_for_memory_are_refused_before_decoding(clips, monkeypatch):
+    with pytest.raises(ValueError, match=r"num_frames=1000000000000 frames of 96x64 pixels need .* GiB"):
+        read_video(clips["mp4"], 10**12)  # 18 PB: numpy would refuse its first array with a bare MemoryError
+
+    def no_decoding(*args):
+        raise AssertionError("decoded before the memory check")
+
+    monkeypatch.setattr(video, "_available_memory", lambda: 2**20)  # 1 MiB: 56 frames of 96x64
+    monkeypatch.setattr(video, "_decode_selected", no_decoding)
+    message = r"num_frames=100 frames of 96x64 pixels need 1.8 MiB as RGB, more than the 1.0 MiB .*at most about 56"
+    with pytest.raises(ValueError, match=message):
+        read_video(clips["mp4"], 100)
+
+
+def test_unreadable_files_say_what_is_wrong_without_ffmpeg_codes(clips, tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n" * 100)
+    cut = tmp_path / "cut.mp4"  # its 'moov' index is at the end, cut off
+    data = open(clips["mp4"], "rb").read()
+    cut.write_bytes(data[: len(data) // 2])
+    for path in (text, cut):
+        with pytest.raises(ValueError, match=r"at .*\.mp4'?: it is not a video file, or an incomplete one") as info:
+            read_video(path, 4)
+        assert "'moov' index" in str(info.value) and "Errno" not in str(info.value)
+
+
+@needs_x264
+def test_a_cut_off_faststart_mp4_reports_the_rate_of_the_frames_it_has(tmp_path):
+    # Its index (at the front) lists all 200 frames; the data of about half is there, the last ones partly, so
+    # the decoded frames are counted: rate and duration are those of the frames decoded, not of the index.
+    whole = write_bars(tmp_path / "whole.mp4", 200, fps=25, container_options={"movflags": "faststart"},
+                       options={"crf": "10"})
+    data = open(whole, "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    calls = []
+    original = video._decode_index
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(video, "_decode_index", lambda *args: calls.append(1) or original(*args))
+        with pytest.warns(UserWarning, match="may be truncated"):
+            sampled = read_video(cut, 8)
+    assert calls, "the decoded frames were not counted"
+    assert 0 < sampled.source_frames < 200
+    assert sampled.fps == pytest.approx(25)
+    assert sampled.duration_s == pytest.approx(sampled.source_frames / 25)
+    assert read_bars(sampled.frames) == sampled.frame_indices
+
+
+def write_two_streams(path) -> str:
+    """A Matroska file with two video streams: bars(0..9), then solid grey."""
+    with av.open(str(path), "w") as container:
+        streams = [container.add_stream("mpeg4", rate=FPS) for _ in range(2)]
+        for stream in streams:
+            stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for i in range(10):
+            for stream, pixels in zip(streams, (bars(i), np.full((HEIGHT, WIDTH, 3), 128, np.uint8))):
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, FPS)
+                container.mux(stream.encode(frame))
+        for stream in streams:
+            container.mux(stream.encode(None))
+    return str(path)
+
+
+def test_several_video_streams_warn(tmp_path):
+    with pytest.warns(UserWarning, match="has 2 video streams: the first .* is read"):
+        sampled = read_video(write_two_streams(tmp_path / "two.mkv"), 4)
+    assert read_bars(sampled.frames) == sampled.frame_indices == [0, 3, 6, 9]
+
+
+@pytest.mark.skipif(not hasattr(av.stream, "Disposition"), reason="writing a disposition needs a newer PyAV")
+def test_a_cover_picture_is_not_video(tmp_path):
+    # an audio file with its cover picture (disposition attached_pic): no video to read
+    path = tmp_path / "song.mp4"
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("aac", rate=48000)
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = WIDTH, HEIGHT, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(bars(5), format="rgb24").reformat(format="yuvj420p")
+        picture.pts, picture.time_base = 0, Fraction(1, 1)
+        container.mux(cover.encode(picture))
+        container.mux(cover.encode(None))
+        for k in range(10):
+            block = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            block.sample_rate, block.pts, block.time_base = 48000, k * 1024, Fraction(1, 48000)
+            container.mux(audio.encode(block))
+        container.mux(audio.encode(None))
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].disposition & av.stream.Disposition.attached_pic
+    with pytest.raises(ValueError, match=r"no video stream \(only a cover picture\)"):
+        read_video(path, 2)
+
+
+SEEKABLE = {  # codec, suffix, encoder options: a keyframe every 50 frames, B-frames where the codec has them
+    "x264-open-gop-mp4": ("libx264", "mp4", {"x264-params": "keyint=50:min-keyint=50:open-gop=1:bframes=3"}),
+    "x264-open-gop-mkv": ("libx264", "mkv", {"x264-params": "keyint=50:min-keyint=50:open-gop=1:bframes=3"}),
+    "hevc-b-frames-mp4": ("libx265", "mp4", {"x265-params": "log-level=error:keyint=50:open-gop=1:bframes=4"}),
+    "vp9-webm": ("libvpx-vp9", "webm", {"g": "50", "deadline": "realtime", "cpu-used": "8"}),
+    "mpeg4-b-frames-avi": ("mpeg4", "avi", {"g": "50", "bf": "2"}),
+}
+
+
+@pytest.mark.parametrize("name", list(SEEKABLE))
+def test_seeking_to_each_keyframe_returns_the_frames_of_a_full_decode(tmp_path, monkeypatch, name):
+    codec, suffix, options = SEEKABLE[name]
+    if codec not in av.codecs_available:
+        pytest.skip(f"this PyAV build has no {codec}")
+    path = write_bars(tmp_path / f"v.{suffix}", 250, codec=codec, options=options)
+    runs = []
+    original = video._decode_run
+
+    def recording(container, stream, key, targets, position, keep):
+        runs.append(key)
+        return original(container, stream, key, targets, position, keep)
+
+    monkeypatch.setattr(video, "_decode_run", recording)
+    for n, window in ((5, {}), (2, {}), (9, {"start_s": 1.9}), (3, {"start_s": 4.0, "end_s": 8.0}), (250, {})):
+        runs.clear()
+        sampled = read_video(path, n, **window)
+        assert read_bars(sampled.frames) == sampled.frame_indices, (n, window)
+        if n in (5, 2):  # targets far apart: one seek each after the first
+            assert len(runs) == n and all(key is not None for key in runs[1:]), runs
+        if n == 250:  # every frame: one run, from the start
+            assert runs == [None]
+        # the same pixels as decoding every frame from the start
+        container, stream = video._open(Path(path))
+        with container:
+            index = video._demux_index(container, stream)
+        everything = video._decode_selected(Path(path), index, sorted(set(sampled.frame_indices)), by_pts=False)
+        assert all(np.array_equal(everything[i], frame) for i, frame in zip(sampled.frame_indices, sampled.frames))

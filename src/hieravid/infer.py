@@ -151,6 +151,19 @@ def load_model(
     return LoadedModel(model=model, processor=processor, family=adapter.family, name=name)
 
 
+# Families whose processors refuse frames whose longer side is more than 200 times the shorter (Qwen's smart_resize).
+_MAX_ASPECT = {"qwen2_vl": 200, "qwen2_5_vl": 200, "qwen3_vl": 200}
+
+
+def _aspect_error(family: str, height: int, width: int) -> ValueError:
+    return ValueError(
+        f"the {family} processor refuses frames of {width}x{height} pixels (width x height): the longer side is "
+        f"{max(height, width) / min(height, width):.0f} times the shorter, above its limit of "
+        f"{_MAX_ASPECT.get(family, 200)}; crop or pad the video to a less elongated frame (e.g. ffmpeg's crop or "
+        "pad filter)"
+    )
+
+
 def build_inputs(
     loaded: LoadedModel,
     frames: np.ndarray,
@@ -162,16 +175,22 @@ def build_inputs(
     """Processor inputs for one video and one question, rendered by the model's chat template.
 
     ``frames`` ``(T, H, W, 3)`` uint8; ``timestamps_s`` the time of each frame (Qwen3-VL writes them into the
-    prompt); without them the frames are taken as 1 per second.
+    prompt); without them the frames are taken as 1 per second. The Qwen families' processors refuse frames
+    whose longer side is more than 200 times the shorter: a ``ValueError`` names the frame size and the fix.
     """
     from transformers.video_utils import VideoMetadata
 
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be a (T, H, W, 3) uint8 array, got {frames.dtype} {frames.shape}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or 0 in frames.shape:
+        raise ValueError(
+            f"frames must be a (T, H, W, 3) uint8 array with T, H, W >= 1, got {frames.dtype} {frames.shape}"
+        )
     if not question.strip():
         raise ValueError("the question is empty: pass the text to ask about the video")
-    count = frames.shape[0]
+    count, height, width = frames.shape[:3]
+    limit = _MAX_ASPECT.get(loaded.family)
+    if limit is not None and max(height, width) > limit * min(height, width):
+        raise _aspect_error(loaded.family, height, width)
     if timestamps_s is None:
         fps, indices = 1.0, list(range(count))
     else:
@@ -186,14 +205,15 @@ def build_inputs(
     messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
     processor = loaded.processor
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    metadata = VideoMetadata(
-        total_num_frames=count, fps=fps, frames_indices=indices, height=frames.shape[1], width=frames.shape[2]
-    )
+    metadata = VideoMetadata(total_num_frames=count, fps=fps, frames_indices=indices, height=height, width=width)
     try:
-        inputs = processor(
-            text=[prompt], videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt"
+        inputs = processor(  # channels last, stated: frames 1 or 3 pixels high would be guessed channels first
+            text=[prompt], videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt",
+            input_data_format="channels_last",
         )
     except ValueError as err:  # e.g. Qwen3-VL's video processor wants at least its temporal patch of frames
+        if "aspect ratio" in str(err):  # near the limit, after the processor's own rounding
+            raise _aspect_error(loaded.family, height, width) from err
         if "temporal" not in str(err):
             raise
         raise ValueError(f"the {loaded.family} processor refused {count} frame(s) ({err}): pass more frames "

@@ -10,26 +10,34 @@ clip has fewer frames than N the same rule repeats frames: every output slot get
 evenly spaced position, so exactly N frames come back, in order.
 
 Frames are numbered in presentation order over the WHOLE video, from 0; times are seconds from the video
-stream's start. How a file is read:
+stream's start. The first video stream is read (a warning says so when there are several); cover pictures
+stored as one-frame video streams (disposition ``attached_pic``) are not video. How a file is read:
 
 1. a demuxing pass (packets only, nothing decoded) lists the presentation timestamp of every frame, which
    gives the exact frame count even when the container does not state it (``stream.frames == 0``, e.g.
-   Matroska) and the time of every frame, used to cut the ``[start_s, end_s)`` window;
-2. one decoding pass keeps only the sampled frames, converted with ``frame.to_ndarray(format="rgb24")``;
-   it seeks to the keyframe before the first sampled frame and stops after the last one, so at most N
+   Matroska), the time of every frame, used to cut the ``[start_s, end_s)`` window, and the keyframes;
+2. a request whose ``(N, H, W, 3)`` result would not fit in the memory available is refused;
+3. one decoding pass keeps only the sampled frames, converted with ``frame.to_ndarray(format="rgb24")``:
+   before a sampled frame whose keyframe lies more than a few frames past the previous sampled frame, it
+   seeks to that keyframe (so a long video with N frames wanted decodes about N groups of pictures, not
+   every frame between the first and the last sampled), and it stops after the last one, so at most N
    frames are held in memory.
 
-Frames are identified by their timestamps; files whose packets carry none number frames in decoding order.
-When some sampled frame never comes out of the decoder (dropped or re-timed frames), one extra decoding pass
-counts the frames as decoded, and the sampling is redone on that count. Packets an edit list hides (a cut
-made without re-encoding) are not frames of the video. Times count from the first frame shown (a stream's
-stated start, or its first frame if that comes later, as in AVI files with B-frames).
+Frames are identified by their timestamps, and every frame that comes out of the decoder must be the next
+one the index lists. Files whose packets carry no timestamps, and AVI files whose frames are reordered
+(B-frames: AVI stores no presentation times, FFmpeg stamps frames with their decoding rank), number frames
+in the order the decoder gives them out, from the start. When the frames that come out do not match the
+index (dropped or re-timed frames, stamps that are not presentation times), one extra decoding pass counts
+the frames as decoded, and the sampling, ``fps`` and ``duration_s`` are redone on that count. Packets an edit
+list hides (a cut made without re-encoding) are not frames of the video. Times count from the first frame
+shown (a stream's stated start, or its first frame if that comes later, as in AVI files with B-frames).
 
 Frames come upright, as players show them: a display matrix that rotates by a multiple of 90 degrees (how
 phones store portrait recordings) is applied. ``fps`` is the average rate of the frames' own timestamps
 (a variable-rate file's real average, not its nominal rate), ``duration_s`` the video stream's duration
 from its header, unless the frames end well before it (a cut-off file: a warning says so) or the header
-states none for the video stream alone (then the span the frames cover).
+states none for the video stream alone (then the span the frames cover). The last frame lasts as long as
+its packet states (a recording whose last frame is held), else one frame period.
 """
 
 from __future__ import annotations
@@ -122,7 +130,8 @@ def read_video(
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: ``num_frames`` < 1, a bad window, or a file that is not a decodable video.
+        ValueError: ``num_frames`` < 1, a bad window, a file that is not a decodable video, or N frames too
+            many for the memory available.
     """
     _check_num_frames(num_frames)
     file = Path(path)
@@ -135,6 +144,11 @@ def read_video(
         raise ValueError(f"could not decode video at {str(file)!r}: the file is empty (0 bytes)")
     try:
         return _read(file, num_frames, start_s, end_s)
+    except av.error.InvalidDataError as err:
+        raise ValueError(
+            f"could not decode video at {str(file)!r}: it is not a video file, or an incomplete one (an MP4 cut "
+            "off before its 'moov' index is unreadable: re-download or remux it)"
+        ) from err
     except av.FFmpegError as err:
         if isinstance(err, (PermissionError, FileNotFoundError, IsADirectoryError)):  # not the content's fault
             raise
@@ -234,41 +248,70 @@ def _encoder() -> str:
 
 @dataclass(frozen=True)
 class _Index:
-    """Every frame of the video stream, from the demuxing pass."""
+    """Every frame of the video stream, from the demuxing pass (or, as a fallback, from decoding)."""
 
-    pts: list[int] | None  # sorted presentation timestamps (stream time_base); None if packets lack them
+    pts: list[int] | None  # sorted presentation timestamps (stream time_base); None: frames are numbered in
+    #                        the order the decoder gives them out
     times_s: list[float]  # seconds from the first frame shown (see _origin), per frame
     count: int  # frames in the video
     start_s: float = 0.0  # where times_s counts from, on the stream's clock, seconds
+    keys: tuple[int, ...] = ()  # sorted timestamps of the keyframes (where decoding can start after a seek)
+    last_duration_s: float | None = None  # how long the last frame is shown, seconds; None: not stated
 
 
-def _open(file: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
+# A cover picture (disposition AV_DISPOSITION_ATTACHED_PIC) is stored as a one-frame video stream: not the video.
+_ATTACHED_PIC = 0x0400
+
+# A seek flushes the decoder (and its threads), about the cost of decoding a few frames: seek only to skip more.
+_SEEK_MIN_SKIP = 12  # frames
+
+
+def _video_streams(container: av.container.InputContainer) -> list[av.VideoStream]:
+    """The container's video streams, cover pictures left out."""
+    return [s for s in container.streams.video if not int(getattr(s, "disposition", 0) or 0) & _ATTACHED_PIC]
+
+
+def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContainer, av.VideoStream]:
+    """Open ``file`` and pick its first video stream (``warn``: say so when it has several)."""
     container = av.open(str(file))
-    if not container.streams.video:
+    videos = _video_streams(container)
+    if not videos:
+        only_cover = bool(container.streams.video)
         container.close()
-        raise ValueError(f"could not decode video at {str(file)!r}: the file has no video stream")
-    stream = container.streams.video[0]
+        what = " (only a cover picture)" if only_cover else ""
+        raise ValueError(f"could not decode video at {str(file)!r}: the file has no video stream{what}")
+    stream = videos[0]
+    if warn and len(videos) > 1:
+        warnings.warn(
+            f"{str(file)!r} has {len(videos)} video streams: the first (stream #{stream.index}, "
+            f"{stream.codec_context.width}x{stream.codec_context.height}) is read; to read another, extract it "
+            "first (e.g. ffmpeg -i IN -map 0:v:1 -c copy OUT.mkv)",
+            stacklevel=4,
+        )
     stream.thread_type = "AUTO"
     return container, stream
 
 
 def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | None) -> SampledVideo:
-    container, stream = _open(file)
+    container, stream = _open(file, warn=True)
     with container:
         index = _demux_index(container, stream)
-        fps = _frame_rate(stream, index)
+        stated = _stated_rate(stream)
         header = _header_duration(container, stream)
+        height, width = stream.codec_context.height, stream.codec_context.width
     if index.count == 0:
         raise ValueError(f"could not decode video at {str(file)!r}: the video stream has no frames")
-    duration = _duration(file, index, fps, header)
+    _check_memory(num_frames, height, width)
 
-    wanted = _select(index, num_frames, start_s, end_s, duration)
+    fps = _frame_rate(index, stated)
+    wanted = _select(index, num_frames, start_s, end_s, fps)
     kept = _decode_selected(file, index, sorted(set(wanted)), by_pts=index.pts is not None)
     if kept is None:  # the decoder dropped or re-timed frames: number them in decoding order, counted exactly
         index = _decode_index(file, fps)
         if index.count == 0:
             raise ValueError(f"could not decode video at {str(file)!r}: the decoder returned no frames")
-        wanted = _select(index, num_frames, start_s, end_s, duration)
+        fps = _frame_rate(index, stated)  # of the frames decoded, not the packets listed
+        wanted = _select(index, num_frames, start_s, end_s, fps)
         kept = _decode_selected(file, index, sorted(set(wanted)), by_pts=False)
         if kept is None:
             raise ValueError(f"could not decode video at {str(file)!r}: frames changed between decoding passes")
@@ -279,10 +322,46 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
         timestamps_s=[index.times_s[i] for i in wanted],
         frame_indices=wanted,
         fps=fps,
-        duration_s=duration,
+        duration_s=_duration(file, index, fps, header),
         source_frames=index.count,
         path=str(file),
     )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory new allocations can take: Linux's MemAvailable, else psutil's reading (psutil comes
+    with accelerate); None when neither can tell."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # stated in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # not installed, or no reading on this system
+        return None
+
+
+def _check_memory(num_frames: int, height: int, width: int) -> None:
+    """Refuse, before decoding, a request whose ``(N, H, W, 3)`` uint8 result cannot fit in memory."""
+    frame_bytes = height * width * 3
+    available = _available_memory()
+    if frame_bytes <= 0 or available is None or num_frames * frame_bytes <= available:
+        return
+    raise ValueError(
+        f"num_frames={num_frames} frames of {width}x{height} pixels need {_bytes(num_frames * frame_bytes)} as RGB, "
+        f"more than the {_bytes(available)} of memory available: ask for fewer frames (at most about "
+        f"{available // frame_bytes})"
+    )
+
+
+def _bytes(size: int) -> str:
+    """``size`` bytes in GiB, or MiB below one GiB."""
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def _origin(stream: av.VideoStream, first_pts: int) -> int:
@@ -291,51 +370,77 @@ def _origin(stream: av.VideoStream, first_pts: int) -> int:
     return first_pts if stream.start_time is None else max(int(stream.start_time), first_pts)
 
 
+def _increasing(values: list[int]) -> bool:
+    return all(a < b for a, b in zip(values, values[1:]))
+
+
+def _decoding_order_stamps(container: av.container.InputContainer, stream: av.VideoStream, stamps: list[int]) -> bool:
+    """Whether ``stamps`` (the packets' timestamps, in decoding order) are decoding ranks, not presentation
+    times: AVI stores no presentation times, so FFmpeg stamps each packet with its rank, which is not the
+    frame's place in presentation order when the decoder reorders frames (B-frames). Frames of other files
+    whose stamps turn out not to be presentation times are caught while decoding (see :func:`_decode_run`)."""
+    return container.format.name == "avi" and bool(stream.codec_context.has_b_frames) and _increasing(stamps)
+
+
 def _demux_index(container: av.container.InputContainer, stream: av.VideoStream) -> _Index:
     """Presentation timestamps of all frames, by demuxing (no decoding). Packets marked to discard (those
     an edit list hides: decoded for the frames after them, never shown) are not frames."""
-    pts: list[int] = []
+    stamps: list[int] = []  # in decoding order
+    keys: list[int] = []
+    last_pts, last_duration = None, 0  # the frame shown last: its timestamp and duration (stream time_base)
     missing = 0
     for packet in container.demux(stream):
         if packet.size == 0 or packet.is_discard:  # the flush packet at the end, or a hidden one
             continue
         if packet.pts is None:
             missing += 1
-        else:
-            pts.append(int(packet.pts))
-    if missing or not pts or stream.time_base is None:
-        count = len(pts) + missing
+            continue
+        pts = int(packet.pts)
+        if last_pts is None or pts >= last_pts:
+            last_pts, last_duration = pts, int(packet.duration or 0)
+        stamps.append(pts)
+        if packet.is_keyframe:
+            keys.append(pts)
+    if missing or not stamps or stream.time_base is None:
+        count = len(stamps) + missing
         rate = _stated_rate(stream)
         step = 1 / rate if rate else 0.0
         return _Index(pts=None, times_s=[i * step for i in range(count)], count=count)
-    pts.sort()
+    pts = sorted(stamps)
     origin = _origin(stream, pts[0])
     base = stream.time_base
+    times = [float((p - origin) * base) for p in pts]
+    last_duration_s = float(last_duration * base) if last_duration > 0 else None
+    if _decoding_order_stamps(container, stream, stamps):  # frames numbered as they come out; the times hold
+        return _Index(pts=None, times_s=times, count=len(pts), start_s=float(origin * base),
+                      last_duration_s=last_duration_s)
     return _Index(
-        pts=pts, times_s=[float((p - origin) * base) for p in pts], count=len(pts), start_s=float(origin * base)
+        pts=pts, times_s=times, count=len(pts), start_s=float(origin * base), keys=tuple(sorted(keys)),
+        last_duration_s=last_duration_s,
     )
 
 
 def _decode_index(file: Path, fps: float) -> _Index:
     """Count frames by decoding them all (fallback when packets cannot be trusted); times from the frames,
-    counted from the same origin as :func:`_demux_index`'s."""
+    counted from the same origin as :func:`_demux_index`'s, when they increase in the order the frames come
+    out, else ``rank / fps``."""
     container, stream = _open(file)
     with container:
         pts = [frame.pts for frame in container.decode(stream)]
         base = stream.time_base
-        if pts and base is not None and None not in pts:
+        if pts and base is not None and None not in pts and _increasing(pts):
             origin = _origin(stream, pts[0])
             times = [float((p - origin) * base) for p in pts]
             return _Index(pts=None, times_s=times, count=len(pts), start_s=float(origin * base))
     return _Index(pts=None, times_s=[i / fps for i in range(len(pts))], count=len(pts))
 
 
-def _frame_rate(stream: av.VideoStream, index: _Index) -> float:
+def _frame_rate(index: _Index, stated: float | None) -> float:
     """Average frame rate in frames per second: from the frames' own times (a variable-rate file's nominal
-    rate can be far from its real average), else the stream's stated rate, else 1."""
+    rate can be far from its real average), else the ``stated`` rate, else 1."""
     if index.count > 1 and index.times_s[-1] > index.times_s[0]:
         return (index.count - 1) / (index.times_s[-1] - index.times_s[0])
-    return _stated_rate(stream) or 1.0
+    return stated or 1.0
 
 
 def _stated_rate(stream: av.VideoStream) -> float | None:
@@ -355,12 +460,18 @@ def _header_duration(container: av.container.InputContainer, stream: av.VideoStr
     return None
 
 
+def _covered(index: _Index, fps: float) -> float:
+    """Seconds the frames cover: up to the last one's start, plus how long it is shown (its packet's
+    duration when stated, else one frame period)."""
+    return index.times_s[-1] + (index.last_duration_s or 1 / fps)
+
+
 def _duration(file: Path, index: _Index, fps: float, header: float | None) -> float:
     """The video's duration, seconds: the header's, unless it states none or one that ends before the
     last frame starts (an estimate from the bitrate), then the span the frames cover; or unless the frames
     end well before it (a file cut off, e.g. by an interrupted download, keeps its header), then that span,
     with a warning."""
-    covered = index.times_s[-1] + 1 / fps  # the last frame lasts one frame period
+    covered = _covered(index, fps)
     if header is None:
         return covered
     # A container's duration may run from its clock's zero to the stream's end (Matroska) rather than from
@@ -379,14 +490,14 @@ def _duration(file: Path, index: _Index, fps: float, header: float | None) -> fl
     return covered
 
 
-def _select(index: _Index, num_frames: int, start_s: float | None, end_s: float | None, duration: float) -> list[int]:
+def _select(index: _Index, num_frames: int, start_s: float | None, end_s: float | None, fps: float) -> list[int]:
     """Whole-video indices of the N sampled frames of the ``[start_s, end_s)`` clip."""
     first = 0 if start_s is None else bisect.bisect_left(index.times_s, start_s)
     stop = index.count if end_s is None else bisect.bisect_left(index.times_s, end_s)
     if stop <= first:
         raise ValueError(
-            f"no frame lies in the window start_s={start_s}, end_s={end_s} (seconds); the video lasts "
-            f"{duration:.3f} s with {index.count} frames: pick a window inside it"
+            f"no frame lies in the window start_s={start_s}, end_s={end_s} (seconds); the video's {index.count} "
+            f"frames cover {_covered(index, fps):.3f} s: pick a window inside it"
         )
     return [first + i for i in sample_indices(stop - first, num_frames)]
 
@@ -399,35 +510,111 @@ def _upright(frame: av.VideoFrame, pixels: np.ndarray) -> np.ndarray:
 
 
 def _decode_selected(file: Path, index: _Index, wanted: list[int], by_pts: bool) -> dict[int, np.ndarray] | None:
-    """Decode the frames ``wanted`` (sorted whole-video indices) in one sequential pass.
+    """Decode the frames ``wanted`` (sorted whole-video indices, no repeats) to ``(H, W, 3)`` uint8 arrays.
 
-    ``by_pts``: identify frames by their presentation timestamp (seeking to the first wanted frame first);
-    otherwise by their rank in decoding order from the start. Returns None when some wanted frame never
-    came out of the decoder.
+    ``by_pts``: identify frames by their presentation timestamp, in runs that each start with a seek to a
+    keyframe (see :func:`_runs`); otherwise by their rank in decoding order, from the start. Returns None when
+    the frames that come out do not match the index (a wanted frame never came out, or the timestamps are
+    not presentation times).
     """
     container, stream = _open(file)
     kept: dict[int, np.ndarray] = {}
-    targets = set(wanted)
-    size: tuple[int, int] | None = None
+    size: list[tuple[int, int]] = []  # (H, W) of the first frame kept: later ones (a resolution change) scale to it
+
+    def keep(i: int, frame: av.VideoFrame) -> None:
+        if not size:
+            size.append((frame.height, frame.width))
+        height, width = size[0]
+        kept[i] = _upright(frame, frame.to_ndarray(format="rgb24", height=height, width=width))
+
     with container:
-        locate: Callable[[av.VideoFrame, int], int | None]
-        if by_pts:
-            assert index.pts is not None
-            position = {p: i for i, p in enumerate(index.pts)}
-            if wanted[0] > 0:
-                container.seek(index.pts[wanted[0]], stream=stream, backward=True)
-            locate = lambda frame, _rank: position.get(frame.pts)  # noqa: E731
+        if not by_pts:
+            return kept if _decode_by_rank(container, stream, wanted, keep) else None
+        assert index.pts is not None
+        position = {p: i for i, p in enumerate(index.pts)}
+        for key, targets in _runs(index, wanted, position):
+            if not _decode_run(container, stream, key, targets, position, keep):
+                return None
+    return kept
+
+
+def _decode_by_rank(
+    container: av.container.InputContainer, stream: av.VideoStream, wanted: list[int],
+    keep: Callable[[int, av.VideoFrame], None],
+) -> bool:
+    """Decode from the start, numbering frames in the order they come out; False if the last wanted never does."""
+    targets = set(wanted)
+    for rank, frame in enumerate(container.decode(stream)):
+        if rank in targets:
+            keep(rank, frame)
+        if rank == wanted[-1]:
+            return True
+    return False
+
+
+def _keyframe_before(index: _Index, pts: int) -> int | None:
+    """Timestamp of the last keyframe shown at or before ``pts``; None if there is none."""
+    j = bisect.bisect_right(index.keys, pts) - 1
+    return index.keys[j] if j >= 0 else None
+
+
+def _runs(index: _Index, wanted: list[int], position: dict[int, int]) -> list[tuple[int | None, list[int]]]:
+    """``wanted`` split into runs of frames each decoded in one go: ``(key, frames)``, ``key`` the timestamp of
+    the keyframe to seek to first, or None to decode from the start.
+
+    A new run starts when the keyframe before a frame lies more than ``_SEEK_MIN_SKIP`` frames after the
+    previous wanted frame: seeking there skips decoding everything between. The first run decodes from the
+    start when its keyframe is the first one (or there is none before it).
+    """
+    runs: list[tuple[int | None, list[int]]] = []
+    for i in wanted:
+        key = _keyframe_before(index, index.pts[i])
+        if not runs:
+            runs.append((None if key is None or key == index.keys[0] else key, [i]))
+        elif key is None or position[key] - runs[-1][1][-1] <= _SEEK_MIN_SKIP:
+            runs[-1][1].append(i)
         else:
-            locate = lambda _frame, rank: rank  # noqa: E731
-        for rank, frame in enumerate(container.decode(stream)):
-            i = locate(frame, rank)
-            if i is None:
+            runs.append((key, [i]))
+    return runs
+
+
+def _decode_run(
+    container: av.container.InputContainer, stream: av.VideoStream, key: int | None, targets: list[int],
+    position: dict[int, int], keep: Callable[[int, av.VideoFrame], None],
+) -> bool:
+    """Decode the frames ``targets`` (sorted whole-video indices), after seeking to the keyframe shown at
+    ``key`` (None: from the start).
+
+    Frames shown before that keyframe are skipped (after a seek, an open GOP's frames shown before its keyframe
+    cannot be decoded). From the keyframe on, every frame that comes out must be the next one of the index, up
+    to the one after the last target: False otherwise (a frame the decoder dropped, a seek that landed past the
+    keyframe, or timestamps that are not presentation times, as in an AVI file with B-frames, whose frames
+    come out in presentation order with their decoding ranks as timestamps).
+    """
+    if key is not None:
+        container.seek(key, stream=stream, backward=True)
+    expected = None if key is None else position[key]  # index of the next frame to come out
+    counting = key is None
+    pending = iter(targets)
+    target = next(pending)
+    for frame in container.decode(stream):
+        i = None if frame.pts is None else position.get(frame.pts)
+        if i is None:  # not a frame of the video (e.g. one an edit list hides)
+            continue
+        if expected is None:  # from the start: count from the first frame that comes out
+            expected = i
+        if not counting:
+            if i < expected:  # shown before the keyframe
                 continue
-            if i in targets and i not in kept:
-                if size is None:
-                    size = (frame.height, frame.width)
-                # (H, W, 3) uint8; frames of another size (a resolution change) are scaled to the first's
-                kept[i] = _upright(frame, frame.to_ndarray(format="rgb24", height=size[0], width=size[1]))
-            if len(kept) == len(targets):
-                break
-    return kept if len(kept) == len(targets) else None
+            counting = True
+        if i != expected:
+            return False
+        expected += 1
+        if target is None:  # the frame after the last target came out in order too
+            return True
+        if i > target:
+            return False
+        if i == target:
+            keep(i, frame)
+            target = next(pending, None)
+    return target is None
