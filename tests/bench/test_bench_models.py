@@ -510,3 +510,58 @@ def test_the_default_methods_run_on_the_tiny_shape(capsys):
 def test_unpatched_takes_no_options():
     with pytest.raises(ValueError, match="unpatched .* takes no options, got 'unpatched:x=1'"):
         run_model_bench("tiny", methods=["unpatched:x=1"], repeats=1, warmup=0, new_tokens=2)
+
+
+def test_a_frame_count_the_model_cannot_take_is_refused_before_building(monkeypatch):
+    import hieravid.bench.models as bench_models
+
+    built = []
+    monkeypatch.setattr(bench_models, "build_bench_model", lambda shape, **kw: built.append(shape))
+    with pytest.raises(ValueError, match=r"mini: frames must be a multiple of 2 \(frames per temporal group\), got 15"):
+        run_model_bench("mini", frames=15, methods=["vanilla"], repeats=1, warmup=0, new_tokens=2)
+    with pytest.raises(ValueError, match="frames must be >= 1"):
+        run_model_bench("tiny", frames=0, methods=["vanilla"], repeats=1, warmup=0, new_tokens=2)
+    assert built == []
+
+
+def test_the_heap_is_grown_back_after_the_memory_rounds(monkeypatch):
+    """Each CPU memory measurement trims the heap; one unmeasured vanilla call after the last warm-up round
+    grows it back before the first timed call, whichever method was measured last."""
+    import hieravid.bench.models as bench_models
+
+    measure, calls = bench_models._measure, []
+
+    def spy(model, inputs, name, budget, new_tokens, recorder, device, memory=True):
+        calls.append((name, budget, memory))
+        return measure(model, inputs, name, budget, new_tokens, recorder, device, memory)
+
+    monkeypatch.setattr(bench_models, "_measure", spy)
+    run_model_bench("tiny", methods=["evs"], budgets=[0.5], repeats=1, warmup=1, new_tokens=2)
+    assert calls == [("vanilla", 1.0, True), ("evs", 0.5, True), ("vanilla", 1.0, False),  # warm-up, refill
+                     ("evs", 0.5, False), ("vanilla", 1.0, False)]  # the timed round, rotated
+
+
+def test_the_report_says_how_memory_was_measured_and_which_goals_it_checked(bench):
+    _, report = bench
+    result = ModelBenchResult.from_dict(report)
+    assert f"peak memory: {result.memory_note}" in format_report(result).splitlines()
+    assert "not checked" not in format_report(result)  # 0.3 was measured
+    at_half = ModelBenchResult.from_dict(
+        {**report, "results": [r for r in report["results"] if r["budget"] != 0.3]}
+    )
+    text = format_report(at_half)
+    assert "hieravid@0.5 deciding <= 3% of vanilla prefill" in text
+    assert "(not checked: the speed-up and KV goals at budget 0.3, which this run did not measure)" in text
+    at_one = ModelBenchResult.from_dict(
+        {**report, "results": [{**r, "budget": 1.0} for r in report["results"] if r["method"] in ("vanilla", "hieravid")][:2]}
+    )
+    assert not [g for g in check_goals(at_one) if "deciding" in g.name]  # nothing is decided at budget 1
+
+
+def test_the_load_is_judged_per_core_of_the_machine_that_measured(bench):
+    _, report = bench
+    result = ModelBenchResult.from_dict(report)
+    assert result.cpu_count == os.cpu_count()
+    result.others_cpu, result.load_average = None, [2.0 * os.cpu_count(), 0.0]
+    result.cpu_count = 64 * os.cpu_count()  # a bigger machine: the same load is light there
+    assert "timings are unreliable" not in format_report(result)

@@ -4,7 +4,10 @@ of a real model's shape, timed stage by stage.
 The features are synthetic but structured like a real video: ``scenes`` scenes separated by hard cuts,
 each scene a fixed pattern per token slot that drifts slowly from frame to frame, so segmentation finds
 the scenes and stage 1 has runs to merge. In-LLM hidden states are the merged tokens; keys and the query
-row are random (they come from the model's own projections in a real run and cost nothing extra).
+row are random and made outside the timer. In a model the relevance row's query and keys come from the
+decision layer's own input norm and key projection over the whole sequence, which the runtime runs inside
+the decision (``hieravid bench`` times it): this benchmark times the selection itself, not that
+projection.
 """
 
 from __future__ import annotations
