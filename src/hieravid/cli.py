@@ -577,7 +577,7 @@ def _add_train_proxy(subparsers: Any) -> None:
         help="train the small proxy VideoLLM from scratch on the synthetic suite (CPU)",
         description=(
             "Train the proxy model (a small Qwen2-VL, see hieravid.proxy.build) from scratch on freshly "
-            "generated synthetic videos. Checkpoints every few steps; --resume continues an interrupted run."
+            "generated synthetic videos. Checkpoints every 25 steps and at the last; --resume continues an interrupted run."
         ),
     )
     parser.add_argument("--out", required=True, help="directory for the model, checkpoint and training log")
@@ -640,7 +640,7 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
                   f"{config.checkpoint_every} steps): run the same command with --resume to go on", file=sys.stderr)
         else:
             print(f"hieravid train-proxy: interrupted before the first checkpoint (at step "
-                  f"{config.checkpoint_every}): nothing to resume; run the same command again, without --resume",
+                  f"{min(config.checkpoint_every, config.steps)}): nothing to resume; run the same command again, without --resume",
                   file=sys.stderr)
         return 130
     from hieravid.proxy.card import write_card

@@ -161,6 +161,8 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
     monkeypatch.setattr(proxy_train, "train", interrupted)
     assert main(["train-proxy", "--out", str(tmp_path / "run")]) == 130
     assert "interrupted before the first checkpoint (at step 25): nothing to resume" in capsys.readouterr().err
+    assert main(["train-proxy", "--out", str(tmp_path / "short"), "--steps", "6"]) == 130  # its last step checkpoints
+    assert "interrupted before the first checkpoint (at step 6): nothing to resume" in capsys.readouterr().err
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     assert main(["train-proxy", "--out", str(tmp_path / "run")]) == 130

@@ -137,7 +137,7 @@ def _cuts(rng: np.random.Generator, scenes: int) -> tuple[list[int], list[int]]:
 
 def _place(rng: np.random.Generator, count: int, avoid: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """``count`` non-overlapping top-left corners on a coarse grid of cells (never touching ``avoid``)."""
-    cells = (FRAME_SIZE - 4) // (OBJECT_SIZE + 4)  # 4 cells per side
+    cells = (FRAME_SIZE - 4) // (OBJECT_SIZE + 4)  # 3 cells per side
     free = [(r, c) for r in range(cells) for c in range(cells) if (r, c) not in avoid]
     chosen = rng.choice(len(free), size=count, replace=False)
     pitch = OBJECT_SIZE + 4
