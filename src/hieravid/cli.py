@@ -221,11 +221,11 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_dict())
         return 0
-    found = f"{result.segments_found} segments found" if any(result.ratios) else "nothing to decide at this budget"
+    found = (_count(result.segments_found, "segment") + " found") if any(result.ratios) else "nothing to decide at this budget"
     print(f"machine: {result.machine}")
     print(
-        f"shape: {result.frames} frames x {result.slots} tokens, d = {result.dim}, {result.scenes} planted "
-        f"scenes ({found}), budget {result.budget:g}, "
+        f"shape: {result.frames} frames x {result.slots} tokens, d = {result.dim}, "
+        f"{_count(result.scenes, 'planted scene')} ({found}), budget {result.budget:g}, "
         f"ratios {[round(r, 4) for r in result.ratios]}, greedy loop {result.greedy_backend}"
     )
     print(f"{'stage':>5}  {'tokens after':>12}  {'median ms':>10}")
@@ -489,8 +489,8 @@ def _add_eval(subparsers: Any) -> None:
                         help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
     parser.add_argument("--data-root", default="data", help="folder holding the benchmarks (default ./data)")
     parser.add_argument("--num-frames", type=_positive_int, default=32,
-                        help="frames per video (default 32, the paper's for LLaVA-OneVision; it gives "
-                             "LLaVA-Video 64)")
+                        help="frames per video (default 32, the paper's for LLaVA-OneVision; the paper "
+                             "gives LLaVA-Video 64: pass --num-frames 64 there)")
     parser.add_argument("--out", required=True, help="output folder (an existing one is resumed)")
     parser.add_argument("--device", default="auto",
                         help="auto (one GPU per process if CUDA is there, else CPU), cpu, cuda (default auto)")
@@ -568,6 +568,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------- train-proxy
 
 
+def _count(n: int, noun: str) -> str:
+    """``n noun``, the noun plural unless n is 1."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _add_train_proxy(subparsers: Any) -> None:
     from hieravid.proxy.train import TrainConfig
 
@@ -581,13 +586,13 @@ def _add_train_proxy(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--out", required=True, help="directory for the model, checkpoint and training log")
-    parser.add_argument("--steps", type=_positive_int, default=defaults.steps, help="optimizer steps")
-    parser.add_argument("--batch", type=_positive_int, default=defaults.batch, help="videos per step")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
-    parser.add_argument("--seed", type=_non_negative_int, default=defaults.seed, help="initial weights' seed")
-    parser.add_argument("--threads", type=_non_negative_int, default=defaults.threads, help="torch threads (0: torch default)")
+    parser.add_argument("--steps", type=_positive_int, default=defaults.steps, help="optimizer steps (default %(default)s)")
+    parser.add_argument("--batch", type=_positive_int, default=defaults.batch, help="videos per step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=defaults.seed, help="initial weights' seed (default %(default)s)")
+    parser.add_argument("--threads", type=_non_negative_int, default=defaults.threads, help="torch threads (0: torch's own choice; default %(default)s)")
     parser.add_argument(
-        "--eval-every", type=_positive_int, default=defaults.eval_every, help="steps between validation measurements"
+        "--eval-every", type=_positive_int, default=defaults.eval_every, help="steps between validation measurements (default %(default)s)"
     )
     parser.add_argument(
         "--describe", action=argparse.BooleanOptionalAction, default=defaults.describe,
