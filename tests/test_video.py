@@ -492,9 +492,11 @@ def test_too_many_frames_for_memory_are_refused_before_decoding(clips, monkeypat
     def no_decoding(*args):
         raise AssertionError("decoded before the memory check")
 
-    monkeypatch.setattr(video, "_available_memory", lambda: 2**20)  # 1 MiB: 56 frames of 96x64
+    monkeypatch.setattr(video, "_available_memory", lambda: 2**20)  # 1 MiB
     monkeypatch.setattr(video, "_decode_selected", no_decoding)
-    message = r"num_frames=100 frames of 96x64 pixels need 1.8 MiB as RGB, more than the 1.0 MiB .*at most about 56"
+    # 100 frames out and the clip's 40 decoded ones, 18 KiB each; at most 1 MiB / (2 x 18 KiB) frames
+    message = (r"num_frames=100 frames of 96x64 pixels need 2.5 MiB \(the frames decoded and the array they are "
+               r"stacked into, RGB\), more than the 1.0 MiB .*at most about 28")
     with pytest.raises(ValueError, match=message):
         read_video(clips["mp4"], 100)
 
@@ -506,9 +508,27 @@ def test_unreadable_files_say_what_is_wrong_without_ffmpeg_codes(clips, tmp_path
     data = open(clips["mp4"], "rb").read()
     cut.write_bytes(data[: len(data) // 2])
     for path in (text, cut):
-        with pytest.raises(ValueError, match=r"at .*\.mp4'?: it is not a video file, or an incomplete one") as info:
+        with pytest.raises(ValueError, match=r"at .*\.mp4'?: .*it is not a video file, or a damaged or incomplete") as info:
             read_video(path, 4)
         assert "'moov' index" in str(info.value) and "Errno" not in str(info.value)
+    renamed = tmp_path / "notes.mkv"  # the 'moov' hint is for the containers that have one
+    renamed.write_text("not a video\n" * 100)
+    with pytest.raises(ValueError, match="not a video file") as info:
+        read_video(renamed, 4)
+    assert "'moov'" not in str(info.value)
+
+
+def test_damaged_data_met_while_decoding_is_named_so(tmp_path):
+    path = write_bars(tmp_path / "v.avi", 100, codec="mpeg4", options={"g": "10"})
+    data = bytearray(open(path, "rb").read())
+    rng = np.random.default_rng(0)
+    for offset in rng.integers(len(data) // 3, 2 * len(data) // 3, 200):  # frames' data, not the header
+        data[offset] = rng.integers(0, 256)
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged data while decoding its frames \(Invalid data found") as info:
+        read_video(damaged, 100)
+    assert "Errno" not in str(info.value) and "not a video file" not in str(info.value)
 
 
 @needs_x264
@@ -585,6 +605,7 @@ SEEKABLE = {  # codec, suffix, encoder options: a keyframe every 50 frames, B-fr
     "hevc-b-frames-mp4": ("libx265", "mp4", {"x265-params": "log-level=error:keyint=50:open-gop=1:bframes=4"}),
     "vp9-webm": ("libvpx-vp9", "webm", {"g": "50", "deadline": "realtime", "cpu-used": "8"}),
     "mpeg4-b-frames-avi": ("mpeg4", "avi", {"g": "50", "bf": "2"}),
+    "x264-b-frames-ts": ("libx264", "ts", {"x264-params": "keyint=50:min-keyint=50:bframes=3"}),  # no index
 }
 
 
@@ -597,9 +618,9 @@ def test_seeking_to_each_keyframe_returns_the_frames_of_a_full_decode(tmp_path, 
     runs = []
     original = video._decode_run
 
-    def recording(container, stream, key, targets, position, keep):
+    def recording(container, stream, key, targets, position, keep, **kwargs):
         runs.append(key)
-        return original(container, stream, key, targets, position, keep)
+        return original(container, stream, key, targets, position, keep, **kwargs)
 
     monkeypatch.setattr(video, "_decode_run", recording)
     for n, window in ((5, {}), (2, {}), (9, {"start_s": 1.9}), (3, {"start_s": 4.0, "end_s": 8.0}), (250, {})):
@@ -616,3 +637,20 @@ def test_seeking_to_each_keyframe_returns_the_frames_of_a_full_decode(tmp_path, 
             index = video._demux_index(container, stream)
         everything = video._decode_selected(Path(path), index, sorted(set(sampled.frame_indices)), by_pts=False)
         assert all(np.array_equal(everything[i], frame) for i, frame in zip(sampled.frame_indices, sampled.frames))
+
+
+def test_a_seek_that_misses_its_keyframe_reads_the_rest_from_the_start(tmp_path, monkeypatch):
+    """MPEG-PS has no index: after a seek its first frames may carry no timestamp, so the run cannot check
+    them against the index. The frames left are then decoded in one pass from the start, not by counting
+    every frame first (the fallback for files whose timestamps cannot be trusted)."""
+    if "mpeg2video" not in av.codecs_available:
+        pytest.skip("this PyAV build has no mpeg2video")
+    path = write_bars(tmp_path / "v.mpg", 250, codec="mpeg2video", options={"g": "50", "bf": "2"})
+    runs, counted = [], []
+    original = video._decode_run
+    monkeypatch.setattr(video, "_decode_run", lambda *args, **kwargs: runs.append(args[2]) or original(*args, **kwargs))
+    monkeypatch.setattr(video, "_decode_index", lambda *args: counted.append(args) or pytest.fail("counted"))
+    sampled = read_video(path, 5)
+    assert read_bars(sampled.frames) == sampled.frame_indices
+    assert runs[0] is None and runs[-1] is None and any(key is not None for key in runs)  # a seek, then the start
+    assert counted == []

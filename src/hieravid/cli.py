@@ -202,6 +202,11 @@ def _add_bench_ops(subparsers: Any) -> None:
     parser.set_defaults(func=_cmd_bench_ops)
 
 
+def _count(n: int, noun: str) -> str:
+    """``n noun``, the noun plural unless n is 1."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _cmd_bench_ops(args: argparse.Namespace) -> int:
     """Run ``hieravid bench-ops``."""
     from hieravid.bench.ops import run_ops_bench  # imported here: the other commands need no benchmark
@@ -221,7 +226,9 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_dict())
         return 0
-    found = (_count(result.segments_found, "segment") + " found") if any(result.ratios) else "nothing to decide at this budget"
+    found = "nothing to decide at this budget"
+    if any(result.ratios):
+        found = f"{_count(result.segments_found, 'segment')} found"
     print(f"machine: {result.machine}")
     print(
         f"shape: {result.frames} frames x {result.slots} tokens, d = {result.dim}, "
@@ -568,11 +575,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------- train-proxy
 
 
-def _count(n: int, noun: str) -> str:
-    """``n noun``, the noun plural unless n is 1."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
 def _add_train_proxy(subparsers: Any) -> None:
     from hieravid.proxy.train import TrainConfig
 
@@ -582,7 +584,8 @@ def _add_train_proxy(subparsers: Any) -> None:
         help="train the small proxy VideoLLM from scratch on the synthetic suite (CPU)",
         description=(
             "Train the proxy model (a small Qwen2-VL, see hieravid.proxy.build) from scratch on freshly "
-            "generated synthetic videos. Checkpoints every 25 steps and at the last; --resume continues an interrupted run."
+            f"generated synthetic videos. Checkpoints every {defaults.checkpoint_every} steps and at the last; "
+            "--resume continues an interrupted run."
         ),
     )
     parser.add_argument("--out", required=True, help="directory for the model, checkpoint and training log")

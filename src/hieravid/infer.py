@@ -212,8 +212,11 @@ def build_inputs(
             input_data_format="channels_last",
         )
     except ValueError as err:  # e.g. Qwen3-VL's video processor wants at least its temporal patch of frames
-        if "aspect ratio" in str(err):  # near the limit, after the processor's own rounding
-            raise _aspect_error(loaded.family, height, width) from err
+        if "aspect ratio" in str(err):  # should the processor's own rule differ from the check above
+            raise ValueError(
+                f"the {loaded.family} processor refused frames of {width}x{height} pixels ({err}): crop or pad the "
+                "video to a less elongated frame (e.g. ffmpeg's crop or pad filter)"
+            ) from err
         if "temporal" not in str(err):
             raise
         raise ValueError(f"the {loaded.family} processor refused {count} frame(s) ({err}): pass more frames "

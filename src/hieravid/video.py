@@ -144,10 +144,10 @@ def read_video(
         raise ValueError(f"could not decode video at {str(file)!r}: the file is empty (0 bytes)")
     try:
         return _read(file, num_frames, start_s, end_s)
-    except av.error.InvalidDataError as err:
+    except av.error.InvalidDataError as err:  # while decoding (listing the frames has its own message)
         raise ValueError(
-            f"could not decode video at {str(file)!r}: it is not a video file, or an incomplete one (an MP4 cut "
-            "off before its 'moov' index is unreadable: re-download or remux it)"
+            f"could not decode video at {str(file)!r}: FFmpeg found damaged data while decoding its frames "
+            f"({err.strerror}): re-download the file, or re-encode it skipping what is damaged"
         ) from err
     except av.FFmpegError as err:
         if isinstance(err, (PermissionError, FileNotFoundError, IsADirectoryError)):  # not the content's fault
@@ -256,6 +256,10 @@ class _Index:
     count: int  # frames in the video
     start_s: float = 0.0  # where times_s counts from, on the stream's clock, seconds
     keys: tuple[int, ...] = ()  # sorted timestamps of the keyframes (where decoding can start after a seek)
+    # Per keyframe (same order), the timestamp to seek to: its packet's decoding timestamp, which a
+    # container without an index (MPEG-TS, MPEG-PS) seeks by; a seek to the presentation time of a keyframe
+    # followed by B-frames would land one group of pictures late there.
+    key_seeks: tuple[int, ...] = ()
     last_duration_s: float | None = None  # how long the last frame is shown, seconds; None: not stated
 
 
@@ -292,16 +296,28 @@ def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContaine
     return container, stream
 
 
+# Containers whose index (MP4's 'moov' atom) may be written last: a file cut off before it cannot be opened.
+_INDEXED_LAST = (".mp4", ".m4v", ".mov", ".3gp")
+
+
 def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | None) -> SampledVideo:
-    container, stream = _open(file, warn=True)
-    with container:
-        index = _demux_index(container, stream)
-        stated = _stated_rate(stream)
-        header = _header_duration(container, stream)
-        height, width = stream.codec_context.height, stream.codec_context.width
+    try:
+        container, stream = _open(file, warn=True)
+        with container:
+            index = _demux_index(container, stream)
+            stated = _stated_rate(stream)
+            header = _header_duration(container, stream)
+            height, width = stream.codec_context.height, stream.codec_context.width
+    except av.error.InvalidDataError as err:  # FFmpeg cannot even list the frames
+        hint = (" (an MP4 cut off before its 'moov' index is unreadable: re-download or remux it)"
+                if file.suffix.lower() in _INDEXED_LAST else "")
+        raise ValueError(
+            f"could not decode video at {str(file)!r}: FFmpeg cannot list its frames: it is not a video file, or "
+            f"a damaged or incomplete one{hint}"
+        ) from err
     if index.count == 0:
         raise ValueError(f"could not decode video at {str(file)!r}: the video stream has no frames")
-    _check_memory(num_frames, height, width)
+    _check_memory(num_frames, min(num_frames, index.count), height, width)
 
     fps = _frame_rate(index, stated)
     wanted = _select(index, num_frames, start_s, end_s, fps)
@@ -329,15 +345,26 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
 
 
 def _available_memory() -> int | None:
-    """Bytes of memory new allocations can take: Linux's MemAvailable, else psutil's reading (psutil comes
-    with accelerate); None when neither can tell."""
+    """Bytes of memory new allocations can take: Linux's MemAvailable, or less where a cgroup (a container,
+    a batch job) limits the process, else psutil's reading (psutil comes with accelerate); None when none
+    can tell."""
+    available = None
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # stated in kB
+                    available = int(line.split()[1]) * 1024  # stated in kB
     except (OSError, ValueError, IndexError):
         pass
+    try:  # cgroup v2: the limit ("max" when none) less what the group already uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    if available is not None:
+        return max(available, 0)
     try:
         import psutil
 
@@ -346,16 +373,18 @@ def _available_memory() -> int | None:
         return None
 
 
-def _check_memory(num_frames: int, height: int, width: int) -> None:
-    """Refuse, before decoding, a request whose ``(N, H, W, 3)`` uint8 result cannot fit in memory."""
+def _check_memory(num_frames: int, distinct: int, height: int, width: int) -> None:
+    """Refuse, before decoding, a request that cannot fit in memory: the ``distinct`` frames decoded and the
+    ``(N, H, W, 3)`` uint8 result they are stacked into."""
     frame_bytes = height * width * 3
+    need = (num_frames + distinct) * frame_bytes
     available = _available_memory()
-    if frame_bytes <= 0 or available is None or num_frames * frame_bytes <= available:
+    if frame_bytes <= 0 or available is None or need <= available:
         return
     raise ValueError(
-        f"num_frames={num_frames} frames of {width}x{height} pixels need {_bytes(num_frames * frame_bytes)} as RGB, "
-        f"more than the {_bytes(available)} of memory available: ask for fewer frames (at most about "
-        f"{available // frame_bytes})"
+        f"num_frames={num_frames} frames of {width}x{height} pixels need {_bytes(need)} (the frames decoded and "
+        f"the array they are stacked into, RGB), more than the {_bytes(available)} of memory available: ask for "
+        f"fewer frames (at most about {available // (2 * frame_bytes)})"
     )
 
 
@@ -386,7 +415,7 @@ def _demux_index(container: av.container.InputContainer, stream: av.VideoStream)
     """Presentation timestamps of all frames, by demuxing (no decoding). Packets marked to discard (those
     an edit list hides: decoded for the frames after them, never shown) are not frames."""
     stamps: list[int] = []  # in decoding order
-    keys: list[int] = []
+    keys: list[tuple[int, int]] = []  # (pts, dts) of each keyframe
     last_pts, last_duration = None, 0  # the frame shown last: its timestamp and duration (stream time_base)
     missing = 0
     for packet in container.demux(stream):
@@ -400,7 +429,7 @@ def _demux_index(container: av.container.InputContainer, stream: av.VideoStream)
             last_pts, last_duration = pts, int(packet.duration or 0)
         stamps.append(pts)
         if packet.is_keyframe:
-            keys.append(pts)
+            keys.append((pts, pts if packet.dts is None else int(packet.dts)))
     if missing or not stamps or stream.time_base is None:
         count = len(stamps) + missing
         rate = _stated_rate(stream)
@@ -415,8 +444,8 @@ def _demux_index(container: av.container.InputContainer, stream: av.VideoStream)
         return _Index(pts=None, times_s=times, count=len(pts), start_s=float(origin * base),
                       last_duration_s=last_duration_s)
     return _Index(
-        pts=pts, times_s=times, count=len(pts), start_s=float(origin * base), keys=tuple(sorted(keys)),
-        last_duration_s=last_duration_s,
+        pts=pts, times_s=times, count=len(pts), start_s=float(origin * base), keys=tuple(k for k, _ in sorted(keys)),
+        key_seeks=tuple(d for _, d in sorted(keys)), last_duration_s=last_duration_s,
     )
 
 
@@ -513,9 +542,11 @@ def _decode_selected(file: Path, index: _Index, wanted: list[int], by_pts: bool)
     """Decode the frames ``wanted`` (sorted whole-video indices, no repeats) to ``(H, W, 3)`` uint8 arrays.
 
     ``by_pts``: identify frames by their presentation timestamp, in runs that each start with a seek to a
-    keyframe (see :func:`_runs`); otherwise by their rank in decoding order, from the start. Returns None when
-    the frames that come out do not match the index (a wanted frame never came out, or the timestamps are
-    not presentation times).
+    keyframe (see :func:`_runs`); otherwise by their rank in decoding order, from the start. A run whose seek
+    does not land on its keyframe (a container without an index, such as MPEG-PS, whose frames after a seek
+    may carry no timestamps) sends the frames left to one pass from the start. Returns None when the frames
+    that come out from the start do not match the index (a wanted frame never came out, or the timestamps
+    are not presentation times).
     """
     container, stream = _open(file)
     kept: dict[int, np.ndarray] = {}
@@ -532,10 +563,19 @@ def _decode_selected(file: Path, index: _Index, wanted: list[int], by_pts: bool)
             return kept if _decode_by_rank(container, stream, wanted, keep) else None
         assert index.pts is not None
         position = {p: i for i, p in enumerate(index.pts)}
-        for key, targets in _runs(index, wanted, position):
-            if not _decode_run(container, stream, key, targets, position, keep):
-                return None
-    return kept
+        seek_of = dict(zip(index.keys, index.key_seeks))
+        runs = _runs(index, wanted, position)
+        for done, (key, targets) in enumerate(runs):
+            if not _decode_run(container, stream, key, targets, position, keep, seek_to=seek_of.get(key, key)):
+                break
+        else:
+            return kept
+    if key is None:  # decoded from the start, and the frames do not match the index
+        return None
+    rest = [i for _, targets in runs[done:] for i in targets]
+    container, stream = _open(file)
+    with container:
+        return kept if _decode_run(container, stream, None, rest, position, keep) else None
 
 
 def _decode_by_rank(
@@ -580,10 +620,10 @@ def _runs(index: _Index, wanted: list[int], position: dict[int, int]) -> list[tu
 
 def _decode_run(
     container: av.container.InputContainer, stream: av.VideoStream, key: int | None, targets: list[int],
-    position: dict[int, int], keep: Callable[[int, av.VideoFrame], None],
+    position: dict[int, int], keep: Callable[[int, av.VideoFrame], None], seek_to: int | None = None,
 ) -> bool:
     """Decode the frames ``targets`` (sorted whole-video indices), after seeking to the keyframe shown at
-    ``key`` (None: from the start).
+    ``key`` (None: from the start), at its packet's decoding timestamp ``seek_to`` (default ``key``).
 
     Frames shown before that keyframe are skipped (after a seek, an open GOP's frames shown before its keyframe
     cannot be decoded). From the keyframe on, every frame that comes out must be the next one of the index, up
@@ -592,7 +632,7 @@ def _decode_run(
     come out in presentation order with their decoding ranks as timestamps).
     """
     if key is not None:
-        container.seek(key, stream=stream, backward=True)
+        container.seek(key if seek_to is None else seek_to, stream=stream, backward=True)
     expected = None if key is None else position[key]  # index of the next frame to come out
     counting = key is None
     pending = iter(targets)

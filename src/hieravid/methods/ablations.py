@@ -133,7 +133,8 @@ def create_hieravid_topk(budget: float, **options: Any) -> PruningMethod:
     unused = ("in_llm_selector", "greedy_backend", "dpp_rank_floor")
     why = "its in-LLM stages run a top-k, no DPP"
     if topk_by == "attention":
-        unused, why = unused + ("relevance_sign",), why + ", ranked by the attention itself (topk_by=relevance uses the sign)"
+        unused = unused + ("relevance_sign",)
+        why += ", ranked by the attention itself (topk_by=relevance uses the sign)"
     return HieraVidTopK(_config("hieravid_topk", budget, options, unused=(unused, why)), topk_by=topk_by)
 
 

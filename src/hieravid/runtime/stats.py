@@ -113,15 +113,17 @@ def count_flops(
     """FLOPs of a batch, sample by sample (attention is quadratic per sample), each sample's LM head over
     the positions ``logits_to_keep`` asks for (see :func:`lm_head_positions`); ``causal``: the causal
     attention pairs (SDPA) or the dense products (eager attention)."""
+
+    def exact(rows: list[int], text: int) -> float:  # rows: visual tokens per layer; the LM head reads the last
+        return exact_flops(shape, rows, text, lm_head_tokens=lm_head_positions(logits_to_keep, rows[-1] + text),
+                           causal=causal)
+
     paper = sum(paper_flops(rows, shape.hidden_size, shape.intermediate_size) for rows in per_sample_tokens)
-    exact = sum(
-        exact_flops(shape, rows, text, lm_head_tokens=lm_head_positions(logits_to_keep, rows[-1] + text), causal=causal)
-        for rows, text in zip(per_sample_tokens, text_tokens)
-    )
     layers = shape.num_layers
     vanilla_paper = sum(paper_flops([n] * layers, shape.hidden_size, shape.intermediate_size) for n in original_visual)
-    vanilla_exact = sum(
-        exact_flops(shape, [n] * layers, text, lm_head_tokens=lm_head_positions(logits_to_keep, n + text), causal=causal)
-        for n, text in zip(original_visual, text_tokens)
+    return FlopsCount(
+        paper=paper,
+        exact=sum(exact(rows, text) for rows, text in zip(per_sample_tokens, text_tokens)),
+        vanilla_paper=vanilla_paper,
+        vanilla_exact=sum(exact([n] * layers, text) for n, text in zip(original_visual, text_tokens)),
     )
-    return FlopsCount(paper=paper, exact=exact, vanilla_paper=vanilla_paper, vanilla_exact=vanilla_exact)
