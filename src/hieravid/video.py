@@ -46,7 +46,7 @@ import bisect
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -256,10 +256,10 @@ class _Index:
     count: int  # frames in the video
     start_s: float = 0.0  # where times_s counts from, on the stream's clock, seconds
     keys: tuple[int, ...] = ()  # sorted timestamps of the keyframes (where decoding can start after a seek)
-    # Per keyframe (same order), the timestamp to seek to: its packet's decoding timestamp, which a
-    # container without an index (MPEG-TS, MPEG-PS) seeks by; a seek to the presentation time of a keyframe
-    # followed by B-frames would land one group of pictures late there.
-    key_seeks: tuple[int, ...] = ()
+    # Keyframe timestamp -> the timestamp to seek to: its packet's decoding timestamp, which a container
+    # without an index (MPEG-TS, MPEG-PS) seeks by; a seek to the presentation time of a keyframe followed
+    # by B-frames would land one group of pictures late there.
+    key_seeks: dict[int, int] = field(default_factory=dict)
     last_duration_s: float | None = None  # how long the last frame is shown, seconds; None: not stated
 
 
@@ -444,8 +444,8 @@ def _demux_index(container: av.container.InputContainer, stream: av.VideoStream)
         return _Index(pts=None, times_s=times, count=len(pts), start_s=float(origin * base),
                       last_duration_s=last_duration_s)
     return _Index(
-        pts=pts, times_s=times, count=len(pts), start_s=float(origin * base), keys=tuple(k for k, _ in sorted(keys)),
-        key_seeks=tuple(d for _, d in sorted(keys)), last_duration_s=last_duration_s,
+        pts=pts, times_s=times, count=len(pts), start_s=float(origin * base), keys=tuple(sorted(k for k, _ in keys)),
+        key_seeks=dict(keys), last_duration_s=last_duration_s,
     )
 
 
@@ -563,14 +563,13 @@ def _decode_selected(file: Path, index: _Index, wanted: list[int], by_pts: bool)
             return kept if _decode_by_rank(container, stream, wanted, keep) else None
         assert index.pts is not None
         position = {p: i for i, p in enumerate(index.pts)}
-        seek_of = dict(zip(index.keys, index.key_seeks))
         runs = _runs(index, wanted, position)
         for done, (key, targets) in enumerate(runs):
-            if not _decode_run(container, stream, key, targets, position, keep, seek_to=seek_of.get(key, key)):
+            if not _decode_run(container, stream, key, targets, position, keep, seek_to=index.key_seeks.get(key)):
                 break
         else:
             return kept
-    if key is None:  # decoded from the start, and the frames do not match the index
+    if runs[done][0] is None:  # decoded from the start, and the frames do not match the index
         return None
     rest = [i for _, targets in runs[done:] for i in targets]
     container, stream = _open(file)
