@@ -6,6 +6,7 @@ equation to its switches); the defaults are the paper's.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, fields
 from typing import Literal, Sequence
@@ -18,18 +19,19 @@ InLLMSelector = Literal["dpp", "bins"]
 GreedyBackend = Literal["auto", "torch", "numba", "triton"]
 
 
-def _is_number(value: object) -> bool:
-    """A real number, not a bool (``True`` would pass for 1)."""
+def is_number(value: object) -> bool:
+    """A real number (Python's or numpy's), not a bool (``True`` would pass for 1)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_integer(value: object) -> bool:
+def is_integer(value: object) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_budget(budget: float, name: str = "budget") -> float:
     """Return ``budget`` as a float if it lies in (0, 1]; otherwise raise a ``ValueError`` naming it."""
-    if not _is_number(budget) or not 0.0 < float(budget) <= 1.0:
+    if not is_number(budget) or not 0.0 < float(budget) <= 1.0:
         raise ValueError(
             f"{name} must be a fraction of visual tokens kept in (0, 1], got {budget!r}; "
             f"e.g. {name}=0.3 keeps 30% of the visual tokens on average over the decoder layers"
@@ -39,7 +41,7 @@ def check_budget(budget: float, name: str = "budget") -> float:
 
 def check_ratio(ratio: float, name: str) -> float:
     """Return ``ratio`` as a float if it is a pruning ratio in [0, 1); otherwise raise a ``ValueError``."""
-    if not _is_number(ratio) or not 0.0 <= float(ratio) < 1.0:
+    if not is_number(ratio) or not 0.0 <= float(ratio) < 1.0:
         raise ValueError(
             f"{name} must be a pruning ratio (fraction of tokens removed) in [0, 1), got {ratio!r}"
         )
@@ -55,11 +57,11 @@ def check_choice(value: str, name: str, allowed: Sequence[str]) -> str:
 
 def check_unit_interval(value: float, name: str, *, closed: bool = True) -> float:
     """Return ``value`` if it is in [0, 1] (or (0, 1) when ``closed`` is False)."""
-    is_number = _is_number(value)
-    ok = is_number and (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
+    number = is_number(value)
+    ok = number and (0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0)
     if not ok:
         interval = "[0, 1]" if closed else "(0, 1)"
-        kind = "" if is_number else "a number "
+        kind = "" if number else "a number "
         raise ValueError(f"{name} must be {kind}in {interval}, got {value!r}")
     return float(value)
 
@@ -135,10 +137,10 @@ class HieraVidConfig:
         return 0.0 if self.exact_total else 1.0 - self.keep_clip[1]
 
     def __post_init__(self) -> None:
-        check_budget(self.budget)
-        if not _is_number(self.dpp_rank_floor) or not 0.0 <= self.dpp_rank_floor < 1.0:
+        object.__setattr__(self, "budget", check_budget(self.budget))
+        if not is_number(self.dpp_rank_floor) or not 0.0 <= self.dpp_rank_floor < 1.0:
             raise ValueError(f"dpp_rank_floor must be a number in [0, 1), got {self.dpp_rank_floor!r}")
-        if not _is_integer(self.num_stages) or self.num_stages < 1:
+        if not is_integer(self.num_stages) or self.num_stages < 1:
             raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
         if self.ratios is not None:
             if not isinstance(self.ratios, (tuple, list)):
@@ -160,16 +162,16 @@ class HieraVidConfig:
         check_choice(self.relevance_query, "relevance_query", ("last", "mean"))
         check_choice(self.in_llm_selector, "in_llm_selector", ("dpp", "bins"))
         check_choice(self.greedy_backend, "greedy_backend", ("auto", "torch", "numba", "triton"))
-        if not _is_number(self.tau) or not -1.0 <= self.tau <= 1.0:
+        if not is_number(self.tau) or not -1.0 <= self.tau <= 1.0:
             raise ValueError(f"tau is a cosine-similarity threshold and must be in [-1, 1], got {self.tau!r}")
         check_unit_interval(self.beta, "beta")
-        if not _is_number(self.avgpool_threshold) or not -1.0 <= self.avgpool_threshold <= 1.0:
+        if not is_number(self.avgpool_threshold) or not -1.0 <= self.avgpool_threshold <= 1.0:
             raise ValueError(f"avgpool_threshold must be in [-1, 1], got {self.avgpool_threshold!r}")
         check_unit_interval(self.lam, "lam")
-        if not _is_number(self.delta) or not self.delta >= 0:  # NaN fails too
-            raise ValueError(f"delta (pruning deviation) must be >= 0, got {self.delta!r}")
+        if not is_number(self.delta) or not 0 <= self.delta < math.inf:  # NaN fails too
+            raise ValueError(f"delta (pruning deviation) must be a finite number >= 0, got {self.delta!r}")
         clip = self.keep_clip
-        pair = isinstance(clip, (tuple, list)) and len(clip) == 2 and all(_is_number(v) for v in clip)
+        pair = isinstance(clip, (tuple, list)) and len(clip) == 2 and all(is_number(v) for v in clip)
         if not pair or not 0.0 <= clip[0] <= clip[1] <= 1.0:
             raise ValueError(
                 f"keep_clip must be a pair (low, high) with 0 <= low <= high <= 1, e.g. (0.05, 0.95) (on the command "
@@ -178,7 +180,16 @@ class HieraVidConfig:
         object.__setattr__(self, "keep_clip", (float(clip[0]), float(clip[1])))
         if not isinstance(self.exact_total, bool):
             raise ValueError(f"exact_total must be True or False, got {self.exact_total!r}")
-        if not _is_integer(self.query_tokens) or self.query_tokens < 1:
+        if not is_integer(self.query_tokens) or self.query_tokens < 1:
             raise ValueError(f"query_tokens must be an integer >= 1, got {self.query_tokens!r}")
-        if not _is_number(self.eps) or not self.eps > 0:
-            raise ValueError(f"eps must be a number > 0, got {self.eps!r}")
+        if not is_number(self.eps) or not 0 < self.eps < 1:
+            raise ValueError(
+                f"eps (Eq. 8's guard against a zero range) must be a small number in (0, 1), got {self.eps!r}; "
+                "the default is 1e-6"
+            )
+        # Numbers are kept as Python's own (a numpy scalar would not serialise to JSON, and would miss a
+        # preset's budget by its float32 round-off).
+        for f in fields(self):
+            if f.type in ("float", "int"):
+                value = getattr(self, f.name)
+                object.__setattr__(self, f.name, float(value) if f.type == "float" else int(value))

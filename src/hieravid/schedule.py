@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from hieravid.config import check_budget, check_ratio
+from hieravid.config import check_budget, check_ratio, is_integer
 
 __all__ = [
     "MIN_BUDGET",
@@ -41,7 +41,7 @@ PRESETS: Mapping[float, tuple[float, ...]] = MappingProxyType(
     }
 )
 
-_PRESET_TOLERANCE = 1e-9
+_PRESET_TOLERANCE = 1e-6  # a float32 budget (numpy's 0.3 is 0.30000001192...) still finds its preset
 #: Smallest budget the solver accepts (fraction).
 MIN_BUDGET = 1e-9
 _SOLVER_MAX_ITERATIONS = 200
@@ -59,8 +59,9 @@ def stage_boundaries(num_layers: int, num_stages: int) -> list[int]:
         with ``L >= S`` every stage has at least one layer.
     """
     for value, name in ((num_layers, "num_layers"), (num_stages, "num_stages")):
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not is_integer(value):
             raise ValueError(f"{name} must be an integer, got {value!r}")
+    num_layers, num_stages = int(num_layers), int(num_stages)
     if num_stages < 1:
         raise ValueError(f"num_stages must be >= 1, got {num_stages}; use num_stages=1 for a single stage")
     if num_layers < num_stages:

@@ -187,6 +187,10 @@ def test_merge_ratio_rule():
     assert create_hieravid_no_layer(0.3).decision_layers(28) == [0]
     assert create_hieravid_no_layer(1.0).decision_layers(28) == []
     assert create_hieravid_no_layer(0.3).expected_tokens_per_layer(100, 4) == [30] * 4
+    # its rho comes from the S-stage schedule, so a decoder shallower than S is refused when the
+    # method is built for the model, not at the first prefill
+    with pytest.raises(ValueError, match=r"num_layers \(28\) must be >= num_stages \(50\)"):
+        create_hieravid_no_layer(0.3, num_stages=50).decision_layers(28)
 
 
 def _check_merge_bookkeeping(x: torch.Tensor, decision) -> None:

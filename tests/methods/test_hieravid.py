@@ -261,6 +261,9 @@ def test_config_bad_choice_lists_allowed(field, value, allowed):
         ("lam", 1.5),
         ("lam", float("nan")),
         ("delta", -0.1),
+        ("delta", float("inf")),  # would zero every keep count (inf * 0 is NaN)
+        ("eps", float("inf")),
+        ("eps", 1.0),  # as large as the whole range of a min-max normalised score
         ("keep_clip", (0.5, 0.4)),
         ("keep_clip", (-0.1, 0.9)),
         ("avgpool_threshold", 2.0),
@@ -290,6 +293,34 @@ def test_config_bad_values_name_the_field(field, value):
 
 def test_config_keep_clip_list_is_a_pair_of_floats():
     assert HieraVidConfig(keep_clip=[0, 1]).keep_clip == (0.0, 1.0)
+
+
+def test_config_keeps_numpy_numbers_as_pythons():
+    """A numpy scalar is accepted as the number it is, and stored as Python's: the config serialises to
+    JSON, and a float32 0.3 still gets the paper's preset schedule (its round-off is 1.2e-8)."""
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from hieravid.methods.hieravid import HieraVid
+
+    config = HieraVidConfig(budget=np.float32(0.3), num_stages=np.int64(4), tau=np.float64(0.5), lam=np.float32(1))
+    assert type(config.budget) is float and type(config.num_stages) is int and type(config.lam) is float
+    assert json.loads(json.dumps(dataclasses.asdict(config)))["num_stages"] == 4
+    assert HieraVid(config).schedule(28).ratios == (0.5, 0.3, 0.3, 0.57)
+    assert HieraVid(config).decision_layers(np.int64(28)) == [0, 7, 14, 21]
+
+
+def test_keep_clip_that_cannot_reach_a_stage_ratio_is_refused():
+    """A keep rate clipped at >= 0.9 removes at most 10% of a segment: a stage asking for 30% is refused
+    when the method is built for a model, not silently kept at 10%; exact_total trims to any ratio."""
+    from hieravid.methods.hieravid import HieraVid
+
+    with pytest.raises(ValueError, match=r"R_2=0.3.*keep_clip.*<= 0.7"):
+        HieraVid(HieraVidConfig(budget=0.3, keep_clip=(0.9, 1.0))).decision_layers(28)
+    assert HieraVid(HieraVidConfig(budget=0.3, keep_clip=(0.43, 1.0))).decision_layers(28) == [0, 7, 14, 21]  # R_4=0.57
+    assert HieraVid(HieraVidConfig(budget=0.3, keep_clip=(0.9, 1.0), exact_total=True)).decision_layers(28)
 
 
 def test_config_nan_delta_rejected():

@@ -87,3 +87,34 @@ def test_ratios_with_several_budgets_are_called_out(recwarn):
         "hieravid:ratios=(0.5,0.3,0.3,0.57): its ratios fix the schedule whatever the budget, so its rows at "
         "budgets 0.3, 0.2 are the same run under different labels"
     ]
+
+
+def test_build_refuses_what_an_instance_would_ignore():
+    """An instance carries its budget and options: a budget passed beside it would be silently ignored,
+    so it is refused; a method that is neither a name nor an instance is named, with the choices."""
+    from hieravid.config import HieraVidConfig
+    from hieravid.methods import available
+    from hieravid.methods.hieravid import HieraVid
+
+    instance = HieraVid(HieraVidConfig(budget=0.3))
+    assert build(instance) is instance
+    with pytest.raises(ValueError, match="budget given with a method instance"):
+        build(instance, 0.1)
+    with pytest.raises(ValueError, match="lam given with a method instance"):
+        build(instance, lam=1.0)
+    for bad in (123, None, ["hieravid"]):
+        with pytest.raises(TypeError, match="available: " + ", ".join(available())):
+            build(bad)
+    assert build("hieravid").config.budget == 0.3  # the default budget
+
+
+@pytest.mark.parametrize(("spec", "attribute"), [("fastv:k=2", "k"), ("pyramiddrop:stages=2", "stages"),
+                                                 ("prunevid:knn=2", "knn"), ("streamingllm:sinks=2", "sinks"),
+                                                 ("prumerge:neighbors=2", "neighbors"),
+                                                 ("divprune:max_matrix_elements=2", "max_matrix_elements")])
+def test_integer_options_take_numpy_integers(spec, attribute):
+    import numpy as np
+
+    name, options = parse_method(spec)
+    method = build(name, np.float32(0.3), **{k: np.int64(v) for k, v in options.items()})
+    assert getattr(method, attribute) == 2 and type(getattr(method, attribute)) is int

@@ -95,15 +95,26 @@ def method_name(spec: str) -> str:
     return name
 
 
-def build(method: str | PruningMethod, budget: float = 0.3, **options: Any) -> PruningMethod:
-    """A method instance from its name, relative budget in (0, 1] and options (the method's switches).
+def build(method: str | PruningMethod, budget: float | None = None, **options: Any) -> PruningMethod:
+    """A method instance from its name, relative budget in (0, 1] (default 0.3) and options (the method's
+    switches).
 
     ``method`` may also be a spec that carries options, ``"hieravid:relevance_sign=positive"`` (see
-    :func:`parse_method`); options given both ways are refused."""
+    :func:`parse_method`); options given both ways are refused. An instance is returned as it is: its
+    budget and options were given to its constructor, and passing them here too is refused."""
     if isinstance(method, PruningMethod):
-        if options:
-            raise ValueError("options are given to a method instance's constructor, not to build()")
+        if options or budget is not None:
+            given = ", ".join((["budget"] if budget is not None else []) + sorted(options))
+            raise ValueError(
+                f"{given} given with a method instance: an instance carries its own budget and options, set "
+                f"them in its constructor (e.g. HieraVid(HieraVidConfig(budget=0.3))) or pass the method's name"
+            )
         return method
+    if not isinstance(method, str):
+        raise TypeError(
+            f"method must be a method's name (or spec) or a PruningMethod instance, got {method!r}; "
+            f"available: {', '.join(available())}"
+        )
     name, spec_options = parse_method(method)
     method_name(name)
     twice = sorted(set(spec_options) & set(options))
@@ -111,7 +122,7 @@ def build(method: str | PruningMethod, budget: float = 0.3, **options: Any) -> P
         raise ValueError(f"option(s) {', '.join(twice)} given both in the method spec {method!r} and as arguments")
     if "budget" in spec_options or "budget" in options:
         raise ValueError(f"the budget is not an option of {name}: pass it as the budget (--budget B)")
-    check_budget(budget)
+    budget = check_budget(0.3 if budget is None else budget)
     return _REGISTRY[name](budget, **spec_options, **options)
 
 

@@ -167,7 +167,9 @@ class HieraVidNoLayer(HieraVid):
         return rho if self.config.budget <= 1.0 - rho else 1.0 - self.config.budget
 
     def decision_layers(self, num_layers: int) -> list[int]:
-        """``[0]``, or nothing at budget 1."""
+        """``[0]``, or nothing at budget 1. The schedule is solved here too (its rho is stage 1's), so a
+        depth it cannot serve is refused before the first prefill."""
+        self.schedule(num_layers)
         return [0] if self.config.budget < 1.0 else []
 
     def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hieravid.config import check_budget
+from hieravid.config import check_budget, is_integer
 from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens, check_options
 
 __all__ = ["DivPrune", "create_divprune", "divprune_select"]
@@ -134,9 +134,9 @@ class DivPrune(BeforeLLMMethod):
     def __init__(self, budget: float = 0.3, max_matrix_elements: int = MAX_MATRIX_ELEMENTS) -> None:
         self.name = "divprune"
         self.budget = check_budget(budget)
-        if not isinstance(max_matrix_elements, int) or isinstance(max_matrix_elements, bool) or max_matrix_elements < 0:
+        if not is_integer(max_matrix_elements) or max_matrix_elements < 0:
             raise ValueError(f"max_matrix_elements must be an integer >= 0, got {max_matrix_elements!r}")
-        self.max_matrix_elements = max_matrix_elements
+        self.max_matrix_elements = int(max_matrix_elements)
 
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         if layer != 0:

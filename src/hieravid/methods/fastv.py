@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hieravid.config import check_budget
+from hieravid.config import check_budget, is_integer
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count, keep_fraction_from_layer
 from hieravid.ops.ranking import top_k_mask
@@ -44,12 +44,12 @@ class FastV(PruningMethod):
     def __init__(self, budget: float = 0.3, k: int = DEFAULT_K) -> None:
         self.name = "fastv"
         self.budget = check_budget(budget)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if not is_integer(k) or k < 1:
             raise ValueError(
                 f"k (FastV's pruning layer) must be an integer >= 1, got {k!r}: layer 0 has no attention to "
                 "rank by; the paper uses k=2"
             )
-        self.k = k
+        self.k = int(k)
 
     def keep_fraction(self, num_layers: int) -> float:
         """Fraction f of the visual tokens kept in layers ``[k, L)`` (raises when B < k / L)."""

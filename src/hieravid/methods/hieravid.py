@@ -139,6 +139,22 @@ def decide_stage(
                               rank_floor=config.dpp_rank_floor)
 
 
+def check_reachable(ratios: tuple[float, ...], config: HieraVidConfig) -> None:
+    """Refuse in-LLM stage ratios that Eq. 5's clip cannot reach: a keep rate of at least ``keep_clip[0]``
+    removes at most ``1 - keep_clip[0]`` of a segment, so a larger ``R_k`` would silently keep more tokens
+    than the schedule says (``exact_total`` trims the counts to the stage total, so it reaches any ratio)."""
+    if config.exact_total:
+        return
+    low = config.keep_clip[0]
+    for stage, ratio in enumerate(ratios[1:], start=2):
+        if ratio > 1.0 - low + 1e-9:
+            raise ValueError(
+                f"stage {stage} prunes R_{stage}={ratio:g} of every segment, but keep_clip={config.keep_clip} keeps "
+                f"at least {low:g} of each (Eq. 5), so at most {1.0 - low:g} can go: lower keep_clip's first value to "
+                f"<= {1.0 - ratio:g}, lower the ratio, or pass exact_total=True"
+            )
+
+
 class HieraVid(PruningMethod):
     """HieraVid as a runtime method: stage 1 before layer 0, in-LLM stages at the schedule's layers.
 
@@ -170,6 +186,7 @@ class HieraVid(PruningMethod):
         schedule = self.schedule(num_layers)
         if not any(schedule.ratios):
             return []
+        check_reachable(schedule.ratios, self.config)
         return [0] + [layer for layer, r in zip(schedule.boundaries[1:], schedule.ratios[1:]) if r > 0]
 
     def expected_tokens_per_layer(self, num_visual: int, num_layers: int) -> list[int] | None:

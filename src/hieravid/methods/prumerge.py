@@ -58,7 +58,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hieravid.config import check_budget, check_choice
+from hieravid.config import check_budget, check_choice, is_integer
 from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens, check_options
 
 __all__ = [
@@ -199,11 +199,11 @@ class PruMerge(BeforeLLMMethod):
     ) -> None:
         self.name = "prumerge"
         self.budget = check_budget(budget)
-        if not isinstance(neighbors, int) or isinstance(neighbors, bool) or neighbors < 0:
+        if not is_integer(neighbors) or neighbors < 0:
             raise ValueError(f"neighbors must be an integer >= 0 (the paper's code uses 32), got {neighbors!r}")
         if not isinstance(plus, bool):
             raise ValueError(f"plus must be True (PruMerge+) or False (PruMerge), got {plus!r}")
-        self.neighbors = neighbors
+        self.neighbors = int(neighbors)
         self.plus = plus
         self.merge = check_choice(merge, "merge", ("sum", "average"))
 

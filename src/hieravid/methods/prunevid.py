@@ -75,7 +75,7 @@ from typing import Any
 
 import torch
 
-from hieravid.config import check_budget, check_unit_interval
+from hieravid.config import check_budget, check_unit_interval, is_integer
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.ops.ranking import segment_top_k
 
@@ -335,12 +335,12 @@ class PruneVid(PruningMethod):
         self.tau = check_unit_interval(tau, "tau")
         self.alpha = check_unit_interval(alpha, "alpha", closed=False)
         self.temporal_segment_ratio = check_unit_interval(temporal_segment_ratio, "temporal_segment_ratio")
-        if not isinstance(knn, int) or isinstance(knn, bool) or knn < 1:
+        if not is_integer(knn) or knn < 1:
             raise ValueError(f"knn (DPC-KNN's k) must be an integer >= 1, got {knn!r}; the reference uses 7")
-        self.knn = knn
-        if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool) or layer < 1):
+        self.knn = int(knn)
+        if layer is not None and (not is_integer(layer) or layer < 1):
             raise ValueError(f"layer (PruneVid's M) must be an integer >= 1 or None, got {layer!r}")
-        self.layer = layer
+        self.layer = None if layer is None else int(layer)
 
     def selection_layer(self, num_layers: int) -> int:
         """M for a decoder of ``num_layers`` layers (``round(10 / 28 * L)`` unless ``layer`` is set)."""

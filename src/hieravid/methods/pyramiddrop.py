@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from hieravid.config import check_budget
+from hieravid.config import check_budget, is_integer
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count, layer_average
 from hieravid.ops.ranking import instruction_similarity, top_k_mask
@@ -119,9 +119,9 @@ class PyramidDrop(PruningMethod):
     ) -> None:
         self.name = "pyramiddrop"
         self.budget = check_budget(budget)
-        if not isinstance(stages, int) or isinstance(stages, bool) or stages < 1:
+        if not is_integer(stages) or stages < 1:
             raise ValueError(f"stages must be an integer >= 1, got {stages!r}; the paper uses stages=4")
-        self.stages = stages
+        self.stages = int(stages)
         if lambda_ is not None and (
             not isinstance(lambda_, (int, float)) or isinstance(lambda_, bool) or not 0.0 <= lambda_ <= 1.0
         ):

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from hieravid.config import check_budget
+from hieravid.config import check_budget, is_integer
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count
 
@@ -59,9 +59,9 @@ class StreamingLLM(PruningMethod):
     def __init__(self, budget: float = 0.3, sinks: int = DEFAULT_SINKS) -> None:
         self.name = "streamingllm"
         self.budget = check_budget(budget)
-        if not isinstance(sinks, int) or isinstance(sinks, bool) or sinks < 0:
+        if not is_integer(sinks) or sinks < 0:
             raise ValueError(f"sinks (attention-sink tokens) must be an integer >= 0, got {sinks!r}; the paper uses 4")
-        self.sinks = sinks
+        self.sinks = int(sinks)
 
     def decision_layers(self, num_layers: int) -> list[int]:
         """``[0]``, or nothing at budget 1."""
