@@ -61,6 +61,7 @@ class PruneHandle:
 
     @property
     def method(self) -> PruningMethod:
+        """The method instance this handle applies (its name, config and schedule)."""
         return self.runtime.method
 
     @property
@@ -116,7 +117,7 @@ def _execution_device(module: nn.Module) -> torch.device:
 def apply(
     model: nn.Module,
     method: str | PruningMethod = "hieravid",
-    budget: float = 0.3,
+    budget: float | None = None,
     *,
     trace: bool = False,
     **options: Any,
@@ -127,7 +128,8 @@ def apply(
         model: a supported transformers VideoLLM (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision /
             LLaVA-Video), as loaded with ``from_pretrained``; attention ``sdpa`` (default) or ``eager``.
         method: a name from :func:`hieravid.methods.available` (``"vanilla"`` prunes nothing) or an instance.
-        budget: relative token budget in (0, 1]: visual tokens kept, averaged over the decoder layers.
+        budget: relative token budget in (0, 1]: visual tokens kept, averaged over the decoder layers
+            (default 0.3; an instance carries its own and takes none here).
         trace: also record every decision token by token in ``handle.last_trace`` (for pictures and
             debugging; off by default, and then nothing is recorded).
         **options: the method's switches (for HieraVid, the fields of :class:`hieravid.HieraVidConfig`).
@@ -135,6 +137,8 @@ def apply(
     Returns:
         A :class:`PruneHandle`; ``handle.remove()`` restores the model.
     """
+    if not isinstance(trace, bool):
+        raise ValueError(f"trace must be True or False, got {trace!r}")
     adapter, multimodal = find_adapter(model)
     # Marked are the model and the modules a handle patches, so applying to an outer or inner module of
     # a model already patched (model and model.model share the language model) is refused too.
@@ -154,7 +158,7 @@ def apply(
             f"use {layer_types[windowed[0]]!r}: load it with its sliding window off (Qwen2 decoders: "
             "use_sliding_window=False, as the released checkpoints have it), or run it without hieravid"
         )
-    runtime = Runtime(adapter, build(method, budget, **options), trace=bool(trace))
+    runtime = Runtime(adapter, build(method, budget, **options), trace=trace)
     runtime.method.decision_layers(adapter.num_layers)  # an unreachable budget fails here, not at prefill
     text_model = adapter.text_model
     runtime.method.prepare(_execution_device(text_model))  # compile now, not in the first prefill

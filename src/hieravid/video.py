@@ -49,10 +49,13 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import av
 import numpy as np
+
+if TYPE_CHECKING:
+    from transformers.video_utils import VideoMetadata
 
 __all__ = ["SampledVideo", "read_video", "sample_indices", "video_metadata", "write_test_video"]
 
@@ -155,7 +158,7 @@ def read_video(
         raise ValueError(f"could not decode video at {str(file)!r}: {err}") from err
 
 
-def video_metadata(sampled: SampledVideo):
+def video_metadata(sampled: SampledVideo) -> VideoMetadata:
     """What Hugging Face video processors accept as ``video_metadata`` for ``sampled``'s frames.
 
     Returns a ``transformers.video_utils.VideoMetadata`` (a mapping: ``fps`` frames per second,

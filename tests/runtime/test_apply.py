@@ -685,6 +685,8 @@ def test_unknown_method_and_option(family, model):
         hieravid.apply(model, "nonsense")
     with pytest.raises(ValueError, match="unknown option"):
         hieravid.apply(model, "hieravid", 0.3, not_a_switch=1)
+    with pytest.raises(ValueError, match="trace must be True or False"):  # "no" would be truthy
+        hieravid.apply(model, "hieravid", 0.3, trace="no")
 
 
 def test_unsupported_model_class():
