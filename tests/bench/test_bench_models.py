@@ -146,7 +146,16 @@ def test_plot_has_two_panels(bench, tmp_path):
     out, _ = bench
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=1, warmup=0, new_tokens=2)
-    fig = plot_report(result, tmp_path / "p.png")
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a caller's backend (a notebook's, say) is not switched under it
+    try:
+        fig = plot_report(result, tmp_path / "p.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(fig.axes) == 2
     assert all(ax.get_xlabel() and ax.get_ylabel() and ax.lines for ax in fig.axes)
     # one budget: every method's series (measured and FLOPs) is a single point, so it needs a marker

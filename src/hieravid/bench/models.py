@@ -1178,21 +1178,22 @@ def format_report(result: ModelBenchResult) -> str:
 
 def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
     """Two panels against the budget: measured prefill speed-up (dotted, hollow markers: theoretical) and
-    visual KV-cache size, one line per method; vanilla as a horizontal reference. Written as a PNG (Agg
-    backend).
+    visual KV-cache size, one line per method; vanilla as a horizontal reference. Written as a PNG by the
+    figure's own Agg canvas (the caller's matplotlib backend is left alone).
 
-    Returns the (closed) matplotlib figure."""
+    Returns the matplotlib figure."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     vanilla = result.results[0]
-    fig, (ax_speed, ax_kv) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig = Figure(figsize=(12, 4.8))
+    FigureCanvasAgg(fig)
+    ax_speed, ax_kv = fig.subplots(1, 2)
     methods = [m for m in dict.fromkeys(r.method for r in result.results) if m not in ("vanilla", UNPATCHED)]
     # Ten distinct hues (tab20 pairs similar ones) while they suffice, then 20, then a new marker for each
     # further round of colours: every method its own style.
-    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
+    colors = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"].colors
     markers = "osD^v"
     for i, name in enumerate(methods):
         rows = sorted((r for r in result.results if r.method == name), key=lambda r: r.budget)
@@ -1223,5 +1224,4 @@ def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
     )
     fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))  # room for the legend
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return fig

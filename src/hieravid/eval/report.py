@@ -66,9 +66,8 @@ def group_markdown(summary: Mapping[str, Any], task: str) -> str:
 def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str | None = None) -> list[str]:
     """Write the score-against-budget plot to ``path`` (PNG); returns the panel titles."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     errors = summary.get("task_errors") or {}
     tasks = [task for task in summary["tasks"] if task not in errors]  # a task that did not load has no point
@@ -79,10 +78,12 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str | None
             panels += [(f"{task}: {group}", task, group) for group in _groups(summary, task)]
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    figure = Figure(figsize=(4.6 * columns, 3.6 * rows))  # its own canvas: the caller's backend is left alone
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False)
     vanilla = _vanilla(summary)
     methods = [m for m in dict.fromkeys(r["method"] for r in summary["rows"]) if m != "vanilla"]
-    colors = plt.get_cmap("tab20")(range(len(methods)))
+    colors = matplotlib.colormaps["tab20"](range(len(methods)))
 
     def value(row: Mapping[str, Any], task: str, group: str | None) -> float | None:
         if group is None:
@@ -119,5 +120,4 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str | None
     figure.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 8), 1, 0.97))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return [p[0] for p in panels]
