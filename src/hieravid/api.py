@@ -18,7 +18,7 @@ __all__ = ["PruneHandle", "apply"]
 _MARK = "_hieravid_handle"
 # The call arguments the adapters read to locate the video tokens.
 _CONTEXT_KEYS = ("input_ids", "video_grid_thw", "pixel_values_videos", "attention_mask", "mm_encoder_outputs")
-_VIDEO_KEYS = ("video_grid_thw", "pixel_values_videos")
+_VIDEO_KEYS = ("video_grid_thw",)  # small: never the pixels, which are not kept past their call
 _SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
@@ -171,22 +171,18 @@ def apply(
 
     def forget_call(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         runtime.context = None
-        runtime.video_call = None
 
     # `generate` encodes the video before the first forward and passes only the encoder outputs, which
-    # do not say how the tokens split into frames: remember the arguments of the video encoding call.
+    # do not say how the tokens split into frames: remember the grid each encoding was given.
     encode_video = multimodal.get_video_features
     encode_signature = inspect.signature(encode_video)
 
     @functools.wraps(encode_video)  # same signature: `generate` inspects it to pick the arguments
     def remember_video(*args: Any, **kwargs: Any) -> Any:
+        output = encode_video(*args, **kwargs)
         bound = encode_signature.bind_partial(*args, **kwargs).arguments
-        runtime.video_call = {k: bound[k] for k in _VIDEO_KEYS if k in bound}
-        try:
-            return encode_video(*args, **kwargs)
-        except BaseException:
-            runtime.video_call = None  # a failed call's pixels are not kept alive
-            raise
+        runtime.remember_encoding(output, {k: bound[k] for k in _VIDEO_KEYS if bound.get(k) is not None})
+        return output
 
     def refuse_what_pruning_cannot_return(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if kwargs.get("labels") is not None:

@@ -1082,10 +1082,15 @@ def test_a_failed_call_keeps_none_of_its_inputs():
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
         with pytest.raises(ValueError, match="ends with a video token"):
             _generate(model, ends_with_video)
-        assert handle.runtime.context is None and handle.runtime.video_call is None
+        assert handle.runtime.context is None and not _pixels_kept(handle)
         with pytest.raises(ValueError, match="ends with a video token"):
             model(**ends_with_video)
-        assert handle.runtime.context is None and handle.runtime.video_call is None
+        assert handle.runtime.context is None and not _pixels_kept(handle)
+
+
+def _pixels_kept(handle) -> bool:
+    """Whether the handle references anything but the video grids of its remembered encodings."""
+    return any(set(arguments) - {"video_grid_thw"} for _, arguments in handle.runtime._encodings)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
@@ -1122,3 +1127,49 @@ def test_threads_generating_at_once_each_prune_their_own_video(family):
         hook.remove()
     assert not errors, errors
     assert torch.equal(outputs[0], expected[0]) and torch.equal(outputs[1], expected[1])
+
+
+def _encode(model, inputs):
+    """The video's features as a caller pre-encodes them for ``mm_encoder_outputs``."""
+    kw = {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw") if k in inputs}
+    return model.model.get_video_features(**kw, return_dict=True)
+
+
+def _without_pixels(inputs):
+    return {k: v for k, v in inputs.items() if k != "pixel_values_videos"}  # the grid stays: M-RoPE reads it
+
+
+def test_pre_encoded_features_are_laid_out_where_this_prompt_holds_them(family, model):
+    """Features encoded once and asked about with two prompts (the video elsewhere in the second) are
+    pruned as the pixels are, in each prompt's own positions; another video encoded in between does
+    not lend them its grid."""
+    first = build_inputs(family, model, prefix_tokens=4, seed=1)
+    second = build_inputs(family, model, prefix_tokens=20, seed=1)  # the same video, 16 tokens later
+    other = build_inputs(family, model, frames=4, seed=2)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        want = _generate(model, second)
+        kept = handle.last_stats.kept_positions
+        features = _encode(model, first)
+        _generate(model, _without_pixels(first), mm_encoder_outputs={"video": features})
+        _encode(model, other)
+        got = _generate(model, _without_pixels(second), mm_encoder_outputs={"video": features})
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(kept, handle.last_stats.kept_positions))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_features_encoded_before_apply(family, model):
+    """Features whose encoding hieravid did not see: LLaVA's frames follow from the token count, so they
+    are pruned as the pixels are; a Qwen grid cannot be told from the count, so pruning is refused,
+    naming the fix, and a method that prunes nothing runs."""
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        features = _encode(model, inputs)
+        with hieravid.apply(model, "hieravid", 0.3):
+            want = _generate(model, inputs)
+            if family == "llava_onevision":
+                torch.testing.assert_close(_generate(model, _without_pixels(inputs), mm_encoder_outputs={"video": features}), want, rtol=0, atol=0)
+            else:
+                with pytest.raises(ValueError, match="pass the pixels"):
+                    _generate(model, _without_pixels(inputs), mm_encoder_outputs={"video": features})
+        with hieravid.apply(model, "vanilla"):
+            _generate(model, _without_pixels(inputs), mm_encoder_outputs={"video": features})

@@ -14,25 +14,26 @@ class LlavaOnevisionAdapter(ModelAdapter):
     family = "llava_onevision"
 
     def video_layouts(self, context: CallContext, input_length: int) -> list[VideoLayout | None]:
+        """A video's frames follow from its token count (F * P + 1), so a call given features encoded
+        before it (``mm_encoder_outputs``, as ``generate`` passes them) is laid out as one given pixels;
+        with pixels, their frame count must agree."""
         input_ids = context.input_ids()
-        pixels = context.get("pixel_values_videos")
-        if pixels is None:  # no video in this call (text only, or a decoding step)
-            return [None] * input_ids.shape[0]
+        pixels = context.get("pixel_values_videos")  # (B, F, 3, S, S) or None
         config = self.model.config
         positions = video_token_positions(input_ids, int(config.video_token_index))
         side = config.vision_config.image_size // config.vision_config.patch_size  # patches per frame side
         pooled = (-(-side // 2)) ** 2  # P: tokens per frame after the model's 2x2 pooling (ceil)
         layouts: list[VideoLayout | None] = []
         for pos in positions:
-            if pos.numel() == 0:
+            if pos.numel() == 0:  # no video in this sample (text only, or a decoding step)
                 layouts.append(None)
                 continue
-            frames = int(pixels.shape[1])  # (B, F, 3, S, S)
-            if pos.numel() != frames * pooled + 1:
+            frames = (pos.numel() - 1) // pooled if pixels is None else int(pixels.shape[1])
+            if pos.numel() != frames * pooled + 1 or frames < 1:
                 raise ValueError(
-                    f"a sample has {pos.numel()} video tokens, which is not {frames} frames x {pooled} tokens + 1 "
-                    "newline; hieravid prunes one video per sample: pass one video per sample, or call handle.remove() "
-                    "to run this prompt unpruned"
+                    f"a sample has {pos.numel()} video tokens, which is not {max(frames, 1)} frames x {pooled} "
+                    "tokens + 1 newline; hieravid prunes one video per sample: pass one video per sample, or call "
+                    "handle.remove() to run this prompt unpruned"
                 )
             layouts.append(VideoLayout(positions=pos[:-1], num_frames=frames, num_slots=pooled))
         return layouts

@@ -118,17 +118,21 @@ def _right_align(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Te
     return cols, keep.gather(1, cols)
 
 
+_ENCODINGS_KEPT = 4  # video encodings whose grids a thread remembers
+
+
 class _CallState(threading.local):
     """What a model call carries from its start to its decoder, one per thread: a model served from several
     threads (each its own ``generate``) runs each call with its own inputs, as without hieravid."""
 
     def __init__(self) -> None:
         self.context: CallContext | None = None  # arguments of the current multimodal call
-        self.video_call: dict[str, Any] | None = None  # arguments of its video encoding
         # The outer model call's ``logits_to_keep`` (positions its LM head runs on; None: no LM head).
         self.logits_to_keep: int | torch.Tensor | None = None
-        # The layouts found for the last encoded video, with a weak reference to its encoder output.
-        self.encoded: tuple[weakref.ref, list[VideoLayout | None]] | None = None
+        # The last few video encodings' small arguments (the grid, never the pixels), each with a weak
+        # reference to the encoder output it produced: a call given that output (``generate`` encodes
+        # before its first forward, a user may encode once and ask twice) reads its grid from there.
+        self.encodings: list[tuple[weakref.ref, dict[str, Any]]] = []
 
 
 def _this_thread(name: str) -> property:
@@ -145,9 +149,8 @@ class Runtime:
     """
 
     context = _this_thread("context")
-    video_call = _this_thread("video_call")
     logits_to_keep = _this_thread("logits_to_keep")
-    _encoded = _this_thread("encoded")
+    _encodings = _this_thread("encodings")
 
     def __init__(self, adapter: ModelAdapter, method: PruningMethod, trace: bool = False) -> None:
         self.adapter = adapter
@@ -234,6 +237,17 @@ class Runtime:
             self.last_trace = self._passthrough_trace(len(stats.visual_tokens))
         self._described = None if cache is None else weakref.ref(cache)
 
+    def remember_encoding(self, output: Any, arguments: dict[str, Any]) -> None:
+        """Keep ``arguments`` (small tensors: a video grid) of the video encoding that returned ``output``,
+        for a later call given that output instead of the pixels. The last few are kept, as long as their
+        outputs live."""
+        try:
+            ref = weakref.ref(output)
+        except TypeError:  # a plain tuple (return_dict=False): no call can be given it as mm_encoder_outputs
+            return
+        alive = [(r, a) for r, a in self._encodings if r() is not None and r() is not output]
+        self._encodings = [*alive[-(_ENCODINGS_KEPT - 1) :], (ref, arguments)]
+
     def _layouts(self, length: int) -> list[VideoLayout | None]:
         if self.context is None:
             raise ValueError(
@@ -241,18 +255,21 @@ class Runtime:
                 "multimodal model hieravid.apply was given, with input_ids"
             )
         kwargs = dict(self.context.kwargs)
-        kwargs.update({k: v for k, v in (self.video_call or {}).items() if v is not None})
-        layouts = self.adapter.video_layouts(CallContext(kwargs), length)
         encoded = kwargs.get("mm_encoder_outputs")
         video = encoded.get("video") if isinstance(encoded, dict) else None
-        if video is not None:
-            if any(layout is not None for layout in layouts):
-                self._encoded = (weakref.ref(video), layouts)
-            elif self._encoded is not None and self._encoded[0]() is video:
-                # generate(use_cache=False) runs the whole sequence at every step with the video it encoded
-                # once (this same encoder output) and no encoding call to read the layout from: the video's
-                # tokens are where they were, new tokens only follow them.
-                layouts = self._encoded[1]
+        if video is not None:  # features encoded before this call: their grid is where they were encoded
+            for ref, arguments in self._encodings:
+                if ref() is video:
+                    kwargs.update({k: v for k, v in arguments.items() if kwargs.get(k) is None})
+        layouts = self.adapter.video_layouts(CallContext(kwargs), length)
+        if video is not None and all(layout is None for layout in layouts):
+            if self.method.decision_layers(self.adapter.num_layers):
+                raise ValueError(
+                    "this call is given video features encoded elsewhere (mm_encoder_outputs) without what says "
+                    "how they split into frames: pass the pixels (pixel_values_videos with video_grid_thw), "
+                    "pass video_grid_thw with the features to the model call, or encode them with the model's "
+                    "get_video_features while hieravid is applied, in the thread that asks"
+                )
         return layouts
 
     # ------------------------------------------------------------------------------------- prefill
