@@ -1173,3 +1173,38 @@ def test_features_encoded_before_apply(family, model):
                     _generate(model, _without_pixels(inputs), mm_encoder_outputs={"video": features})
         with hieravid.apply(model, "vanilla"):
             _generate(model, _without_pixels(inputs), mm_encoder_outputs={"video": features})
+
+
+def _two_turns(model, family, inputs):
+    """A batched chat loop: turn 1 generates four tokens, of which row 0 ends at the first (the rest it
+    was fed are padding), turn 2 masks that padding and goes on from the returned cache. Returns turn 2's
+    first logits, its cache and the mask turn 2 gives turn 1's tokens."""
+    length = inputs["input_ids"].shape[1]
+    first = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    fed = torch.ones_like(first.sequences[:, length:])
+    fed[0, 1:] = 0  # row 0's padding after its end
+    user = torch.full((2, 3), 30)
+    ids = torch.cat([first.sequences, user], 1)
+    mask = torch.cat([inputs["attention_mask"], fed, torch.ones_like(user)], 1)
+    extra = {}
+    if "mm_token_type_ids" in inputs:
+        extra["mm_token_type_ids"] = (ids == video_token_id(family, model)).long() * 2
+    second = model.generate(input_ids=ids, attention_mask=mask, past_key_values=first.past_key_values, max_new_tokens=1,
+                            do_sample=False, return_dict_in_generate=True, output_logits=True, **extra)
+    return second.logits[0], second.past_key_values, fed.bool()
+
+
+def test_a_later_turn_masking_cached_tokens_is_obeyed(family, model):
+    """Turn 2 of a batch masks tokens already in the cache (the padding a finished row was fed): the
+    pruned cache hides them in every layer, so a budget-1 run equals the unpatched model exactly."""
+    inputs = build_inputs(family, model, batch=2, prompt_tokens=[5, 9])
+    with torch.no_grad():
+        want, _, _ = _two_turns(model, family, inputs)
+        with hieravid.apply(model, "hieravid", 1.0):
+            got, _, _ = _two_turns(model, family, inputs)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        with hieravid.apply(model, "hieravid", 0.3):
+            _, cache, fed = _two_turns(model, family, inputs)
+    for valid, positions in zip(cache.key_valid, cache.prefill_positions):
+        after_prompt = valid[:, positions.shape[1] :]  # turn 1's tokens, then turn 2's
+        assert torch.equal(after_prompt[:, : fed.shape[1]], fed)

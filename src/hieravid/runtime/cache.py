@@ -17,6 +17,11 @@ class PrunedCache(DynamicCache):
     ``(B, stored_l)`` bool mask of real (non-padding) keys of layer ``l``; the runtime builds every decoding
     mask from it. ``all_valid[l]`` is True when that mask is known to be all True (then SDPA needs no mask,
     and the runtime need not read the mask back from the device to find out); False means "look".
+    ``prefill_positions[l]`` is the ``(B, stored by the prefill)`` original position of each of the
+    prefill's columns of layer ``l`` (the columns after them, the same in every layer, follow the prefill's
+    ``prefill_length`` positions in order), and ``past_valid`` the ``(B, virtual_length)`` attention mask the
+    cache has taken so far: a later call whose mask hides more of the past (a batched chat turn masking
+    the padding a finished row was fed) is applied through them (:meth:`hide`).
     """
 
     def __init__(self, config) -> None:
@@ -28,6 +33,9 @@ class PrunedCache(DynamicCache):
         self.fixed_length = 0  # of them, those no crop can remove: the prompt up to its last visual token
         self.key_valid: list[torch.Tensor | None] = []
         self.all_valid: list[bool] = []
+        self.prefill_positions: list[torch.Tensor] = []
+        self.prefill_length = 0
+        self.past_valid: torch.Tensor | None = None
 
     @classmethod
     def for_prefill(cls, cache: object, config) -> PrunedCache:
@@ -62,7 +70,8 @@ class PrunedCache(DynamicCache):
         that a retry with it is refused, naming the fix, rather than taken for a cached prefix."""
         if any(self.stored_length(i) for i in range(len(self.layers))):
             return
-        for name in ("virtual_length", "fixed_length", "key_valid", "all_valid"):
+        for name in ("virtual_length", "fixed_length", "key_valid", "all_valid", "prefill_positions", "prefill_length",
+                     "past_valid"):
             self.__dict__.pop(name, None)
         self.__class__ = DynamicCache
 
@@ -83,20 +92,33 @@ class PrunedCache(DynamicCache):
         """Tokens actually stored for ``layer_idx``."""
         return super().get_seq_length(layer_idx)
 
+    def hide(self, hidden: torch.Tensor) -> None:
+        """Mask the keys of the original positions ``hidden`` (B, virtual_length) marks, in every layer."""
+        for layer_idx, valid in enumerate(self.key_valid):
+            positions = self.prefill_positions[layer_idx]  # (B, stored by the prefill)
+            decoded = hidden[:, self.prefill_length :]  # the columns after the prefill's, in every layer
+            self.key_valid[layer_idx] = valid & ~torch.cat([hidden.gather(1, positions), decoded], dim=1)
+            self.all_valid[layer_idx] = False
+        self.past_valid = self.past_valid & ~hidden
+
+    def _select_rows(self, select) -> None:
+        """Apply ``select`` (a function of a (B, ...) tensor) to every per-row record of the pruning."""
+        self.key_valid = [None if m is None else select(m) for m in self.key_valid]
+        self.prefill_positions = [select(p) for p in self.prefill_positions]
+        if self.past_valid is not None:
+            self.past_valid = select(self.past_valid)
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
-        self.key_valid = [None if m is None else m.index_select(0, beam_idx.to(m.device)) for m in self.key_valid]
+        self._select_rows(lambda m: m.index_select(0, beam_idx.to(m.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
-        self.key_valid = [None if m is None else m.repeat_interleave(repeats, dim=0) for m in self.key_valid]
+        self._select_rows(lambda m: m.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
-        self.key_valid = [
-            None if m is None else m[indices.to(m.device) if torch.is_tensor(indices) else indices]
-            for m in self.key_valid
-        ]
+        self._select_rows(lambda m: m[indices.to(m.device) if torch.is_tensor(indices) else indices])
 
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last ``-tokens_to_remove`` tokens from every layer (``generate`` does so when assisted or
@@ -118,3 +140,9 @@ class PrunedCache(DynamicCache):
         if count:
             self.key_valid = [None if m is None else m[:, : m.shape[1] - count] for m in self.key_valid]
             self.virtual_length -= count
+            if self.past_valid is not None:
+                self.past_valid = self.past_valid[:, : self.virtual_length]
+            into_prefill = self.prefill_length - self.virtual_length  # the prompt's own last (text) columns
+            if into_prefill > 0:
+                self.prefill_positions = [p[:, : p.shape[1] - into_prefill] for p in self.prefill_positions]
+                self.prefill_length -= into_prefill

@@ -403,8 +403,10 @@ class Runtime:
             if cache is not None:
                 cache.key_valid.append(seq.valid)
                 cache.all_valid.append(all_valid)
+                cache.prefill_positions.append(seq.index)
         if cache is not None:
-            cache.virtual_length = length
+            cache.virtual_length = cache.prefill_length = length
+            cache.past_valid = valid
             cache.fixed_length = length - min(instruction_length[b] for b in with_video)
         hidden = text_model.norm(seq.hidden)
 
@@ -557,7 +559,17 @@ class Runtime:
             if mask_2d is None
             else mask_2d[:, -query_len:].bool()
         )
-        new_all = mask_2d is None or bool(new_valid.all())  # one device read per step, not one per layer
+        past = cache.virtual_length
+        if mask_2d is not None and mask_2d.shape[1] == past + query_len:
+            # The caller's mask over the past may hide keys the cache still attends to (a batched chat turn
+            # masks the padding a finished row was fed): read that with the new columns' flag, one read.
+            hidden_now = cache.past_valid & ~mask_2d[:, :past].bool()  # (B, past)
+            new_all, hides = torch.stack([new_valid.all(), hidden_now.any()]).tolist()
+            if hides:
+                cache.hide(hidden_now)
+        else:
+            new_all = mask_2d is None or bool(new_valid.all())  # one device read per step, not one per layer
+        cache.past_valid = torch.cat([cache.past_valid, new_valid], dim=1)
         hidden = embeds
         implementation = self.adapter.attn_implementation
         for layer_idx, layer in enumerate(self.adapter.layers):
