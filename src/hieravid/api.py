@@ -91,7 +91,8 @@ class PruneHandle:
                 module.__dict__[name] = before
         for module in {self.model, *(m for m, _, _ in self._saved)}:
             module.__dict__.pop(_MARK, None)
-        self.runtime.context = self.runtime.video_call = None  # nothing of the last call kept alive
+        self.runtime.context = None  # nothing of the last call kept alive
+        self.runtime._encodings = []
         self.active = False
 
     def __enter__(self) -> "PruneHandle":
@@ -222,9 +223,28 @@ def apply(
         hooks.append(model.register_forward_hook(_Patch(forget_logits), with_kwargs=True, always_call=True))
     for caller in dict.fromkeys((model, multimodal)):  # the multimodal model may be called on its own too
         hooks.append(caller.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True))
-    handle = PruneHandle(model, runtime, {text_model: "forward", multimodal: "get_video_features"}, hooks)
+    patched = {text_model: "forward", multimodal: "get_video_features"}
+    if model is not multimodal and callable(getattr(model, "generate", None)):
+        patched[model] = "generate"
+        generate = model.generate
+
+        @functools.wraps(generate)
+        def generate_whole_prompts(*args: Any, **kwargs: Any) -> Any:
+            config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+            chunk = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
+            if chunk is not None:
+                raise ValueError(
+                    f"hieravid decides from the whole prompt in one prefill (its video and the instruction after "
+                    f"it), but prefill_chunk_size={chunk!r} runs the prompt in pieces: generate with "
+                    "prefill_chunk_size=None (and None in the generation config), or call handle.remove() first"
+                )
+            return generate(*args, **kwargs)
+
+    handle = PruneHandle(model, runtime, patched, hooks)
     text_model.forward = _Patch(functools.partial(runtime.forward, text_model))
     multimodal.get_video_features = _Patch(remember_video)
+    if model in patched:
+        model.generate = _Patch(generate_whole_prompts)
     for module in (model, multimodal, text_model):
         module.__dict__[_MARK] = handle
     return handle

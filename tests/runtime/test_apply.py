@@ -1208,3 +1208,29 @@ def test_a_later_turn_masking_cached_tokens_is_obeyed(family, model):
     for valid, positions in zip(cache.key_valid, cache.prefill_positions):
         after_prompt = valid[:, positions.shape[1] :]  # turn 1's tokens, then turn 2's
         assert torch.equal(after_prompt[:, : fed.shape[1]], fed)
+
+
+def test_chunked_prefill_is_refused_naming_the_switch(family, model):
+    """generate(prefill_chunk_size=N) runs the prompt in pieces, each a forward of its own: no piece holds
+    the whole video and its instruction, so it is refused before the first, whichever way it is asked."""
+    from transformers import GenerationConfig
+
+    inputs = build_inputs(family, model)
+    with torch.no_grad():
+        with hieravid.apply(model, "vanilla"):
+            with pytest.raises(ValueError, match="prefill_chunk_size=None"):
+                _generate(model, inputs, prefill_chunk_size=16)
+            with pytest.raises(ValueError, match=r"prefill_chunk_size=16"):
+                _generate(model, inputs, generation_config=GenerationConfig(prefill_chunk_size=16, max_new_tokens=2))
+        assert "generate" not in model.__dict__
+        _generate(model, inputs, 2, prefill_chunk_size=16)  # the model without hieravid runs it
+
+
+def test_logits_for_given_positions_are_refused_when_pruning(family, model):
+    """logits_to_keep as a tensor names positions of the whole prompt, which a pruned prefill does not
+    return in place: refused, where an int (the last tokens) is served."""
+    inputs = build_inputs(family, model)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        with pytest.raises(ValueError, match="logits_to_keep names positions"):
+            model(**inputs, logits_to_keep=torch.tensor([3, 5]))
+        assert model(**inputs, logits_to_keep=2).logits.shape[1] == 2

@@ -331,6 +331,12 @@ class Runtime:
             for b, layout in enumerate(layouts)
         ]
         decision_layers = set(self.method.decision_layers(num_layers))
+        if decision_layers and torch.is_tensor(self.logits_to_keep) and self.logits_to_keep.dim() > 0:
+            raise ValueError(
+                "logits_to_keep names positions of the whole prompt, but a pruned prefill returns the positions "
+                "it kept: pass an int (the last tokens, always kept text up to the instruction's length), or "
+                "call handle.remove() to score given positions"
+            )
         if decision_layers and any(instruction_length[b] == 0 for b in with_video):
             raise ValueError(
                 "a prompt ends with a video token: the last prompt token is never pruned, so it must be text; "
