@@ -243,7 +243,7 @@ def apply(
     handle = PruneHandle(model, runtime, patched, hooks)
     text_model.forward = _Patch(functools.partial(runtime.forward, text_model))
     multimodal.get_video_features = _Patch(remember_video)
-    if model in patched:
+    if patched.get(model) == "generate":
         model.generate = _Patch(generate_whole_prompts)
     for module in (model, multimodal, text_model):
         module.__dict__[_MARK] = handle
