@@ -654,3 +654,21 @@ def test_a_seek_that_misses_its_keyframe_reads_the_rest_from_the_start(tmp_path,
     assert read_bars(sampled.frames) == sampled.frame_indices
     assert runs[0] is None and runs[-1] is None and any(key is not None for key in runs)  # a seek, then the start
     assert counted == []
+
+
+def test_a_text_file_and_a_video_without_frames_are_named_so(tmp_path):
+    """FFmpeg draws a .txt or .nfo file as pictures (its 'tty' reader): refused as text. A container
+    whose header has a video stream but no frame after it ends before any: refused without FFmpeg's
+    error code."""
+    for name in ("notes.txt", "notes.nfo"):
+        (tmp_path / name).write_text("not a video\n" * 100)
+        with pytest.raises(ValueError, match="it is a text file, not a video file"):
+            read_video(tmp_path / name, 4)
+    empty = tmp_path / "empty.mkv"
+    with av.open(str(empty), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height = 64, 48
+        container.start_encoding()  # the header, then no frame
+    with pytest.raises(ValueError, match="cannot list its frames") as info:
+        read_video(empty, 4)
+    assert "Errno" not in str(info.value)

@@ -281,6 +281,9 @@ def _video_streams(container: av.container.InputContainer) -> list[av.VideoStrea
 def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open ``file`` and pick its first video stream (``warn``: say so when it has several)."""
     container = av.open(str(file))
+    if container.format.name == "tty":  # FFmpeg draws a text file (.txt, .nfo, ANSI art) as pictures
+        container.close()
+        raise ValueError(f"could not decode video at {str(file)!r}: it is a text file, not a video file")
     videos = _video_streams(container)
     if not videos:
         only_cover = bool(container.streams.video)
@@ -311,7 +314,7 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
             stated = _stated_rate(stream)
             header = _header_duration(container, stream)
             height, width = stream.codec_context.height, stream.codec_context.width
-    except av.error.InvalidDataError as err:  # FFmpeg cannot even list the frames
+    except (av.error.InvalidDataError, av.error.EOFError) as err:  # FFmpeg cannot even list the frames
         hint = (" (an MP4 cut off before its 'moov' index is unreadable: re-download or remux it)"
                 if file.suffix.lower() in _INDEXED_LAST else "")
         raise ValueError(
