@@ -114,20 +114,26 @@ def load_model(
             f"release paired with your torch {torch.__version__.split('+')[0]} (e.g. pip install torch==2.14.1 "
             "torchvision==0.29.1)"
         ) from err
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     if id_or_path is None:
         from hieravid.proxy import model_dir
 
         id_or_path = model_dir()
-    name = str(id_or_path)
-    local = Path(name).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"{name} has no config.json: pass a model directory saved with save_pretrained")
     if isinstance(dtype, str) and dtype != "auto":
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}: use auto (the checkpoint's), bfloat16, float16 or float32")
         dtype = getattr(torch, dtype)
+    name = str(id_or_path)
+    local = Path(name).expanduser()
+    if not local.exists() and (name.startswith(("/", ".", "~")) or name.count("/") != 1):
+        raise FileNotFoundError(
+            f"no model directory at {name!r}, and it is not a hub id (those read org/name, e.g. "
+            "Qwen/Qwen2-VL-7B-Instruct): check the path"
+        )
+    if local.exists() and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"{name} has no config.json: pass a model directory saved with save_pretrained")
     try:
         config = AutoConfig.from_pretrained(name)  # its family, before the weights are read
         if config.model_type not in FAMILIES:
@@ -137,17 +143,20 @@ def load_model(
                 f"families {', '.join(FAMILIES)} (model classes {', '.join(SUPPORTED)})"
             )
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
-    except OSError as err:
-        if local.exists():
-            raise
+        processor = AutoProcessor.from_pretrained(name)
+    except (OSError, SafetensorError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if local.exists():  # a broken directory: weights missing or cut off, a bad config, no processor files
+            raise ValueError(
+                f"could not load the model directory {name}: {reason}; pass a directory saved with save_pretrained "
+                "(the model's and the processor's), complete"
+            ) from err
         raise FileNotFoundError(
             f"{name} is not a local directory, and loading it as a Hugging Face hub id failed ({reason}): pass a "
             "directory saved with save_pretrained, or a hub id that is in the local cache or reachable"
         ) from err
     adapter, _ = find_adapter(model)
     model.to(device).eval()
-    processor = AutoProcessor.from_pretrained(name)
     return LoadedModel(model=model, processor=processor, family=adapter.family, name=name)
 
 

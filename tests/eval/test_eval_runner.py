@@ -392,11 +392,20 @@ def test_records_of_the_wrong_types_fail_their_samples_only(tmp_path, model_dir,
     assert "candidates must be a non-empty JSON list" in broken[0]["reason"]
 
 
+def test_a_run_with_no_task_loaded_leaves_the_folder_free(tmp_path, model_dir, data_root, capsys):
+    """No task's data found: nothing answered, so no settings are written to hold a corrected retry to."""
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(model_dir), "--tasks", "mvbench", "--out", str(out), "--limit", "1", *RUN_ARGS]
+    assert main([*args, "--data-root", str(tmp_path / "nowhere")]) == 1
+    assert not (out / "run.json").exists()
+    assert main([*args, "--data-root", str(data_root), "--num-frames", "2"]) == 0  # other settings: taken
+
+
 def test_a_run_that_cannot_load_its_model_leaves_the_folder_free(tmp_path, model_dir, data_root, capsys, monkeypatch):
     out = tmp_path / "out"
     args = ["--tasks", "mvbench", "--data-root", str(data_root), "--out", str(out), "--limit", "1", *RUN_ARGS]
     assert main(["eval", "--model", str(tmp_path / "no-such-model"), *args]) == 2
-    assert "is not a local directory" in capsys.readouterr().err
+    assert "no model directory at" in capsys.readouterr().err
     assert not (out / "run.json").exists()
     assert main(["eval", "--model", str(model_dir), *args]) == 0
     # the same directory named relative to the working directory is the same model
@@ -408,3 +417,22 @@ def test_every_task_failing_to_load_is_an_error(tmp_path, model_dir, capsys):
     assert main(["eval", "--model", str(model_dir), "--tasks", "mvbench", "--data-root", str(tmp_path / "nowhere"),
                  "--out", str(tmp_path / "out"), *RUN_ARGS]) == 1
     assert "no task could be loaded" in capsys.readouterr().err
+
+
+def test_progress_where_stderr_is_no_terminal_is_plain_lines():
+    """A live bar reaches a log file only at its end: there, progress is a plain line now and then."""
+    import io
+
+    from rich.console import Console
+
+    from hieravid.eval.runner import _progress_bar, _ProgressLines
+
+    stream = io.StringIO()
+    with _ProgressLines(Console(file=stream, width=40), every_s=0.0) as bar:
+        task = bar.add_task("mvbench", total=3)
+        for _ in range(3):
+            bar.advance(task)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("mvbench: 1/3 answers, elapsed 0:00:00, ETA")
+    assert lines[-1].startswith("mvbench: 3/3 answers")  # whole lines, never wrapped at the width
+    assert isinstance(_progress_bar(True), _ProgressLines) or sys.stderr.isatty()  # captured: no terminal

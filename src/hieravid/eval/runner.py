@@ -168,10 +168,11 @@ def _settings(config: EvalConfig) -> dict[str, Any]:
 
 
 def _check_resume(out: Path, config: EvalConfig) -> None:
-    """Refuse to add records to ``out`` made with settings that change the answers."""
+    """Refuse to add records to ``out`` made with settings that change the answers (a folder that holds
+    no answer, a run that failed before any, takes new settings)."""
     path = out / RUN_FILE
     settings = _settings(config)
-    if path.is_file():
+    if path.is_file() and read_records(part_files(out) + [out / MERGED]):
         try:
             before = json.loads(path.read_text())
         except json.JSONDecodeError:
@@ -328,10 +329,54 @@ def _decode(sample: Sample, num_frames: int) -> tuple[Any, Any, Any]:
     return video.frames, video.timestamps_s, video
 
 
+class _ProgressLines:
+    """The progress bar's lines where stderr is no terminal (a log file, a pipe), which a live bar would
+    reach only at its end: one plain line every ``every_s`` seconds, and one at the end."""
+
+    def __init__(self, console: Any, every_s: float = 30.0) -> None:
+        self.console, self.every_s = console, every_s
+        self.description, self.total, self.done = "", 0, 0
+        self.start = self.last = time.monotonic()
+
+    def __enter__(self) -> "_ProgressLines":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.done:
+            self._line()
+
+    def add_task(self, description: str, total: int) -> int:
+        self.description, self.total = description, total
+        return 0
+
+    def update(self, task: int, description: str | None = None) -> None:
+        self.description = description or self.description
+
+    def advance(self, task: int) -> None:
+        self.done += 1
+        if time.monotonic() - self.last >= self.every_s:
+            self._line()
+
+    def _line(self) -> None:
+        self.last = time.monotonic()
+        elapsed = self.last - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        self.console.print(f"{self.description}: {self.done}/{self.total} answers, elapsed {_clock(elapsed)}, "
+                           f"ETA {_clock(eta)}", soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss``."""
+    return f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"
+
+
 def _progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
+
+    if not Console(stderr=True).is_terminal:
+        return _ProgressLines(Console(stderr=True))
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -407,7 +452,7 @@ def run_eval(
         pairs = _check_budgets(loaded, pairs, config.skip_unreachable)
         jobs = [(task, index, sample, [pair for pair in todo if pair in pairs]) for task, index, sample, todo in jobs]
         total = sum(len(job[3]) for job in jobs)
-    if procs.main:  # written once the model has loaded: a run that fails before any answer leaves no settings
+    if procs.main and (total or previous):  # once the model has loaded: a run with no answer leaves no settings
         write_json(out / RUN_FILE, _settings(config))
     if total:
         from hieravid.bench.models import CpuWatch
