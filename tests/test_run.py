@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -305,3 +306,58 @@ def test_too_few_frames_for_the_processor_names_the_fix(tmp_path: Path, video_fi
     tm.build_processor("qwen3_vl", model, folder)
     check_error(["run", str(video_file), "-q", "what ?", "--model", str(folder), "--num-frames", "1"], capsys,
                 "refused 1 frame(s)")
+
+
+def test_broken_model_folders_are_one_line_errors_in_every_command(proxy_dir: Path, video_file: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    """A model folder with its weights cut off, or without its processor, a path that is not there and a
+    bare name (hub ids read org/name) are each named in one line, by run and by eval alike."""
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(proxy_dir, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    no_processor = tmp_path / "no-processor"
+    no_processor.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(proxy_dir / name, no_processor / name)
+    cases = [(cut, "could not load the model directory"), (no_processor, "could not load the model directory"),
+             (tmp_path / "nowhere", "no model directory at"), ("mymodel", "not a hub id (those read org/name")]
+    for model, words in cases:
+        check_error(["run", str(video_file), "-q", "x", "--model", str(model)], capsys, words)
+        out = tmp_path / f"eval-{Path(str(model)).name}"
+        check_error(["eval", "--suite", "synthetic", "--limit", "1", "--out", str(out), "--model", str(model)], capsys,
+                    words)
+        assert not (out / "run.json").exists()  # nothing answered: no settings to hold a retry to
+
+
+def test_text_and_unreadable_videos_are_one_line_errors(proxy_dir: Path, video_file: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    notes = tmp_path / "notes.txt"  # FFmpeg would draw it as pictures
+    notes.write_text("not a video\n" * 50)
+    check_error(["run", str(notes), "-q", "x", "--model", str(proxy_dir)], capsys, "it is a text file")
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.mp4"
+        locked.write_bytes(video_file.read_bytes())
+        locked.chmod(0)
+        check_error(["run", str(locked), "-q", "x", "--model", str(proxy_dir)], capsys, "cannot read video")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_outputs_are_refused_before_any_work(proxy_dir: Path, video_file: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    check_error(["run", str(video_file), "-q", "x", "--model", str(proxy_dir), "--viz", str(locked / "x.png")], capsys,
+                "is not writable")
+    check_error(["bench", "--shape", "tiny", "--json", str(locked / "b.json")], capsys, "is not writable")
+
+
+def test_an_unknown_option_is_named_by_its_command_with_the_nearest_one(video_file: Path, capsys) -> None:
+    code, out, err = run_cli(["run", str(video_file), "-q", "x", "--frames", "8"], capsys)
+    assert code == 2 and "hieravid run: error: unrecognized arguments: --frames 8" in err
+    assert "did you mean --num-frames?" in err
+    code, out, err = run_cli(["--version"], capsys)
+    assert code == 0 and out.startswith("hieravid ")

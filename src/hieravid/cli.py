@@ -22,8 +22,9 @@ import json
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from hieravid.flops import MODEL_PRESETS, FlopsReport, compare
 from hieravid.schedule import Schedule, solve_schedule
@@ -359,6 +360,8 @@ def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"the folder of {option} {path!r} does not exist: create it or pick another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option} {path!r} is not writable: pick another path")
     if suffixes is not None and os.path.splitext(path)[1].lower() not in suffixes:
         raise ValueError(f"{option} {path!r}: name a picture file ending in {', '.join(suffixes)}")
 
@@ -453,7 +456,7 @@ def _bench_from_json(args: argparse.Namespace) -> int:
         result = ModelBenchResult.from_dict(data)
     except OSError as exc:
         raise ValueError(f"cannot read --from-json {args.from_json!r}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"{args.from_json} is not a file written by hieravid bench --json ({exc})") from None
     if not result.results:
         raise ValueError(f"{args.from_json} holds no measurement (its results are empty): it was saved before a "
@@ -543,7 +546,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     try:
-        summary = run_eval(config)
+        with _no_transformers_bars():
+            summary = run_eval(config)
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -599,19 +603,19 @@ def _add_train_proxy(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--describe", action=argparse.BooleanOptionalAction, default=defaults.describe,
-        help="end each training conversation with the video's caption",
+        help="end each training conversation with the video's caption (default: %(default)s)",
     )
     parser.add_argument(
         "--aux-weight", type=float, default=defaults.aux_weight,
-        help="weight of the per-visual-token auxiliary heads' loss (0: none)",
+        help="weight of the per-visual-token auxiliary heads' loss (0: none; default %(default)s)",
     )
     parser.add_argument(
         "--type-weight", type=float, default=defaults.type_weight,
-        help="weight of the question-type head's loss at each answer position (0: none)",
+        help="weight of the question-type head's loss at each answer position (0: none; default %(default)s)",
     )
     parser.add_argument(
         "--summary-weight", type=float, default=defaults.summary_weight,
-        help="weight of the video-summary heads' loss at <|vision_end|> and at each answer position (0: none)",
+        help="weight of the video-summary heads' loss at <|vision_end|> and at each answer position (0: none; default %(default)s)",
     )
     parser.add_argument(
         "--curriculum", type=_non_negative_int, default=defaults.curriculum,
@@ -636,10 +640,11 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
 
     def show(entry: dict) -> None:
         scores = " ".join(f"{k} {v:.2f}" for k, v in entry["validation"].items())
-        console.print(f"step {entry['step']}: loss {entry['loss']:.3f}, validation {scores}")
+        console.print(f"step {entry['step']}: loss {entry['loss']:.3f}, validation {scores}", soft_wrap=True)
 
     try:
-        result = train(args.out, config, resume=args.resume, log=show, progress=not args.json)
+        with _no_transformers_bars():
+            result = train(args.out, config, resume=args.resume, log=show, progress=not args.json)
     except FileExistsError as exc:
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -743,24 +748,29 @@ def _load(name: str | None, device: str) -> Any:
     check_device(device)
     if name is not None and not name.strip():
         raise ValueError("--model is empty: pass a hub id or a model directory, or leave it out for the shipped proxy")
-    looks_like_path = name is not None and (name.startswith(("/", ".", "~")) or name.count("/") > 1)
-    if looks_like_path and not os.path.exists(os.path.expanduser(name)):
-        raise ValueError(f"no model directory at {name!r}: check the path (or pass a hub id such as "
-                         "Qwen/Qwen2-VL-7B-Instruct)")
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # our own status line says what is loading
     try:
-        return load_model(name, device=device)
+        with _no_transformers_bars():  # our own status line says what is loading
+            return load_model(name, device=device)
     except (FileNotFoundError, ImportError) as exc:  # no proxy weights, no config.json, no torchvision
         raise ValueError(str(exc)) from exc
-    except OSError as exc:  # not on the hub, no network, a broken directory
+    except OSError as exc:  # not on the hub, no network
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(
             f"could not load model {name!r}: {first} (pass a local directory saved with save_pretrained, or a hub "
             "id reachable from this machine)"
         ) from exc
+
+
+@contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") off for the while: the
+    command's bar or status line says what is going on, and theirs would break its lines."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -774,6 +784,8 @@ def _read(path: str, num_frames: int) -> Any:
         return read_video(path, num_frames)
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from exc
+    except OSError as exc:  # not allowed to read it, or its folder
+        raise ValueError(f"cannot read video {path!r}: {exc.strerror or exc}") from exc
 
 
 def _stages(tokens_per_layer: list[int]) -> list[dict[str, int]]:
@@ -1026,9 +1038,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``hieravid`` argument parser with one subparser per subcommand."""
+    from hieravid import __version__
+
     parser = argparse.ArgumentParser(
         prog="hieravid", description="Hierarchical visual-token pruning for fast video LLMs."
     )
+    parser.add_argument("--version", action="version", version=f"hieravid {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_flops(subparsers)
@@ -1042,11 +1057,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """Exit through the subcommand's parser, naming its options nearest each unknown one (``run`` and
+    ``eval`` spell it ``--num-frames``, ``bench`` ``--frames``)."""
+    import difflib
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    options = [o for action in sub._actions for o in action.option_strings]
+    hints = []
+    for arg in unknown:
+        near = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.6) if arg.startswith("-") else []
+        if near:
+            hints.append(f"{arg.split('=', 1)[0]}: did you mean {near[0]}?")
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hieravid`` command; returns the process exit code (2 on bad input)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the subcommand, with its usage and the option it has nearest each
+            _refuse_unknown(parser, args.command, unknown)
     except SystemExit as exc:  # argparse already printed usage and the error on stderr
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
@@ -1069,6 +1101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hieravid {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file that could not be written or read mid-way (a full disk, permissions)
+        print(f"hieravid {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

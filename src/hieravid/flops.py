@@ -18,7 +18,6 @@ from types import MappingProxyType
 from typing import Any, Literal, Mapping, Sequence
 
 from hieravid.config import HieraVidConfig, check_budget, check_choice
-from hieravid.ops.segment import warn_if_merge_is_capped
 from hieravid.schedule import floor_count, solve_schedule
 
 __all__ = [
@@ -362,6 +361,8 @@ def compare(
         # Stage 1 merges into the previous frame: it can remove at most (T-1) * P tokens.
         num_frames = preset.frames if frames is None else frames
         first_limit = (num_frames - 1) * preset.tokens_per_frame
+        from hieravid.ops.segment import warn_if_merge_is_capped  # torch, only when it can warn
+
         warn_if_merge_is_capped(num_frames, preset.tokens_per_frame, schedule.ratios[0], "hieravid")
         fractional = schedule.fractional_tokens_per_layer(n0, first_limit)
         integer = schedule.tokens_per_layer(n0, first_limit)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -153,7 +154,7 @@ def run_ops_bench(
     for i in range(repeats):
         runs.append(one_run())
         if progress:
-            print(f"  run {i + 1}/{repeats}: {1000 * sum(runs[-1][0]):.1f} ms", flush=True)
+            print(f"  run {i + 1}/{repeats}: {1000 * sum(runs[-1][0]):.1f} ms", file=sys.stderr, flush=True)
     stage_ms = [1000 * statistics.median(r[0][s] for r in runs) for s in range(len(runs[0][0]))]
     totals = [1000 * sum(r[0]) for r in runs]
     return OpsBenchResult(
