@@ -227,11 +227,17 @@ def apply(
     if model is not multimodal and callable(getattr(model, "generate", None)):
         patched[model] = "generate"
         generate = model.generate
+        generate_signature = inspect.signature(generate)
 
         @functools.wraps(generate)
         def generate_whole_prompts(*args: Any, **kwargs: Any) -> Any:
-            config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
-            chunk = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
+            # As generate resolves it: its keyword, else the config passed (by name or position), whose
+            # unset fields the model's generation config fills.
+            bound = generate_signature.bind_partial(*args, **kwargs).arguments
+            extra = bound.get("kwargs", {})
+            configs = (bound.get("generation_config"), getattr(model, "generation_config", None))
+            chunk = (extra["prefill_chunk_size"] if "prefill_chunk_size" in extra else
+                     next((c.prefill_chunk_size for c in configs if getattr(c, "prefill_chunk_size", None) is not None), None))
             if chunk is not None:
                 raise ValueError(
                     f"hieravid decides from the whole prompt in one prefill (its video and the instruction after "

@@ -1222,6 +1222,15 @@ def test_chunked_prefill_is_refused_naming_the_switch(family, model):
                 _generate(model, inputs, prefill_chunk_size=16)
             with pytest.raises(ValueError, match=r"prefill_chunk_size=16"):
                 _generate(model, inputs, generation_config=GenerationConfig(prefill_chunk_size=16, max_new_tokens=2))
+            with pytest.raises(ValueError, match=r"prefill_chunk_size=8"):  # the config passed by position
+                model.generate(inputs["input_ids"], GenerationConfig(prefill_chunk_size=8, max_new_tokens=2),
+                               **{k: v for k, v in inputs.items() if k != "input_ids"})
+            model.generation_config.prefill_chunk_size = 4  # filling the passed config's unset field
+            try:
+                with pytest.raises(ValueError, match=r"prefill_chunk_size=4"):
+                    _generate(model, inputs, generation_config=GenerationConfig(max_new_tokens=2))
+            finally:
+                model.generation_config.prefill_chunk_size = None
         assert "generate" not in model.__dict__
         _generate(model, inputs, 2, prefill_chunk_size=16)  # the model without hieravid runs it
 
@@ -1234,3 +1243,23 @@ def test_logits_for_given_positions_are_refused_when_pruning(family, model):
         with pytest.raises(ValueError, match="logits_to_keep names positions"):
             model(**inputs, logits_to_keep=torch.tensor([3, 5]))
         assert model(**inputs, logits_to_keep=2).logits.shape[1] == 2
+
+
+def test_a_generated_video_placeholder_is_text(family, model):
+    """A decoding step whose new token is the video placeholder (the model emitted it) adds no video:
+    generation goes on as without hieravid."""
+    inputs = build_inputs(family, model)
+    length = inputs["input_ids"].shape[1]
+    video = video_token_id(family, model)
+    vocab = list(range(model.config.get_text_config().vocab_size))
+
+    def force(batch_id, ids):  # the second new token is the placeholder
+        return [video] if ids.shape[0] == length + 1 else vocab
+
+    with torch.no_grad():
+        want = _generate(model, inputs, prefix_allowed_tokens_fn=force)
+        assert int(want[0, length + 1]) == video
+        with hieravid.apply(model, "vanilla"):
+            torch.testing.assert_close(_generate(model, inputs, prefix_allowed_tokens_fn=force), want, rtol=0, atol=0)
+        with hieravid.apply(model, "hieravid", 0.3):
+            assert _generate(model, inputs, prefix_allowed_tokens_fn=force).shape == want.shape

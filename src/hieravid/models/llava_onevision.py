@@ -19,13 +19,18 @@ class LlavaOnevisionAdapter(ModelAdapter):
         with pixels, their frame count must agree."""
         input_ids = context.input_ids()
         pixels = context.get("pixel_values_videos")  # (B, F, 3, S, S) or None
+        encoded = context.get("mm_encoder_outputs")
+        if pixels is None and not (isinstance(encoded, dict) and encoded.get("video") is not None):
+            # No video in this call: a text-only call, or a decoding step (whose new token may be the
+            # video placeholder the model emitted, which is text there).
+            return [None] * input_ids.shape[0]
         config = self.model.config
         positions = video_token_positions(input_ids, int(config.video_token_index))
         side = config.vision_config.image_size // config.vision_config.patch_size  # patches per frame side
         pooled = (-(-side // 2)) ** 2  # P: tokens per frame after the model's 2x2 pooling (ceil)
         layouts: list[VideoLayout | None] = []
         for pos in positions:
-            if pos.numel() == 0:  # no video in this sample (text only, or a decoding step)
+            if pos.numel() == 0:  # no video in this sample
                 layouts.append(None)
                 continue
             frames = (pos.numel() - 1) // pooled if pixels is None else int(pixels.shape[1])
