@@ -257,7 +257,7 @@ def solve_schedule(
     """Per-stage pruning ratios whose layer-weighted kept fraction equals ``budget``.
 
     Presets: with ``use_presets``, ``num_stages == 4`` and stages of equal length (``L`` a multiple of 4,
-    as the paper's 28), a budget within 1e-9 of 0.3, 0.2 or 0.1 returns the paper's schedule from
+    as the paper's 28), a budget within 1e-6 of 0.3, 0.2 or 0.1 returns the paper's schedule from
     :data:`PRESETS` (achieved budgets 0.300, 0.210, 0.110). With unequal stages the presets' ratios would
     miss their budget (0.308 at L = 7), so the solver runs.
 

@@ -312,15 +312,20 @@ def test_config_keeps_numpy_numbers_as_pythons():
     assert HieraVid(config).decision_layers(np.int64(28)) == [0, 7, 14, 21]
 
 
-def test_keep_clip_that_cannot_reach_a_stage_ratio_is_refused():
-    """A keep rate clipped at >= 0.9 removes at most 10% of a segment: a stage asking for 30% is refused
-    when the method is built for a model, not silently kept at 10%; exact_total trims to any ratio."""
+def test_keep_clip_that_cannot_reach_a_stage_ratio_is_named(recwarn):
+    """A keep rate clipped at >= 0.9 removes at most 10% of a segment: a stage asking for 30% says so when
+    the method is built for a model (it would keep more than the schedule says); exact_total trims to
+    any ratio. The solver's own schedules reach such ratios too (S = 8 at B = 0.05): they run, warned."""
     from hieravid.methods.hieravid import HieraVid
 
-    with pytest.raises(ValueError, match=r"R_2=0.3.*keep_clip.*<= 0.7"):
-        HieraVid(HieraVidConfig(budget=0.3, keep_clip=(0.9, 1.0))).decision_layers(28)
+    with pytest.warns(UserWarning, match=r"R_2=0.3.*keep_clip.*<= 0.7"):
+        assert HieraVid(HieraVidConfig(budget=0.3, keep_clip=(0.9, 1.0))).decision_layers(28) == [0, 7, 14, 21]
+    with pytest.warns(UserWarning, match=r"stage \d prunes R_\d=0.9\d+ of every segment"):
+        assert len(HieraVid(HieraVidConfig(budget=0.05, num_stages=8)).decision_layers(32)) == 8
+    recwarn.clear()
     assert HieraVid(HieraVidConfig(budget=0.3, keep_clip=(0.43, 1.0))).decision_layers(28) == [0, 7, 14, 21]  # R_4=0.57
     assert HieraVid(HieraVidConfig(budget=0.3, keep_clip=(0.9, 1.0), exact_total=True)).decision_layers(28)
+    assert not [w for w in recwarn.list if "keep_clip" in str(w.message)]
 
 
 def test_config_nan_delta_rejected():

@@ -118,3 +118,13 @@ def test_integer_options_take_numpy_integers(spec, attribute):
     name, options = parse_method(spec)
     method = build(name, np.float32(0.3), **{k: np.int64(v) for k, v in options.items()})
     assert getattr(method, attribute) == 2 and type(getattr(method, attribute)) is int
+
+
+@pytest.mark.parametrize(("spec", "attribute"), [("cdpruner:theta=0.5", "theta"), ("pyramiddrop:lambda_=0.5", "lambda_"),
+                                                 ("framefusion:similarity_lower_bound=0.5", "similarity_lower_bound")])
+def test_real_options_take_numpy_floats(spec, attribute):
+    import numpy as np
+
+    name, options = parse_method(spec)
+    method = build(name, 0.3, **{k: np.float32(v) for k, v in options.items()})
+    assert getattr(method, attribute) == 0.5 and type(getattr(method, attribute)) is float

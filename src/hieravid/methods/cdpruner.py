@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from hieravid.config import check_budget, check_choice
+from hieravid.config import check_budget, check_choice, is_number
 from hieravid.methods.base import BeforeLLMMethod, Decision, PruningMethod, VideoTokens, check_options
 from hieravid.ops import conditional_kernel, greedy_map, minmax_normalize, prepare_greedy
 from hieravid.ops.ranking import instruction_similarity
@@ -109,7 +109,7 @@ def cdpruner_select(features: torch.Tensor, relevance: torch.Tensor, k: int) -> 
 def _check_theta(theta: float | None) -> float | None:
     if theta is None:
         return None
-    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not 0.0 <= float(theta) < 1.0:
+    if not is_number(theta) or not 0.0 <= float(theta) < 1.0:
         raise ValueError(f"theta must be None (the official default) or a number in [0, 1), got {theta!r}")
     return float(theta)
 

@@ -67,7 +67,7 @@ from typing import Any
 
 import torch
 
-from hieravid.config import check_budget, check_unit_interval
+from hieravid.config import check_budget, check_unit_interval, is_number
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.ops.ranking import top_k_mask
 
@@ -141,7 +141,7 @@ class FrameFusion(PruningMethod):
     ) -> None:
         self.name = "framefusion"
         self.budget = check_budget(budget)
-        if not isinstance(similarity_lower_bound, (int, float)) or isinstance(similarity_lower_bound, bool) or not (
+        if not is_number(similarity_lower_bound) or not (
             -1.0 <= similarity_lower_bound <= 1.0
         ):
             raise ValueError(

@@ -6,6 +6,7 @@ model's hidden states, positions and caches.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -140,19 +141,24 @@ def decide_stage(
 
 
 def check_reachable(ratios: tuple[float, ...], config: HieraVidConfig) -> None:
-    """Refuse in-LLM stage ratios that Eq. 5's clip cannot reach: a keep rate of at least ``keep_clip[0]``
-    removes at most ``1 - keep_clip[0]`` of a segment, so a larger ``R_k`` would silently keep more tokens
-    than the schedule says (``exact_total`` trims the counts to the stage total, so it reaches any ratio)."""
+    """Warn about in-LLM stage ratios that Eq. 5's clip cannot reach: a keep rate of at least
+    ``keep_clip[0]`` removes at most ``1 - keep_clip[0]`` of a segment, so a larger ``R_k`` keeps more
+    tokens than the schedule says (``exact_total`` trims the counts to the stage total, so it reaches
+    any ratio). A warning, not an error: the solver's own schedules reach such ratios with many stages at
+    low budgets (S = 8, B = 0.05), which run, a little above their budget."""
     if config.exact_total:
         return
     low = config.keep_clip[0]
     for stage, ratio in enumerate(ratios[1:], start=2):
         if ratio > 1.0 - low + 1e-9:
-            raise ValueError(
-                f"stage {stage} prunes R_{stage}={ratio:g} of every segment, but keep_clip={config.keep_clip} keeps "
-                f"at least {low:g} of each (Eq. 5), so at most {1.0 - low:g} can go: lower keep_clip's first value to "
-                f"<= {1.0 - ratio:g}, lower the ratio, or pass exact_total=True"
+            warnings.warn(
+                f"hieravid: stage {stage} prunes R_{stage}={ratio:g} of every segment, but keep_clip={config.keep_clip} "
+                f"keeps at least {low:g} of each (Eq. 5), so at most {1.0 - low:g} goes and more tokens are kept than "
+                f"the schedule says: lower keep_clip's first value to <= {1.0 - ratio:g}, use fewer stages or a "
+                "lower ratio, or pass exact_total=True",
+                stacklevel=3,
             )
+            return
 
 
 class HieraVid(PruningMethod):

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from hieravid.config import check_budget, is_integer
+from hieravid.config import check_budget, is_integer, is_number
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.budget import keep_count, layer_average
 from hieravid.ops.ranking import instruction_similarity, top_k_mask
@@ -123,7 +123,7 @@ class PyramidDrop(PruningMethod):
             raise ValueError(f"stages must be an integer >= 1, got {stages!r}; the paper uses stages=4")
         self.stages = int(stages)
         if lambda_ is not None and (
-            not isinstance(lambda_, (int, float)) or isinstance(lambda_, bool) or not 0.0 <= lambda_ <= 1.0
+            not is_number(lambda_) or not 0.0 <= lambda_ <= 1.0
         ):
             raise ValueError(f"lambda_ (kept ratio per stage) must be in [0, 1], got {lambda_!r}; the paper uses 0.5")
         self.lambda_ = None if lambda_ is None else float(lambda_)
