@@ -136,3 +136,12 @@ def test_subpackages_load_on_first_use_and_import_stays_light() -> None:
     assert result.returncode == 0, result.stderr
     names, refused = result.stdout.split()
     assert "hieravid" in names.split(",") and refused == "refused"
+
+
+def test_the_command_starts_without_torch() -> None:
+    """``hieravid --help``, ``--version``, ``flops --help`` answer at once: building the parser (every
+    subcommand's defaults) loads neither torch nor transformers."""
+    code = "import sys\nfrom hieravid.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules, 'transformers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]

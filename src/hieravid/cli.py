@@ -580,7 +580,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _add_train_proxy(subparsers: Any) -> None:
-    from hieravid.proxy.train import TrainConfig
+    from hieravid.proxy.config import TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser(

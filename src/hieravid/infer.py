@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from hieravid.api import apply
+from hieravid.methods import PruningMethod
 from hieravid.models import FAMILIES, SUPPORTED, find_adapter
 from hieravid.runtime import PruneStats, PruneTrace, device_clock
 
@@ -258,7 +259,7 @@ def answer(
     frames: np.ndarray,
     question: str,
     *,
-    method: str = "vanilla",
+    method: str | PruningMethod = "vanilla",
     budget: float = 1.0,
     options: dict[str, Any] | None = None,
     max_new_tokens: int = 16,
@@ -277,7 +278,8 @@ def answer(
     adapter, multimodal = find_adapter(model)
     vision = getattr(multimodal, "visual", None) or getattr(multimodal, "vision_tower", None)
     device = loaded.device
-    with apply(model, method, budget, trace=trace, **(options or {})) as handle, torch.inference_mode():
+    given = budget if isinstance(method, str) else None  # an instance carries its own
+    with apply(model, method, given, trace=trace, **(options or {})) as handle, torch.inference_mode():
         with _timed_calls(adapter.text_model, device) as llm_times, _timed_calls(vision, device) as vision_times:
             start = device_clock(device)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

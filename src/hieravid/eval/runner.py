@@ -375,8 +375,9 @@ def _progress_bar(enabled: bool):
         return nullcontext(None)
     from rich.console import Console
 
-    if not Console(stderr=True).is_terminal:
-        return _ProgressLines(Console(stderr=True))
+    console = Console(stderr=True)
+    if not (console.is_terminal or console.is_jupyter):
+        return _ProgressLines(console)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from hieravid.proxy.build import build_model, build_processor, save
+from hieravid.proxy.config import TrainConfig
 from hieravid.proxy.labels import HEADS, SUMMARY, token_labels, video_summary
 from hieravid.synthetic import FPS, LETTERS, QUESTION_TYPES, SyntheticSample, generate_sample
 from hieravid.synthetic.questions import DESCRIBE_PROMPT, ask, describe
@@ -41,39 +42,6 @@ __all__ = ["CURRICULUM", "TYPE_LAYER", "asked_types", "TrainConfig", "batch_inpu
 TYPE_LAYER = 2  # the question-type head reads the hidden state after this many decoder layers
 SUMMARY_LAYER = 4  # the summary heads read the <|vision_end|> token's hidden state after this many layers
 ANSWER_LAYER = 6  # ... and a second set reads each answer position's hidden state after this many layers
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of ``hieravid train-proxy``."""
-
-    steps: int = 3600
-    batch: int = 8
-    lr: float = 3e-3
-    warmup: int = 50
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    seed: int = 0
-    val_size: int = 150
-    eval_every: int = 250
-    checkpoint_every: int = 25
-    hidden: int = 64  # model sizes, see hieravid.proxy.build.build_config
-    intermediate: int = 192
-    vision_dim: int = 48
-    init: float = 0.08  # initial weights' standard deviation
-    threads: int = 1  # torch threads; 1 keeps the speed steady when other work shares the cores
-    describe: bool = False  # end each conversation with the video's caption (more supervision per video)
-    aux_weight: float = 1.0  # weight of the per-token auxiliary heads' loss (hieravid.proxy.labels); 0 = none
-    type_weight: float = 1.0  # weight of the question-type head's loss at each answer position; 0 = none
-    summary_weight: float = 1.0  # weight of the video-summary heads' loss (<|vision_end|>, answers); 0 = none
-    curriculum: int = 0  # steps between unlocking the question types in CURRICULUM order; 0 = all from the start
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be above 0, got {self.lr!r}")
-        for name in ("aux_weight", "type_weight", "summary_weight", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be 0 or more (0 turns it off), got {getattr(self, name)!r}")
 
 
 # With ``curriculum``, training asks only the first k of these types during steps [(k-1) c, k c): a type learnt
@@ -356,9 +324,8 @@ def train(
     # drops what was logged after the checkpoint (those steps are trained and logged again).
     kept = _log_lines_up_to(log_path, step) if resume and log_path.exists() else []
     log_path.write_text("".join(line + "\n" for line in kept))
-    log_file = log_path.open("a")
 
-    def record(entry: dict) -> None:
+    def record(entry: dict) -> None:  # log_file: opened for the training loop below
         log_file.write(json.dumps(entry) + "\n")
         log_file.flush()
         if log:
@@ -369,7 +336,7 @@ def train(
         TextColumn("train-proxy"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
         TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not progress) as bar:
+    with log_path.open("a") as log_file, Progress(*columns, disable=not progress) as bar:  # closed when interrupted too
         task = bar.add_task("train", total=config.steps, completed=step, loss=float("nan"))
         while step < config.steps:
             start = time.perf_counter()
@@ -421,7 +388,6 @@ def train(
                      "elapsed": elapsed, "running": running, "tally": tally, "config": asdict(config)},
                     checkpoint,
                 )
-    log_file.close()
     model.eval()
     save(model, out)
     scores = letter_accuracy(model, processor, validation)

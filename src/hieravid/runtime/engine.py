@@ -331,7 +331,7 @@ class Runtime:
             for b, layout in enumerate(layouts)
         ]
         decision_layers = set(self.method.decision_layers(num_layers))
-        if decision_layers and torch.is_tensor(self.logits_to_keep) and self.logits_to_keep.dim() > 0:
+        if decision_layers and torch.is_tensor(self.logits_to_keep):
             raise ValueError(
                 "logits_to_keep names positions of the whole prompt, but a pruned prefill returns the positions "
                 "it kept: pass an int (the last tokens, always kept text up to the instruction's length), or "
