@@ -361,3 +361,19 @@ def test_an_unknown_option_is_named_by_its_command_with_the_nearest_one(video_fi
     assert "did you mean --num-frames?" in err
     code, out, err = run_cli(["--version"], capsys)
     assert code == 0 and out.startswith("hieravid ")
+
+
+def test_answer_takes_a_method_instance_with_its_own_budget(proxy_dir: Path) -> None:
+    """An instance carries its budget: answer() runs it as it is, and refuses a budget beside it rather
+    than ignore one."""
+    from hieravid.config import HieraVidConfig
+    from hieravid.infer import answer, load_model
+    from hieravid.methods.hieravid import HieraVid
+
+    loaded = load_model(proxy_dir)
+    frames = generate_sample(0, "test").frames[:8]
+    by_name = answer(loaded, frames, "what ?", method="hieravid", budget=0.3, max_new_tokens=1)
+    instance = answer(loaded, frames, "what ?", method=HieraVid(HieraVidConfig(budget=0.3)), max_new_tokens=1)
+    assert instance.stats.tokens_per_layer == by_name.stats.tokens_per_layer
+    with pytest.raises(ValueError, match="budget given with a method instance"):
+        answer(loaded, frames, "what ?", method=HieraVid(HieraVidConfig(budget=0.3)), budget=0.7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 import torch
@@ -227,3 +228,22 @@ def test_qwen_video_positions(family: str, interval: int) -> None:
         # the <|vision_end|> after the video (group) continues from start + max(rows, cols), whatever the
         # temporal positions reached (Qwen2.5-VL: the last group's T row can equal or exceed it)
         assert (pos[:, b, spans[-1][1]] == start + max(rows, cols)).all()
+
+
+def test_qwen3_vl_prompts_state_each_frames_own_time() -> None:
+    """Qwen3-VL writes each temporal pair's mean time into the prompt: the frames' own times, however
+    unevenly spaced (a variable frame rate, a clip with a gap), not a grid of the mean frame rate."""
+    import tempfile
+
+    from hieravid.infer import LoadedModel, build_inputs
+
+    pytest.importorskip("torchvision")
+    model = tm.build_model("qwen3_vl")
+    with tempfile.TemporaryDirectory() as folder:
+        processor = tm.build_processor("qwen3_vl", model, folder)
+    loaded = LoadedModel(model=model, processor=processor, family="qwen3_vl", name="tiny")
+    h, w = tm.DEFAULT_FRAME_HW["qwen3_vl"]
+    inputs = build_inputs(loaded, tm.random_video(8, h, w, seed=1), "what ?",
+                          timestamps_s=[0.0, 0.1, 0.2, 0.3, 5.0, 5.1, 5.2, 5.3])
+    text = processor.tokenizer.decode(inputs["input_ids"][0]).replace(" ", "")
+    assert [float(t) for t in re.findall(r"<([\d.]+)seconds>", text)] == [0.1, 0.2, 5.0, 5.2]  # (0+.1)/2 -> 0.1

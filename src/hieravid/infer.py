@@ -206,9 +206,15 @@ def build_inputs(
     else:
         if len(timestamps_s) != count:
             raise ValueError(f"{len(timestamps_s)} timestamps for {count} frames")
-        span = float(timestamps_s[-1] - timestamps_s[0])
-        fps = (count - 1) / span if count > 1 and span > 0 else 1.0
-        indices = [int(round(t * fps)) for t in timestamps_s]
+        if loaded.family == "qwen3_vl":
+            # Its prompt states each frame's time, indices / fps: on a millisecond grid they are the frames'
+            # own (a variable frame rate's too), where the mean rate below would move them by up to half
+            # a frame interval. It reads nothing else of the two.
+            fps, indices = 1000.0, [int(round(1000 * float(t))) for t in timestamps_s]
+        else:  # Qwen2.5-VL's second_per_grid_ts reads the mean frame rate
+            span = float(timestamps_s[-1] - timestamps_s[0])
+            fps = (count - 1) / span if count > 1 and span > 0 else 1.0
+            indices = [int(round(t * fps)) for t in timestamps_s]
     messages = []
     if system:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
@@ -260,7 +266,7 @@ def answer(
     question: str,
     *,
     method: str | PruningMethod = "vanilla",
-    budget: float = 1.0,
+    budget: float | None = None,
     options: dict[str, Any] | None = None,
     max_new_tokens: int = 16,
     timestamps_s: Sequence[float] | None = None,
@@ -278,8 +284,9 @@ def answer(
     adapter, multimodal = find_adapter(model)
     vision = getattr(multimodal, "visual", None) or getattr(multimodal, "vision_tower", None)
     device = loaded.device
-    given = budget if isinstance(method, str) else None  # an instance carries its own
-    with apply(model, method, given, trace=trace, **(options or {})) as handle, torch.inference_mode():
+    if budget is None and isinstance(method, str):
+        budget = 1.0  # a name alone prunes nothing; an instance carries its own budget
+    with apply(model, method, budget, trace=trace, **(options or {})) as handle, torch.inference_mode():
         with _timed_calls(adapter.text_model, device) as llm_times, _timed_calls(vision, device) as vision_times:
             start = device_clock(device)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -141,11 +141,12 @@ def decide_stage(
 
 
 def check_reachable(ratios: tuple[float, ...], config: HieraVidConfig) -> None:
-    """Warn about in-LLM stage ratios that Eq. 5's clip cannot reach: a keep rate of at least
-    ``keep_clip[0]`` removes at most ``1 - keep_clip[0]`` of a segment, so a larger ``R_k`` keeps more
-    tokens than the schedule says (``exact_total`` trims the counts to the stage total, so it reaches
-    any ratio). A warning, not an error: the solver's own schedules reach such ratios with many stages at
-    low budgets (S = 8, B = 0.05), which run, a little above their budget."""
+    """Warn about in-LLM stage ratios that Eq. 5's clip cannot follow: the keep rate of every segment is
+    at least ``keep_clip[0]``, where ``R_k > 1 - keep_clip[0]`` asks for less, so the stage's counts drift
+    from the schedule (``exact_total`` trims them to the stage total, so it reaches any ratio). A
+    warning, not an error: the solver's own schedules ask for such ratios with many stages at low
+    budgets (S = 8, B = 0.05), which run; there, the floors of small segments' counts often keep fewer
+    tokens than the schedule, not more."""
     if config.exact_total:
         return
     low = config.keep_clip[0]
@@ -153,9 +154,9 @@ def check_reachable(ratios: tuple[float, ...], config: HieraVidConfig) -> None:
         if ratio > 1.0 - low + 1e-9:
             warnings.warn(
                 f"hieravid: stage {stage} prunes R_{stage}={ratio:g} of every segment, but keep_clip={config.keep_clip} "
-                f"keeps at least {low:g} of each (Eq. 5), so at most {1.0 - low:g} goes and more tokens are kept than "
-                f"the schedule says: lower keep_clip's first value to <= {1.0 - ratio:g}, use fewer stages or a "
-                "lower ratio, or pass exact_total=True",
+                f"sets every segment's keep rate to at least {low:g} (Eq. 5), so the stage's token counts drift from "
+                f"the schedule: lower keep_clip's first value to <= {1.0 - ratio:g}, use fewer stages or a lower "
+                "ratio, or pass exact_total=True",
                 stacklevel=3,
             )
             return

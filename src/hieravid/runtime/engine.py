@@ -266,9 +266,9 @@ class Runtime:
             if self.method.decision_layers(self.adapter.num_layers):
                 raise ValueError(
                     "this call is given video features encoded elsewhere (mm_encoder_outputs) without what says "
-                    "how they split into frames: pass the pixels (pixel_values_videos with video_grid_thw), "
-                    "pass video_grid_thw with the features to the model call, or encode them with the model's "
-                    "get_video_features while hieravid is applied, in the thread that asks"
+                    "how they split into frames: pass the pixels (pixel_values_videos with video_grid_thw), or "
+                    "encode the features with the model's get_video_features while hieravid is applied, in the "
+                    "thread that asks (a direct model call, not generate, may also pass video_grid_thw beside them)"
                 )
         return layouts
 
