@@ -1189,9 +1189,9 @@ def _two_turns(model, family, inputs):
     extra = {}
     if "mm_token_type_ids" in inputs:
         extra["mm_token_type_ids"] = (ids == video_token_id(family, model)).long() * 2
-    second = model.generate(input_ids=ids, attention_mask=mask, past_key_values=first.past_key_values, max_new_tokens=1,
+    second = model.generate(input_ids=ids, attention_mask=mask, **{CACHE_ARG: cache_of(first)}, max_new_tokens=1,
                             do_sample=False, return_dict_in_generate=True, output_logits=True, **extra)
-    return second.logits[0], second.past_key_values, fed.bool()
+    return second.logits[0], cache_of(second), fed.bool()
 
 
 def test_a_later_turn_masking_cached_tokens_is_obeyed(family, model):
