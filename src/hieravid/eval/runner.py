@@ -167,12 +167,12 @@ def _settings(config: EvalConfig) -> dict[str, Any]:
     return settings
 
 
-def _check_resume(out: Path, config: EvalConfig) -> None:
+def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str, Any]]) -> None:
     """Refuse to add records to ``out`` made with settings that change the answers (a folder that holds
-    no answer, a run that failed before any, takes new settings)."""
+    no answer, ``previous`` empty: a run that failed before any, takes new settings)."""
     path = out / RUN_FILE
     settings = _settings(config)
-    if path.is_file() and read_records(part_files(out) + [out / MERGED]):
+    if path.is_file() and previous:
         try:
             before = json.loads(path.read_text())
         except json.JSONDecodeError:
@@ -419,14 +419,14 @@ def run_eval(
     procs = _processes(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, config)
+    previous = read_records(part_files(out) + [out / MERGED])
+    _check_resume(out, config, previous)
     data_root = Path(config.data_root) if config.data_root is not None else Path("data")
     samples, task_errors = _load_tasks(tasks, data_root, config.limit)
     pairs = combinations(config.methods, config.budgets)
 
     units = [(task, i, s) for task in tasks for i, s in enumerate(samples.get(task.name, []))]
     digests = {(task.name, str(s.id)): _sample_digest(s, data_root) for task, _, s in units}
-    previous = read_records(part_files(out) + [out / MERGED])
 
     def reusable(record: Mapping[str, Any]) -> bool:
         """Not a failure to retry, and made for the sample as it is now (a record written before digests

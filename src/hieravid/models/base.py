@@ -59,6 +59,12 @@ class CallContext:
             )
         return input_ids
 
+    def encoded_video(self) -> Any:
+        """The video's encoder output the call was given (``mm_encoder_outputs["video"]``, as ``generate``
+        passes it), or None."""
+        encoded = self.kwargs.get("mm_encoder_outputs")
+        return encoded.get("video") if isinstance(encoded, dict) else None
+
 
 class ModelAdapter:
     """Base class: subclasses know one model family.

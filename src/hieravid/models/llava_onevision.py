@@ -19,8 +19,7 @@ class LlavaOnevisionAdapter(ModelAdapter):
         with pixels, their frame count must agree."""
         input_ids = context.input_ids()
         pixels = context.get("pixel_values_videos")  # (B, F, 3, S, S) or None
-        encoded = context.get("mm_encoder_outputs")
-        if pixels is None and not (isinstance(encoded, dict) and encoded.get("video") is not None):
+        if pixels is None and context.encoded_video() is None:
             # No video in this call: a text-only call, or a decoding step (whose new token may be the
             # video placeholder the model emitted, which is text there).
             return [None] * input_ids.shape[0]

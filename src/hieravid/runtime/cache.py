@@ -94,9 +94,9 @@ class PrunedCache(DynamicCache):
 
     def hide(self, hidden: torch.Tensor) -> None:
         """Mask the keys of the original positions ``hidden`` (B, virtual_length) marks, in every layer."""
+        decoded = hidden[:, self.prefill_length :]  # the columns after the prefill's, the same in every layer
         for layer_idx, valid in enumerate(self.key_valid):
             positions = self.prefill_positions[layer_idx]  # (B, stored by the prefill)
-            decoded = hidden[:, self.prefill_length :]  # the columns after the prefill's, in every layer
             self.key_valid[layer_idx] = valid & ~torch.cat([hidden.gather(1, positions), decoded], dim=1)
             self.all_valid[layer_idx] = False
         self.past_valid = self.past_valid & ~hidden

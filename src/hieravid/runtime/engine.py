@@ -255,8 +255,7 @@ class Runtime:
                 "multimodal model hieravid.apply was given, with input_ids"
             )
         kwargs = dict(self.context.kwargs)
-        encoded = kwargs.get("mm_encoder_outputs")
-        video = encoded.get("video") if isinstance(encoded, dict) else None
+        video = self.context.encoded_video()
         if video is not None:  # features encoded before this call: their grid is where they were encoded
             for ref, arguments in self._encodings:
                 if ref() is video:
