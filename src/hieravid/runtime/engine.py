@@ -121,6 +121,28 @@ def _right_align(keep: torch.Tensor, width: int | None = None) -> tuple[torch.Te
 _ENCODINGS_KEPT = 4  # video encodings whose grids a thread remembers
 
 
+def _same_encoding(given: Any, kept: Any) -> bool:
+    """Whether the encoder output a call was ``given`` is the one ``kept`` from an encoding: the same
+    object, or a copy holding the same features. accelerate's hooks rebuild every mapping a dispatched
+    model's forward is passed (``mm_encoder_outputs`` and the output inside), keeping its tensors, or
+    moving them to the execution device."""
+    if kept is None:
+        return False
+    if given is kept:
+        return True
+    ours, theirs = getattr(given, "pooler_output", None), getattr(kept, "pooler_output", None)
+    ours = (ours,) if isinstance(ours, torch.Tensor) else ours
+    theirs = (theirs,) if isinstance(theirs, torch.Tensor) else theirs
+    if not isinstance(ours, (tuple, list)) or not isinstance(theirs, (tuple, list)) or len(ours) != len(theirs):
+        return False
+    return all(
+        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and (
+            a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.to(b.device), b))
+        )
+        for a, b in zip(ours, theirs)
+    )
+
+
 class _CallState(threading.local):
     """What a model call carries from its start to its decoder, one per thread: a model served from several
     threads (each its own ``generate``) runs each call with its own inputs, as without hieravid."""
@@ -258,7 +280,7 @@ class Runtime:
         video = self.context.encoded_video()
         if video is not None:  # features encoded before this call: their grid is where they were encoded
             for ref, arguments in self._encodings:
-                if ref() is video:
+                if _same_encoding(video, ref()):
                     kwargs.update({k: v for k, v in arguments.items() if kwargs.get(k) is None})
         layouts = self.adapter.video_layouts(CallContext(kwargs), length)
         if video is not None and all(layout is None for layout in layouts):
