@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -533,24 +534,21 @@ def test_damaged_data_met_while_decoding_is_named_so(tmp_path):
 
 @needs_x264
 def test_a_cut_off_faststart_mp4_reports_the_rate_of_the_frames_it_has(tmp_path):
-    # Its index (at the front) lists all 200 frames; the data of about half is there, the last ones partly, so
-    # the decoded frames are counted: rate and duration are those of the frames decoded, not of the index.
+    # Its index (at the front) lists all 200 frames; the data of about half is there, the last packet
+    # partly (the demuxer marks it corrupt): the frames read are those whose data is complete, each at its
+    # own time; rate and duration are those of the frames read, not of the index.
     whole = write_bars(tmp_path / "whole.mp4", 200, fps=25, container_options={"movflags": "faststart"},
                        options={"crf": "10"})
     data = open(whole, "rb").read()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
-    calls = []
-    original = video._decode_index
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(video, "_decode_index", lambda *args: calls.append(1) or original(*args))
-        with pytest.warns(UserWarning, match="may be truncated"):
-            sampled = read_video(cut, 8)
-    assert calls, "the decoded frames were not counted"
+    with pytest.warns(UserWarning, match="may be truncated"), pytest.warns(UserWarning, match="incomplete"):
+        sampled = read_video(cut, 8)
     assert 0 < sampled.source_frames < 200
-    assert sampled.fps == pytest.approx(25)
-    assert sampled.duration_s == pytest.approx(sampled.source_frames / 25)
-    assert read_bars(sampled.frames) == sampled.frame_indices
+    assert read_bars(sampled.frames) == [round(t * 25) for t in sampled.timestamps_s]
+    assert sampled.timestamps_s[0] == 0 and sampled.frame_indices[-1] == sampled.source_frames - 1
+    assert sampled.fps == pytest.approx((sampled.source_frames - 1) / sampled.timestamps_s[-1])
+    assert sampled.duration_s == pytest.approx(sampled.timestamps_s[-1] + 1 / 25)
 
 
 def write_two_streams(path) -> str:
@@ -672,3 +670,61 @@ def test_a_text_file_and_a_video_without_frames_are_named_so(tmp_path):
     with pytest.raises(ValueError, match="cannot list its frames") as info:
         read_video(empty, 4)
     assert "Errno" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["file:clip.mp4", "take2:cut.mp4", "pipe:0.mp4"])
+def test_a_name_that_looks_like_a_protocol_names_the_file(tmp_path, monkeypatch, name):
+    # FFmpeg reads "<word>:" as a protocol: "file:clip.mp4" would open clip.mp4, "pipe:0" standard input.
+    monkeypatch.chdir(tmp_path)
+    write_test_video(name, np.stack([bars(i) for i in range(10)]), fps=FPS)
+    write_test_video("clip.mp4", np.stack([bars(200) for _ in range(4)]), fps=FPS)
+    assert (tmp_path / name).is_file()
+    sampled = read_video(name, 10)
+    assert sampled.source_frames == 10 and read_bars(sampled.frames) == list(range(10))
+
+
+@pytest.mark.parametrize("codec, pix_fmt", [("mjpeg", "yuvj420p"), ("mpeg4", "yuv420p"), ("rawvideo", "rgb24")])
+def test_a_frame_cut_off_with_the_file_is_left_out(tmp_path, codec, pix_fmt):
+    # AVI states no duration beyond its data, and its last packet, cut short, is marked corrupt: decoded, it
+    # gave a damaged or concealed picture under the last frame's index, or (rawvideo) an FFmpeg error.
+    whole = write_bars(tmp_path / "whole.avi", 100, codec=codec, pix_fmt=pix_fmt)
+    data = open(whole, "rb").read()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="1 of its video packets are incomplete"):
+        sampled = read_video(cut, 6)
+    assert 0 < sampled.source_frames < 100
+    assert read_bars(sampled.frames) == sampled.frame_indices
+    assert sampled.frame_indices[-1] == sampled.source_frames - 1
+
+
+@needs_x264
+def test_segments_whose_clock_restarts_keep_the_stated_rate(tmp_path):
+    # Two MPEG-TS segments joined byte for byte (an HLS download), each timed from 0: the packets' times
+    # overlap, so frames are numbered in decoding order, each 1/25 s after the one before.
+    parts = []
+    for first in (0, 100):
+        path = tmp_path / f"part{first}.ts"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+            for i in range(100):
+                frame = av.VideoFrame.from_ndarray(bars(first + i), format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, 25)
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        parts.append(path.read_bytes())
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(parts))
+    sampled = read_video(joined, 4)
+    assert sampled.source_frames == 200
+    assert read_bars(sampled.frames) == sampled.frame_indices == [0, 66, 133, 199]
+    assert sampled.fps == pytest.approx(25)
+    assert sampled.timestamps_s == pytest.approx([i / 25 for i in sampled.frame_indices])
+
+
+def test_a_pipe_is_refused_with_the_fix(tmp_path):
+    fifo = tmp_path / "stream.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file .*save the video to a file first"):
+        read_video(fifo, 4)

@@ -28,8 +28,12 @@ one the index lists. Files whose packets carry no timestamps, and AVI files whos
 (B-frames: AVI stores no presentation times, FFmpeg stamps frames with their decoding rank), number frames
 in the order the decoder gives them out, from the start. When the frames that come out do not match the
 index (dropped or re-timed frames, stamps that are not presentation times), one extra decoding pass counts
-the frames as decoded, and the sampling, ``fps`` and ``duration_s`` are redone on that count. Packets an edit
-list hides (a cut made without re-encoding) are not frames of the video. Times count from the first frame
+the frames as decoded, and the sampling, ``fps`` and ``duration_s`` are redone on that count (times ``rank /
+the stated rate``: the packets' times were not the frames', as where joined segments each restart their
+clock). Packets an edit list hides (a cut made without re-encoding) are not frames of the video, nor are
+packets at the end of the stream the demuxer marks corrupt (a frame cut off with the file; a warning says
+so). The path is always opened as a file, never read as an FFmpeg protocol (``pipe:0``); pipes and devices
+are refused. Times count from the first frame
 shown (a stream's stated start, or its first frame if that comes later, as in AVI files with B-frames).
 
 Frames come upright, as players show them: a display matrix that rotates by a multiple of 90 degrees (how
@@ -49,7 +53,7 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import av
 import numpy as np
@@ -143,6 +147,11 @@ def read_video(
     if file.is_dir():
         raise ValueError(f"could not decode video at {str(file)!r}: it is a directory, not a video file")
     _check_window(start_s, end_s)
+    if not file.is_file():
+        raise ValueError(
+            f"could not decode video at {str(file)!r}: it is not a regular file (a pipe or a device): save the "
+            "video to a file first"
+        )
     if file.stat().st_size == 0:
         raise ValueError(f"could not decode video at {str(file)!r}: the file is empty (0 bytes)")
     try:
@@ -202,7 +211,7 @@ def write_test_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) 
         raise ValueError(f"fps must be a positive integer (frames per second), got {fps!r}")
     codec = _encoder()
     rate = Fraction(fps, 1)
-    with av.open(str(path), mode="w") as container:
+    with av.open(_url(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = 1 / rate
@@ -264,6 +273,7 @@ class _Index:
     # by B-frames would land one group of pictures late there.
     key_seeks: dict[int, int] = field(default_factory=dict)
     last_duration_s: float | None = None  # how long the last frame is shown, seconds; None: not stated
+    damaged: int = 0  # packets the demuxer marked corrupt (incomplete), left out
 
 
 # A cover picture (disposition AV_DISPOSITION_ATTACHED_PIC) is stored as a one-frame video stream: not the video.
@@ -278,9 +288,31 @@ def _video_streams(container: av.container.InputContainer) -> list[av.VideoStrea
     return [s for s in container.streams.video if not int(getattr(s, "disposition", 0) or 0) & _ATTACHED_PIC]
 
 
+def _url(path: str | os.PathLike) -> str:
+    """What FFmpeg opens as the file at ``path``: a bare name such as ``take2:cut.mp4`` or ``pipe:0`` would
+    otherwise name a protocol."""
+    return "file:" + os.path.abspath(path)
+
+
+def _frames(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    """The frames of ``stream``, decoded, without the packets at its end that the demuxer marks corrupt (a
+    frame cut off with the file): :func:`_demux_index` does not list them, and some decoders refuse them
+    outright. A corrupt packet followed by others (damage a decoder conceals) is decoded."""
+    held: list[av.Packet] = []  # corrupt packets not yet known to be followed by a sound one
+    for packet in container.demux(stream):
+        if packet.size and packet.is_corrupt:
+            held.append(packet)
+            continue
+        if packet.size:
+            for earlier in held:
+                yield from earlier.decode()
+            held = []
+        yield from packet.decode()
+
+
 def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open ``file`` and pick its first video stream (``warn``: say so when it has several)."""
-    container = av.open(str(file))
+    container = av.open(_url(file))
     if container.format.name == "tty":  # FFmpeg draws a text file (.txt, .nfo, ANSI art) as pictures
         container.close()
         raise ValueError(f"could not decode video at {str(file)!r}: it is a text file, not a video file")
@@ -323,13 +355,20 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
         ) from err
     if index.count == 0:
         raise ValueError(f"could not decode video at {str(file)!r}: the video stream has no frames")
+    if index.damaged:
+        warnings.warn(
+            f"{str(file)!r}: {index.damaged} of its video packets are incomplete (a file cut off mid-frame, "
+            "e.g. by an interrupted download): their frames are left out; frames are sampled from the others",
+            stacklevel=3,
+        )
     _check_memory(num_frames, min(num_frames, index.count), height, width)
 
     fps = _frame_rate(index, stated)
     wanted = _select(index, num_frames, start_s, end_s, fps)
     kept = _decode_selected(file, index, sorted(set(wanted)), by_pts=index.pts is not None)
     if kept is None:  # the decoder dropped or re-timed frames: number them in decoding order, counted exactly
-        index = _decode_index(file, fps)
+        # The packets' times were not the frames': the stated rate, where there is one, over the rate they gave.
+        index = _decode_index(file, stated or fps)
         if index.count == 0:
             raise ValueError(f"could not decode video at {str(file)!r}: the decoder returned no frames")
         fps = _frame_rate(index, stated)  # of the frames decoded, not the packets listed
@@ -420,27 +459,37 @@ def _decoding_order_stamps(container: av.container.InputContainer, stream: av.Vi
 def _demux_index(container: av.container.InputContainer, stream: av.VideoStream) -> _Index:
     """Presentation timestamps of all frames, by demuxing (no decoding). Packets marked to discard (those
     an edit list hides: decoded for the frames after them, never shown) are not frames."""
+    # (pts or None, duration, is keyframe, dts) of each packet, in decoding order
+    listed: list[tuple[int | None, int, bool, int | None]] = []
+    sound = 0  # packets listed up to the last one not marked corrupt
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.is_discard:  # the flush packet at the end, or a hidden one
+            continue
+        listed.append((packet.pts, int(packet.duration or 0), packet.is_keyframe, packet.dts))
+        if not packet.is_corrupt:
+            sound = len(listed)
+    # Corrupt packets at the end are a frame cut off with the file (not decoded, see _frames); corrupt ones
+    # before a sound packet are damage the decoder conceals: their frames are listed.
+    damaged = len(listed) - sound
     stamps: list[int] = []  # in decoding order
     keys: list[tuple[int, int]] = []  # (pts, dts) of each keyframe
     last_pts, last_duration = None, 0  # the frame shown last: its timestamp and duration (stream time_base)
     missing = 0
-    for packet in container.demux(stream):
-        if packet.size == 0 or packet.is_discard:  # the flush packet at the end, or a hidden one
-            continue
-        if packet.pts is None:
+    for pts, duration, keyframe, dts in listed[:sound]:
+        if pts is None:
             missing += 1
             continue
-        pts = int(packet.pts)
+        pts = int(pts)
         if last_pts is None or pts >= last_pts:
-            last_pts, last_duration = pts, int(packet.duration or 0)
+            last_pts, last_duration = pts, duration
         stamps.append(pts)
-        if packet.is_keyframe:
-            keys.append((pts, pts if packet.dts is None else int(packet.dts)))
+        if keyframe:
+            keys.append((pts, pts if dts is None else int(dts)))
     if missing or not stamps or stream.time_base is None:
         count = len(stamps) + missing
         rate = _stated_rate(stream)
         step = 1 / rate if rate else 0.0
-        return _Index(pts=None, times_s=[i * step for i in range(count)], count=count)
+        return _Index(pts=None, times_s=[i * step for i in range(count)], count=count, damaged=damaged)
     pts = sorted(stamps)
     origin = _origin(stream, pts[0])
     base = stream.time_base
@@ -448,10 +497,10 @@ def _demux_index(container: av.container.InputContainer, stream: av.VideoStream)
     last_duration_s = float(last_duration * base) if last_duration > 0 else None
     if _decoding_order_stamps(container, stream, stamps):  # frames numbered as they come out; the times hold
         return _Index(pts=None, times_s=times, count=len(pts), start_s=float(origin * base),
-                      last_duration_s=last_duration_s)
+                      last_duration_s=last_duration_s, damaged=damaged)
     return _Index(
         pts=pts, times_s=times, count=len(pts), start_s=float(origin * base), keys=tuple(sorted(k for k, _ in keys)),
-        key_seeks=dict(keys), last_duration_s=last_duration_s,
+        key_seeks=dict(keys), last_duration_s=last_duration_s, damaged=damaged,
     )
 
 
@@ -461,7 +510,7 @@ def _decode_index(file: Path, fps: float) -> _Index:
     out, else ``rank / fps``."""
     container, stream = _open(file)
     with container:
-        pts = [frame.pts for frame in container.decode(stream)]
+        pts = [frame.pts for frame in _frames(container, stream)]
         base = stream.time_base
         if pts and base is not None and None not in pts and _increasing(pts):
             origin = _origin(stream, pts[0])
@@ -589,7 +638,7 @@ def _decode_by_rank(
 ) -> bool:
     """Decode from the start, numbering frames in the order they come out; False if the last wanted never does."""
     targets = set(wanted)
-    for rank, frame in enumerate(container.decode(stream)):
+    for rank, frame in enumerate(_frames(container, stream)):
         if rank in targets:
             keep(rank, frame)
         if rank == wanted[-1]:
@@ -642,7 +691,7 @@ def _decode_run(
     counting = key is None
     pending = iter(targets)
     target = next(pending)
-    for frame in container.decode(stream):
+    for frame in _frames(container, stream):
         i = None if frame.pts is None else position.get(frame.pts)
         if i is None:  # not a frame of the video (e.g. one an edit list hides)
             continue
