@@ -131,6 +131,18 @@ def test_solver_skips_in_llm_stages_eq5_cannot_realise() -> None:
         solve_schedule(0.5, 28, min_stage_ratio=1.5)
 
 
+@pytest.mark.parametrize("budget", sorted(PRESETS))
+def test_a_preset_below_the_smallest_stage_ratio_is_solved_instead(budget: float) -> None:
+    # keep_clip (0.05, 0.6): Eq. 5 keeps at most 60% of a segment, so a stage removes at least 40%; the
+    # 0.3 preset's 0.3 would have kept fewer tokens than the schedule's budget.
+    s = solve_schedule(budget, 28, min_stage_ratio=0.4)
+    assert all(r == 0 or r >= 0.4 for r in s.ratios[1:])
+    if min(PRESETS[budget][1:]) >= 0.4:
+        assert s.ratios == PRESETS[budget]
+    else:
+        assert s.achieved_budget == pytest.approx(budget, abs=1e-9)
+
+
 @settings(max_examples=200, deadline=None)
 @given(budget=st.floats(min_value=1e-9, max_value=1.0), data=st.data())
 def test_achieved_budget_equals_a_direct_layer_loop(budget: float, data: st.DataObject) -> None:

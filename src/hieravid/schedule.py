@@ -258,8 +258,9 @@ def solve_schedule(
 
     Presets: with ``use_presets``, ``num_stages == 4`` and stages of equal length (``L`` a multiple of 4,
     as the paper's 28), a budget within 1e-6 of 0.3, 0.2 or 0.1 returns the paper's schedule from
-    :data:`PRESETS` (achieved budgets 0.300, 0.210, 0.110). With unequal stages the presets' ratios would
-    miss their budget (0.308 at L = 7), so the solver runs.
+    :data:`PRESETS` (achieved budgets 0.300, 0.210, 0.110), unless one of its in-LLM ratios is below
+    ``min_stage_ratio``. With unequal stages the presets' ratios would miss their budget (0.308 at L = 7), so
+    the solver runs.
 
     Solver rule (every other case):
 
@@ -304,7 +305,7 @@ def solve_schedule(
     boundaries = stage_boundaries(num_layers, num_stages)
     if use_presets and num_stages == 4 and num_layers % num_stages == 0:
         for nominal, ratios in PRESETS.items():
-            if abs(budget - nominal) <= _PRESET_TOLERANCE:
+            if abs(budget - nominal) <= _PRESET_TOLERANCE and all(r == 0 or r >= min_stage_ratio for r in ratios[1:]):
                 return Schedule(ratios, num_layers)
     if budget == 1.0:
         return Schedule((0.0,) * num_stages, num_layers)
