@@ -90,7 +90,7 @@ class HieraVidConfig:
         query_tokens: how many trailing prompt tokens ``mean`` averages over (at most the instruction's, the
             tokens after the video).
         in_llm_selector: ``dpp`` at every in-LLM stage (default) or ``bins`` at the first in-LLM stage
-            and DPP after it (the later reference variant).
+            that prunes (stage 2 unless its ratio is 0) and DPP after it (the later reference variant).
         eps: the epsilon of the min-max normalisation (Eq. 8).
         greedy_backend: how the DPP's greedy MAP loop runs (same picks, not an algorithm switch):
             ``auto`` (numba on CPU, triton on CUDA where it works, torch elsewhere), ``torch`` (one step

@@ -176,11 +176,15 @@ def test_decide_stage_is_the_same_for_every_greedy_backend():
 
 def test_selector_for_stage():
     dpp, bins = HieraVidConfig(), HieraVidConfig(in_llm_selector="bins")
-    assert [selector_for_stage(s, dpp) for s in (2, 3, 4)] == ["dpp", "dpp", "dpp"]
-    assert [selector_for_stage(s, bins) for s in (2, 3, 4)] == ["bins", "dpp", "dpp"]
-    for stage in (0, 1):
+    ratios = (0.5, 0.3, 0.3, 0.57)
+    assert [selector_for_stage(s, dpp, ratios) for s in (2, 3, 4)] == ["dpp", "dpp", "dpp"]
+    assert [selector_for_stage(s, bins, ratios) for s in (2, 3, 4)] == ["bins", "dpp", "dpp"]
+    # A high budget skips stage 2 (ratio 0): the bins go to the first in-LLM stage that prunes.
+    skipped = (0.1, 0.0, 0.06, 0.2)
+    assert [selector_for_stage(s, bins, skipped) for s in (2, 3, 4)] == ["dpp", "bins", "dpp"]
+    for stage in (0, 1, 5):
         with pytest.raises(ValueError, match="stage"):
-            selector_for_stage(stage, dpp)
+            selector_for_stage(stage, dpp, ratios)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,3 +372,21 @@ def test_schedule_keeps_to_what_eq5_can_remove():
     assert all(r == 0.0 or r >= 0.01 for r in clip[1:]) and clip[1] > 0  # R_2 = 0.021 is allowed now
     exact = HieraVid(HieraVidConfig(budget=0.9, exact_total=True)).schedule(24)
     assert exact.ratios == solve_schedule(0.9, 24).ratios and exact.ratios[1] < 0.05
+
+
+def test_bins_run_at_the_first_stage_that_prunes_in_a_model(monkeypatch):
+    import hieravid
+    from hieravid.methods import hieravid as module
+    from tiny_models import build_inputs, build_model
+
+    selectors = []
+    real = module.decide_stage
+    monkeypatch.setattr(module, "decide_stage", lambda *args: selectors.append(args[-1]) or real(*args))
+    model = build_model("qwen2_vl")
+    inputs = build_inputs("qwen2_vl", model)
+    method = hieravid.methods.build("hieravid", 0.8, in_llm_selector="bins")
+    ratios = method.schedule(model.config.text_config.num_hidden_layers).ratios
+    assert ratios[1] == 0 and ratios[2] > 0 and ratios[3] > 0  # stage 2 skipped at this budget
+    with torch.no_grad(), hieravid.apply(model, method):
+        model(**inputs)
+    assert selectors == ["bins", "dpp"]

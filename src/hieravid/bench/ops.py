@@ -141,7 +141,7 @@ def run_ops_bench(
             start = device_clock(dev)
             r = relevance(query, keys, visual_index, sign=config.relevance_sign, eps=config.eps)
             keep = decide_stage(
-                hidden, r, segment, first.z, ratio, config, selector_for_stage(stage, config)
+                hidden, r, segment, first.z, ratio, config, selector_for_stage(stage, config, schedule.ratios)
             )
             hidden, segment = hidden[keep], segment[keep]
             times.append(device_clock(dev) - start)

@@ -7,6 +7,7 @@ model's hidden states, positions and caches.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,12 +101,14 @@ def decide_stage1(x: torch.Tensor, rho: float, config: HieraVidConfig) -> Stage1
     )
 
 
-def selector_for_stage(stage: int, config: HieraVidConfig) -> str:
-    """Which selector runs at in-LLM stage ``stage`` (2..S): ``dpp``, or ``bins`` at stage 2 when the
+def selector_for_stage(stage: int, config: HieraVidConfig, ratios: Sequence[float]) -> str:
+    """Which selector runs at in-LLM stage ``stage`` (2..S) of the schedule ``ratios``: ``dpp``, or ``bins``
+    at the first in-LLM stage that prunes (stage 2, unless its ratio is 0 and it is skipped) when the
     config asks for the relevance-bins variant."""
-    if stage < 2:
-        raise ValueError(f"in-LLM stages are numbered from 2, got stage={stage}")
-    return "bins" if config.in_llm_selector == "bins" and stage == 2 else "dpp"
+    if not 2 <= stage <= len(ratios):
+        raise ValueError(f"in-LLM stages are numbered from 2 to {len(ratios)}, got stage={stage}")
+    first = next((k for k in range(2, len(ratios) + 1) if ratios[k - 1] > 0), None)
+    return "bins" if config.in_llm_selector == "bins" and stage == first else "dpp"
 
 
 def decide_stage(
@@ -237,7 +240,7 @@ class HieraVid(PruningMethod):
         r = minmax_normalize(sign * attention, self.config.eps)
         keep = decide_stage(
             tokens.features, r, state["segment"], state["z"], ratio, self.config,
-            selector_for_stage(stage, self.config),
+            selector_for_stage(stage, self.config, schedule.ratios),
         )
         segment = state["segment"]
         state["segment"] = segment[keep]
