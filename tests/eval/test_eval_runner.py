@@ -132,6 +132,21 @@ def test_resume_refuses_other_settings(tmp_path, model_dir, data_root, reference
     assert code == 2
 
 
+def test_the_shipped_model_named_or_left_out_is_one_setting(tmp_path):
+    from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
+    from hieravid.proxy import model_dir as proxy_dir
+
+    answered = [{"task": "synthetic", "id": "0"}]  # the folder holds an answer: its settings count
+    named = EvalConfig(tasks=["synthetic"], out=tmp_path, model=str(proxy_dir()), methods=["vanilla"])
+    left_out = EvalConfig(tasks=["synthetic"], out=tmp_path, model=None, methods=["vanilla"])
+    for before, now in ((named, left_out), (left_out, named)):
+        (tmp_path / RUN_FILE).write_text(json.dumps(_settings(before)))
+        _check_resume(tmp_path, now, answered)
+    other = EvalConfig(tasks=["synthetic"], out=tmp_path, model=str(tmp_path), methods=["vanilla"])
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        _check_resume(tmp_path, other, answered)
+
+
 def test_bad_command_lines(tmp_path, capsys):
     assert main(["eval", "--tasks", "mvbench", "--suite", "paper", "--out", str(tmp_path)]) == 2
     assert main(["eval", "--suite", "nope", "--out", str(tmp_path)]) == 2

@@ -152,7 +152,12 @@ def _check(config: EvalConfig) -> list[Task]:
 
 
 def _model_setting(model: Any) -> Any:
-    """A local model directory as an absolute path (``model``, ``./model`` and ``/abs/model`` are one)."""
+    """A local model directory as an absolute path (``model``, ``./model`` and ``/abs/model`` are one;
+    None, the shipped proxy model, is its directory)."""
+    if model is None:
+        from hieravid.proxy import model_dir
+
+        return str(Path(model_dir()).resolve())
     if not isinstance(model, str):
         return model
     local = Path(model).expanduser()
