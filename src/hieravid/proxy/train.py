@@ -334,7 +334,8 @@ def train(
     model.train()
     columns = (
         TextColumn("train-proxy"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(),
     )
     with log_path.open("a") as log_file, Progress(*columns, disable=not progress) as bar:  # closed when interrupted too
         task = bar.add_task("train", total=config.steps, completed=step, loss=float("nan"))
