@@ -479,6 +479,9 @@ def test_a_last_frame_held_long_is_not_a_truncation(tmp_path):
         packets[-1].duration = 60_000
         for packet in packets:
             container.mux(packet)
+    with av.open(str(path)) as container:
+        if not any(packet.duration for packet in container.demux(video=0)):
+            pytest.skip("this PyAV reports no packet durations when reading (PyAV 15 does not)")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sampled = read_video(path, 6)
@@ -573,7 +576,6 @@ def test_several_video_streams_warn(tmp_path):
     assert read_bars(sampled.frames) == sampled.frame_indices == [0, 3, 6, 9]
 
 
-@pytest.mark.skipif(not hasattr(av.stream, "Disposition"), reason="writing a disposition needs a newer PyAV")
 def test_a_cover_picture_is_not_video(tmp_path):
     # an audio file with its cover picture (disposition attached_pic): no video to read
     path = tmp_path / "song.mp4"
@@ -581,7 +583,10 @@ def test_a_cover_picture_is_not_video(tmp_path):
         audio = container.add_stream("aac", rate=48000)
         cover = container.add_stream("mjpeg", rate=1)
         cover.width, cover.height, cover.pix_fmt = WIDTH, HEIGHT, "yuvj420p"
-        cover.disposition = av.stream.Disposition.attached_pic
+        try:
+            cover.disposition = av.stream.Disposition.attached_pic
+        except (AttributeError, TypeError):  # PyAV before 17.1 reads a disposition but cannot set one
+            pytest.skip("this PyAV cannot write a stream's disposition")
         picture = av.VideoFrame.from_ndarray(bars(5), format="rgb24").reformat(format="yuvj420p")
         picture.pts, picture.time_base = 0, Fraction(1, 1)
         container.mux(cover.encode(picture))

@@ -8,10 +8,11 @@ import importlib
 import importlib.util
 
 from hieravid.config import HieraVidConfig
+from hieravid.warning import HieravidWarning
 
 __version__ = "0.1.0"
 
-__all__ = ["HieraVidConfig", "PruneHandle", "apply", "__version__"]
+__all__ = ["HieraVidConfig", "HieravidWarning", "PruneHandle", "apply", "__version__"]
 
 
 def __getattr__(name: str):

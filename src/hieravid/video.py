@@ -58,6 +58,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import av
 import numpy as np
 
+from hieravid.warning import HieravidWarning
+
 if TYPE_CHECKING:
     from transformers.video_utils import VideoMetadata
 
@@ -285,7 +287,14 @@ _SEEK_MIN_SKIP = 12  # frames
 
 def _video_streams(container: av.container.InputContainer) -> list[av.VideoStream]:
     """The container's video streams, cover pictures left out."""
-    return [s for s in container.streams.video if not int(getattr(s, "disposition", 0) or 0) & _ATTACHED_PIC]
+    return [s for s in container.streams.video if not _disposition(s) & _ATTACHED_PIC]
+
+
+def _disposition(stream: av.VideoStream) -> int:
+    """The stream's disposition flags as an integer (an ``IntFlag`` from PyAV 17.1, a flag with a ``value``
+    before)."""
+    flags = getattr(stream, "disposition", 0) or 0
+    return int(getattr(flags, "value", flags))
 
 
 def _url(path: str | os.PathLike) -> str:
@@ -328,7 +337,7 @@ def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContaine
             f"{str(file)!r} has {len(videos)} video streams: the first (stream #{stream.index}, "
             f"{stream.codec_context.width}x{stream.codec_context.height}) is read; to read another, extract it "
             "first (e.g. ffmpeg -i IN -map 0:v:1 -c copy OUT.mkv)",
-            stacklevel=4,
+            HieravidWarning, stacklevel=4,
         )
     stream.thread_type = "AUTO"
     return container, stream
@@ -359,7 +368,7 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
         warnings.warn(
             f"{str(file)!r}: {index.damaged} of its video packets are incomplete (a file cut off mid-frame, "
             "e.g. by an interrupted download): their frames are left out; frames are sampled from the others",
-            stacklevel=3,
+            HieravidWarning, stacklevel=3,
         )
     _check_memory(num_frames, min(num_frames, index.count), height, width)
 
@@ -569,7 +578,7 @@ def _duration(file: Path, index: _Index, fps: float, header: float | None) -> fl
     warnings.warn(
         f"{str(file)!r}: its header says the video lasts {span:.3f} s but its {index.count} frames cover "
         f"{covered:.3f} s: the file may be truncated; frames are sampled from those it has",
-        stacklevel=4,
+        HieravidWarning, stacklevel=4,
     )
     return covered
 

@@ -218,3 +218,40 @@ def test_each_process_runs_on_its_own_gpu(monkeypatch, device, world, expected):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert lmms._device(device) == expected
+
+
+@pytest.mark.parametrize("silenced", ["everything", "hieravid's", "nothing"])
+def test_hieravids_warnings_reach_stderr_where_every_warning_is_ignored(loaded, data_root, monkeypatch, capsys,
+                                                                        silenced):
+    """lmms-eval ignores every warning once imported (``warnings.filterwarnings("ignore")``): the plugin
+    prints hieravid's own on stderr, once each; a filter on HieravidWarning alone is the user's choice."""
+    import warnings
+
+    import hieravid.video
+    from hieravid.warning import HieravidWarning
+
+    video = str(data_root / "egoschema" / "videos" / "0074f737-11cb-497d-8d07-77c3a8127391.mp4")
+    real = hieravid.video.read_video
+
+    def read_and_warn(*args, **kwargs):
+        warnings.warn("this video looks truncated", HieravidWarning, stacklevel=2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hieravid.video, "read_video", read_and_warn)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        if silenced == "everything":
+            warnings.filterwarnings("ignore")
+        elif silenced == "hieravid's":
+            warnings.filterwarnings("ignore", category=HieravidWarning)
+        model = Qwen2VLWrapper(loaded=loaded, method="vanilla", budget=0.5, max_num_frames=4)
+        requests, model.task_dict = _requests(video)
+        model.generate_until(requests)
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hieravid: warning:")]
+    if silenced == "everything":
+        assert printed == ["hieravid: warning: method vanilla keeps every visual token: budget 0.5 is ignored",
+                           "hieravid: warning: this video looks truncated"]  # once, for two requests
+    else:
+        assert printed == []
+    caught = [str(w.message) for w in shown if issubclass(w.category, HieravidWarning)]
+    assert len(caught) == (3 if silenced == "nothing" else 0)

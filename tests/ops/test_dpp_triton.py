@@ -17,6 +17,7 @@ import torch
 
 import hieravid.ops.dpp as dpp
 from hieravid.ops import dpp_triton
+from hieravid.warning import HieravidWarning
 
 needs_triton = pytest.mark.skipif(dpp_triton.triton is None, reason="triton is not installed")
 
@@ -111,7 +112,7 @@ def test_backend_choice():
 def test_a_failing_kernel_warns_once_and_is_not_used(monkeypatch):
     monkeypatch.setattr(dpp_triton, "_CHECKED", {})
     monkeypatch.setattr(dpp_triton, "_check", lambda device: f"the kernel failed on {device}: boom")
-    with pytest.warns(RuntimeWarning, match="cuda:3: boom; the DPP runs the torch loop"):
+    with pytest.warns(HieravidWarning, match="cuda:3: boom; the DPP runs the torch loop"):
         assert not dpp_triton.available("cuda:3")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # checked once: no second warning

@@ -75,6 +75,7 @@ from hieravid.methods import available, build, parse_method, warn_if_budget_is_i
 from hieravid.models import CallContext, find_adapter
 from hieravid.runtime import device_clock
 from hieravid.runtime.compat import cache_of
+from hieravid.warning import HieravidWarning
 
 __all__ = [
     "SHAPES",
@@ -325,7 +326,7 @@ class CpuWatch:
         others = self.others_share()
         if busy_elsewhere(others):
             warnings.warn(f"other processes took {others:.0%} of the CPUs' time while this ran: the times are "
-                          "unreliable", stacklevel=2)
+                          "unreliable", HieravidWarning, stacklevel=2)
 
 
 def busy_elsewhere(others: float | None) -> bool:
@@ -784,7 +785,7 @@ def run_model_bench(
                 raise
             configs.remove((name, budget))
             skipped.append(f"{name}@{budget:g}: {exc}")
-            warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", stacklevel=2)
+            warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", HieravidWarning, stacklevel=2)
 
     encode = multimodal.get_video_features
     encode_kwargs = _encoder_kwargs(encode, inputs)

@@ -40,10 +40,12 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from hieravid.eval.tasks import cut_at_stop
+from hieravid.warning import HieravidWarning
 
 __all__ = ["CLASS_NAMES", "FAMILIES", "HieravidLMM"]
 
@@ -63,6 +65,34 @@ CLASS_NAMES = {
 }
 _MODEL_OF_CLASS = {cls: name for name, cls in CLASS_NAMES.items()}
 DEFAULT_BUDGET = 0.3  # as `hieravid run`
+
+
+@contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """hieravid's warnings (a video that looks truncated, a budget ignored or not reached exactly) on stderr,
+    each once, where every warning is ignored: lmms-eval does that as it is imported
+    (``warnings.filterwarnings("ignore")``). Elsewhere, a filter on ``HieravidWarning`` itself included,
+    warnings go their usual way."""
+    if not (_ignored(HieravidWarning) and _ignored(UserWarning)):
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HieravidWarning)
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, HieravidWarning)):
+                print(f"hieravid: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _ignored(category: type[Warning]) -> bool:
+    """Whether a warning of ``category`` given here would be ignored by the filters in force."""
+    with warnings.catch_warnings(record=True) as probe:
+        try:
+            warnings.warn("probe", category)
+        except Warning:  # warnings made errors
+            return False
+    return not probe
 
 
 class HieravidLMM:
@@ -85,6 +115,7 @@ class HieravidLMM:
     family: str = ""  # the family this wrapper is registered for ("" = any supported family)
     is_simple = True
 
+    @_warnings_on_stderr()
     def __init__(
         self,
         pretrained: str | None = None,
@@ -117,7 +148,8 @@ class HieravidLMM:
             raise ValueError(f"model_args budget must be a number in (0, 1], got {budget!r}") from None
         build(self.method, self.budget)  # an unknown method or a bad budget fails here, naming the allowed values
         if self.method == "vanilla" and self.budget != 1.0:
-            warnings.warn(f"method vanilla keeps every visual token: budget {self.budget:g} is ignored", stacklevel=2)
+            warnings.warn(f"method vanilla keeps every visual token: budget {self.budget:g} is ignored", HieravidWarning,
+                          stacklevel=2)
             self.budget = 1.0  # what it runs at, as hieravid eval reports vanilla
         self.max_num_frames = int(max_num_frames)
         if self.max_num_frames < 1:
@@ -163,6 +195,7 @@ class HieravidLMM:
     def device(self):
         return self.loaded.device
 
+    @_warnings_on_stderr()
     def generate_until(self, requests: Sequence[Any]) -> list[str]:
         """One answer per request, in order. ``request.args`` is ``(context, generation_kwargs, doc_to_visual,
         doc_id, task, split)``; ``doc_to_visual(doc)`` must give one video file path."""

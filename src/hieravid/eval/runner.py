@@ -50,6 +50,7 @@ from hieravid.eval.records import (
 )
 from hieravid.eval.summary import combinations, summarize, to_markdown
 from hieravid.eval.tasks import Sample, Task, cut_at_stop, get_task
+from hieravid.warning import HieravidWarning
 
 __all__ = ["EvalConfig", "run_eval"]
 
@@ -502,7 +503,7 @@ def _check_budgets(
         except ValueError as exc:
             if not skip:
                 raise
-            warnings.warn(f"not evaluated: {method} at budget {budget:g}: {exc}", stacklevel=2)
+            warnings.warn(f"not evaluated: {method} at budget {budget:g}: {exc}", HieravidWarning, stacklevel=2)
             continue
         kept.append((method, budget))
     return kept

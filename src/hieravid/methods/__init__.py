@@ -21,6 +21,7 @@ from hieravid.methods.pyramiddrop import create_pyramiddrop
 from hieravid.methods.spec import parse_method
 from hieravid.methods.streamingllm import create_streamingllm
 from hieravid.methods.vanilla import Vanilla
+from hieravid.warning import HieravidWarning
 
 __all__ = [
     "Decision",
@@ -136,5 +137,5 @@ def warn_if_budget_is_ignored(methods: list[str], budgets: list[float]) -> None:
             warnings.warn(
                 f"{method}: its ratios fix the schedule whatever the budget, so its rows at budgets "
                 f"{', '.join(f'{b:g}' for b in budgets)} are the same run under different labels",
-                stacklevel=2,
+                HieravidWarning, stacklevel=2,
             )

@@ -30,6 +30,7 @@ from hieravid.ops import (
     warn_if_merge_is_capped,
 )
 from hieravid.schedule import Schedule, solve_schedule
+from hieravid.warning import HieravidWarning
 
 __all__ = ["HieraVid", "Stage1Decision", "decide_stage1", "decide_stage", "selector_for_stage"]
 
@@ -160,7 +161,7 @@ def check_reachable(ratios: tuple[float, ...], config: HieraVidConfig) -> None:
                 f"sets every segment's keep rate to at least {low:g} (Eq. 5), so the stage's token counts drift from "
                 f"the schedule: lower keep_clip's first value to <= {1.0 - ratio:g}, use fewer stages or a lower "
                 "ratio, or pass exact_total=True",
-                stacklevel=3,
+                HieravidWarning, stacklevel=3,
             )
             return
 

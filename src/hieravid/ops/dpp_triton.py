@@ -19,6 +19,8 @@ import warnings
 
 import torch
 
+from hieravid.warning import HieravidWarning
+
 try:
     import triton
     import triton.language as tl
@@ -145,7 +147,7 @@ def available(device: torch.device | str) -> bool:
             warnings.warn(
                 f"the Triton greedy loop is not usable: {problem}; the DPP runs the torch loop, one step of "
                 "torch operations per pick (slower)",
-                RuntimeWarning,
+                HieravidWarning,
                 stacklevel=2,
             )
     return _CHECKED[device] is None

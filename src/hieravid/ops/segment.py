@@ -12,6 +12,7 @@ import torch
 
 from hieravid.config import check_choice, check_ratio
 from hieravid.schedule import pruned_count
+from hieravid.warning import HieravidWarning
 
 __all__ = [
     "same_slot_similarity",
@@ -75,7 +76,7 @@ def warn_if_merge_is_capped(num_frames: int, num_slots: int, rho: float, name: s
             f"{name}: with {num_frames} frame(s) (temporal groups) stage 1 can merge {possible} of the {asked} "
             f"tokens its ratio {rho:g} asks for (the first frame has no predecessor), so this prefill keeps "
             "more visual tokens than its budget: give the video more frames",
-            stacklevel=3,
+            HieravidWarning, stacklevel=3,
         )
 
 

@@ -37,6 +37,7 @@ from hieravid.runtime.compat import CACHE_ARG, cache_of, text_model_output
 from hieravid.runtime.masks import attention_mask
 from hieravid.runtime.stats import FlopsCount, PruneStats, count_flops
 from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
+from hieravid.warning import HieravidWarning
 
 __all__ = ["Runtime", "device_clock"]
 
@@ -238,7 +239,7 @@ class Runtime:
                     f"hieravid: this call continues a cache that already holds {past_key_values.get_seq_length()} "
                     "tokens (a cached prefix or an earlier turn), so its video is not pruned; to prune it, pass "
                     "the whole prompt without a cache (or with a new DynamicCache)",
-                    stacklevel=2,
+                    HieravidWarning, stacklevel=2,
                 )
             output = original(text_model, **call)
             self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), cache_of(output))
