@@ -247,3 +247,33 @@ def test_qwen3_vl_prompts_state_each_frames_own_time() -> None:
                           timestamps_s=[0.0, 0.1, 0.2, 0.3, 5.0, 5.1, 5.2, 5.3])
     text = processor.tokenizer.decode(inputs["input_ids"][0]).replace(" ", "")
     assert [float(t) for t in re.findall(r"<([\d.]+)seconds>", text)] == [0.1, 0.2, 5.0, 5.2]  # (0+.1)/2 -> 0.1
+
+
+def test_qwen2_5_vl_seconds_per_patch_are_the_processors_own() -> None:
+    """Qwen2.5-VL's second_per_grid_ts (which scales its temporal positions): the patch's frames over the
+    sampled rate N / clip duration, as its processor reads a SampledVideo's metadata and qwen-vl-utils
+    samples, not over the mean interval between the sampled frames (1.288 s here instead of 1.25)."""
+    import tempfile
+
+    from hieravid.infer import LoadedModel, build_inputs
+    from hieravid.video import SampledVideo, sample_indices, video_metadata
+
+    pytest.importorskip("torchvision")
+    model = tm.build_model("qwen2_5_vl")
+    with tempfile.TemporaryDirectory() as folder:
+        processor = tm.build_processor("qwen2_5_vl", model, folder)
+    loaded = LoadedModel(model=model, processor=processor, family="qwen2_5_vl", name="tiny")
+    h, w = tm.DEFAULT_FRAME_HW["qwen2_5_vl"]
+    indices = sample_indices(600, 32)  # 32 of a 20 s video's 600 frames at 30 fps
+    video = SampledVideo(frames=tm.random_video(32, h, w, seed=2), timestamps_s=[i / 30 for i in indices],
+                         frame_indices=indices, fps=30.0, duration_s=20.0, source_frames=600, path="clip.mp4")
+    got = build_inputs(loaded, video.frames, "what ?", timestamps_s=video.timestamps_s, source_fps=video.fps)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what ?"}]}], add_generation_prompt=True
+    )
+    reference = processor(text=[prompt], videos=[video.frames], video_metadata=[video_metadata(video)],
+                          do_sample_frames=False, input_data_format="channels_last", return_tensors="pt")
+    assert torch.as_tensor(got["second_per_grid_ts"]).tolist() == pytest.approx([1.25])
+    assert torch.as_tensor(reference["second_per_grid_ts"]).tolist() == pytest.approx([1.25])
+    for key in ("input_ids", "video_grid_thw", "pixel_values_videos"):
+        assert torch.equal(got[key], reference[key])

@@ -880,7 +880,7 @@ def _answer_all(
     from hieravid.bench.models import CpuWatch
     from hieravid.infer import answer
 
-    common = dict(timestamps_s=video.timestamps_s)
+    common = dict(timestamps_s=video.timestamps_s, source_fps=video.fps)
     warmups = [(m, b) for m, b in runs if m != "vanilla"] or [("vanilla", 1.0)]
     with status(f"Warming up {loaded.name} ..."):
         for method, budget in warmups:

@@ -181,11 +181,16 @@ def build_inputs(
     *,
     timestamps_s: Sequence[float] | None = None,
     system: str | None = None,
+    source_fps: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Processor inputs for one video and one question, rendered by the model's chat template.
 
     ``frames`` ``(T, H, W, 3)`` uint8; ``timestamps_s`` the time of each frame (Qwen3-VL writes them into the
-    prompt); without them the frames are taken as 1 per second. The Qwen families' processors refuse frames
+    prompt); without them the frames are taken as 1 per second. ``source_fps``: the frame rate of the video they
+    were sampled from (``SampledVideo.fps``), for Qwen2.5-VL's seconds per temporal patch, which its processor
+    and ``qwen-vl-utils`` take as the patch's frames over ``N / clip duration``, the clip lasting its frames'
+    span plus one source frame; without it, over the mean interval between the sampled frames (a little
+    longer: ``(N - 1) / span``). The Qwen families' processors refuse frames
     whose longer side is more than 200 times the shorter: a ``ValueError`` names the frame size and the fix.
     """
     from transformers.video_utils import VideoMetadata
@@ -211,9 +216,12 @@ def build_inputs(
             # own (a variable frame rate's too), where the mean rate below would move them by up to half
             # a frame interval. It reads nothing else of the two.
             fps, indices = 1000.0, [int(round(1000 * float(t))) for t in timestamps_s]
-        else:  # Qwen2.5-VL's second_per_grid_ts reads the mean frame rate
+        else:  # Qwen2.5-VL's second_per_grid_ts reads the sampled frame rate
             span = float(timestamps_s[-1] - timestamps_s[0])
-            fps = (count - 1) / span if count > 1 and span > 0 else 1.0
+            if source_fps is not None and source_fps > 0:
+                fps = count / (span + 1.0 / source_fps)
+            else:
+                fps = (count - 1) / span if count > 1 and span > 0 else 1.0
             indices = [int(round(t * fps)) for t in timestamps_s]
     messages = []
     if system:
@@ -272,6 +280,7 @@ def answer(
     timestamps_s: Sequence[float] | None = None,
     system: str | None = None,
     trace: bool = False,
+    source_fps: float | None = None,
 ) -> Answer:
     """Generate an answer (greedy) about ``frames`` with ``method`` at ``budget``.
 
@@ -279,7 +288,7 @@ def answer(
     statistics are comparable). See :func:`build_inputs` for the arguments describing the video. ``trace=True``
     also records the method's decisions in ``Answer.trace`` (for :func:`hieravid.viz.render_decisions`).
     """
-    inputs = build_inputs(loaded, frames, question, timestamps_s=timestamps_s, system=system)
+    inputs = build_inputs(loaded, frames, question, timestamps_s=timestamps_s, system=system, source_fps=source_fps)
     model = loaded.model
     adapter, multimodal = find_adapter(model)
     vision = getattr(multimodal, "visual", None) or getattr(multimodal, "vision_tower", None)

@@ -218,7 +218,7 @@ class HieravidLMM:
             result = answer(
                 self.loaded, video.frames, context, method=self.method, budget=self.budget,
                 max_new_tokens=int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens),
-                timestamps_s=video.timestamps_s,
+                timestamps_s=video.timestamps_s, source_fps=video.fps,
             )
             outputs.append(cut_at_stop(result.text, gen_kwargs.get("until")))
             if not _is_padding(request):

@@ -539,7 +539,7 @@ def _run_sample(
     for method, budget in todo:
         try:
             result = answer(loaded, frames, prompt, method=method, budget=budget, max_new_tokens=max_new_tokens,
-                            timestamps_s=timestamps)
+                            timestamps_s=timestamps, source_fps=None if video is None else video.fps)
         except Exception as err:  # noqa: BLE001 - one sample's failure (out of memory, ...) must not end the run
             _free_cuda_memory()
             yield _record(task, sample, index, method, budget, rank,
