@@ -92,6 +92,18 @@ def test_run_compare_json(proxy_dir: Path, video_file: Path, tmp_path: Path, cap
     assert len(payload["viz_panels"]) == 7  # frames, 4 stages, relevance, tokens per layer
 
 
+def test_run_loads_the_weights_in_the_dtype_asked(proxy_dir: Path, video_file: Path, capsys) -> None:
+    argv = ["run", str(video_file), "-q", "how many scenes are in the video ?", "--model", str(proxy_dir),
+            "--json", "--max-new-tokens", "1"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert json.loads(out)["dtype"] == "float32"  # the checkpoint's
+    code, out, err = run_cli([*argv, "--dtype", "bfloat16"], capsys)
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["dtype"] == "bfloat16" and payload["results"][0]["achieved_budget"] < 0.35
+
+
 def test_run_compare_warms_up_the_pruned_method_untimed(proxy_dir, video_file, capsys, monkeypatch) -> None:
     import hieravid.infer
 

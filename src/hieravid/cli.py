@@ -701,6 +701,8 @@ def _add_run(subparsers: Any) -> None:
     parser.add_argument("--compare", action="store_true", help="also answer unpruned (vanilla) and print the speed-up")
     parser.add_argument("--viz", metavar="FILE.png", default=None, help="write the picture of the decisions to FILE.png")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                        help="model weights (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=_cmd_run)
 
@@ -722,6 +724,8 @@ def _add_demo(subparsers: Any) -> None:
     parser.add_argument("--model", default=None,
                         help="hub id or local model directory; default: the shipped proxy model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                        help="model weights (default: the checkpoint's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=_cmd_demo)
 
@@ -741,7 +745,7 @@ def _status(enabled: bool) -> Any:
     return status
 
 
-def _load(name: str | None, device: str) -> Any:
+def _load(name: str | None, device: str, dtype: str = "auto") -> Any:
     """:func:`hieravid.infer.load_model` with its failures as one-line ``ValueError`` s naming the fix."""
     from hieravid.infer import check_device, load_model
 
@@ -750,7 +754,7 @@ def _load(name: str | None, device: str) -> Any:
         raise ValueError("--model is empty: pass a hub id or a model directory, or leave it out for the shipped proxy")
     try:
         with _no_transformers_bars():  # our own status line says what is loading
-            return load_model(name, device=device)
+            return load_model(name, device=device, dtype=dtype)
     except (FileNotFoundError, ImportError) as exc:  # no proxy weights, no config.json, no torchvision
         raise ValueError(str(exc)) from exc
     except OSError as exc:  # not on the hub, no network
@@ -933,7 +937,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with status(f"Decoding {args.video} ..."):
         video = _read(args.video, args.num_frames)
     with status(f"Loading {args.model or 'the shipped proxy model'} ..."):
-        loaded = _load(args.model, args.device)
+        loaded = _load(args.model, args.device, args.dtype)
     if args.method == "vanilla":
         budget = 1.0  # vanilla keeps every token whatever --budget says
     runs = ([("vanilla", 1.0)] if args.compare and args.method != "vanilla" else []) + [(args.method, budget)]
@@ -942,7 +946,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     main_result, main_answer = results[args.method]
     payload: dict[str, Any] = {
         "video": _video_dict(video), "question": question, "model": loaded.name, "family": loaded.family,
-        "device": args.device, "results": [r for r, _ in results.values()],
+        "device": args.device, "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "results": [r for r, _ in results.values()],
     }
     if "vanilla" in results and args.method != "vanilla":
         payload["prefill_speedup"] = _speedup(results["vanilla"][0], main_result)
@@ -987,7 +992,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_folder(args.out, "--out")
     status = _status(not args.json)
     with status(f"Loading {args.model or 'the shipped proxy model'} ..."):  # first: a missing model writes nothing
-        loaded = _load(args.model, args.device)
+        loaded = _load(args.model, args.device, args.dtype)
     with status("Generating a synthetic test video ..."):
         out = _make_folder(args.out, "--out")
         sample = generate_sample(args.seed, "test")
@@ -1017,6 +1022,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "sample": {"split": "test", "index": args.seed, "qtype": sample.qtype, "question": sample.question,
                    "options": sample.options, "answer": sample.answer, "answer_text": sample.answer_text},
         "video": _video_dict(video), "model": loaded.name, "family": loaded.family, "device": args.device,
+        "dtype": str(loaded.model.dtype).removeprefix("torch."),
         "results": [vanilla, pruned], "prefill_speedup": speedup,
         "picture": str(picture_path), "viz_panels": panels,
     }
