@@ -230,18 +230,26 @@ def test_qwen_video_positions(family: str, interval: int) -> None:
         assert (pos[:, b, spans[-1][1]] == start + max(rows, cols)).all()
 
 
+def _loaded_with_processor(family: str):
+    """A tiny model of ``family`` with its real processor, as :func:`hieravid.infer.load_model` returns it."""
+    import tempfile
+
+    from hieravid.infer import LoadedModel
+
+    pytest.importorskip("torchvision")
+    model = tm.build_model(family)
+    with tempfile.TemporaryDirectory() as folder:
+        processor = tm.build_processor(family, model, folder)
+    return LoadedModel(model=model, processor=processor, family=family, name="tiny")
+
+
 def test_qwen3_vl_prompts_state_each_frames_own_time() -> None:
     """Qwen3-VL writes each temporal pair's mean time into the prompt: the frames' own times, however
     unevenly spaced (a variable frame rate, a clip with a gap), not a grid of the mean frame rate."""
-    import tempfile
+    from hieravid.infer import build_inputs
 
-    from hieravid.infer import LoadedModel, build_inputs
-
-    pytest.importorskip("torchvision")
-    model = tm.build_model("qwen3_vl")
-    with tempfile.TemporaryDirectory() as folder:
-        processor = tm.build_processor("qwen3_vl", model, folder)
-    loaded = LoadedModel(model=model, processor=processor, family="qwen3_vl", name="tiny")
+    loaded = _loaded_with_processor("qwen3_vl")
+    processor = loaded.processor
     h, w = tm.DEFAULT_FRAME_HW["qwen3_vl"]
     inputs = build_inputs(loaded, tm.random_video(8, h, w, seed=1), "what ?",
                           timestamps_s=[0.0, 0.1, 0.2, 0.3, 5.0, 5.1, 5.2, 5.3])
@@ -253,16 +261,11 @@ def test_qwen2_5_vl_seconds_per_patch_are_the_processors_own() -> None:
     """Qwen2.5-VL's second_per_grid_ts (which scales its temporal positions): the patch's frames over the
     sampled rate N / clip duration, as its processor reads a SampledVideo's metadata and qwen-vl-utils
     samples, not over the mean interval between the sampled frames (1.288 s here instead of 1.25)."""
-    import tempfile
-
-    from hieravid.infer import LoadedModel, build_inputs
+    from hieravid.infer import build_inputs
     from hieravid.video import SampledVideo, sample_indices, video_metadata
 
-    pytest.importorskip("torchvision")
-    model = tm.build_model("qwen2_5_vl")
-    with tempfile.TemporaryDirectory() as folder:
-        processor = tm.build_processor("qwen2_5_vl", model, folder)
-    loaded = LoadedModel(model=model, processor=processor, family="qwen2_5_vl", name="tiny")
+    loaded = _loaded_with_processor("qwen2_5_vl")
+    processor = loaded.processor
     h, w = tm.DEFAULT_FRAME_HW["qwen2_5_vl"]
     indices = sample_indices(600, 32)  # 32 of a 20 s video's 600 frames at 30 fps
     video = SampledVideo(frames=tm.random_video(32, h, w, seed=2), timestamps_s=[i / 30 for i in indices],
