@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -362,6 +363,11 @@ def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None 
         raise ValueError(f"the folder of {option} {path!r} does not exist: create it or pick another path")
     if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise ValueError(f"{option} {path!r} is not writable: pick another path")
+    try:  # a file made there (permissions alone say yes to root, also on a read-only or special file system)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{option} {path!r} is not writable ({exc.strerror or exc}): pick another path") from None
     if suffixes is not None and os.path.splitext(path)[1].lower() not in suffixes:
         raise ValueError(f"{option} {path!r}: name a picture file ending in {', '.join(suffixes)}")
 
@@ -410,8 +416,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    unsaved: list[str] = []  # why the last write of --json failed (a full disk): measuring goes on
+
     def save(result: Any) -> None:  # after every round too: a killed run keeps its completed rounds
-        write_json(args.json, result.to_dict())
+        try:
+            write_json(args.json, result.to_dict())
+        except OSError as exc:
+            if not unsaved:
+                print(f"hieravid bench: warning: cannot write --json {args.json}: {exc.strerror or exc}; measuring "
+                      "goes on, and the report is printed at the end", file=sys.stderr, flush=True)
+            unsaved[:] = [exc.strerror or str(exc)]
+        else:
+            unsaved.clear()
 
     result = run_model_bench(
         args.shape,
@@ -439,6 +455,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"hieravid bench: interrupted after {result.repeats} of {result.repeats_asked} timed rounds; "
               "the report above is of those", file=sys.stderr)
         return 130
+    if unsaved:
+        print(f"hieravid bench: error: --json {args.json} was not written ({unsaved[0]}): the report above is the "
+              "run's only copy", file=sys.stderr)
+        return 1
     return 0
 
 

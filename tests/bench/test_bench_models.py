@@ -317,6 +317,32 @@ def test_an_interrupted_bench_command_keeps_its_json(monkeypatch, tmp_path, caps
     assert saved["interrupted"] and saved["repeats"] == 1 and not (tmp_path / "bench.json.tmp").exists()
 
 
+def test_a_json_that_cannot_be_written_mid_run_loses_no_measurement(monkeypatch, tmp_path, capsys):
+    # The folder takes files when the run starts; then its disk fills up: the run measures on, prints its
+    # report, and ends with an error naming the file.
+    import hieravid.eval.records
+
+    def full_disk(path, value):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hieravid.eval.records, "write_json", full_disk)
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and "| evs | 0.5 |" in captured.out
+    assert captured.err.count(f"cannot write --json {out}: No space left on device") == 1  # said once
+    assert f"--json {out} was not written (No space left on device)" in captured.err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_json_in_a_folder_that_takes_no_file_is_refused_before_measuring(capsys):
+    # /proc: root may write there by its permissions, but no file can be made
+    assert main(["bench", "--shape", "tiny", "--json", "/proc/hieravid-bench.json", "--quiet"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
 def test_big_shapes_refuse_the_cpu(capsys):
     assert main(["bench", "--shape", "qwen2-vl-7b", "--quiet"]) == 2
     assert "--allow-cpu" in capsys.readouterr().err
