@@ -145,3 +145,16 @@ def test_the_command_starts_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_flops_counts_the_tokens_per_frame_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    # LLaVA-Video in Hugging Face form pools frames to 14 x 14 (the bench's shape), the paper counts 13 x 13.
+    from hieravid.flops import MODEL_PRESETS, exact_flops
+
+    code = main(["flops", "--preset", "llava-video-7b", "--method", "uniform", "--budget", "0.3",
+                 "--tokens-per-frame", "196", "--text-tokens", "65", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and payload["visual_tokens"] == 64 * 196
+    shape = MODEL_PRESETS["llava-video-7b"].shape
+    assert payload["exact_vanilla_tflops"] * 1e12 == pytest.approx(exact_flops(shape, [64 * 196] * 28, 65))
+    assert main(["flops", "--preset", "llava-video-7b", "--budget", "0.3", "--tokens-per-frame", "0"]) == 2

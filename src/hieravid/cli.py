@@ -85,6 +85,11 @@ def _add_flops(subparsers: Any) -> None:
         "--text-tokens", type=_non_negative_int, default=None, help="override the preset's text tokens (exact count)"
     )
     parser.add_argument(
+        "--tokens-per-frame", type=_positive_int, default=None,
+        help="override the preset's visual tokens per frame (for llava-video-7b: 169 as the paper counts, 196 "
+             "in the Hugging Face model, which hieravid bench builds)",
+    )
+    parser.add_argument(
         "--attention", default="causal", choices=("causal", "dense"),
         help="exact count's attention: the n(n+1)/2 causal pairs that SDPA and flash kernels compute "
              "(default), or the dense n x n products of eager attention",
@@ -120,7 +125,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     """Run ``hieravid flops``."""
     report = compare(
         args.preset, args.method, args.budget, frames=args.frames, text_tokens=args.text_tokens,
-        causal=args.attention == "causal",
+        causal=args.attention == "causal", tokens_per_frame=args.tokens_per_frame,
     )
     if args.json:
         _print_json(report.to_dict())

@@ -303,6 +303,7 @@ def compare(
     frames: int | None = None,
     text_tokens: int | None = None,
     causal: bool = True,
+    tokens_per_frame: int | None = None,
 ) -> FlopsReport:
     """FLOPs of ``method`` at ``budget`` on a model preset, in both conventions.
 
@@ -318,6 +319,8 @@ def compare(
         budget: B in (0, 1], kept visual fraction averaged over layers.
         frames: override the preset's frame (temporal group) count.
         text_tokens: override the preset's text-token count (exact count only).
+        tokens_per_frame: override the preset's visual tokens per frame (temporal group), e.g. 196 for
+            LLaVA-Video in its Hugging Face form, which pools frames to 14x14 where the paper counts 13x13.
         causal: the exact count's attention over the causal pairs (default) or the dense ``n x n``
             products of eager attention (see :func:`exact_flops`).
     """
@@ -334,9 +337,14 @@ def compare(
         not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 0
     ):
         raise ValueError(f"text_tokens must be an integer >= 0, got {text_tokens!r}")
+    if tokens_per_frame is not None and (
+        not isinstance(tokens_per_frame, int) or isinstance(tokens_per_frame, bool) or tokens_per_frame < 1
+    ):
+        raise ValueError(f"tokens_per_frame must be an integer >= 1, got {tokens_per_frame!r}")
     shape = preset.shape
     num_layers = shape.num_layers
-    n0 = (preset.frames if frames is None else frames) * preset.tokens_per_frame
+    per_frame = preset.tokens_per_frame if tokens_per_frame is None else tokens_per_frame
+    n0 = (preset.frames if frames is None else frames) * per_frame
     text = preset.text_tokens if text_tokens is None else text_tokens
 
     if method == "vanilla":
@@ -360,10 +368,10 @@ def compare(
         schedule = solve_schedule(budget, num_layers, 4, min_stage_ratio=HieraVidConfig().min_stage_ratio)
         # Stage 1 merges into the previous frame: it can remove at most (T-1) * P tokens.
         num_frames = preset.frames if frames is None else frames
-        first_limit = (num_frames - 1) * preset.tokens_per_frame
+        first_limit = (num_frames - 1) * per_frame
         from hieravid.ops.segment import warn_if_merge_is_capped  # torch, only when it can warn
 
-        warn_if_merge_is_capped(num_frames, preset.tokens_per_frame, schedule.ratios[0], "hieravid")
+        warn_if_merge_is_capped(num_frames, per_frame, schedule.ratios[0], "hieravid")
         fractional = schedule.fractional_tokens_per_layer(n0, first_limit)
         integer = schedule.tokens_per_layer(n0, first_limit)
         ratios = schedule.ratios
