@@ -529,8 +529,7 @@ def _add_eval(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="output folder (an existing one is resumed)")
     parser.add_argument("--device", default="auto",
                         help="auto (one GPU per process if CUDA is there, else CPU), cpu, cuda (default auto)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
-                        help="model weights (default: the checkpoint's)")
+    _add_dtype_option(parser)
     parser.add_argument("--attn-implementation", default="sdpa", choices=("sdpa", "eager"),
                         help="attention kernel (default sdpa)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=None,
@@ -726,8 +725,7 @@ def _add_run(subparsers: Any) -> None:
     parser.add_argument("--compare", action="store_true", help="also answer unpruned (vanilla) and print the speed-up")
     parser.add_argument("--viz", metavar="FILE.png", default=None, help="write the picture of the decisions to FILE.png")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
-                        help="model weights (default: the checkpoint's)")
+    _add_dtype_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=_cmd_run)
 
@@ -749,8 +747,7 @@ def _add_demo(subparsers: Any) -> None:
     parser.add_argument("--model", default=None,
                         help="hub id or local model directory; default: the shipped proxy model")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
-                        help="model weights (default: the checkpoint's)")
+    _add_dtype_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=_cmd_demo)
 
@@ -768,6 +765,18 @@ def _status(enabled: bool) -> Any:
         return console.status(text) if enabled else nullcontext()
 
     return status
+
+
+def _add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    """``--dtype`` of the commands that load a checkpoint with :func:`hieravid.infer.load_model`."""
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                        help="model weights (default: the checkpoint's)")
+
+
+def _model_fields(loaded: Any, device: str) -> dict[str, Any]:
+    """What ``run --json`` and ``demo --json`` say of the model they loaded."""
+    return {"model": loaded.name, "family": loaded.family, "device": device,
+            "dtype": str(loaded.model.dtype).removeprefix("torch.")}
 
 
 def _load(name: str | None, device: str, dtype: str = "auto") -> Any:
@@ -970,8 +979,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           args.max_new_tokens)
     main_result, main_answer = results[args.method]
     payload: dict[str, Any] = {
-        "video": _video_dict(video), "question": question, "model": loaded.name, "family": loaded.family,
-        "device": args.device, "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "video": _video_dict(video), "question": question, **_model_fields(loaded, args.device),
         "results": [r for r, _ in results.values()],
     }
     if "vanilla" in results and args.method != "vanilla":
@@ -1046,8 +1054,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     payload = {
         "sample": {"split": "test", "index": args.seed, "qtype": sample.qtype, "question": sample.question,
                    "options": sample.options, "answer": sample.answer, "answer_text": sample.answer_text},
-        "video": _video_dict(video), "model": loaded.name, "family": loaded.family, "device": args.device,
-        "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "video": _video_dict(video), **_model_fields(loaded, args.device),
         "results": [vanilla, pruned], "prefill_speedup": speedup,
         "picture": str(picture_path), "viz_panels": panels,
     }

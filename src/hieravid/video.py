@@ -303,19 +303,28 @@ def _url(path: str | os.PathLike) -> str:
     return "file:" + os.path.abspath(path)
 
 
-def _frames(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
-    """The frames of ``stream``, decoded, without the packets at its end that the demuxer marks corrupt (a
-    frame cut off with the file): :func:`_demux_index` does not list them, and some decoders refuse them
-    outright. A corrupt packet followed by others (damage a decoder conceals) is decoded."""
+def _packets(
+    container: av.container.InputContainer, stream: av.VideoStream, cut_off: list[av.Packet] | None = None
+) -> Iterator[av.Packet]:
+    """``container.demux(stream)`` without the packets at the stream's end that the demuxer marks corrupt (a
+    frame cut off with the file, which some decoders refuse outright; ``cut_off`` receives them). A corrupt
+    packet followed by a sound one (damage a decoder conceals) is kept."""
     held: list[av.Packet] = []  # corrupt packets not yet known to be followed by a sound one
     for packet in container.demux(stream):
         if packet.size and packet.is_corrupt:
             held.append(packet)
             continue
         if packet.size:
-            for earlier in held:
-                yield from earlier.decode()
+            yield from held
             held = []
+        yield packet
+    if cut_off is not None:
+        cut_off.extend(held)
+
+
+def _frames(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    """The frames of ``stream``, decoded from :func:`_packets` (the packets :func:`_demux_index` lists)."""
+    for packet in _packets(container, stream):
         yield from packet.decode()
 
 
@@ -468,32 +477,24 @@ def _decoding_order_stamps(container: av.container.InputContainer, stream: av.Vi
 def _demux_index(container: av.container.InputContainer, stream: av.VideoStream) -> _Index:
     """Presentation timestamps of all frames, by demuxing (no decoding). Packets marked to discard (those
     an edit list hides: decoded for the frames after them, never shown) are not frames."""
-    # (pts or None, duration, is keyframe, dts) of each packet, in decoding order
-    listed: list[tuple[int | None, int, bool, int | None]] = []
-    sound = 0  # packets listed up to the last one not marked corrupt
-    for packet in container.demux(stream):
-        if packet.size == 0 or packet.is_discard:  # the flush packet at the end, or a hidden one
-            continue
-        listed.append((packet.pts, int(packet.duration or 0), packet.is_keyframe, packet.dts))
-        if not packet.is_corrupt:
-            sound = len(listed)
-    # Corrupt packets at the end are a frame cut off with the file (not decoded, see _frames); corrupt ones
-    # before a sound packet are damage the decoder conceals: their frames are listed.
-    damaged = len(listed) - sound
     stamps: list[int] = []  # in decoding order
     keys: list[tuple[int, int]] = []  # (pts, dts) of each keyframe
     last_pts, last_duration = None, 0  # the frame shown last: its timestamp and duration (stream time_base)
     missing = 0
-    for pts, duration, keyframe, dts in listed[:sound]:
-        if pts is None:
+    cut_off: list[av.Packet] = []
+    for packet in _packets(container, stream, cut_off):
+        if packet.size == 0 or packet.is_discard:  # the flush packet at the end, or a hidden one
+            continue
+        if packet.pts is None:
             missing += 1
             continue
-        pts = int(pts)
+        pts = int(packet.pts)
         if last_pts is None or pts >= last_pts:
-            last_pts, last_duration = pts, duration
+            last_pts, last_duration = pts, int(packet.duration or 0)
         stamps.append(pts)
-        if keyframe:
-            keys.append((pts, pts if dts is None else int(dts)))
+        if packet.is_keyframe:
+            keys.append((pts, pts if packet.dts is None else int(packet.dts)))
+    damaged = sum(not packet.is_discard for packet in cut_off)
     if missing or not stamps or stream.time_base is None:
         count = len(stamps) + missing
         rate = _stated_rate(stream)
