@@ -15,6 +15,7 @@ import pytest
 import torch
 from device_reads import DeviceReads
 from tiny_models import build_inputs, build_model, unbatch, video_layout, video_token_id
+from transformers import DynamicCache
 
 import hieravid
 from hieravid.flops import paper_flops
@@ -1019,6 +1020,36 @@ def test_last_stats_describe_the_last_call_whatever_cache_it_continues():
                       3, past_key_values=video_prefix)
     assert not handle.last_stats.pruned and handle.last_stats.visual_tokens == [inputs["input_ids"].eq(
         video_token_id("llava_onevision", model)).sum().item() - 1]
+
+
+def test_another_threads_decoding_steps_keep_the_last_prefills_report():
+    """``last_stats`` is the last prefill's, whichever thread ran it: the decoding step of a call another
+    thread began before it is not a call of its own."""
+    import threading
+
+    model = build_model("llava_onevision")
+    inputs = build_inputs("llava_onevision", model)
+    words = torch.randint(16, 500, (1, 6), generator=torch.Generator().manual_seed(0))
+    prefilled, reported = threading.Event(), threading.Event()
+    cache = DynamicCache(config=model.config)
+
+    def conversation():  # its prefill, then (after the other thread's pruned prefill) one decoding step
+        with torch.no_grad():
+            model(input_ids=words[:, :5], attention_mask=torch.ones(1, 5, dtype=torch.long), past_key_values=cache)
+            prefilled.set()
+            reported.wait(60)
+            model(input_ids=words[:, 5:], attention_mask=torch.ones(1, 6, dtype=torch.long), past_key_values=cache)
+
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3) as handle:
+        thread = threading.Thread(target=conversation)
+        thread.start()
+        assert prefilled.wait(60)
+        model(**inputs)
+        report = handle.last_stats
+        reported.set()
+        thread.join()
+    assert report.pruned and cache.get_seq_length() == 6
+    assert handle.last_stats is report
 
 
 def test_a_dynamic_cache_subclass_is_refused():

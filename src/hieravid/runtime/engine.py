@@ -156,6 +156,9 @@ class _CallState(threading.local):
         # reference to the encoder output it produced: a call given that output (``generate`` encodes
         # before its first forward, a user may encode once and ask twice) reads its grid from there.
         self.encodings: list[tuple[weakref.ref, dict[str, Any]]] = []
+        # The cache filled by the last call this thread reported: its later steps (this thread's
+        # decoding loop) keep the report, whatever other threads prefilled meanwhile.
+        self.described: weakref.ref | None = None
 
 
 def _this_thread(name: str) -> property:
@@ -174,6 +177,7 @@ class Runtime:
     context = _this_thread("context")
     logits_to_keep = _this_thread("logits_to_keep")
     _encodings = _this_thread("encodings")
+    _described = _this_thread("described")
 
     def __init__(self, adapter: ModelAdapter, method: PruningMethod, trace: bool = False) -> None:
         self.adapter = adapter
@@ -182,7 +186,6 @@ class Runtime:
         self._call = _CallState()
         self.last_stats: PruneStats | None = None
         self.last_trace: PruneTrace | None = None
-        self._described: weakref.ref | None = None  # the cache the call last_stats describes filled
         self._shape = ModelShape.from_config(adapter.text_config)
 
     # ------------------------------------------------------------------------------------ dispatch
