@@ -569,6 +569,36 @@ def test_no_video_is_a_passthrough(family, model):
     assert handle.last_stats.pruned is False
 
 
+def test_text_given_as_embeddings_or_to_the_language_model_is_a_passthrough(family, model):
+    """No video in the call, whatever form its text takes: embeddings instead of ids, or a call of the
+    language model itself (which no multimodal call placed a video in)."""
+    words = torch.randint(16, 200, (1, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(words)
+    embeddings = model.get_input_embeddings()(words)
+    language_model = model.model.language_model
+    with torch.no_grad():
+        ref = model(inputs_embeds=embeddings, attention_mask=mask).logits
+        ref_tokens = model.generate(inputs_embeds=embeddings, attention_mask=mask, max_new_tokens=3, do_sample=False)
+        ref_hidden = language_model(input_ids=words).last_hidden_state
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            out = model(inputs_embeds=embeddings, attention_mask=mask).logits
+            tokens = model.generate(inputs_embeds=embeddings, attention_mask=mask, max_new_tokens=3, do_sample=False)
+            hidden = language_model(input_ids=words).last_hidden_state
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(hidden, ref_hidden, rtol=0, atol=0)
+    assert torch.equal(tokens, ref_tokens)
+    assert handle.last_stats.pruned is False and handle.last_stats.visual_tokens == [0]
+
+
+def test_a_video_given_with_embeddings_instead_of_ids_is_refused_with_the_fix(family, model):
+    inputs = build_inputs(family, model)
+    call = {k: v for k, v in inputs.items() if k != "input_ids"}
+    call["inputs_embeds"] = model.get_input_embeddings()(inputs["input_ids"])
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
+        with pytest.raises(ValueError, match="pass input_ids"):
+            model(**call)
+
+
 def test_new_video_after_a_pruned_prefill_is_refused(family, model):
     inputs = build_inputs(family, model)
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):

@@ -868,7 +868,7 @@ def run_model_bench(
                 vision_seconds = device_clock(dev) - start
                 if scenes is not None:  # the same planted video every round, at the first round's scale
                     if planted is None:
-                        layout = adapter.video_layouts(CallContext(dict(inputs)), inputs["input_ids"].shape[1])[0]
+                        layout = adapter.video_layouts(CallContext(dict(inputs)), inputs["input_ids"].shape[0])[0]
                         planted = plant_scenes(features, layout.num_frames, layout.num_slots, scenes, seed)
                     features = planted
                 say(f"{label}: vision {1000 * vision_seconds:.1f} ms")

@@ -152,8 +152,9 @@ class ModelAdapter:
         return q, k
 
     # --- the video ---------------------------------------------------------------------------------
-    def video_layouts(self, context: CallContext, input_length: int) -> list[VideoLayout | None]:
-        """One layout per sample (None where the sample has no video)."""
+    def video_layouts(self, context: CallContext, batch: int) -> list[VideoLayout | None]:
+        """One layout per sample of the call's ``batch`` (None where the sample has no video); the video
+        tokens are located in the call's input ids, which a call without a video need not have."""
         raise NotImplementedError
 
     def side_inputs(self, kwargs: dict[str, Any], batch: int, length: int) -> list[torch.Tensor]:

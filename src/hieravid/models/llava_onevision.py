@@ -13,16 +13,16 @@ class LlavaOnevisionAdapter(ModelAdapter):
 
     family = "llava_onevision"
 
-    def video_layouts(self, context: CallContext, input_length: int) -> list[VideoLayout | None]:
+    def video_layouts(self, context: CallContext, batch: int) -> list[VideoLayout | None]:
         """A video's frames follow from its token count (F * P + 1), so a call given features encoded
         before it (``mm_encoder_outputs``, as ``generate`` passes them) is laid out as one given pixels;
         with pixels, their frame count must agree."""
-        input_ids = context.input_ids()
         pixels = context.get("pixel_values_videos")  # (B, F, 3, S, S) or None
         if pixels is None and context.encoded_video() is None:
             # No video in this call: a text-only call, or a decoding step (whose new token may be the
             # video placeholder the model emitted, which is text there).
-            return [None] * input_ids.shape[0]
+            return [None] * batch
+        input_ids = context.input_ids()
         config = self.model.config
         positions = video_token_positions(input_ids, int(config.video_token_index))
         side = config.vision_config.image_size // config.vision_config.patch_size  # patches per frame side

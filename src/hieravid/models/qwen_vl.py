@@ -31,11 +31,11 @@ class QwenVLAdapter(ModelAdapter):
             return position_ids[1:], position_ids[0]
         return position_ids, None
 
-    def video_layouts(self, context: CallContext, input_length: int) -> list[VideoLayout | None]:
-        input_ids = context.input_ids()
+    def video_layouts(self, context: CallContext, batch: int) -> list[VideoLayout | None]:
         grid = context.get("video_grid_thw")
         if grid is None:  # no video in this call (text only, or a decoding step)
-            return [None] * input_ids.shape[0]
+            return [None] * batch
+        input_ids = context.input_ids()
         positions = video_token_positions(input_ids, int(self.model.config.video_token_id))
         grids = [tuple(int(v) for v in row) for row in grid.tolist()]
         with_video = sum(pos.numel() > 0 for pos in positions)

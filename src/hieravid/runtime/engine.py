@@ -220,7 +220,7 @@ class Runtime:
             inputs_embeds = text_model.embed_tokens(input_ids)
         if use_cache is None:
             use_cache = text_model.config.use_cache
-        layouts = self._layouts(inputs_embeds.shape[1])
+        layouts = self._layouts(inputs_embeds.shape[0])
         has_video = any(layout is not None for layout in layouts)
         if isinstance(past_key_values, PrunedCache) and past_key_values.virtual_length > 0:
             if has_video:
@@ -274,19 +274,16 @@ class Runtime:
         alive = [(r, a) for r, a in self._encodings if r() is not None and r() is not output]
         self._encodings = [*alive[-(_ENCODINGS_KEPT - 1) :], (ref, arguments)]
 
-    def _layouts(self, length: int) -> list[VideoLayout | None]:
-        if self.context is None:
-            raise ValueError(
-                "hieravid could not see the model call's inputs: call the model (or generate) on the "
-                "multimodal model hieravid.apply was given, with input_ids"
-            )
+    def _layouts(self, batch: int) -> list[VideoLayout | None]:
+        if self.context is None:  # the language model called by itself: no multimodal call placed a video
+            return [None] * batch
         kwargs = dict(self.context.kwargs)
         video = self.context.encoded_video()
         if video is not None:  # features encoded before this call: their grid is where they were encoded
             for ref, arguments in self._encodings:
                 if _same_encoding(video, ref()):
                     kwargs.update({k: v for k, v in arguments.items() if kwargs.get(k) is None})
-        layouts = self.adapter.video_layouts(CallContext(kwargs), length)
+        layouts = self.adapter.video_layouts(CallContext(kwargs), batch)
         if video is not None and all(layout is None for layout in layouts):
             if self.method.decision_layers(self.adapter.num_layers):
                 raise ValueError(
