@@ -1082,6 +1082,25 @@ def test_another_threads_decoding_steps_keep_the_last_prefills_report():
     assert handle.last_stats is report
 
 
+def test_a_reset_cache_is_reused_with_hieravid_and_without():
+    """``cache.reset()`` empties a cache a pruned prefill filled, as it empties a DynamicCache: the same
+    object then serves a new prompt, while applied and after ``handle.remove()``."""
+    model = build_model("llava_onevision")
+    first, second = build_inputs("llava_onevision", model, seed=1), build_inputs("llava_onevision", model, seed=2)
+    with torch.no_grad():
+        unpruned = _generate(model, second, past_key_values=DynamicCache(config=model.config))
+        with hieravid.apply(model, "hieravid", 0.3):
+            pruned = _generate(model, second, past_key_values=DynamicCache(config=model.config))
+            cache = DynamicCache(config=model.config)
+            _generate(model, first, past_key_values=cache)
+            cache.reset()
+            assert cache.get_seq_length() == 0
+            assert torch.equal(_generate(model, second, past_key_values=cache), pruned)
+            cache.reset()
+        assert type(cache) is DynamicCache
+        assert torch.equal(_generate(model, second, past_key_values=cache), unpruned)
+
+
 def test_a_dynamic_cache_subclass_is_refused():
     """A pruned prefill fills the caller's own cache object in place; a subclass of DynamicCache cannot
     become a PrunedCache without losing what it adds, and filling another object instead would leave the

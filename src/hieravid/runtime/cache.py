@@ -75,6 +75,13 @@ class PrunedCache(DynamicCache):
             self.__dict__.pop(name, None)
         self.__class__ = DynamicCache
 
+    def reset(self) -> None:
+        """Empty every layer, as :meth:`DynamicCache.reset` does: the emptied cache is a plain DynamicCache
+        again, for a new prompt with hieravid or without."""
+        super().reset()
+        self._start()
+        self.release()
+
     def get_seq_length(self, layer_idx: int = 0) -> int:  # noqa: D401 - same contract as the parent
         """Original sequence length seen so far (tokens), whatever was pruned."""
         return self.virtual_length
