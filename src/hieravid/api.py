@@ -96,6 +96,11 @@ class PruneHandle:
         self.active = False
 
     def __enter__(self) -> "PruneHandle":
+        if not self.active:
+            raise ValueError(
+                "this handle was removed, so the model would run unpruned: call hieravid.apply(model, ...) "
+                "again for a new handle"
+            )
         return self
 
     def __exit__(self, *exc: Any) -> None:

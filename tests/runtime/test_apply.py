@@ -225,6 +225,16 @@ def test_apply_twice_is_refused(family, model):
     assert handle.last_stats is not None and handle.last_stats.flops_ratio < 1
 
 
+def test_a_removed_handle_cannot_be_entered_again(family, model):
+    handle = hieravid.apply(model, "hieravid", 0.3)
+    with handle:
+        pass
+    with pytest.raises(ValueError, match=r"removed.*hieravid.apply"):
+        with handle:
+            pass
+    assert not handle.active
+
+
 def test_copying_a_patched_model_is_refused_with_the_fix(family, model):
     with hieravid.apply(model, "hieravid", 0.3):
         with pytest.raises(TypeError, match="handle.remove"):
