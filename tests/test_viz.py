@@ -107,10 +107,14 @@ def test_bad_input(proxy, frames: np.ndarray, tmp_path: Path) -> None:
         render_decisions(tmp_path / "x.png", frames, trace, frame_labels=["0", "1", "2"])
 
 
-@pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".pdf", b"%PDF"), (".jpg", b"\xff\xd8\xff")])
+@pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".pdf", b"%PDF"), (".jpg", b"\xff\xd8\xff"),
+                                           (".jpeg", b"\xff\xd8\xff")])
 def test_the_picture_has_the_format_its_name_says(proxy, frames, tmp_path, suffix, magic) -> None:
+    from hieravid.cli import _PICTURES, _check_output
+
     trace = traced(proxy, frames, "fastv").trace
     path = tmp_path / f"x{suffix}"
+    _check_output(str(path), "--viz", _PICTURES)  # the command takes what the library writes
     picture = render_decisions(path, frames, trace)
     assert path.read_bytes().startswith(magic) and picture.width_px > 0
 
@@ -149,3 +153,59 @@ def test_decisions_left_out_of_the_rows_are_said(proxy, frames: np.ndarray) -> N
     doubled = dataclasses.replace(sample, stages=sample.stages * 2)  # 6: more than the rows drawn
     assert len(_stages_to_draw(doubled)) == _MAX_STAGE_ROWS == 4
     assert "- 2 smaller decision(s) are not drawn as rows" in _how_to_read("pyramiddrop", doubled)
+
+
+def test_odd_frame_counts_show_the_frames_each_model_frame_holds(proxy, tmp_path: Path) -> None:
+    """Qwen-VL processors complete an odd count by repeating the last frame: 5 input frames are the model
+    frames (0, 1), (2, 3), (4, 4), and each column shows and names the first frame of its own group."""
+    video = np.zeros((5, 96, 96, 3), np.uint8)
+    video[..., 0] = 50 * np.arange(5)[:, None, None]
+    result = answer(proxy, video, "what color ?", method="hieravid", budget=0.3, max_new_tokens=1, trace=True)
+    picture = render_decisions(tmp_path / "odd.png", video, result.trace, budget=0.3)
+    assert picture.columns == [(0, 1), (2, 3), (4, 4)]
+    assert picture.panels[0].startswith("Sampled frames (5 input frames, 3 model frames)")
+
+
+def test_a_llava_frame_grid_is_square_whatever_the_video_shape(tmp_path: Path) -> None:
+    """LLaVA-OneVision resizes every frame to a square, so a wide video still has a square token grid."""
+    model = tm.build_model("llava_onevision")
+    tm.build_processor("llava_onevision", model, tmp_path)
+    model.save_pretrained(tmp_path)
+    video = tm.random_video(4, 24, 160)
+    result = answer(load_model(tmp_path), video, "what is happening ?", method="fastv", budget=0.3,
+                    max_new_tokens=1, trace=True)
+    assert result.trace.samples[0].grid_hw == (5, 5)
+    assert render_decisions(tmp_path / "wide.png", video, result.trace).grid_hw == (5, 5)
+
+
+def test_a_qwen_frame_grid_is_the_one_the_processor_made(proxy, frames: np.ndarray) -> None:
+    sample = traced(proxy, frames, "fastv").trace.samples[0]
+    assert sample.grid_hw == (6, 6) and sample.temporal_patch == 2
+
+
+def test_a_missing_trace_names_the_switch(proxy, frames: np.ndarray, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="trace=True"):
+        render_decisions(tmp_path / "x.png", frames, None)
+
+
+def test_any_sample_of_a_batch_is_drawn_with_its_method(proxy, frames: np.ndarray, tmp_path: Path) -> None:
+    trace = traced(proxy, frames, "hieravid").trace
+    batch = dataclasses.replace(trace, samples=[None, trace.samples[0]])
+    picture = render_decisions(tmp_path / "second.png", frames, batch, sample=1)
+    assert picture.panels[1].startswith("Stage 1") and any("relevance r (Eq. 8)" in t for t in picture.panels)
+    with pytest.raises(ValueError, match="sample 0 of the trace has no video"):
+        render_decisions(tmp_path / "first.png", frames, batch)
+    with pytest.raises(ValueError, match="2 samples"):
+        render_decisions(tmp_path / "third.png", frames, batch, sample=2)
+
+
+def test_the_picture_says_the_file_it_wrote(proxy, frames: np.ndarray, tmp_path: Path) -> None:
+    from PIL import Image
+
+    trace = traced(proxy, frames, "fastv").trace
+    picture = render_decisions(tmp_path / "decisions", frames, trace)
+    assert picture.path == tmp_path / "decisions.png" and picture.path.is_file()
+    for suffix in (".jpg", ".jpeg", ".png"):
+        picture = render_decisions(tmp_path / f"x{suffix}", frames, trace, dpi=97)
+        with Image.open(picture.path) as image:
+            assert image.size == (picture.width_px, picture.height_px)

@@ -353,7 +353,7 @@ def _add_bench(subparsers: Any) -> None:
     parser.set_defaults(func=_cmd_bench, measuring_defaults={dest: parser.get_default(dest) for dest in measuring})
 
 
-_PICTURES = (".png", ".pdf", ".svg", ".jpg")
+_PICTURES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None = None) -> None:

@@ -4,7 +4,7 @@
 PDF, SVG, JPEG), top to bottom:
 
 1. **frames**: one column per frame as the model sees it (Qwen-VL: a temporal group of 2 input frames, the
-   first one shown), coloured bars and vertical lines at the segment boundaries (HieraVid);
+   first one shown; the processor completes an odd count by repeating the last frame), coloured bars and vertical lines at the segment boundaries (HieraVid);
 2. **one row per decision point** (HieraVid: stage 1 before layer 0, then the in-LLM stages): each frame
    with its token grid overlaid; a token merged at this stage is blue, dropped at this stage red, removed
    earlier dark, kept clear;
@@ -13,9 +13,12 @@ PDF, SVG, JPEG), top to bottom:
 4. **visual tokens per layer**: tokens entering each decoder layer against vanilla (all of them) and the
    average the budget allows.
 
-The token grid of a frame (rows x cols with rows * cols = P) is not stored in the model's ``VideoLayout``;
-it is taken as the factor pair of P closest to the frame's aspect ratio, which is exact for Qwen-VL (the
-processor keeps the aspect ratio to within a patch) and LLaVA-OneVision (square). Pass ``grid_hw`` to override.
+The token grid of a frame (rows x cols with rows * cols = P) is the one the model arranged, as the trace
+records it (Qwen-VL: the processor's grid; LLaVA-OneVision: square, whatever the video's shape); for a
+trace without it, the factor pair of P closest to the frame's aspect ratio. Pass ``grid_hw`` to override.
+
+A method that folds dropped tokens into kept ones by weights rather than into one target (PruMerge's kNN
+update) shows them as dropped.
 
 Matplotlib is imported here only; no pyplot state is touched (the figure is drawn with the Agg canvas).
 """
@@ -47,17 +50,19 @@ class Picture:
     """What :func:`render_decisions` drew.
 
     Attributes:
-        path: the PNG written.
+        path: the file written.
         panels: the title of every panel (row), top to bottom.
         frames_shown: model frames (columns) drawn.
+        columns: for each column, the (first, last) input frame its model frame holds (the first is shown).
         grid_hw: token grid (rows, cols) of one frame.
-        width_px: image width, pixels.
+        width_px: image width, pixels (as written, for a raster format; a vector format's nominal size).
         height_px: image height, pixels.
     """
 
     path: Path
     panels: list[str] = field(default_factory=list)
     frames_shown: int = 0
+    columns: list[tuple[int, int]] = field(default_factory=list)
     grid_hw: tuple[int, int] = (0, 0)
     width_px: int = 0
     height_px: int = 0
@@ -73,8 +78,13 @@ def token_grid(num_slots: int, frame_hw: tuple[int, int]) -> tuple[int, int]:
     return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - target))
 
 
-def _frame_columns(num_input: int, num_model: int) -> list[tuple[int, int]]:
-    """For each model frame, the (first, last) input frame it covers (Qwen-VL groups 2 input frames)."""
+def _frame_columns(num_input: int, num_model: int, temporal_patch: int = 1) -> list[tuple[int, int]]:
+    """For each model frame, the (first, last) input frame it covers: groups of ``temporal_patch`` (Qwen-VL:
+    2, the last group of an odd count holding one frame, which the processor repeats); otherwise, frames
+    spread evenly over the model's."""
+    k = temporal_patch
+    if k >= 1 and -(-num_input // k) == num_model:
+        return [(g * k, min(g * k + k - 1, num_input - 1)) for g in range(num_model)]
     edges = np.linspace(0, num_input, num_model + 1)
     out = []
     for g in range(num_model):
@@ -164,8 +174,9 @@ def _overlay(sample: SampleTrace, stage: int) -> np.ndarray:
 def render_decisions(
     path: str | Path,
     frames: np.ndarray,
-    trace: PruneTrace | SampleTrace,
+    trace: PruneTrace | SampleTrace | None,
     *,
+    sample: int = 0,
     budget: float | None = None,
     title: str | None = None,
     notes: Sequence[str] = (),
@@ -177,10 +188,13 @@ def render_decisions(
     """Draw what a method decided for one video (see the module docstring) and write it as a picture.
 
     Args:
-        path: the picture to write (its folder must exist; PNG, PDF, SVG or JPEG by its suffix).
+        path: the picture to write (its folder must exist; PNG, PDF, SVG or JPEG by its suffix; PNG, with
+            ``.png`` added, when it has none).
         frames: ``(N, H, W, 3)`` uint8, the frames given to the model (N input frames; the model may see
             fewer, e.g. Qwen-VL's temporal groups of 2).
-        trace: ``handle.last_trace`` (its first sample is drawn) or one :class:`SampleTrace`.
+        trace: ``handle.last_trace`` (of ``hieravid.apply(..., trace=True)``) or one :class:`SampleTrace`
+            (then the method's name is not known, and the picture names it "method").
+        sample: which sample of a batch's trace to draw.
         budget: the relative token budget asked for (drawn as the average it allows), or None.
         title: the headline (e.g. the method and budget).
         notes: extra header lines (the question, the answers, timings), drawn as given.
@@ -202,25 +216,32 @@ def render_decisions(
         raise ValueError(f"frames must be an (N, H, W, 3) array, got shape {frames.shape}")
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 pixels (0-255), as given to the model; got {frames.dtype}")
+    if trace is None:
+        raise ValueError("no trace was recorded: pass trace=True to hieravid.apply, then draw handle.last_trace")
     method = trace.method if isinstance(trace, PruneTrace) else "method"
     num_layers = trace.num_layers if isinstance(trace, PruneTrace) else None
-    sample = trace.samples[0] if isinstance(trace, PruneTrace) else trace
-    if sample is None:
-        raise ValueError("the trace's first sample has no video: nothing to draw")
-    num_layers = num_layers or len(sample.tokens_per_layer)
-    T, P = sample.num_frames, sample.num_slots
-    rows, cols = grid_hw or token_grid(P, (frames.shape[1], frames.shape[2]))
+    if isinstance(trace, PruneTrace):
+        if not 0 <= sample < len(trace.samples):
+            raise ValueError(f"sample {sample}: the trace holds {len(trace.samples)} samples")
+        drawn = trace.samples[sample]
+        if drawn is None:
+            raise ValueError(f"sample {sample} of the trace has no video: nothing to draw")
+    else:
+        drawn = trace
+    num_layers = num_layers or len(drawn.tokens_per_layer)
+    T, P = drawn.num_frames, drawn.num_slots
+    rows, cols = grid_hw or drawn.grid_hw or token_grid(P, (frames.shape[1], frames.shape[2]))
     if rows * cols != P:
         raise ValueError(f"grid_hw {rows}x{cols} does not hold the {P} tokens of a frame")
     if frames.shape[0] < T:
         raise ValueError(f"{frames.shape[0]} frames for the {T} frames the model saw: pass the frames given to it")
-    columns = _frame_columns(frames.shape[0], T)
+    columns = _frame_columns(frames.shape[0], T, drawn.temporal_patch)
     labels = list(frame_labels) if frame_labels is not None else [str(i) for i in range(frames.shape[0])]
     if len(labels) != frames.shape[0]:
         raise ValueError(f"frame_labels must give one label per frame ({frames.shape[0]}), got {len(labels)}")
 
-    stage_rows = _stages_to_draw(sample)
-    scored = next((i for i, s in enumerate(sample.stages) if s.scores is not None), None)
+    stage_rows = _stages_to_draw(drawn)
+    scored = next((i for i, s in enumerate(drawn.stages) if s.scores is not None), None)
     grid_rows = 1 + len(stage_rows) + (1 if scored is not None else 0)
 
     # geometry: every frame cell has the frame's aspect ratio
@@ -233,7 +254,7 @@ def render_decisions(
     legend_in = 0.3 if stage_rows else 0.0  # a line of its own for the overlay legend
     header_in = 0.25 + 0.2 * header_lines + legend_in
     row_gap_in = 0.42  # room for the row title above each row
-    segment_bar_in = 0.19 * cell_h if sample.frame_segment is not None else 0.0
+    segment_bar_in = 0.19 * cell_h if drawn.frame_segment is not None else 0.0
     curve_in = 2.6
     height = header_in + grid_rows * (cell_h + row_gap_in) + segment_bar_in + 0.7 + curve_in + 0.5
     fig = Figure(figsize=(width, height), dpi=dpi)
@@ -243,7 +264,9 @@ def render_decisions(
         """Axes rectangle from inches measured from the top-left corner."""
         return [x_in / width, 1 - (top_in + h_in) / height, w_in / width, h_in / height]
 
-    picture = Picture(path=Path(path), frames_shown=T, grid_hw=(rows, cols))
+    path = Path(path)
+    picture = Picture(path=path if path.suffix else path.with_suffix(".png"), frames_shown=T, columns=columns,
+                      grid_hw=(rows, cols))
 
     # header
     y = 0.15
@@ -257,8 +280,8 @@ def render_decisions(
     legend_top = y
     top = header_in
 
-    segment_of_frame = sample.frame_segment.tolist() if sample.frame_segment is not None else None
-    starts = sample.segment_starts
+    segment_of_frame = drawn.frame_segment.tolist() if drawn.frame_segment is not None else None
+    starts = drawn.segment_starts
     frame_axes_rows: list[list] = []
 
     def frame_row(row_title: str, overlay: np.ndarray | None, heat: np.ndarray | None = None,
@@ -310,17 +333,17 @@ def render_decisions(
 
     # 2. decision points
     for index in stage_rows:
-        stage = sample.stages[index]
-        rgba = _overlay(sample, index).reshape(T, rows, cols, 4)
+        stage = drawn.stages[index]
+        rgba = _overlay(drawn, index).reshape(T, rows, cols, 4)
         number = index + 1 if stage.stage is None else stage.stage  # HieraVid's own, where it skips a stage
-        frame_row(_stage_title(stage, number, method, sample.num_tokens), rgba)
+        frame_row(_stage_title(stage, number, method, drawn.num_tokens), rgba)
 
     # 3. relevance
     if scored is not None:
-        stage = sample.stages[scored]
-        heat = np.full(sample.num_tokens, np.nan)
+        stage = drawn.stages[scored]
+        heat = np.full(drawn.num_tokens, np.nan)
         heat[stage.tokens.numpy()] = stage.scores.numpy().clip(0.0, 1.0)
-        gone = np.zeros((sample.num_tokens, 4))
+        gone = np.zeros((drawn.num_tokens, 4))
         gone[np.isnan(heat)] = (0.55, 0.55, 0.55, 0.92)
         heat_grid = np.ma.masked_invalid(heat).reshape(T, rows, cols)
         name = (
@@ -366,13 +389,13 @@ def render_decisions(
     top += 0.7
     curve_w = min(width - left_in - 1.4, max(5.0, 0.5 * width))
     ax = fig.add_axes(box(left_in + 0.55, top, curve_w, curve_in))
-    reading = _how_to_read(method, sample)
+    reading = _how_to_read(method, drawn)
     text_x = left_in + 0.55 + curve_w + 0.45
     if reading and width - text_x >= 4.2:
         fig.text(text_x / width, 1 - (top + 0.1) / height, reading, fontsize=8.5, va="top", linespacing=1.5)
     edges = np.arange(num_layers + 1)  # layer l spans [l, l + 1)
-    kept = np.asarray(sample.tokens_per_layer[:num_layers], dtype=float)
-    N = sample.num_tokens
+    kept = np.asarray(drawn.tokens_per_layer[:num_layers], dtype=float)
+    N = drawn.num_tokens
     ax.stairs(np.full(num_layers, N), edges, baseline=None, color="0.45", linestyle="--",
               label=f"vanilla: all {N} tokens")
     ax.stairs(kept, edges, baseline=None, color="#d62728", linewidth=2.0, label=f"{method}")
@@ -380,7 +403,7 @@ def render_decisions(
     if budget is not None:
         ax.axhline(budget * N, color="#1f77b4", linestyle=":", linewidth=1.6,
                    label=f"budget {budget:g}: {budget * N:.0f} tokens on average")
-    for stage in sample.stages:
+    for stage in drawn.stages:
         if int((~stage.keep).sum()) > 0:
             ax.axvline(stage.layer, color="0.75", linewidth=0.8, zorder=0)
     ax.set_xlim(0, num_layers)
@@ -399,10 +422,11 @@ def render_decisions(
     picture.panels.append(curve_title)
 
     fig.savefig(picture.path, dpi=dpi)  # the format of the file's suffix
-    if Path(picture.path).suffix.lower() == ".png":
-        with open(picture.path, "rb") as f:  # the size as written: the PNG header's IHDR width and height
-            header = f.read(24)
-        picture.width_px, picture.height_px = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
-    else:  # the figure's size at ``dpi`` (a raster format's pixels; a vector format's nominal size)
+    if picture.path.suffix.lower() in (".pdf", ".svg", ".svgz", ".eps", ".ps"):  # a vector format's nominal size
         picture.width_px, picture.height_px = (int(round(v * dpi)) for v in fig.get_size_inches())
+    else:  # the size as written
+        from PIL import Image  # matplotlib's own dependency
+
+        with Image.open(picture.path) as image:
+            picture.width_px, picture.height_px = image.size
     return picture

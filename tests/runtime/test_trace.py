@@ -110,3 +110,20 @@ def test_text_only_call_traces_no_sample() -> None:
     with hieravid.apply(model, "hieravid", 0.3, trace=True) as handle, torch.no_grad():
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
         assert handle.last_trace is not None and handle.last_trace.samples == [None]
+
+
+def test_an_unpruned_video_call_traces_its_video() -> None:
+    """A video after a cached prefix is not pruned: its trace is the video with no decision, as vanilla's."""
+    from transformers import DynamicCache
+
+    model = tm.build_model("qwen2_vl")
+    inputs = tm.build_inputs("qwen2_vl", model)
+    with hieravid.apply(model, "hieravid", 0.3, trace=True) as handle, torch.no_grad():
+        cache = DynamicCache()
+        model(input_ids=inputs["input_ids"][:, :3], attention_mask=inputs["attention_mask"][:, :3], past_key_values=cache)
+        with pytest.warns(UserWarning, match="not pruned"):
+            model.generate(**inputs, past_key_values=cache, max_new_tokens=2, do_sample=False)
+    sample = handle.last_trace.samples[0]
+    assert sample is not None and sample.stages == []
+    assert sample.num_tokens == handle.last_stats.visual_tokens[0] > 0
+    assert sample.tokens_per_layer == handle.last_stats.tokens_per_layer

@@ -26,11 +26,16 @@ class VideoLayout:
             trailing newline) are not listed.
         num_frames: T, frames as the model sees them (Qwen-VL: temporal patch groups).
         num_slots: P, tokens per frame.
+        grid_hw: (rows, cols) of a frame's P tokens, row-major, where the model says (None: unknown).
+        temporal_patch: input frames per model frame (Qwen-VL: 2, the processor repeating the last frame of
+            an odd count; LLaVA: 1).
     """
 
     positions: torch.Tensor
     num_frames: int
     num_slots: int
+    grid_hw: tuple[int, int] | None = None
+    temporal_patch: int = 1
 
     def __post_init__(self) -> None:
         if self.positions.numel() != self.num_frames * self.num_slots:
@@ -38,6 +43,8 @@ class VideoLayout:
                 f"video layout of {self.num_frames} frames x {self.num_slots} slots does not match "
                 f"{self.positions.numel()} video token positions"
             )
+        if self.grid_hw is not None and self.grid_hw[0] * self.grid_hw[1] != self.num_slots:
+            raise ValueError(f"a token grid of {self.grid_hw} does not hold the {self.num_slots} tokens of a frame")
 
 
 @dataclass

@@ -26,7 +26,8 @@ class LlavaOnevisionAdapter(ModelAdapter):
         config = self.model.config
         positions = video_token_positions(input_ids, int(config.video_token_index))
         side = config.vision_config.image_size // config.vision_config.patch_size  # patches per frame side
-        pooled = (-(-side // 2)) ** 2  # P: tokens per frame after the model's 2x2 pooling (ceil)
+        pooled_side = -(-side // 2)  # the model's 2x2 pooling (ceil) of a square frame
+        pooled = pooled_side**2  # P: tokens per frame
         layouts: list[VideoLayout | None] = []
         for pos in positions:
             if pos.numel() == 0:  # no video in this sample
@@ -39,5 +40,6 @@ class LlavaOnevisionAdapter(ModelAdapter):
                     "tokens + 1 newline; hieravid prunes one video per sample: pass one video per sample, or call "
                     "handle.remove() to run this prompt unpruned"
                 )
-            layouts.append(VideoLayout(positions=pos[:-1], num_frames=frames, num_slots=pooled))
+            layouts.append(VideoLayout(positions=pos[:-1], num_frames=frames, num_slots=pooled,
+                                       grid_hw=(pooled_side, pooled_side)))
         return layouts

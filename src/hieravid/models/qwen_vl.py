@@ -59,7 +59,11 @@ class QwenVLAdapter(ModelAdapter):
                     "hieravid prunes one video per sample: pass one video per sample, or call handle.remove() "
                     "to run this prompt unpruned"
                 )
-            layouts.append(VideoLayout(positions=pos, num_frames=t, num_slots=slots))
+            merge = self.merge_size
+            layouts.append(VideoLayout(
+                positions=pos, num_frames=t, num_slots=slots, grid_hw=(h // merge, w // merge),
+                temporal_patch=int(getattr(self.model.config.vision_config, "temporal_patch_size", 1) or 1),
+            ))
         return layouts
 
 

@@ -233,7 +233,7 @@ class Runtime:
         if continues and not has_video:  # a decoding step, or a text-only turn, after an unpruned prefill
             if self._described is None or self._described() is not past_key_values:
                 # Not a step of the call last_stats describes: a text-only call of its own.
-                self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), past_key_values)
+                self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), layouts, past_key_values)
             return original(text_model, **call)
         if continues or not has_video:
             if continues:
@@ -245,7 +245,7 @@ class Runtime:
                     HieravidWarning, stacklevel=2,
                 )
             output = original(text_model, **call)
-            self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), cache_of(output))
+            self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), layouts, cache_of(output))
             return output
         converted = use_cache and type(past_key_values) is DynamicCache  # the caller's, made a PrunedCache in place
         cache = PrunedCache.for_prefill(past_key_values, text_model.config) if use_cache else None
@@ -256,11 +256,13 @@ class Runtime:
                 cache.release()  # the caller's empty cache is theirs again
             raise
 
-    def _describe(self, stats: PruneStats, cache: Any) -> None:
-        """Report an unpruned call: ``stats``, and the cache it filled (its later steps keep the report)."""
+    def _describe(self, stats: PruneStats, layouts: list[VideoLayout | None], cache: Any) -> None:
+        """Report an unpruned call: ``stats``, its videos' ``layouts`` (traced with no decision, as vanilla's),
+        and the cache it filled (its later steps keep the report)."""
         self.last_stats = stats
         if self.trace:
-            self.last_trace = self._passthrough_trace(len(stats.visual_tokens))
+            self.last_trace = _build_trace(self.method.name, self.adapter.num_layers, layouts,
+                                           [[] for _ in layouts], stats.per_sample_tokens_per_layer)
         self._described = None if cache is None else weakref.ref(cache)
 
     def remember_encoding(self, output: Any, arguments: dict[str, Any]) -> None:
@@ -623,9 +625,6 @@ class Runtime:
         return count_flops(self._shape, per_sample, text, visual, logits_to_keep=self.logits_to_keep, causal=causal)
 
     # ------------------------------------------------------------------------------------- no video
-    def _passthrough_trace(self, batch: int) -> PruneTrace:
-        return PruneTrace(method=self.method.name, num_layers=self.adapter.num_layers, samples=[None] * batch)
-
     def _passthrough_stats(
         self, embeds: torch.Tensor, mask_2d: torch.Tensor | None, layouts: list[VideoLayout | None]
     ) -> PruneStats:
@@ -689,5 +688,7 @@ def _build_trace(
             stages=[stage for stage, _ in records],
             frame_segment=None if frame_segment is None else frame_segment.detach().cpu(),
             tokens_per_layer=list(rows),
+            grid_hw=layout.grid_hw,
+            temporal_patch=layout.temporal_patch,
         ))
     return PruneTrace(method=method, num_layers=num_layers, samples=samples)

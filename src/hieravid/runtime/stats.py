@@ -47,7 +47,8 @@ class PruneStats:
         flops: the batch's prefill FLOPs.
         decide_seconds_by_layer: wall time spent deciding (relevance, scoring, selection) at each decision
             point, in seconds, keyed by the index of the layer the decision ran before (0: before the LLM).
-        kept_positions: for each layer, for each sample, the original sequence positions present.
+        kept_positions: for each layer, for each sample, the original sequence positions present (empty
+            when nothing was pruned: every position is present).
         pruned: False when nothing could be pruned (no video in the input, or a call continuing a cache that
             already holds tokens): a pass-through, every layer seeing every token.
     """

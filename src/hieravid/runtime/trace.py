@@ -30,8 +30,9 @@ class StageTrace:
         merged_into: ``(N,)`` int64 token index of the kept token each removed token was averaged into;
             -1 for kept tokens and for removed tokens that were dropped (merged into nothing).
         scores: ``(N,)`` float32 score the method ranked the tokens by at this point (HieraVid: the
-            relevance r of Eq. 8 in [0, 1], higher = more relevant; ``hieravid_topk``: the attention it
-            ranks by, min-max normalised to [0, 1]), or None when it has none.
+            relevance r of Eq. 8, higher = more relevant; ``hieravid_topk``: the attention it ranks by;
+            both min-max normalised as Eq. 8 has it, ``(u - min u + eps) / (max u - min u)``, so in [0, 1]
+            up to eps over the spread: the picture clips to [0, 1]), or None when it has none.
         segment: ``(N,)`` int64 segment of each token present, or None when the method has no segments.
         stage: the method's number for this decision point (HieraVid: its stage k), or None.
     """
@@ -76,6 +77,9 @@ class SampleTrace:
         stages: the decision points, in layer order (empty for ``vanilla``).
         frame_segment: ``(T,)`` int64 segment of each frame, or None when the method does not segment.
         tokens_per_layer: visual tokens entering each decoder layer (equals ``PruneStats``'s row).
+        grid_hw: (rows, cols) of a frame's P tokens as the model arranged them (None: unknown).
+        temporal_patch: input frames per model frame (Qwen-VL: 2; the last group of an odd count repeats
+            its frame).
     """
 
     num_frames: int
@@ -84,6 +88,8 @@ class SampleTrace:
     stages: list[StageTrace]
     frame_segment: torch.Tensor | None
     tokens_per_layer: list[int]
+    grid_hw: tuple[int, int] | None = None
+    temporal_patch: int = 1
 
     @property
     def num_tokens(self) -> int:
