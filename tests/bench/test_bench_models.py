@@ -529,9 +529,26 @@ def test_methods_all_leaves_out_budgets_a_method_cannot_reach(tmp_path, capsys):
     assert "fastv" not in measured and "hieravid" in measured and "evs" in measured
     captured = capsys.readouterr()
     assert "hieravid bench: warning: not measured: fastv at budget 0.2" in captured.err
-    assert "not measured (the method cannot reach the budget on this model):" in captured.out
+    assert "not measured (the method cannot reach the budget on this model or video):" in captured.out
     assert main([*args, "--methods", "vanilla,fastv"]) == 2
     assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_methods_all_leaves_out_budgets_the_video_cannot_give(tmp_path, capsys):
+    """DyCoke's smallest budget depends on the video (3 frame groups: 1/3): with ``all`` its 0.3 is left out
+    at its first prefill and said so, and the other methods are measured; named, it stops the command."""
+    out = tmp_path / "all.json"
+    args = ["bench", "--shape", "tiny", "--frames", "6", "--budgets", "0.3", "--repeats", "1", "--warmup", "0",
+            "--new-tokens", "2", "--quiet"]
+    assert main([*args, "--methods", "all", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [line.split(":")[0] for line in report["skipped"]] == ["dycoke@0.3"]
+    measured = [r["method"] for r in report["results"]]
+    assert "dycoke" not in measured and {"hieravid", "evs", "fastv"} <= set(measured)
+    assert all(len(r["prefill_runs_ms"]) == 1 for r in report["results"])
+    assert "hieravid bench: warning: not measured: dycoke at budget 0.3" in capsys.readouterr().err
+    assert main([*args, "--methods", "vanilla,dycoke"]) == 2
+    assert "every 4th frame" in capsys.readouterr().err
 
 
 def test_the_default_methods_run_on_the_tiny_shape(capsys):

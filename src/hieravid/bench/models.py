@@ -712,7 +712,8 @@ def run_model_bench(
         on_round: called after every timed round with the result of the rounds so far (to save it).
         skip_unreachable: leave out, with a warning and a line in ``skipped``, a (method, budget) that
             ``hieravid.apply`` refuses on this model (a budget below the method's smallest on its depth,
-            such as FastV's ``K / L``) instead of failing; ``--methods all`` sets it.
+            such as FastV's ``K / L``) or that its first prefill refuses on this video (DyCoke's frames,
+            PruneVid's merge) instead of failing; ``--methods all`` sets it.
 
     An interruption (Ctrl-C) after at least one timed round returns the completed rounds, marked
     ``interrupted``; the round it stopped in is dropped, so every method has the same rounds.
@@ -775,17 +776,21 @@ def run_model_bench(
     configs += [(m, 1.0) for m in methods if m == UNPATCHED]
     configs += [(m, b) for m in methods if m not in ("vanilla", UNPATCHED) for b in budgets]
     skipped: list[str] = []
+
+    def leave_out(name: str, budget: float, exc: ValueError) -> None:
+        if not skip_unreachable or name == "vanilla":
+            raise exc
+        configs.remove((name, budget))
+        skipped.append(f"{name}@{budget:g}: {exc}")
+        warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", HieravidWarning, stacklevel=3)
+
     for name, budget in list(configs):  # an unreachable budget (e.g. FastV below K / L) fails now, not midway
         if name == UNPATCHED:
             continue
         try:
             hieravid.apply(model, name, budget).remove()
         except ValueError as exc:
-            if not skip_unreachable or name == "vanilla":
-                raise
-            configs.remove((name, budget))
-            skipped.append(f"{name}@{budget:g}: {exc}")
-            warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", HieravidWarning, stacklevel=2)
+            leave_out(name, budget, exc)
 
     encode = multimodal.get_video_features
     encode_kwargs = _encoder_kwargs(encode, inputs)
@@ -879,7 +884,14 @@ def run_model_bench(
                 try:
                     shift = round_idx % len(configs)
                     for name, budget in configs[shift:] + configs[:shift]:
-                        sample, stats = _measure(model, inputs, name, budget, new_tokens, recorder, dev, memory)
+                        try:
+                            sample, stats = _measure(model, inputs, name, budget, new_tokens, recorder, dev, memory)
+                        except ValueError as exc:  # a budget this video cannot give: refused at the first call
+                            if round_idx > 0:
+                                raise
+                            leave_out(name, budget, exc)
+                            del samples[(name, budget)], memory_of[(name, budget)]
+                            continue
                         if memory_apart and memory:
                             memory_of[(name, budget)].append(sample)
                         sample["ttft_ms"] += 1000 * vision_seconds
@@ -1166,7 +1178,7 @@ def format_report(result: ModelBenchResult) -> str:
         lines += [f"  {r.method}@{r.budget:g}: " + ", ".join(f"L{layer} {ms:.1f}" for layer, ms in
                                                           r.decide_ms_by_layer.items()) for r in staged]
     if result.skipped:
-        lines += ["", "not measured (the method cannot reach the budget on this model):"]
+        lines += ["", "not measured (the method cannot reach the budget on this model or video):"]
         lines += [f"  {line}" for line in result.skipped]
     goals = check_goals(result)
     if goals:
