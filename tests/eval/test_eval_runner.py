@@ -451,3 +451,32 @@ def test_progress_where_stderr_is_no_terminal_is_plain_lines():
     assert len(lines) == 4 and lines[0].startswith("mvbench: 1/3 answers, elapsed 0:00:00, ETA")
     assert lines[-1].startswith("mvbench: 3/3 answers")  # whole lines, never wrapped at the width
     assert isinstance(_progress_bar(True), _ProgressLines) or sys.stderr.isatty()  # captured: no terminal
+
+
+def test_json_files_are_written_through_links_and_into_non_files(tmp_path: Path) -> None:
+    """A file named through a symbolic link is the link's target, replaced whole; a name that is not a
+    regular file (a pipe, a device) is written into, never replaced by a file."""
+    import threading
+
+    from hieravid.eval.records import write_json, write_jsonl
+
+    target = tmp_path / "results" / "real.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_json(link, {"a": 1})
+    assert link.is_symlink() and json.loads(target.read_text()) == {"a": 1}
+    write_jsonl(link, [{"b": 2}])
+    assert link.is_symlink() and json.loads(target.read_text()) == {"b": 2}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["real.json"]
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader.start()
+    write_json(pipe, {"c": 3})
+    reader.join(30)
+    assert json.loads(received[0]) == {"c": 3}
+    assert not pipe.is_file() and pipe.exists()

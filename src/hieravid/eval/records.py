@@ -92,21 +92,28 @@ def _drop_partial_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
-def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON to ``path`` atomically (a temporary file renamed over it), so a
-    reader or a kill mid-write never leaves a partial file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Write ``records`` to ``path`` atomically (a temporary file renamed over it)."""
-    path = Path(path)
+def _write_whole(path: str | Path, text: Iterable[str]) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file beside the file a symbolic link names, renamed
+    over it, so a reader or a kill mid-write never leaves a partial file. A name that is not a regular file
+    (a pipe, a device) is written into instead: renaming would replace it."""
+    path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(text)
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        f.writelines(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON to ``path``, whole or not at all (see :func:`_write_whole`)."""
+    _write_whole(path, [json.dumps(value, indent=1)])
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``records`` to ``path``, one JSON object per line, whole or not at all."""
+    _write_whole(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
