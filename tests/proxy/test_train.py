@@ -119,7 +119,16 @@ def test_bad_starts_are_refused_with_the_fix(tmp_path):
         train(tmp_path / "afile", SMALL, progress=False)
     with pytest.raises(ValueError, match="cannot create --out"):
         train(tmp_path / "afile" / "sub", SMALL, progress=False)
-    for bad in ({"lr": 0.0}, {"aux_weight": -1.0}, {"summary_weight": -2.0}):
+    trained = tmp_path / "trained"  # a finished model without its checkpoint (the shipped one, copied)
+    trained.mkdir()
+    (trained / "model.safetensors").write_bytes(b"weights")
+    (trained / "train_log.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ValueError, match="already holds a trained model .*: use a new directory"):
+        train(trained, SMALL, progress=False)
+    assert (trained / "model.safetensors").read_bytes() == b"weights"
+    assert (trained / "train_log.jsonl").read_text() == '{"step": 1}\n'
+    for bad in ({"lr": 0.0}, {"aux_weight": -1.0}, {"summary_weight": -2.0}, {"val_size": 0}, {"eval_every": 0},
+                {"checkpoint_every": 0}, {"batch": 0}, {"steps": -1}, {"batch": 2.5}):
         with pytest.raises(ValueError, match="must be"):
             TrainConfig(**{**SMALL.__dict__, **bad})
 

@@ -145,3 +145,14 @@ def test_pixels_show_the_description(index):
             # the object's colour, in the frames where the mover or the flash does not pass over it
             visible = (patches == np.array(OBJECT_COLORS[obj.color])).all(-1).mean(-1)  # (frames,)
             assert visible.max() > 0.6
+
+
+def test_the_package_docstring_example_is_true():
+    import re
+
+    import hieravid.synthetic as synthetic
+
+    sample = generate_sample(7, split="test")
+    shape = re.search(r"sample\.frames\s+# \((\d+), (\d+), (\d+), 3\)", synthetic.__doc__)
+    assert sample.frames.shape == (*map(int, shape.groups()), 3)
+    assert sample.answer == re.search(r'sample\.answer\s+# "(\w)"', synthetic.__doc__).group(1)

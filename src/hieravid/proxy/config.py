@@ -34,6 +34,12 @@ class TrainConfig:
     curriculum: int = 0  # steps between unlocking the question types in CURRICULUM order; 0 = all from the start
 
     def __post_init__(self) -> None:
+        for name in ("batch", "val_size", "eval_every", "checkpoint_every"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, got {getattr(self, name)!r}")
+        for name in ("steps", "warmup", "curriculum", "threads"):  # threads 0: torch's own choice
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a whole number of at least 0, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be above 0, got {self.lr!r}")
         for name in ("aux_weight", "type_weight", "summary_weight", "weight_decay"):

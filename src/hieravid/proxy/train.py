@@ -270,6 +270,12 @@ def train(
     checkpoint = out / "checkpoint.pt"
     if resume and not checkpoint.is_file():
         raise ValueError(f"--resume: {out} holds no checkpoint.pt to continue; run without --resume to start")
+    model_files = [name for name in ("model.safetensors", "config.json") if (out / name).exists()]
+    if not resume and not checkpoint.exists() and model_files:
+        raise ValueError(
+            f"--out {out} already holds a trained model ({', '.join(model_files)}) and no checkpoint to resume: "
+            "use a new directory, or remove that model first"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

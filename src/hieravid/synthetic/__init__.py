@@ -8,7 +8,7 @@ draws it, :mod:`~hieravid.synthetic.questions` lists the question types.
     sample = generate_sample(7, split="test")
     sample.frames          # (32, 96, 96, 3) uint8
     sample.question        # the full multiple-choice prompt
-    sample.answer          # "C"
+    sample.answer          # "D"
 """
 
 from __future__ import annotations
