@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -193,6 +194,33 @@ def test_greedy_map_duplicate_tokens_are_not_picked_twice_over_others(backend):
     # k = 3 exceeds the rank: the copy comes last, still exactly three picks.
     picked = run_greedy((x @ x.T).unsqueeze(0), torch.tensor([3]), torch.ones(1, 3, dtype=torch.bool), backend=backend)
     assert picked.tolist() == [[True, True, True]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rank_floor", [0.0, 1e-3])
+def test_greedy_map_picks_the_largest_residual_variance_however_close(backend, rank_floor):
+    """Eq. 10's argmax d2 compares the variances themselves: two that differ in their last bit are told
+    apart, in a group of small variances as in one of large ones."""
+    for scale in (1.0, 2.0**-8):
+        d2 = torch.tensor([0.5, float(np.nextafter(np.float32(0.5), np.float32(1))), 0.25]) * scale
+        picked = run_greedy(torch.diag(d2).unsqueeze(0), torch.tensor([1]), torch.ones(1, 3, dtype=torch.bool),
+                            backend=backend, rank_floor=rank_floor)
+        assert picked.tolist() == [[False, True, False]], scale
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_greedy_map_picks_do_not_change_when_the_kernel_is_scaled_by_a_power_of_two(backend, seed):
+    """Multiplying the kernel by 2^-8 scales every d2 exactly, so argmax d2 picks the same tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(6, 16, generator=gen)
+    x = centres[torch.randint(0, 6, (4, 120), generator=gen)] + 0.05 * torch.randn(4, 120, 16, generator=gen)
+    relevance = 0.01 + 0.02 * torch.rand(4, 120, generator=gen)  # a low-relevance segment: small variances
+    valid = torch.ones(4, 120, dtype=torch.bool)
+    kernel = conditional_kernel(x, relevance, valid)
+    k = torch.tensor([50, 40, 30, 60])
+    picked = run_greedy(kernel, k, valid, backend=backend, rank_floor=0.0)
+    assert torch.equal(run_greedy(kernel * 2.0**-8, k, valid, backend=backend, rank_floor=0.0), picked)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

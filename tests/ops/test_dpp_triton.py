@@ -29,7 +29,7 @@ def test_kernel_compiles_for_sm90(block_m, warps):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    signature = {name: "*fp32" for name in ("residual_ptr", "d2_ptr", "fallback_ptr", "floor_ptr", "offset_ptr")}
+    signature = {name: "*fp32" for name in ("residual_ptr", "d2_ptr", "fallback_ptr", "floor_ptr")}
     signature |= {"left_ptr": "*i64", "chol_ptr": "*fp32", "local_ptr": "*i64", "m": "i32", "width": "i32"}
     signature["BLOCK_M"] = "constexpr"
     source = ASTSource(triton.jit(dpp_triton._block_picks_kernel), signature, constexprs={"BLOCK_M": block_m})
@@ -57,6 +57,9 @@ _INTERPRETED = textwrap.dedent(
         "rank used up (dim 5 < k)": (problem(1, [30, 26], 30, 5, [20, 26]), 8),
         "columns dropped between blocks": (problem(2, [64, 64], 64, 48, [6, 60]), 4),
         "one block of every pick": (problem(3, [33, 20], 33, 40, [25, 19]), 64),
+        # d2 one float32 step apart, in a group of large and one of small variances
+        "largest d2 however close": ((torch.diag_embed(torch.tensor([[0.5, 0.50000006, 0.25]]) * torch.tensor(
+            [[1.0], [2.0**-8]])), torch.tensor([1, 1]), torch.ones(2, 3, dtype=torch.bool)), 8),
     }
     out = {"check": dpp_triton._check(torch.device("cpu"))}
     for name, ((kernel, k, valid), block) in cases.items():
@@ -78,7 +81,7 @@ def test_interpreted_kernel_picks_what_the_torch_and_numba_loops_pick():
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out.pop("check") is None  # the device check itself passes
-    assert out == {name: [True, True, True] for name in out} and len(out) == 4
+    assert out == {name: [True, True, True] for name in out} and len(out) == 5
 
 
 def test_block_picks_refuses_cpu_tensors_outside_the_interpreter():
@@ -86,7 +89,7 @@ def test_block_picks_refuses_cpu_tensors_outside_the_interpreter():
         pytest.skip("triton is not installed")
     t = torch.zeros(1, 4, 4)
     with pytest.raises(ValueError, match="runs on CUDA tensors"):
-        dpp_triton.block_picks(t, *(torch.zeros(1, 4),) * 2, *(torch.zeros(1),) * 2,
+        dpp_triton.block_picks(t, *(torch.zeros(1, 4),) * 2, torch.zeros(1),
                                torch.ones(1, dtype=torch.long), torch.zeros(1, 1, 4),
                                torch.full((1, 1), -1, dtype=torch.long))
 

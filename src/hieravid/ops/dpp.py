@@ -214,7 +214,7 @@ def resolve_greedy_backend(backend: str, device: torch.device | str) -> str:
 # unblocked, 244 ms in blocks).
 _UNBLOCKED_FLOATS = 1 << 18
 
-# block_picks(residual, d2, fallback, floor, offset, left, chol, local): one block of picks for every
+# block_picks(residual, d2, fallback, floor, left, chol, local): one block of picks for every
 # group, in place; see _numba_block_picks_source for the contract.
 BlockPicks = Callable[..., None]
 
@@ -248,7 +248,6 @@ def _blocked_greedy(
     diag = torch.diagonal(residual, dim1=1, dim2=2).masked_fill(~valid, 0.0)  # (G, m)
     top = diag.amax(dim=1)  # (G,)
     floor = (rank_floor * top).clamp(min=1e-30)  # (G,)
-    offset = 2.0 * top + 1.0  # (G,) above any diagonal entry
     d2 = diag.masked_fill(~valid, neg_inf)  # (G, m) residual variances, -inf once picked or padding
     fallback = d2.clone()  # (G, m) kernel diagonal, -inf once picked or padding: order below the floor
     column: torch.Tensor | None = None  # (G, m) original index of each column; None while m = n
@@ -261,7 +260,7 @@ def _blocked_greedy(
         m = residual.shape[1]
         chol = torch.zeros(num_groups, width, m, dtype=torch.float32, device=device)  # this block's rows
         local = torch.full((num_groups, width), -1, dtype=torch.long, device=device)  # picks, current columns
-        block_picks(residual, d2, fallback, floor, offset, (k - done).contiguous(), chol, local)
+        block_picks(residual, d2, fallback, floor, (k - done).contiguous(), chol, local)
         if chosen is None and width == kmax:
             return local  # one block, no columns dropped: its picks are the original columns
         if chosen is None:
@@ -311,18 +310,20 @@ def _blocked_greedy(
     return chosen
 
 
-def _torch_block_picks(residual, d2, fallback, floor, offset, left, chol, local) -> None:
+def _torch_block_picks(residual, d2, fallback, floor, left, chol, local) -> None:
     """One block of picks in torch operations (any device): a few dozen operations on ``(G, m)``
     tensors per pick, for all groups at once; a group with no picks left re-picks its best token with a
     zero row, which changes nothing."""
     num_groups, width, m = chol.shape
     neg_inf = float("-inf")
-    floor, offset = floor[:, None], offset[:, None]  # (G, 1)
+    floor = floor[:, None]  # (G, 1)
     scores, rest = d2, fallback
     for s in range(width):
         active = (left > s)[:, None]  # (G, 1)
-        # Above the floor: largest d2 first; below it: largest kernel diagonal (d2 <= diag < offset).
-        j = torch.argmax(torch.where(scores > floor, scores + offset, rest), dim=1, keepdim=True)  # (G, 1)
+        # Above the floor: largest d2 (compared as they are); none above it: largest kernel diagonal.
+        above = scores > floor  # (G, m)
+        key = torch.where(above, scores, torch.where(above.any(dim=1, keepdim=True), neg_inf, rest))  # (G, m)
+        j = torch.argmax(key, dim=1, keepdim=True)  # (G, 1) first index on ties
         pivot = scores.gather(1, j)  # (G, 1)
         e = residual.gather(1, j[:, :, None].expand(num_groups, 1, m))  # (G, 1, m)
         if s:
@@ -340,9 +341,9 @@ def _torch_block_picks(residual, d2, fallback, floor, offset, left, chol, local)
     fallback.copy_(rest)
 
 
-def _numba_block_picks(residual, d2, fallback, floor, offset, left, chol, local) -> None:
+def _numba_block_picks(residual, d2, fallback, floor, left, chol, local) -> None:
     """One block of picks compiled by Numba, on zero-copy NumPy views of the host tensors."""
-    _compiled_block_picks()(*(t.numpy() for t in (residual, d2, fallback, floor, offset, left, chol, local)))
+    _compiled_block_picks()(*(t.numpy() for t in (residual, d2, fallback, floor, left, chol, local)))
 
 
 def _triton_block_picks() -> BlockPicks:
@@ -351,26 +352,34 @@ def _triton_block_picks() -> BlockPicks:
     return dpp_triton.block_picks
 
 
-def _numba_block_picks_source(residual, d2, fallback, floor, offset, left, chol, local):  # pragma: no cover
+def _numba_block_picks_source(residual, d2, fallback, floor, left, chol, local):  # pragma: no cover
     """One block of picks for every group, written for Numba (compiled by :func:`_compiled_block_picks`;
     Python never runs it). Group g makes ``min(width, left[g])`` picks; each corrects its kernel row
     against this block's earlier rows only (the residual already holds the earlier blocks' updates).
 
-    ``residual`` ``(G, m, m)``, ``d2`` / ``fallback`` ``(G, m)`` (updated in place), ``floor`` /
-    ``offset`` ``(G,)``, ``left`` ``(G,)`` picks still to make, ``chol`` ``(G, width, m)`` zeros (filled),
+    ``residual`` ``(G, m, m)``, ``d2`` / ``fallback`` ``(G, m)`` (updated in place), ``floor`` ``(G,)``,
+    ``left`` ``(G,)`` picks still to make, ``chol`` ``(G, width, m)`` zeros (filled),
     ``local`` ``(G, width)`` -1 (filled with the picked columns). All arithmetic is float32."""
     num_groups, width, m = chol.shape
     neg_inf = np.float32(-np.inf)
     for g in range(num_groups):
         for s in range(min(width, left[g])):
-            # Above the floor: largest d2 first; below it: largest kernel diagonal (first index on ties).
-            j = 0
+            # Above the floor: largest d2 (compared as they are); none above it: largest kernel diagonal.
+            # First index on ties.
+            j = -1
             best = neg_inf
+            j_rest = 0
+            best_rest = neg_inf
             for i in range(m):
-                score = d2[g, i] + offset[g] if d2[g, i] > floor[g] else fallback[g, i]
-                if score > best:
-                    best = score
-                    j = i
+                if d2[g, i] > floor[g]:
+                    if j < 0 or d2[g, i] > best:
+                        best = d2[g, i]
+                        j = i
+                elif fallback[g, i] > best_rest:
+                    best_rest = fallback[g, i]
+                    j_rest = i
+            if j < 0:
+                j = j_rest
             pivot = d2[g, j]
             if pivot > floor[g]:  # below the floor the row is zero (chol holds zeros) and d2 stays
                 scale = np.float32(1) / np.sqrt(pivot)
@@ -395,7 +404,7 @@ _COMPILED = None
 # Every array the driver passes is C-contiguous: naming the one signature compiles (or loads from the
 # disk cache) when the loop is first needed, and a later call never compiles again.
 _BLOCK_PICKS_SIGNATURE = (
-    "void(f4[:, :, ::1], f4[:, ::1], f4[:, ::1], f4[::1], f4[::1], i8[::1], f4[:, :, ::1], i8[:, ::1])"
+    "void(f4[:, :, ::1], f4[:, ::1], f4[:, ::1], f4[::1], i8[::1], f4[:, :, ::1], i8[:, ::1])"
 )
 
 

@@ -38,7 +38,6 @@ def _block_picks_kernel(
     d2_ptr,  # (G, m) float32 residual variances, updated
     fallback_ptr,  # (G, m) float32 kernel diagonal of the unpicked tokens, updated
     floor_ptr,  # (G,) float32 rank floor
-    offset_ptr,  # (G,) float32 above any diagonal entry
     left_ptr,  # (G,) int64 picks still to make
     chol_ptr,  # (G, width, m) float32 zeros: this block's Cholesky rows, filled
     local_ptr,  # (G, width) int64 -1: this block's picks (current columns), filled
@@ -52,13 +51,15 @@ def _block_picks_kernel(
     d2 = tl.load(d2_ptr + g * m + idx, mask=inside, other=float("-inf"))
     rest = tl.load(fallback_ptr + g * m + idx, mask=inside, other=float("-inf"))
     floor = tl.load(floor_ptr + g)
-    offset = tl.load(offset_ptr + g)
     picks = tl.minimum(tl.load(left_ptr + g), width)
     kernel_rows = residual_ptr + g * m * m
     chol_rows = chol_ptr + g * width * m
     for s in range(0, picks):
-        # Above the floor: largest d2 first; below it: largest kernel diagonal (first index on ties).
-        j = tl.argmax(tl.where(d2 > floor, d2 + offset, rest), axis=0)
+        # Above the floor: largest d2 (compared as they are); none above it: largest kernel diagonal.
+        # First index on ties.
+        above = d2 > floor
+        some_above = tl.max(above.to(tl.int32), axis=0) > 0
+        j = tl.argmax(tl.where(above, d2, tl.where(some_above, float("-inf"), rest)), axis=0, tie_break_left=True)
         pivot = tl.sum(tl.where(idx == j, d2, 0.0), axis=0)
         if pivot > floor:  # below the floor the row is zero (chol holds zeros) and d2 stays
             row = tl.load(kernel_rows + j * m + idx, mask=inside, other=0.0)
@@ -83,7 +84,7 @@ def _interpreting() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
-def block_picks(residual, d2, fallback, floor, offset, left, chol, local) -> None:
+def block_picks(residual, d2, fallback, floor, left, chol, local) -> None:
     """One block of picks for every group, in place (the contract of
     :func:`hieravid.ops.dpp._numba_block_picks_source`); all tensors C-contiguous on one device."""
     global _KERNEL
@@ -97,7 +98,7 @@ def block_picks(residual, d2, fallback, floor, offset, left, chol, local) -> Non
     block_m = triton.next_power_of_2(max(m, 16))
     warps = min(16, max(4, block_m // 256))  # up to 64 elements per thread for each of a few row vectors
     _KERNEL[(num_groups,)](
-        residual, d2, fallback, floor, offset, left, chol, local, m, width, BLOCK_M=block_m, num_warps=warps
+        residual, d2, fallback, floor, left, chol, local, m, width, BLOCK_M=block_m, num_warps=warps
     )
 
 
