@@ -682,7 +682,7 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
         return 130
     from hieravid.proxy.card import write_card
 
-    with console.status("measuring the test split for CARD.md"):
+    with console.status("measuring the test split for CARD.md"), _no_transformers_bars():
         write_card(args.out)
     if args.json:
         _print_json(result)

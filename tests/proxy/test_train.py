@@ -160,6 +160,22 @@ def test_a_log_line_cut_short_by_a_kill_does_not_stop_the_resume(tmp_path):
         _log_lines_up_to(log, 2)
 
 
+def test_the_card_is_measured_without_transformers_bars(tmp_path, monkeypatch, capsys):
+    """transformers' "Loading weights" bar would break the command's status line (and --json's stderr)."""
+    import hieravid.proxy.card as card
+    import hieravid.proxy.train as proxy_train
+    from hieravid.cli import main
+    from transformers.utils import logging as hf_logging
+
+    bars_while_measuring = []
+    monkeypatch.setattr(proxy_train, "train", lambda out, *args, **kwargs: {"steps": 1, "train_seconds": 1.0,
+                                                                             "validation": {"letter": 0.5}})
+    monkeypatch.setattr(card, "write_card", lambda out: bars_while_measuring.append(hf_logging.is_progress_bar_enabled()))
+    assert main(["train-proxy", "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert bars_while_measuring == [False]
+    assert hf_logging.is_progress_bar_enabled()
+
+
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
     import hieravid.proxy.train as proxy_train
     from hieravid.cli import main
