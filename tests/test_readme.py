@@ -65,3 +65,6 @@ def test_the_python_example_runs_on_a_saved_model(tmp_path, monkeypatch):
     assert out.shape[1] > inputs["input_ids"].shape[1]  # it generated
     assert stats.pruned and 0 < stats.flops_ratio < 1 and stats.achieved_budget < 0.35
     assert not scope["handle"].active
+    drawing = re.search(r"as `hieravid run --viz` does.*?\n\n```python\n(.+?)\n```", README, flags=re.S).group(1)
+    exec(drawing, scope)
+    assert (tmp_path / "decisions.png").is_file() and scope["picture"].panels[1].startswith("Stage 1")
