@@ -142,6 +142,7 @@ def exact_flops(
     *,
     lm_head_tokens: int = 1,
     causal: bool = True,
+    past_tokens: int = 0,
 ) -> float:
     """Matrix-multiplication FLOPs (2 per multiply-add) of one prefill.
 
@@ -166,6 +167,8 @@ def exact_flops(
         text_tokens: unpruned text tokens (system prompt, question, template), present in every layer.
         lm_head_tokens: positions whose logits are computed.
         causal: count the causal pairs ``n (n + 1) / 2`` per head, not the dense ``n^2``.
+        past_tokens: keys already in the cache (a call continuing one), which each of the ``n`` queries
+            also attends to: ``n past + n (n + 1) / 2`` pairs, or ``n (past + n)`` dense.
 
     Returns:
         FLOPs.
@@ -176,9 +179,10 @@ def exact_flops(
             f"visual_tokens_per_layer has {len(counts)} entries but {shape.name} has {shape.num_layers} "
             f"layers; give one count per decoder layer"
         )
-    if text_tokens < 0 or lm_head_tokens < 0:
+    if text_tokens < 0 or lm_head_tokens < 0 or past_tokens < 0:
         raise ValueError(
-            f"text_tokens and lm_head_tokens must be >= 0, got {text_tokens!r} and {lm_head_tokens!r}"
+            f"text_tokens, lm_head_tokens and past_tokens must be >= 0, got {text_tokens!r}, {lm_head_tokens!r} "
+            f"and {past_tokens!r}"
         )
     d, m = shape.hidden_size, shape.intermediate_size
     q_width = shape.num_heads * shape.head_dim
@@ -189,7 +193,7 @@ def exact_flops(
             raise ValueError(f"visual tokens per layer must be >= 0, got {visual!r}")
         n = visual + text_tokens
         projections = 2 * n * d * q_width + 2 * (2 * n * d * kv_width) + 2 * n * q_width * d
-        pairs = n * (n + 1) // 2 if causal else n * n
+        pairs = n * past_tokens + (n * (n + 1) // 2 if causal else n * n)
         attention = 2 * (2 * pairs * shape.num_heads * shape.head_dim)
         mlp = 3 * (2 * n * d * m)
         total += projections + attention + mlp

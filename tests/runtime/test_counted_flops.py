@@ -86,3 +86,26 @@ def test_sdpa_counts_the_causal_pairs_eager_the_dense_products():
         pairs += n * n - n * (n + 1) // 2
     dense_extra = 2 * 2 * pairs * shape.num_heads * shape.head_dim
     assert stats["eager"].flops.exact - stats["sdpa"].flops.exact == dense_extra
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_a_call_continuing_a_cache_counts_its_queries_against_the_cached_keys(family):
+    """A video after a cached prefix (not pruned, warned): each new query also attends to the prefix's
+    keys. Eager attention counts them as the counter does; SDPA, given an explicit mask for such a call,
+    multiplies the same dense products."""
+    from transformers import DynamicCache
+
+    exact = {}
+    for implementation in ("eager", "sdpa"):
+        model = build_model(family, attn_implementation=implementation)
+        inputs = build_inputs(family, model)
+        ids = inputs["input_ids"]
+        with hieravid.apply(model, method="hieravid", budget=0.5) as handle, pytest.warns(UserWarning, match="not pruned"):
+            cache = DynamicCache(config=model.config)
+            with torch.no_grad():
+                model(input_ids=ids[:, :5], attention_mask=torch.ones_like(ids[:, :5]), past_key_values=cache)
+            computed = counted(model, lambda: CALLS["generate"](model, dict(inputs, past_key_values=cache)))
+        exact[implementation] = handle.last_stats.flops
+        if implementation == "eager":
+            assert not handle.last_stats.pruned and exact["eager"].exact == computed
+    assert exact["sdpa"].exact == exact["eager"].exact == exact["eager"].vanilla_exact

@@ -229,11 +229,13 @@ class Runtime:
                     "conversation turn started without a cache: run the new turn from the full prompt"
                 )
             return self._decode(text_model, inputs_embeds, attention_mask, position_ids, past_key_values, kwargs)
-        continues = past_key_values is not None and past_key_values.get_seq_length() > 0
+        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        continues = past > 0
         if continues and not has_video:  # a decoding step, or a text-only turn, after an unpruned prefill
             if self._described is None or self._described() is not past_key_values:
                 # Not a step of the call last_stats describes: a text-only call of its own.
-                self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), layouts, past_key_values)
+                stats = self._passthrough_stats(inputs_embeds, attention_mask, layouts, past)
+                self._describe(stats, layouts, past_key_values)
             return original(text_model, **call)
         if continues or not has_video:
             if continues:
@@ -245,7 +247,7 @@ class Runtime:
                     HieravidWarning, stacklevel=2,
                 )
             output = original(text_model, **call)
-            self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts), layouts, cache_of(output))
+            self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts, past), layouts, cache_of(output))
             return output
         converted = use_cache and type(past_key_values) is DynamicCache  # the caller's, made a PrunedCache in place
         cache = PrunedCache.for_prefill(past_key_values, text_model.config) if use_cache else None
@@ -619,16 +621,22 @@ class Runtime:
         cache.virtual_length += query_len
         return text_model_output(text_model.norm(hidden), cache)
 
-    def _count_flops(self, per_sample: list[list[int]], text: list[int], visual: list[int]) -> FlopsCount:
-        """This call's FLOPs: its LM head's positions, and eager attention's dense products."""
-        causal = self.adapter.attn_implementation != "eager"
-        return count_flops(self._shape, per_sample, text, visual, logits_to_keep=self.logits_to_keep, causal=causal)
+    def _count_flops(
+        self, per_sample: list[list[int]], text: list[int], visual: list[int], past_tokens: int = 0
+    ) -> FlopsCount:
+        """This call's FLOPs: its LM head's positions, and the dense products of eager attention and of SDPA
+        continuing a cache (several queries after cached keys get an explicit mask)."""
+        causal = self.adapter.attn_implementation != "eager" and past_tokens == 0
+        return count_flops(self._shape, per_sample, text, visual, logits_to_keep=self.logits_to_keep, causal=causal,
+                           past_tokens=past_tokens)
 
     # ------------------------------------------------------------------------------------- no video
     def _passthrough_stats(
-        self, embeds: torch.Tensor, mask_2d: torch.Tensor | None, layouts: list[VideoLayout | None]
+        self, embeds: torch.Tensor, mask_2d: torch.Tensor | None, layouts: list[VideoLayout | None],
+        past_tokens: int = 0,
     ) -> PruneStats:
-        """A call nothing is pruned in: every layer sees every token (its video's, if any)."""
+        """A call nothing is pruned in: every layer sees every token (its video's, if any), and the
+        ``past_tokens`` keys of the cache it continues."""
         batch, length, _ = embeds.shape
         # This call's tokens (a continued cache's prefix is in the 2-D mask too).
         valid = [length] * batch if mask_2d is None else [int(v) for v in mask_2d[:, -length:].sum(dim=1).tolist()]
@@ -641,7 +649,7 @@ class Runtime:
             visual_tokens=visual,
             text_tokens=text,
             per_sample_segments=[None] * batch,
-            flops=self._count_flops(per_sample, text, visual),
+            flops=self._count_flops(per_sample, text, visual, past_tokens),
             decide_seconds_by_layer={},
             kept_positions=[],
             pruned=False,

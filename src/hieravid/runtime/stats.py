@@ -110,14 +110,16 @@ def count_flops(
     *,
     logits_to_keep: int | torch.Tensor | None = 1,
     causal: bool = True,
+    past_tokens: int = 0,
 ) -> FlopsCount:
     """FLOPs of a batch, sample by sample (attention is quadratic per sample), each sample's LM head over
     the positions ``logits_to_keep`` asks for (see :func:`lm_head_positions`); ``causal``: the causal
-    attention pairs (SDPA) or the dense products (eager attention)."""
+    attention pairs (SDPA) or the dense products (eager attention); ``past_tokens``: keys already in the
+    cache the call continues, attended to by every query."""
 
     def exact(rows: list[int], text: int) -> float:  # rows: visual tokens per layer; the LM head reads the last
         return exact_flops(shape, rows, text, lm_head_tokens=lm_head_positions(logits_to_keep, rows[-1] + text),
-                           causal=causal)
+                           causal=causal, past_tokens=past_tokens)
 
     paper = sum(paper_flops(rows, shape.hidden_size, shape.intermediate_size) for rows in per_sample_tokens)
     layers = shape.num_layers
