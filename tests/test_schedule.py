@@ -264,3 +264,9 @@ def test_counts_whole_decimal_products() -> None:
     assert pruned_count(0.7, 90) == 63
     assert pruned_count(0.57, 100) == 57
     assert keep_count(0.9, 10) == 9  # (1 - 0.9) * 10 is 0.9999999999999998 in floats
+
+
+def test_a_decay_that_underflows_is_refused_naming_fewer_stages():
+    with pytest.raises(ValueError, match="use fewer stages"):
+        solve_schedule(1e-5, 85, 85)
+    assert len(solve_schedule(1e-5, 85, 8).ratios) == 8
