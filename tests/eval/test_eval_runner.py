@@ -480,3 +480,74 @@ def test_json_files_are_written_through_links_and_into_non_files(tmp_path: Path)
     reader.join(30)
     assert json.loads(received[0]) == {"c": 3}
     assert not pipe.is_file() and pipe.exists()
+
+
+def test_answers_asked_without_subtitles_are_asked_again_once_they_are_there(tmp_path, model_dir, capsys):
+    """The subtitles are part of a videomme_sub question: answers given while the subtitle file was
+    missing are not reused once it is there, and a missing subtitle folder is warned about."""
+    import shutil
+
+    from fixtures import write_videomme
+
+    write_videomme(tmp_path / "data")
+    subtitles = tmp_path / "data" / "videomme" / "subtitle"
+    shutil.move(subtitles, tmp_path / "later")
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(model_dir), "--tasks", "videomme_sub", "--data-root", str(tmp_path / "data"),
+            "--out", str(out), "--methods", "vanilla", "--num-frames", "4", "--max-new-tokens", "2", "--quiet"]
+    assert main(args) == 0
+    assert "hieravid eval: warning: videomme_sub: no subtitle folder at" in capsys.readouterr().err
+    first = {r["id"]: r["written_at"] for r in _records(out)}
+    shutil.move(tmp_path / "later", subtitles)
+    assert main(args) == 0
+    second = {r["id"]: r["written_at"] for r in _records(out)}
+    from hieravid.eval.tasks import get_task
+
+    with_subtitles = {s.id for s in get_task("videomme_sub").load(tmp_path / "data") if Path(s.meta["subtitle"]).is_file()}
+    assert with_subtitles and first.keys() == second.keys()
+    assert {i for i in first if second[i] > first[i]} == with_subtitles  # the others were asked the same
+    assert main(args) == 0  # as they are now: reused
+    assert {r["id"]: r["written_at"] for r in _records(out)} == second
+
+
+def test_a_second_run_into_the_same_folder_at_once_is_refused(tmp_path, model_dir, data_root):
+    from hieravid.eval.runner import _only_writer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with _only_writer(out, 0):  # another run (the same rank of it) writing there now
+        with pytest.raises(ValueError, match="another hieravid eval is writing to"):
+            run_eval(EvalConfig(model=str(model_dir), tasks=("mvbench",), out=str(out), data_root=str(data_root),
+                                methods=("vanilla",), budgets=(0.3,), num_frames=4, max_new_tokens=2, progress=False))
+    assert main(["eval", "--model", str(model_dir), "--tasks", "mvbench", "--data-root", str(data_root), "--out",
+                 str(out), "--methods", "vanilla", "--num-frames", "4", "--max-new-tokens", "2", "--quiet",
+                 "--limit", "1"]) == 0  # released: the next run goes ahead
+
+
+def test_an_answer_that_cannot_be_scored_fails_its_sample_only(tmp_path, model_dir, toy_wups):
+    from fixtures import write_nextqa
+
+    write_nextqa(tmp_path / "data")
+    extra = tmp_path / "data" / "nextqa" / "oe" / "add_reference_answer_test.json"
+    extra.write_text(json.dumps({"2574374895": {"0": 5}}))  # a number where an answer belongs
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(model_dir), "--tasks", "nextqa_oe", "--data-root", str(tmp_path / "data"),
+                 "--out", str(out), "--methods", "vanilla", "--num-frames", "4", "--max-new-tokens", "2",
+                 "--quiet"]) == 0
+    records = {r["id"]: r for r in _records(out)}
+    assert records["2574374895_0"]["status"] != "ok" and "second reference answer" in records["2574374895_0"]["reason"]
+    assert sum(r["status"] == "ok" for r in records.values()) == len(records) - 1
+
+
+def test_repeated_sample_ids_are_named():
+    from hieravid.eval.runner import _load_tasks
+    from hieravid.eval.tasks import Sample, Task
+
+    class Twice(Task):
+        name = "twice"
+
+        def load(self, data_root):
+            return [Sample(id=i, task=self.name, question="q") for i in ("a", "b", "a", "c", "c")]
+
+    _, errors = _load_tasks([Twice()], Path("."), None)
+    assert errors["twice"] == "the task's sample ids are not unique: 'a', 'c' appear more than once"

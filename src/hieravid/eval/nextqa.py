@@ -168,6 +168,11 @@ class NextQAOpenEnded(Task):
                 continue
             more = extra.get(row["video"], {}) if isinstance(extra, dict) else {}
             meta["extra_answer"] = more.get(row["qid"]) if isinstance(more, dict) else None
+            if meta["extra_answer"] is not None and not isinstance(meta["extra_answer"], str):
+                samples.append(Sample(id=sample_id, task=self.name, question="", meta=meta, error=(
+                    f"row {sample_id}: its second reference answer in {extra_path.name} is "
+                    f"{meta['extra_answer']!r}, not text: download that file again")))
+                continue
             samples.append(Sample(
                 id=sample_id, task=self.name, question=row["question"].strip() + OE_POST_PROMPT, answer=row["answer"],
                 video=_video_path(root, row["video"], mapping), meta=meta,

@@ -32,11 +32,11 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hieravid.eval.records import (
     MERGED,
@@ -206,9 +206,11 @@ def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tu
         except (TypeError, KeyError, AttributeError) as err:  # data of a shape the loader did not expect
             errors[task.name] = f"malformed data ({type(err).__name__}: {err})"
             continue
-        ids = [s.id for s in loaded]
-        if len(set(ids)) != len(ids):
-            errors[task.name] = f"the task's sample ids are not unique ({len(ids) - len(set(ids))} repeated)"
+        seen: set[Any] = set()
+        repeated = list(dict.fromkeys(s.id for s in loaded if s.id in seen or seen.add(s.id)))
+        if repeated:
+            named = ", ".join(repr(str(i)) for i in repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+            errors[task.name] = f"the task's sample ids are not unique: {named} appear more than once"
             continue
         samples[task.name] = loaded[:limit] if limit else loaded
     return samples, errors
@@ -229,7 +231,13 @@ def _sample_digest(sample: Sample, data_root: Path) -> str:
         return value
 
     meta = {key: relative(value) for key, value in sample.meta.items()}
+    # A file the question is built from (a subtitle file) that is missing now asks another question than
+    # the one asked once it is there.
+    missing = sorted(key for key, value in sample.meta.items()
+                     if isinstance(value, str) and os.sep in value and not os.path.exists(value))
     asked = [sample.question, sample.options, sample.answer, meta, relative(sample.video), sample.error]
+    if missing:
+        asked.append({"missing": missing})
     text = json.dumps(asked, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -425,6 +433,37 @@ def run_eval(
     procs = _processes(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    with _only_writer(out, procs.rank):
+        return _evaluate(config, tasks, procs, out, loaded, on_record)
+
+
+@contextmanager
+def _only_writer(out: Path, rank: int) -> Iterator[None]:
+    """Hold ``out``'s lock for process ``rank`` of a run: a second run into the same folder at the same time
+    (whose files would be merged and removed under it) is refused. Released when the process ends, however."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    with open(out / f".lock.{rank}", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another hieravid eval is writing to {out} now: wait for it to finish, or use another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _evaluate(
+    config: EvalConfig, tasks: list[Task], procs: _Processes, out: Path, loaded: Any | None,
+    on_record: Callable[[Mapping[str, Any]], None] | None,
+) -> dict[str, Any] | None:
+    """:func:`run_eval` with ``out`` locked."""
     previous = read_records(part_files(out) + [out / MERGED])
     _check_resume(out, config, previous)
     data_root = Path(config.data_root) if config.data_root is not None else Path("data")
@@ -545,7 +584,11 @@ def _run_sample(
             yield _record(task, sample, index, method, budget, rank,
                           **_failed("model", f"{type(err).__name__}: {err}"))
             continue
-        yield _record(task, sample, index, method, budget, rank, **_answer_fields(task, sample, result))
+        try:
+            fields = _answer_fields(task, sample, result)
+        except Exception as err:  # noqa: BLE001 - a reference the scorer cannot read fails this sample only
+            fields = _failed("data", f"could not score the answer ({type(err).__name__}: {err})")
+        yield _record(task, sample, index, method, budget, rank, **fields)
 
 
 def _free_cuda_memory() -> None:

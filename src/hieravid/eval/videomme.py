@@ -24,6 +24,7 @@ accuracies (short, medium, long) are in the details.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from hieravid.eval.tasks import (
     register_task,
     require_file,
 )
+from hieravid.warning import HieravidWarning
 
 __all__ = ["VideoMME", "VideoMMESubtitles", "parse_srt", "subtitle_text"]
 
@@ -155,6 +157,17 @@ class VideoMME(Task):
 
 class VideoMMESubtitles(VideoMME):
     name = "videomme_sub"
+
+    def load(self, data_root: Path) -> list[Sample]:
+        samples = super().load(data_root)
+        folder = Path(data_root) / "videomme" / "subtitle"
+        if samples and not folder.is_dir():
+            warnings.warn(
+                f"videomme_sub: no subtitle folder at {folder}, so every question is asked with "
+                f"{NO_SUBTITLES!r}: unzip subtitle.zip there (its answers are asked again once it is there)",
+                HieravidWarning, stacklevel=2,
+            )
+        return samples
 
     def prompt(self, sample: Sample, video: Any | None) -> str:
         path = Path(sample.meta["subtitle"])
