@@ -354,3 +354,24 @@ def test_on_a_model_small_frames_refuse_an_unreachable_budget(family, model):
     rows = handle.last_stats.per_sample_tokens_per_layer[0]
     assert rows == [36] * 3 + [1] * 5  # round((0.393 * 8 * 36 - 3 * 36) / 5) = 1
     assert 0.39 <= handle.last_stats.achieved_budget <= 0.393 + 0.5 * 5 / (8 * 36)
+
+
+def test_the_budgets_refused_on_a_video_are_those_below_the_minimum_it_names():
+    """A merge whose count rounds up past what leaves layer M a token keeps fewer clusters instead, so a
+    budget is refused only below the smallest the video allows (one cluster per group), and the refusal
+    names a budget that is accepted."""
+    from tiny_models import build_model
+
+    model = build_model("llava_onevision", num_layers=28)
+    inputs = build_inputs("llava_onevision", model, frames=1, seed=1)  # one frame of 25 tokens: clustered
+    accepted, named = [], set()
+    for budget in [round(0.010 + 0.002 * i, 3) for i in range(40)]:
+        try:
+            with torch.no_grad(), hieravid.apply(model, "prunevid", budget) as handle:
+                model(**inputs)
+            accepted.append(budget)
+            assert handle.last_stats.per_sample_tokens_per_layer[0][10] >= 1
+        except ValueError as err:
+            assert not accepted, f"{budget} refused after {accepted[-1]} was accepted"
+            named.add(float(re.search(r"smallest budget reachable here is ([0-9.]+)", str(err)).group(1)))
+    assert accepted and len(named) == 1 and round(named.pop(), 3) in accepted

@@ -38,11 +38,13 @@ count is split over the groups in proportion to their sizes (largest remainders 
 keeps ``int(alpha n_g)`` in each group), and each group keeps its highest-attention tokens. At budget 1
 nothing is merged or pruned (no decision points).
 
-A budget that needs that count below one is refused: layer M keeps at least one visual token (PruneVid
-selects among the video's tokens, it never drops the whole video), so the smallest budget reachable on a
-video is ``(M n_1 + L - M) / (L N_0)``, and a smaller one raises a ``ValueError`` naming it, at the merge
-(before layer 0 runs, once ``n_1`` is known), like FastV below ``K / L``. It happens when the merge cannot
-shrink the video enough (every group keeps at least one cluster), e.g. frames of at most 14 tokens per
+Layer M keeps at least one visual token (PruneVid selects among the video's tokens, it never drops the
+whole video). Where whole clusters round ``n_1`` up so far that layer M would keep none, the merge keeps
+fewer clusters instead: the largest cluster ratio that leaves layer M a token. A budget that needs the
+count below one even with the fewest clusters (one per group) is refused: the smallest budget reachable
+on a video is ``(M n_1 + L - M) / (L N_0)`` with that fewest ``n_1``, and a smaller one raises a
+``ValueError`` naming it, at the merge (before layer 0 runs, once ``n_1`` is known), like FastV below
+``K / L``. It happens when the merge cannot shrink the video enough (every group keeps at least one cluster), e.g. frames of at most 14 tokens per
 group, which are never clustered, so ``n_1 = N_0`` and the minimum is just above ``M / L`` (0.393 with
 M = 3 of L = 8 and 36 tokens). The ways out are a larger budget, an earlier selection layer
 (``layer``) or more tokens per frame. The reference has no budget to miss (it keeps ``int(alpha n_g)``
@@ -272,6 +274,24 @@ def cluster_ratio_for(sizes: list[int], target: float, steps: int = 40) -> float
     return high
 
 
+def cluster_ratio_at_most(sizes: list[int], most: int, steps: int = 40) -> float:
+    """The largest cluster ratio in (0, 1] whose merged count stays at most ``most`` tokens (bisection); the
+    smallest ratio tried (one cluster per clustered group) when even that count is above it."""
+    def merged(ratio: float) -> int:
+        return sum(clustered_count(n, ratio) for n in sizes if n)
+
+    low, high = 1e-9, 1.0
+    if merged(low) > most:
+        return low
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if merged(mid) <= most:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
 def _cluster_targets(features: torch.Tensor, ratio: float, k: int) -> torch.Tensor:
     """For ``(B, n, D)`` groups, the index (0..n-1) of the cluster centre each token merges into: DPC-KNN
     with :func:`clustered_count` clusters, every token on its own when that is all of them."""
@@ -355,6 +375,13 @@ class PruneVid(PruningMethod):
         m = self.selection_layer(num_layers)
         return min(1.0, self.budget * num_layers / (m + self.alpha * (num_layers - m)))
 
+    def most_merged(self, num_layers: int, original: int) -> int:
+        """The largest ``n_1`` that leaves layer M at least one of ``original`` tokens (may be below 1)."""
+        layer = self.selection_layer(num_layers)
+        # round((B L N_0 - M n_1) / (L - M)) >= 1  <=>  (B L N_0 - M n_1) / (L - M) > 1/2 (ties round to even)
+        bound = (self.budget * num_layers * original - 0.5 * (num_layers - layer)) / layer
+        return math.ceil(bound) - 1
+
     def selection_count(self, num_layers: int, original: int, merged: int) -> int:
         """Tokens layer M keeps when the merge left ``merged`` (n_1) of ``original`` (N_0) visual tokens:
         ``min(round((B L N_0 - M n_1) / (L - M)), n_1)``, which makes the layer average B.
@@ -400,7 +427,11 @@ class PruneVid(PruningMethod):
         for (start, end), mask in zip(spans, static):
             num_static = int(mask.sum())
             sizes += [num_static] + [num_slots - num_static] * (end - start)
-        ratio = cluster_ratio_for(sizes, self.merged_fraction(state["num_layers"]) * tokens.num_tokens)
+        num_layers = state["num_layers"]
+        ratio = cluster_ratio_for(sizes, self.merged_fraction(num_layers) * tokens.num_tokens)
+        most = self.most_merged(num_layers, tokens.num_tokens)
+        if sum(clustered_count(n, ratio) for n in sizes if n) > most:  # whole clusters overshot: cluster more
+            ratio = cluster_ratio_at_most(sizes, most)
         flat = torch.arange(num_frames * num_slots, device=device).view(num_frames, num_slots)
         target = flat.clone()  # (T, P) flat index of the token each token merges into
         group = torch.empty(num_frames, num_slots, dtype=torch.long, device=device)
