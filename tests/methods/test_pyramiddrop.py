@@ -78,6 +78,9 @@ def test_budget_below_the_first_stage_names_the_minimum_and_the_option():
     method = PyramidDrop(0.2, first_stage_keep=0.5)  # now reachable: minimum 0.125
     assert method.decision_layers(28) == [0, 7, 14, 21]
     assert method.achieved_budget(28) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match=r"use budget >= 0\.0179 or a smaller first_stage_keep") as refused:
+        PyramidDrop(0.01, first_stage_keep=0.5, stages=28).decision_layers(28)  # a stage per layer already
+    assert "more stages" not in str(refused.value)
 
 
 def test_budget_above_first_stage_keep_is_refused():

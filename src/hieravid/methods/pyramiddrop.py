@@ -73,11 +73,14 @@ def solve_lambda(
     widths = _stage_widths(num_layers, num_stages)
     lowest, highest = _budget_of(0.0, first_stage_keep, widths), first_stage_keep
     if budget < lowest - _TOLERANCE:
+        ways = [f"budget >= {lowest:.4f}"]
+        if num_stages < num_layers:
+            ways.append("more stages")
+        ways.append("a smaller first_stage_keep (prunes before layer 0)")
         raise ValueError(
             f"PyramidDrop cannot reach budget {budget:g} with {num_stages} stages over {num_layers} layers: "
             f"its first stage ({widths[0]} layers) keeps {first_stage_keep:g} of the visual tokens, so the smallest "
-            f"reachable budget is {lowest:.4f}; use budget >= {lowest:.4f}, more stages, or "
-            "first_stage_keep < 1 (prunes before layer 0)"
+            f"reachable budget is {lowest:.4f}; use {', '.join(ways[:-1])} or {ways[-1]}"
         )
     if budget > highest + _TOLERANCE:
         raise ValueError(
