@@ -589,3 +589,20 @@ def test_hieravids_stages_pass_the_rank_floor(monkeypatch):
     method.decide_stage(torch.randn(4, 8), torch.rand(4), torch.zeros(4, dtype=torch.long), torch.zeros(1), 0.5,
                         HieraVidConfig(dpp_rank_floor=0.0))
     assert seen["rank_floor"] == 0.0
+
+
+def test_the_numba_loop_compiles_where_no_cache_can_be_written(monkeypatch):
+    """Installed read-only with no writable home (a container's service account), Numba finds nowhere to
+    cache the compiled loop: it is compiled for this process only, with a warning naming NUMBA_CACHE_DIR."""
+    from numba.core import caching
+
+    from hieravid.warning import HieravidWarning
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # the name differs across Numba releases
+    monkeypatch.setattr(impl, "_locator_classes", [])  # no place to write a cache
+    monkeypatch.setattr(dpp_module, "_COMPILED", None)
+    with pytest.warns(HieravidWarning, match="NUMBA_CACHE_DIR"):
+        dpp_module._compiled_block_picks()
+    kernel = torch.diag(torch.tensor([0.5, 0.75, 0.25])).unsqueeze(0)
+    picked = greedy_map(kernel, torch.tensor([2]), torch.ones(1, 3, dtype=torch.bool), backend="numba")
+    assert picked.tolist() == [[True, True, False]]

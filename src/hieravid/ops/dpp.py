@@ -6,10 +6,13 @@ over k for a whole batch of segments (padded), not once per segment.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
 import torch
+
+from hieravid.warning import HieravidWarning
 
 __all__ = [
     "GREEDY_BACKENDS",
@@ -415,7 +418,17 @@ def _compiled_block_picks():
     if _COMPILED is None:
         import numba
 
-        _COMPILED = numba.njit(_BLOCK_PICKS_SIGNATURE, cache=True, nogil=True)(_numba_block_picks_source)
+        try:
+            _COMPILED = numba.njit(_BLOCK_PICKS_SIGNATURE, cache=True, nogil=True)(_numba_block_picks_source)
+        except RuntimeError as err:  # nowhere to write the cache: a read-only install and no writable home
+            if "cannot cache" not in str(err):
+                raise
+            warnings.warn(
+                f"hieravid: Numba cannot cache the compiled DPP loop ({err}); it is compiled again in every "
+                "process (about a second): set NUMBA_CACHE_DIR to a writable folder to keep it",
+                HieravidWarning, stacklevel=2,
+            )
+            _COMPILED = numba.njit(_BLOCK_PICKS_SIGNATURE, cache=False, nogil=True)(_numba_block_picks_source)
     return _COMPILED
 
 
