@@ -508,14 +508,20 @@ def test_answers_asked_without_subtitles_are_asked_again_once_they_are_there(tmp
     assert {i for i in first if second[i] > first[i]} == with_subtitles  # the others were asked the same
     assert main(args) == 0  # as they are now: reused
     assert {r["id"]: r["written_at"] for r in _records(out)} == second
+    from hieravid.eval.runner import _sample_digest
+
+    plain = get_task("videomme").load(tmp_path / "data")[0]  # its prompt never reads the subtitles
+    before = _sample_digest(plain, tmp_path / "data", get_task("videomme").prompt_files)
+    shutil.move(subtitles, tmp_path / "later")
+    assert _sample_digest(plain, tmp_path / "data", get_task("videomme").prompt_files) == before
 
 
 def test_a_second_run_into_the_same_folder_at_once_is_refused(tmp_path, model_dir, data_root):
-    from hieravid.eval.runner import _only_writer
+    from hieravid.eval.runner import _only_writer, _Processes
 
     out = tmp_path / "out"
     out.mkdir()
-    with _only_writer(out, 0):  # another run (the same rank of it) writing there now
+    with _only_writer(out, _Processes(rank=0, world=1, device="cpu", wait=lambda: None)):  # another run, now
         with pytest.raises(ValueError, match="another hieravid eval is writing to"):
             run_eval(EvalConfig(model=str(model_dir), tasks=("mvbench",), out=str(out), data_root=str(data_root),
                                 methods=("vanilla",), budgets=(0.3,), num_frames=4, max_new_tokens=2, progress=False))
@@ -551,3 +557,15 @@ def test_repeated_sample_ids_are_named():
 
     _, errors = _load_tasks([Twice()], Path("."), None)
     assert errors["twice"] == "the task's sample ids are not unique: 'a', 'c' appear more than once"
+
+
+def test_json_named_as_standard_output_is_written_into_the_stream(capfd) -> None:
+    """``--json /dev/stdout`` writes into the stream, whatever it is (here a file the output is redirected
+    to, which must keep what was printed before)."""
+    from hieravid.eval.records import write_json
+
+    print("before", flush=True)
+    write_json("/dev/stdout", {"a": 1})
+    print("after", flush=True)
+    out = capfd.readouterr().out
+    assert out.startswith("before\n") and '"a": 1' in out and out.rstrip().endswith("after")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,13 +96,24 @@ def _drop_partial_line(path: Path) -> None:
 
 def _write_whole(path: str | Path, text: Iterable[str]) -> None:
     """Write ``text`` to ``path`` atomically: a temporary file beside the file a symbolic link names, renamed
-    over it, so a reader or a kill mid-write never leaves a partial file. A name that is not a regular file
-    (a pipe, a device) is written into instead: renaming would replace it."""
-    path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
-        with open(path, "w", encoding="utf-8") as f:
+    over it, so a reader or a kill mid-write never leaves a partial file. A stream is written into instead
+    (renaming would replace it): this process's own output (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``),
+    at its place, whatever it is redirected to; any other name under /dev or /proc, or that is not a regular
+    file (a pipe, a device), appended to."""
+    given = os.path.abspath(path)
+    own = re.fullmatch(r"/dev/std(out|err)|/(?:dev/fd|proc/self/fd)/(\d+)", given)
+    if own:
+        fd = {"out": 1, "err": 2}[own.group(1)] if own.group(1) else int(own.group(2))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with os.fdopen(os.dup(fd), "w", encoding="utf-8") as f:  # the same open file, from where it is
             f.writelines(text)
         return
+    if given.startswith(("/dev/", "/proc/")) or (os.path.exists(given) and not os.path.isfile(given)):
+        with open(given, "a", encoding="utf-8") as f:
+            f.writelines(text)
+        return
+    path = Path(os.path.realpath(given))
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(text)
@@ -111,7 +124,7 @@ def _write_whole(path: str | Path, text: Iterable[str]) -> None:
 
 def write_json(path: str | Path, value: Any) -> None:
     """Write ``value`` as indented JSON to ``path``, whole or not at all (see :func:`_write_whole`)."""
-    _write_whole(path, [json.dumps(value, indent=1)])
+    _write_whole(path, [json.dumps(value, indent=1) + "\n"])
 
 
 def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:

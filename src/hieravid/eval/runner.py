@@ -109,6 +109,8 @@ class _Processes:
     world: int
     device: str
     wait: Callable[[], None]
+    share: Callable[[Any], Any] = lambda value: value  # rank 0's value, on every process
+
 
     @property
     def main(self) -> bool:
@@ -124,7 +126,13 @@ def _processes(device: str) -> _Processes:
     state = PartialState(cpu=not cuda, timeout=timedelta(days=7))
     if device == "auto" or (cuda and device == "cuda" and state.num_processes > 1):
         device = f"cuda:{state.local_process_index}" if cuda else "cpu"
-    return _Processes(rank=state.process_index, world=state.num_processes, device=device, wait=state.wait_for_everyone)
+    def share(value: Any) -> Any:
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0] if state.num_processes > 1 else value
+
+    return _Processes(rank=state.process_index, world=state.num_processes, device=device, wait=state.wait_for_everyone,
+                      share=share)
 
 
 def _check(config: EvalConfig) -> list[Task]:
@@ -216,7 +224,7 @@ def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tu
     return samples, errors
 
 
-def _sample_digest(sample: Sample, data_root: Path) -> str:
+def _sample_digest(sample: Sample, data_root: Path, prompt_files: Sequence[str] = ()) -> str:
     """A short hash of what ``sample`` asks: its question, options, answer, metadata, video path and error,
     with the paths under ``data_root`` (the video's, a metadata path such as a subtitle file's) taken
     relative to it, however the root is spelled (a moved data folder keeps its records). A saved record
@@ -231,10 +239,10 @@ def _sample_digest(sample: Sample, data_root: Path) -> str:
         return value
 
     meta = {key: relative(value) for key, value in sample.meta.items()}
-    # A file the question is built from (a subtitle file) that is missing now asks another question than
-    # the one asked once it is there.
-    missing = sorted(key for key, value in sample.meta.items()
-                     if isinstance(value, str) and os.sep in value and not os.path.exists(value))
+    # A file the prompt is built from (``prompt_files``: the metadata keys naming them, videomme_sub's
+    # subtitle file) that is missing now asks another question than the one asked once it is there.
+    missing = sorted(key for key in prompt_files
+                     if isinstance(sample.meta.get(key), str) and not os.path.exists(sample.meta[key]))
     asked = [sample.question, sample.options, sample.answer, meta, relative(sample.video), sample.error]
     if missing:
         asked.append({"missing": missing})
@@ -433,30 +441,37 @@ def run_eval(
     procs = _processes(config.device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    with _only_writer(out, procs.rank):
+    with _only_writer(out, procs):
         return _evaluate(config, tasks, procs, out, loaded, on_record)
 
 
 @contextmanager
-def _only_writer(out: Path, rank: int) -> Iterator[None]:
-    """Hold ``out``'s lock for process ``rank`` of a run: a second run into the same folder at the same time
-    (whose files would be merged and removed under it) is refused. Released when the process ends, however."""
+def _only_writer(out: Path, procs: _Processes) -> Iterator[None]:
+    """Hold ``out``'s lock for the run (its main process takes it and tells the others): a second run into
+    the same folder at the same time, with any number of processes, whose files would be merged and removed
+    under it, is refused on every process. Released when the run ends, however it ends."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no lock
         yield
         return
-    with open(out / f".lock.{rank}", "a") as handle:
+    handle, refused = None, None
+    if procs.main:
+        handle = open(out / ".lock", "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(
-                f"another hieravid eval is writing to {out} now: wait for it to finish, or use another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+            handle = None
+            refused = f"another hieravid eval is writing to {out} now: wait for it to finish, or use another --out"
+    refused = procs.share(refused)
+    if refused:
+        raise ValueError(refused)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing releases the lock
 
 
 def _evaluate(
@@ -471,7 +486,7 @@ def _evaluate(
     pairs = combinations(config.methods, config.budgets)
 
     units = [(task, i, s) for task in tasks for i, s in enumerate(samples.get(task.name, []))]
-    digests = {(task.name, str(s.id)): _sample_digest(s, data_root) for task, _, s in units}
+    digests = {(task.name, str(s.id)): _sample_digest(s, data_root, task.prompt_files) for task, _, s in units}
 
     def reusable(record: Mapping[str, Any]) -> bool:
         """Not a failure to retry, and made for the sample as it is now (a record written before digests

@@ -127,6 +127,8 @@ class Task:
     #: stop strings: the generated text is scored up to the first of them (lmms-eval's ``until``; its
     #: default ``"\n\n"`` where the task's yaml sets none). ``()`` scores the whole text.
     until: tuple[str, ...] = LMMS_EVAL_UNTIL
+    #: keys of ``Sample.meta`` naming files the prompt is built from (a missing one asks another question).
+    prompt_files: tuple[str, ...] = ()
     #: where to get the data and how to lay it out under ``--data-root`` (shown in errors and the docs).
     layout: str = ""
 

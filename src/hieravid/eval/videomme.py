@@ -157,6 +157,7 @@ class VideoMME(Task):
 
 class VideoMMESubtitles(VideoMME):
     name = "videomme_sub"
+    prompt_files = ("subtitle",)
 
     def load(self, data_root: Path) -> list[Sample]:
         samples = super().load(data_root)
