@@ -4,7 +4,8 @@
 PDF, SVG, JPEG), top to bottom:
 
 1. **frames**: one column per frame as the model sees it (Qwen-VL: a temporal group of 2 input frames, the
-   first one shown; the processor completes an odd count by repeating the last frame), coloured bars and vertical lines at the segment boundaries (HieraVid);
+   first one shown; the processor completes an odd count by repeating the last frame), coloured bars and
+   vertical lines at the segment boundaries (HieraVid);
 2. **one row per decision point** (HieraVid: stage 1 before layer 0, then the in-LLM stages): each frame
    with its token grid overlaid; a token merged at this stage is blue, dropped at this stage red, removed
    earlier dark, kept clear;
@@ -83,7 +84,7 @@ def _frame_columns(num_input: int, num_model: int, temporal_patch: int = 1) -> l
     2, the last group of an odd count holding one frame, which the processor repeats); otherwise, frames
     spread evenly over the model's."""
     k = temporal_patch
-    if k >= 1 and -(-num_input // k) == num_model:
+    if -(-num_input // k) == num_model:
         return [(g * k, min(g * k + k - 1, num_input - 1)) for g in range(num_model)]
     edges = np.linspace(0, num_input, num_model + 1)
     out = []

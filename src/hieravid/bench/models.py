@@ -1146,7 +1146,8 @@ def format_report(result: ModelBenchResult) -> str:
         f"vision tower: {result.vision_ms:.1f} ms (median; measured apart, added to TTFT only)",
         "video features: "
         + ("the vision tower's output (random weights)" if result.scenes is None else
-           f"{result.scenes} planted scene{'s' if result.scenes != 1 else ''} (a random frame per scene at the tower output's scale, each frame "
+           f"{result.scenes} planted scene{'s' if result.scenes != 1 else ''} (a random frame per scene at the "
+           "tower output's scale, each frame "
            f"of a scene that frame plus {_SCENE_NOISE:.0%} noise), in place of the tower's output"),
         f"protocol: {result.warmup} warm-up + {result.repeats} timed rounds, methods interleaved, medians; "
         f"{result.new_tokens} new tokens per generate"

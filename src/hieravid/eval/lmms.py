@@ -148,8 +148,8 @@ class HieravidLMM:
             raise ValueError(f"model_args budget must be a number in (0, 1], got {budget!r}") from None
         build(self.method, self.budget)  # an unknown method or a bad budget fails here, naming the allowed values
         if self.method == "vanilla" and self.budget != 1.0:
-            warnings.warn(f"method vanilla keeps every visual token: budget {self.budget:g} is ignored", HieravidWarning,
-                          stacklevel=2)
+            warnings.warn(f"method vanilla keeps every visual token: budget {self.budget:g} is ignored",
+                          HieravidWarning, stacklevel=2)
             self.budget = 1.0  # what it runs at, as hieravid eval reports vanilla
         self.max_num_frames = int(max_num_frames)
         if self.max_num_frames < 1:

@@ -31,6 +31,7 @@ import json
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -111,7 +112,6 @@ class _Processes:
     wait: Callable[[], None]
     share: Callable[[Any], Any] = lambda value: value  # rank 0's value, on every process
 
-
     @property
     def main(self) -> bool:
         return self.rank == 0
@@ -126,6 +126,7 @@ def _processes(device: str) -> _Processes:
     state = PartialState(cpu=not cuda, timeout=timedelta(days=7))
     if device == "auto" or (cuda and device == "cuda" and state.num_processes > 1):
         device = f"cuda:{state.local_process_index}" if cuda else "cpu"
+
     def share(value: Any) -> Any:
         from accelerate.utils import broadcast_object_list
 
@@ -214,10 +215,10 @@ def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tu
         except (TypeError, KeyError, AttributeError) as err:  # data of a shape the loader did not expect
             errors[task.name] = f"malformed data ({type(err).__name__}: {err})"
             continue
-        seen: set[Any] = set()
-        repeated = list(dict.fromkeys(s.id for s in loaded if s.id in seen or seen.add(s.id)))
+        repeated = [i for i, n in Counter(s.id for s in loaded).items() if n > 1]  # in order of first sight
         if repeated:
-            named = ", ".join(repr(str(i)) for i in repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+            more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+            named = ", ".join(repr(str(i)) for i in repeated[:5]) + more
             errors[task.name] = f"the task's sample ids are not unique: {named} appear more than once"
             continue
         samples[task.name] = loaded[:limit] if limit else loaded

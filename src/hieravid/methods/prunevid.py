@@ -44,10 +44,10 @@ fewer clusters instead: the largest cluster ratio that leaves layer M a token. A
 count below one even with the fewest clusters (one per group) is refused: the smallest budget reachable
 on a video is ``(M n_1 + L - M) / (L N_0)`` with that fewest ``n_1``, and a smaller one raises a
 ``ValueError`` naming it, at the merge (before layer 0 runs, once ``n_1`` is known), like FastV below
-``K / L``. It happens when the merge cannot shrink the video enough (every group keeps at least one cluster), e.g. frames of at most 14 tokens per
-group, which are never clustered, so ``n_1 = N_0`` and the minimum is just above ``M / L`` (0.393 with
-M = 3 of L = 8 and 36 tokens). The ways out are a larger budget, an earlier selection layer
-(``layer``) or more tokens per frame. The reference has no budget to miss (it keeps ``int(alpha n_g)``
+``K / L``. It happens when the merge cannot shrink the video enough (every group keeps at least one
+cluster), e.g. frames of at most 14 tokens per group, which are never clustered, so ``n_1 = N_0`` and
+the minimum is just above ``M / L`` (0.393 with M = 3 of L = 8 and 36 tokens). The ways out are a larger
+budget, an earlier selection layer (``layer``) or more tokens per frame. The reference has no budget to miss (it keeps ``int(alpha n_g)``
 whatever that costs); clustering the small groups anyway, or emptying layer M, would no longer be PruneVid.
 
 Placement and other differences from the reference:
@@ -83,11 +83,13 @@ from hieravid.ops.ranking import segment_top_k
 
 __all__ = [
     "PruneVid",
+    "cluster_ratio_at_most",
     "cluster_ratio_for",
     "clustered_count",
     "create_prunevid",
     "dpc_knn",
     "group_quotas",
+    "merged_count",
     "refine_clusters",
     "static_slots",
     "temporal_segments",
@@ -251,6 +253,11 @@ def clustered_count(size: int, ratio: float) -> int:
     return min(size, max(1, int(size * ratio)))
 
 
+def merged_count(sizes: list[int], ratio: float) -> int:
+    """Tokens left of groups of ``sizes`` (0 for an empty group) after spatial clustering at ``ratio``."""
+    return sum(clustered_count(n, ratio) for n in sizes if n)
+
+
 def cluster_ratio_for(sizes: list[int], target: float, steps: int = 40) -> float:
     """The smallest cluster ratio in (0, 1] whose merged count ``sum_g clustered_count(n_g, ratio)`` reaches
     ``target`` tokens (bisection; 1 when even ratio 1 stays below it).
@@ -259,15 +266,12 @@ def cluster_ratio_for(sizes: list[int], target: float, steps: int = 40) -> float
         sizes: tokens of each group before spatial clustering (0 for an empty group).
         target: tokens the merge should leave.
     """
-    def merged(ratio: float) -> int:
-        return sum(clustered_count(n, ratio) for n in sizes if n)
-
     low, high = 0.0, 1.0
-    if merged(high) < target:
+    if merged_count(sizes, high) < target:
         return high
     for _ in range(steps):
         mid = (low + high) / 2
-        if merged(mid) >= target:
+        if merged_count(sizes, mid) >= target:
             high = mid
         else:
             low = mid
@@ -277,15 +281,12 @@ def cluster_ratio_for(sizes: list[int], target: float, steps: int = 40) -> float
 def cluster_ratio_at_most(sizes: list[int], most: int, steps: int = 40) -> float:
     """The largest cluster ratio in (0, 1] whose merged count stays at most ``most`` tokens (bisection); the
     smallest ratio tried (one cluster per clustered group) when even that count is above it."""
-    def merged(ratio: float) -> int:
-        return sum(clustered_count(n, ratio) for n in sizes if n)
-
     low, high = 1e-9, 1.0
-    if merged(low) > most:
+    if merged_count(sizes, low) > most:
         return low
     for _ in range(steps):
         mid = (low + high) / 2
-        if merged(mid) <= most:
+        if merged_count(sizes, mid) <= most:
             low = mid
         else:
             high = mid
@@ -430,7 +431,7 @@ class PruneVid(PruningMethod):
         num_layers = state["num_layers"]
         ratio = cluster_ratio_for(sizes, self.merged_fraction(num_layers) * tokens.num_tokens)
         most = self.most_merged(num_layers, tokens.num_tokens)
-        if sum(clustered_count(n, ratio) for n in sizes if n) > most:  # whole clusters overshot: cluster more
+        if merged_count(sizes, ratio) > most:  # whole clusters overshot: cluster more
             ratio = cluster_ratio_at_most(sizes, most)
         flat = torch.arange(num_frames * num_slots, device=device).view(num_frames, num_slots)
         target = flat.clone()  # (T, P) flat index of the token each token merges into

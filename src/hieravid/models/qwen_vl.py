@@ -38,6 +38,7 @@ class QwenVLAdapter(ModelAdapter):
         input_ids = context.input_ids()
         positions = video_token_positions(input_ids, int(self.model.config.video_token_id))
         grids = [tuple(int(v) for v in row) for row in grid.tolist()]
+        temporal_patch = int(getattr(self.model.config.vision_config, "temporal_patch_size", 1) or 1)
         with_video = sum(pos.numel() > 0 for pos in positions)
         # ``generate`` with beams or several returned sequences encodes each prompt's video once and then
         # repeats every row ``repeat`` times in place: those rows share their prompt's grid.
@@ -59,11 +60,9 @@ class QwenVLAdapter(ModelAdapter):
                     "hieravid prunes one video per sample: pass one video per sample, or call handle.remove() "
                     "to run this prompt unpruned"
                 )
-            merge = self.merge_size
-            layouts.append(VideoLayout(
-                positions=pos, num_frames=t, num_slots=slots, grid_hw=(h // merge, w // merge),
-                temporal_patch=int(getattr(self.model.config.vision_config, "temporal_patch_size", 1) or 1),
-            ))
+            grid_hw = (h // self.merge_size, w // self.merge_size)
+            layouts.append(VideoLayout(positions=pos, num_frames=t, num_slots=slots, grid_hw=grid_hw,
+                                       temporal_patch=temporal_patch))
         return layouts
 
 

@@ -375,7 +375,7 @@ def _numba_block_picks_source(residual, d2, fallback, floor, left, chol, local):
             best_rest = neg_inf
             for i in range(m):
                 if d2[g, i] > floor[g]:
-                    if j < 0 or d2[g, i] > best:
+                    if d2[g, i] > best:  # best starts at -inf: the first one above the floor is taken
                         best = d2[g, i]
                         j = i
                 elif fallback[g, i] > best_rest:

@@ -241,13 +241,14 @@ class Runtime:
             if continues:
                 # Pruning needs the whole prompt in one prefill: the cached prefix's layers hold every token.
                 warnings.warn(
-                    f"hieravid: this call continues a cache that already holds {past_key_values.get_seq_length()} "
+                    f"hieravid: this call continues a cache that already holds {past} "
                     "tokens (a cached prefix or an earlier turn), so its video is not pruned; to prune it, pass "
                     "the whole prompt without a cache (or with a new DynamicCache)",
                     HieravidWarning, stacklevel=2,
                 )
             output = original(text_model, **call)
-            self._describe(self._passthrough_stats(inputs_embeds, attention_mask, layouts, past), layouts, cache_of(output))
+            stats = self._passthrough_stats(inputs_embeds, attention_mask, layouts, past)
+            self._describe(stats, layouts, cache_of(output))
             return output
         converted = use_cache and type(past_key_values) is DynamicCache  # the caller's, made a PrunedCache in place
         cache = PrunedCache.for_prefill(past_key_values, text_model.config) if use_cache else None
