@@ -99,10 +99,23 @@ def test_no_instruction_gives_uniform_relevance():
 
 
 def test_theta_exponentiates():
+    """exp(alpha r) up to one factor (the kernel's scale does not change the greedy picks): largest 1."""
     x, text = torch.randn(7, 4), torch.randn(2, 4)
     plain = cdpruner_relevance(x, text)
-    torch.testing.assert_close(cdpruner_relevance(x, text, theta=0.5), torch.exp(0.5 * plain))
+    torch.testing.assert_close(cdpruner_relevance(x, text, theta=0.5), torch.exp(0.5 * (plain - plain.max())))
     assert cdpruner_relevance(x, text, theta=0.0).tolist() == [1.0] * 7  # alpha = 0: diversity only
+
+
+@pytest.mark.parametrize("theta", [0.99, 0.995, 0.999])
+def test_theta_near_one_stays_finite_and_keeps_the_picks(theta):
+    """alpha = theta / (2 (1 - theta)) reaches ~500: exp(alpha r) itself overflows float32 there."""
+    gen = torch.Generator().manual_seed(0)
+    x, text = torch.randn(50, 16, generator=gen), torch.randn(3, 16, generator=gen)
+    r = cdpruner_relevance(x, text, theta=theta)
+    assert torch.isfinite(r).all() and r.max() == 1.0
+    alpha = theta / (2 * (1 - theta))
+    exact = torch.exp(alpha * cdpruner_relevance(x, text).double())  # float64 holds e^500
+    assert torch.equal(cdpruner_select(x, r, 10), cdpruner_select(x, (exact / exact.max()).float(), 10))
 
 
 # ------------------------------------------------------------------------------------------------ DPP

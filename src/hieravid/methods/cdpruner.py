@@ -76,10 +76,11 @@ def cdpruner_relevance(
         features: ``(N, D)`` visual tokens.
         instruction: ``(n_text, D)`` instruction embeddings in the same space, or ``None`` / empty.
         sign: ``"negative"`` (the official code) or ``"positive"``.
-        theta: ``None`` (official default: r used as is) or theta in [0, 1) for ``exp(alpha r)``.
+        theta: ``None`` (official default: r used as is) or theta in [0, 1) for ``exp(alpha r)``,
+            divided by its largest value (the greedy picks do not depend on the kernel's scale).
 
     Returns:
-        ``(N,)`` float32 relevance, positive.
+        ``(N,)`` float32 relevance, positive (at most 1 with ``theta``; may round to 0 near theta 1).
     """
     check_choice(sign, "relevance_sign", ("negative", "positive"))
     similarity = instruction_similarity(features, instruction)  # (N,) mean cosine, or None
@@ -87,8 +88,8 @@ def cdpruner_relevance(
         r = torch.ones(features.shape[0], dtype=torch.float32, device=features.device)
     else:
         r = minmax_normalize(-similarity if sign == "negative" else similarity, EPS)
-    if theta is not None:
-        r = torch.exp(theta / (2.0 * (1.0 - theta)) * r)
+    if theta is not None and r.numel():  # exp(alpha r) / exp(alpha max r): alpha reaches ~500 near theta 1
+        r = torch.exp(theta / (2.0 * (1.0 - theta)) * (r - r.max()))
     return r
 
 
