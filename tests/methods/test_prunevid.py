@@ -15,6 +15,7 @@ from tiny_models import QWEN_FAMILIES, build_inputs, video_token_id
 import hieravid
 from hieravid.methods.base import VideoTokens
 from hieravid.methods.prunevid import (
+    DEFAULT_KNN,
     PruneVid,
     cluster_ratio_for,
     clustered_count,
@@ -95,6 +96,19 @@ def test_dpc_knn_finds_planted_clusters():
     members = means.repeat_interleave(6, dim=0) + 0.1 * torch.randn(24, 16, generator=gen)
     labels, _ = dpc_knn(members[torch.randperm(24, generator=gen)].unsqueeze(0), 4, k=5)
     assert sorted(torch.bincount(labels[0]).tolist()) == [6, 6, 6, 6]
+
+
+@pytest.mark.parametrize("scale", [30.0, 40.0])
+def test_dpc_knn_follows_the_definition_where_float32_densities_underflow(scale):
+    """Far-apart features: exp(-mean d^2) is 0 in float32 past mean d^2 ~ 104 (in float64 past ~745), and
+    a density of 0 for every token would leave the centres to the index tie-break."""
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.arange(40) // 10  # four clusters of ten tokens
+    x = scale * ((3 * torch.randn(4, 64, generator=gen))[truth] + 0.3 * torch.randn(40, 64, generator=gen))
+    labels, centers = dpc_knn(x.unsqueeze(0), 4)
+    ref_labels, ref_centers = slow_dpc(x.double().tolist(), 4, DEFAULT_KNN)
+    assert (centers[0].tolist(), labels[0].tolist()) == (ref_centers, ref_labels)
+    assert len(set(truth[centers[0]].tolist())) > 1
 
 
 def test_dpc_knn_checks_the_cluster_count():

@@ -113,7 +113,8 @@ def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = DEFAULT_KNN) -> tuple[t
     the k nearest tokens, itself included)``; ``delta_i`` = distance to the nearest denser token (the
     largest distance of the item for the densest one). The ``num_clusters`` tokens with the highest
     ``rho * delta`` are the centres; every token joins its nearest centre, and each centre its own
-    cluster. Density ties go to the lower index, score ties to the lower index.
+    cluster. Density ties go to the lower index, score ties to the lower index. Both are ranked as
+    logarithms, so far-apart features (large distances) rank as the same features scaled down.
 
     Args:
         x: ``(B, N, C)`` B independent sets of N tokens.
@@ -130,12 +131,12 @@ def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = DEFAULT_KNN) -> tuple[t
     xf = x.float()
     dist = torch.cdist(xf, xf) / math.sqrt(channels)  # (B, N, N)
     nearest = dist.topk(min(k, num_tokens), dim=-1, largest=False).values  # (B, N, k)
-    density = torch.exp(-(nearest**2).mean(dim=-1))  # (B, N)
-    rank = torch.argsort(torch.argsort(-density, dim=-1, stable=True), dim=-1)  # (B, N) 0 = densest
+    log_density = -(nearest**2).mean(dim=-1)  # (B, N) log rho: rho itself is 0 in float32 past ~104
+    rank = torch.argsort(torch.argsort(-log_density, dim=-1, stable=True), dim=-1)  # (B, N) 0 = densest
     denser = rank.unsqueeze(1) < rank.unsqueeze(2)  # (B, N_i, N_j): j is denser than i
     farthest = dist.flatten(1).max(dim=-1).values  # (B,)
     delta = torch.where(denser, dist, farthest[:, None, None]).min(dim=-1).values  # (B, N)
-    score = delta * density
+    score = torch.log(delta) + log_density  # log(rho * delta), same order
     centers = torch.argsort(-score, dim=-1, stable=True)[:, :num_clusters]  # (B, K)
     to_centers = dist.gather(1, centers.unsqueeze(-1).expand(-1, -1, num_tokens))  # (B, K, N)
     labels = to_centers.argmin(dim=1)  # (B, N) first nearest centre on ties
