@@ -28,6 +28,7 @@ class _Recorder(PruningMethod):
 
     ranked_by: int = LAYER
     seen: list[dict[int, torch.Tensor]] = field(default_factory=list)
+    autocast: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.name = "recorder"
@@ -40,6 +41,7 @@ class _Recorder(PruningMethod):
 
     def decide(self, layer: int, tokens: VideoTokens, state: dict) -> Decision:
         assert tokens.relevance_from_attention is not None
+        self.autocast.append(torch.is_autocast_enabled(tokens.features.device.type))
         self.seen.append({rows: tokens.relevance_from_attention(query_rows=rows) for rows in (1, 3)})
         return Decision(keep=torch.ones(tokens.num_tokens, dtype=torch.bool))
 
@@ -62,6 +64,26 @@ def test_offered_attention_is_the_models_own(family, ranked_by):
             expected = attentions[b, :, -rows:].mean(dim=(0, 1))[visual]  # heads and query rows averaged
             assert got.shape == expected.shape
             torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_under_autocast_the_layer_computes_as_itself_and_the_decision_in_float32():
+    """A float32 model under ``torch.autocast`` (bfloat16): the relevance row's projections run as the
+    layer's own do, in bfloat16, and the method decides with autocast off, its ops in float32 as they say
+    (bfloat16 round-off, ~4e-3, is above the DPP's rank floor and the min-max normalisation's guard)."""
+    model = build_model("qwen2_vl", attn_implementation="eager")
+    inputs = build_inputs("qwen2_vl", model)
+    recorder = _Recorder()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        attentions = model(**inputs, output_attentions=True).attentions[LAYER]  # (1, H, L, L) bfloat16
+        with hieravid.apply(model, method=recorder):
+            model(**inputs)
+    assert recorder.autocast == [False]
+    spans = video_layout("qwen2_vl", model, inputs).frame_spans[0]
+    visual = torch.cat([torch.arange(start, end) for start, end in spans])  # (N,)
+    for rows, got in recorder.seen[0].items():
+        assert got.dtype == torch.float32
+        expected = attentions[0, :, -rows:].float().mean(dim=(0, 1))[visual]
+        torch.testing.assert_close(got, expected, rtol=2e-2, atol=1e-4)
 
 
 def test_a_ranking_layer_other_than_the_point_or_the_one_before_is_refused():

@@ -17,6 +17,7 @@ continue from the original, unpruned length) and attend to every stored key of e
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -487,10 +488,16 @@ class Runtime:
         # Per sample that merged: (its kept columns, their new hidden states, their new side inputs).
         replaced: list[tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
         keys_cache: dict[str, torch.Tensor] = {}
+        # Under torch.autocast the relevance row's projections run as the layer's own do; the method's
+        # math runs with autocast off, in the float32 its ops promise (bfloat16 round-off would outweigh
+        # the DPP's rank floor and the min-max normalisation's guard).
+        device_type = seq.hidden.device.type
+        autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
         def projections(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
             if f"q{rows}" not in keys_cache:
-                q, k = self.adapter.query_key(*attended, seq.cos, seq.sin, query_rows=rows)
+                with torch.autocast(device_type, dtype=autocast) if autocast else contextlib.nullcontext():
+                    q, k = self.adapter.query_key(*attended, seq.cos, seq.sin, query_rows=rows)
                 q, k = q.to(seq.valid.device), k.to(seq.valid.device)  # a layer on another device: back here
                 keys_cache[f"q{rows}"], keys_cache["k"] = q, k
             return keys_cache[f"q{rows}"], keys_cache["k"]
@@ -530,7 +537,8 @@ class Runtime:
                 relevance_from_attention=relevance if layer_idx > 0 else None,
                 instruction=seq.hidden[b, seq.hidden.shape[1] - instruction_length[b] :],
             )
-            decision: Decision = self.method.decide(layer_idx, tokens, states[b])
+            with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
+                decision: Decision = self.method.decide(layer_idx, tokens, states[b])
             if decision.keep.shape != (count,):
                 raise RuntimeError(f"method {self.method.name} returned a keep mask of the wrong shape")
             keep[b, cols] = decision.keep  # every column in cols is valid: True before
