@@ -178,6 +178,22 @@ def test_a_llava_frame_grid_is_square_whatever_the_video_shape(tmp_path: Path) -
     assert render_decisions(tmp_path / "wide.png", video, result.trace).grid_hw == (5, 5)
 
 
+def test_frame_cells_take_the_token_grids_shape_within_bounds(proxy, frames: np.ndarray, tmp_path) -> None:
+    """A cell shows the frame as the model saw it, on its token grid: the cell has the grid's aspect ratio,
+    within 1:4 and 4:1. A 40:1 video on a square grid (LLaVA resizes frames to squares) draws as a square
+    one, not a picture tens of thousands of pixels tall; a 36 x 1 grid does not either."""
+    result = traced(proxy, frames, "hieravid")
+    square = render_decisions(tmp_path / "square.png", frames, result.trace)
+    for name, video in (("tall", np.repeat(frames, 40, axis=1)), ("wide", np.repeat(frames, 40, axis=2))):
+        picture = render_decisions(tmp_path / f"{name}.png", video, result.trace)
+        assert (picture.width_px, picture.height_px) == (square.width_px, square.height_px)
+    column = render_decisions(tmp_path / "column.png", frames, result.trace, grid_hw=(36, 1))
+    row = render_decisions(tmp_path / "row.png", frames, result.trace, grid_hw=(1, 36))
+    assert square.height_px < column.height_px < 3 * square.height_px
+    assert square.height_px / 2 < row.height_px < square.height_px
+    assert png_size(column.path) == (column.width_px, column.height_px)
+
+
 def test_a_qwen_frame_grid_is_the_one_the_processor_made(proxy, frames: np.ndarray) -> None:
     sample = traced(proxy, frames, "fastv").trace.samples[0]
     assert sample.grid_hw == (6, 6) and sample.temporal_patch == 2

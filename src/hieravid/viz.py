@@ -245,9 +245,10 @@ def render_decisions(
     scored = next((i for i, s in enumerate(drawn.stages) if s.scores is not None), None)
     grid_rows = 1 + len(stage_rows) + (1 if scored is not None else 0)
 
-    # geometry: every frame cell has the frame's aspect ratio
+    # geometry: a frame cell has the aspect ratio of the token grid drawn in it (the frame as the model saw
+    # it), within 1:4 and 4:1 (a thinner grid is letterboxed in its cell)
     cell_w = min(1.0, max(0.55, 15.0 / T))  # inches
-    cell_h = cell_w * frames.shape[1] / frames.shape[2]
+    cell_h = cell_w * min(4.0, max(0.25, rows / cols))
     left_in, right_in = 0.35, 1.0
     width = max(12.0, left_in + T * cell_w + right_in)  # wide enough for the header, legend and curve
     wrap = int((width - 2 * left_in) * 11.5)  # characters of 9.5 pt monospace per line
