@@ -10,8 +10,9 @@ clip has fewer frames than N the same rule repeats frames: every output slot get
 evenly spaced position, so exactly N frames come back, in order.
 
 Frames are numbered in presentation order over the WHOLE video, from 0; times are seconds from the video
-stream's start. The first video stream is read (a warning says so when there are several); cover pictures
-stored as one-frame video streams (disposition ``attached_pic``) are not video. How a file is read:
+stream's start. The first video stream FFmpeg has a decoder for is read (a warning says so when there are
+several); cover pictures stored as one-frame video streams (disposition ``attached_pic``) are not video.
+How a file is read:
 
 1. a demuxing pass (packets only, nothing decoded) lists the presentation timestamp of every frame, which
    gives the exact frame count even when the container does not state it (``stream.frames == 0``, e.g.
@@ -28,9 +29,12 @@ one the index lists. Files whose packets carry no timestamps, and AVI files whos
 (B-frames: AVI stores no presentation times, FFmpeg stamps frames with their decoding rank), number frames
 in the order the decoder gives them out, from the start. When the frames that come out do not match the
 index (dropped or re-timed frames, stamps that are not presentation times), one extra decoding pass counts
-the frames as decoded, and the sampling, ``fps`` and ``duration_s`` are redone on that count (times ``rank /
-the stated rate``: the packets' times were not the frames', as where joined segments each restart their
-clock). Packets an edit list hides (a cut made without re-encoding) are not frames of the video, nor are
+the frames as decoded, and the sampling, ``fps`` and ``duration_s`` are redone on that count (times from
+the decoded frames' own stamps where they run in order, else ``rank / the stated rate``: the packets' times
+were not the frames', as where joined segments each restart their clock). A packet the decoder refuses as
+damaged (VP9's decoder refuses damage H.264's conceals; frames whose keyframe was cut away) gives no frame,
+as in FFmpeg's own tools: the frames are then counted as decoded, and a warning says so. Packets an edit
+list hides (a cut made without re-encoding) are not frames of the video, nor are
 packets at the end of the stream the demuxer marks corrupt (a frame cut off with the file; a warning says
 so). The path is always opened as a file, never read as an FFmpeg protocol (``pipe:0``); pipes and devices
 are refused. Times count from the first frame
@@ -276,6 +280,7 @@ class _Index:
     key_seeks: dict[int, int] = field(default_factory=dict)
     last_duration_s: float | None = None  # how long the last frame is shown, seconds; None: not stated
     damaged: int = 0  # packets the demuxer marked corrupt (incomplete), left out
+    undecodable: int = 0  # packets the decoder refused as damaged, left out (an index made by decoding)
 
 
 # A cover picture (disposition AV_DISPOSITION_ATTACHED_PIC) is stored as a one-frame video stream: not the video.
@@ -322,10 +327,22 @@ def _packets(
         cut_off.extend(held)
 
 
-def _frames(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
-    """The frames of ``stream``, decoded from :func:`_packets` (the packets :func:`_demux_index` lists)."""
-    for packet in _packets(container, stream):
-        yield from packet.decode()
+def _frames(
+    container: av.container.InputContainer, stream: av.VideoStream, skipped: list[int] | None = None
+) -> Iterator[av.VideoFrame]:
+    """The frames of ``stream``, decoded from :func:`_packets` (the packets :func:`_demux_index` lists). A
+    packet the decoder refuses as damaged (a decoder such as VP9's refuses where H.264's conceals; frames
+    that need a keyframe cut away) gives no frame, as in FFmpeg's own tools; ``skipped`` receives the
+    index of each such packet, counted from the start."""
+    for number, packet in enumerate(_packets(container, stream)):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            if skipped is None:
+                raise
+            skipped.append(number)
+            continue
+        yield from frames
 
 
 def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContainer, av.VideoStream]:
@@ -340,10 +357,19 @@ def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContaine
         container.close()
         what = " (only a cover picture)" if only_cover else ""
         raise ValueError(f"could not decode video at {str(file)!r}: the file has no video stream{what}")
-    stream = videos[0]
+    decodable = [s for s in videos if s.codec_context is not None]  # None: FFmpeg has no decoder for it
+    if not decodable:
+        container.close()
+        raise ValueError(
+            f"could not decode video at {str(file)!r}: this FFmpeg build has no decoder for its video stream's "
+            "codec, or the file's header is damaged: re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4), "
+            "or re-download it"
+        )
+    stream = decodable[0]
     if warn and len(videos) > 1:
+        first = "first" if stream is videos[0] else "first one this FFmpeg build can decode"
         warnings.warn(
-            f"{str(file)!r} has {len(videos)} video streams: the first (stream #{stream.index}, "
+            f"{str(file)!r} has {len(videos)} video streams: the {first} (stream #{stream.index}, "
             f"{stream.codec_context.width}x{stream.codec_context.height}) is read; to read another, extract it "
             "first (e.g. ffmpeg -i IN -map 0:v:1 -c copy OUT.mkv)",
             HieravidWarning, stacklevel=4,
@@ -387,8 +413,16 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
     if kept is None:  # the decoder dropped or re-timed frames: number them in decoding order, counted exactly
         # The packets' times were not the frames': the stated rate, where there is one, over the rate they gave.
         index = _decode_index(file, stated or fps)
+        refused = f" (it refused its {index.undecodable} packets as damaged)" if index.undecodable else ""
         if index.count == 0:
-            raise ValueError(f"could not decode video at {str(file)!r}: the decoder returned no frames")
+            raise ValueError(f"could not decode video at {str(file)!r}: the decoder returned no frames{refused}")
+        if index.undecodable:
+            warnings.warn(
+                f"{str(file)!r}: the decoder refused {index.undecodable} of its video packets as damaged (damaged "
+                "data, or frames whose keyframe was cut away): their frames are left out; frames are sampled from "
+                f"the {index.count} it decoded",
+                HieravidWarning, stacklevel=3,
+            )
         fps = _frame_rate(index, stated)  # of the frames decoded, not the packets listed
         wanted = _select(index, num_frames, start_s, end_s, fps)
         kept = _decode_selected(file, index, sorted(set(wanted)), by_pts=False)
@@ -466,6 +500,11 @@ def _increasing(values: list[int]) -> bool:
     return all(a < b for a, b in zip(values, values[1:]))
 
 
+def _in_order(values: list[int]) -> bool:
+    """Whether ``values`` never go back and move on: one value, or the last above the first."""
+    return all(a <= b for a, b in zip(values, values[1:])) and (len(values) == 1 or values[-1] > values[0])
+
+
 def _decoding_order_stamps(container: av.container.InputContainer, stream: av.VideoStream, stamps: list[int]) -> bool:
     """Whether ``stamps`` (the packets' timestamps, in decoding order) are decoding ranks, not presentation
     times: AVI stores no presentation times, so FFmpeg stamps each packet with its rank, which is not the
@@ -517,16 +556,18 @@ def _demux_index(container: av.container.InputContainer, stream: av.VideoStream)
 def _decode_index(file: Path, fps: float) -> _Index:
     """Count frames by decoding them all (fallback when packets cannot be trusted); times from the frames,
     counted from the same origin as :func:`_demux_index`'s, when they increase in the order the frames come
-    out, else ``rank / fps``."""
+    out (a frame may repeat the one before's: stamps rounded to a coarse time base), else ``rank / fps``."""
     container, stream = _open(file)
+    skipped: list[int] = []
     with container:
-        pts = [frame.pts for frame in _frames(container, stream)]
+        pts = [frame.pts for frame in _frames(container, stream, skipped)]
         base = stream.time_base
-        if pts and base is not None and None not in pts and _increasing(pts):
+        if pts and base is not None and None not in pts and _in_order(pts):
             origin = _origin(stream, pts[0])
             times = [float((p - origin) * base) for p in pts]
-            return _Index(pts=None, times_s=times, count=len(pts), start_s=float(origin * base))
-    return _Index(pts=None, times_s=[i / fps for i in range(len(pts))], count=len(pts))
+            return _Index(pts=None, times_s=times, count=len(pts), start_s=float(origin * base),
+                          undecodable=len(skipped))
+    return _Index(pts=None, times_s=[i / fps for i in range(len(pts))], count=len(pts), undecodable=len(skipped))
 
 
 def _frame_rate(index: _Index, stated: float | None) -> float:
@@ -625,7 +666,7 @@ def _decode_selected(file: Path, index: _Index, wanted: list[int], by_pts: bool)
 
     with container:
         if not by_pts:
-            return kept if _decode_by_rank(container, stream, wanted, keep) else None
+            return kept if _decode_by_rank(container, stream, wanted, keep, index.undecodable) else None
         assert index.pts is not None
         position = {p: i for i, p in enumerate(index.pts)}
         runs = _runs(index, wanted, position)
@@ -644,11 +685,15 @@ def _decode_selected(file: Path, index: _Index, wanted: list[int], by_pts: bool)
 
 def _decode_by_rank(
     container: av.container.InputContainer, stream: av.VideoStream, wanted: list[int],
-    keep: Callable[[int, av.VideoFrame], None],
+    keep: Callable[[int, av.VideoFrame], None], undecodable: int = 0,
 ) -> bool:
-    """Decode from the start, numbering frames in the order they come out; False if the last wanted never does."""
+    """Decode from the start, numbering frames in the order they come out; False if the last wanted never
+    does, or if more than the index's ``undecodable`` packets are refused (the ranks would be off)."""
     targets = set(wanted)
-    for rank, frame in enumerate(_frames(container, stream)):
+    skipped: list[int] = []
+    for rank, frame in enumerate(_frames(container, stream, skipped)):
+        if len(skipped) > undecodable:
+            return False
         if rank in targets:
             keep(rank, frame)
         if rank == wanted[-1]:
@@ -701,7 +746,7 @@ def _decode_run(
     counting = key is None
     pending = iter(targets)
     target = next(pending)
-    for frame in _frames(container, stream):
+    for frame in _frames(container, stream, skipped=[]):  # a refused packet's frame never comes: a mismatch
         i = None if frame.pts is None else position.get(frame.pts)
         if i is None:  # not a frame of the video (e.g. one an edit list hides)
             continue
