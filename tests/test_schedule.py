@@ -270,3 +270,18 @@ def test_a_decay_that_underflows_is_refused_naming_fewer_stages():
     with pytest.raises(ValueError, match="use fewer stages"):
         solve_schedule(1e-5, 85, 85)
     assert len(solve_schedule(1e-5, 85, 8).ratios) == 8
+
+
+def first_refused(budget: float, num_layers: int) -> int | None:
+    """The fewest stages float64 cannot solve at ``budget`` over ``num_layers`` (as HieraVid calls it)."""
+    for stages in range(2, num_layers + 1):
+        try:
+            solve_schedule(budget, num_layers, stages, min_stage_ratio=0.05)
+        except ValueError:
+            return stages
+    return None
+
+
+def test_float64_refuses_only_tiny_budgets_over_many_stages_as_the_readme_says():
+    assert (first_refused(5e-4, 64), first_refused(5e-4, 200)) == (47, 80)
+    assert first_refused(1e-4, 48) is None and first_refused(2e-3, 64) is None and first_refused(2e-3, 200) is None
