@@ -328,18 +328,16 @@ def _packets(
 
 
 def _frames(
-    container: av.container.InputContainer, stream: av.VideoStream, skipped: list[int] | None = None
+    container: av.container.InputContainer, stream: av.VideoStream, skipped: list[int]
 ) -> Iterator[av.VideoFrame]:
     """The frames of ``stream``, decoded from :func:`_packets` (the packets :func:`_demux_index` lists). A
     packet the decoder refuses as damaged (a decoder such as VP9's refuses where H.264's conceals; frames
     that need a keyframe cut away) gives no frame, as in FFmpeg's own tools; ``skipped`` receives the
-    index of each such packet, counted from the start."""
+    number of each such packet, counted from the first one read."""
     for number, packet in enumerate(_packets(container, stream)):
         try:
             frames = packet.decode()
         except av.error.InvalidDataError:
-            if skipped is None:
-                raise
             skipped.append(number)
             continue
         yield from frames
@@ -413,7 +411,7 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
     if kept is None:  # the decoder dropped or re-timed frames: number them in decoding order, counted exactly
         # The packets' times were not the frames': the stated rate, where there is one, over the rate they gave.
         index = _decode_index(file, stated or fps)
-        refused = f" (it refused its {index.undecodable} packets as damaged)" if index.undecodable else ""
+        refused = f" (it refused {index.undecodable} packets as damaged)" if index.undecodable else ""
         if index.count == 0:
             raise ValueError(f"could not decode video at {str(file)!r}: the decoder returned no frames{refused}")
         if index.undecodable:
