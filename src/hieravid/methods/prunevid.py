@@ -114,7 +114,8 @@ def dpc_knn(x: torch.Tensor, num_clusters: int, k: int = DEFAULT_KNN) -> tuple[t
     largest distance of the item for the densest one). The ``num_clusters`` tokens with the highest
     ``rho * delta`` are the centres; every token joins its nearest centre, and each centre its own
     cluster. Density ties go to the lower index, score ties to the lower index. Both are ranked as
-    logarithms, so far-apart features (large distances) rank as the same features scaled down.
+    logarithms (``log rho``, ``log rho + log delta``): rho itself is 0 in float32 once the mean squared
+    distance passes ~104, which would tie every density of far-apart features.
 
     Args:
         x: ``(B, N, C)`` B independent sets of N tokens.
