@@ -107,6 +107,17 @@ class PruneHandle:
         self.remove()
 
 
+def _forget_removed(module: nn.Module) -> None:
+    """Drop what a removed handle left in ``module``'s own attributes: its mark and patched methods stay
+    on a shallow copy (``copy.copy``) made while the handle was active, which its ``remove`` never sees."""
+    mark = module.__dict__.get(_MARK)
+    if mark is None or mark.active:
+        return
+    for name, value in list(module.__dict__.items()):
+        if name == _MARK or isinstance(value, _Patch):
+            del module.__dict__[name]
+
+
 def _execution_device(module: nn.Module) -> torch.device:
     """The device ``module`` computes on: its weights', or, where accelerate keeps them offloaded (on the
     meta device), the execution device of its first dispatch hook."""
@@ -146,6 +157,8 @@ def apply(
     if not isinstance(trace, bool):
         raise ValueError(f"trace must be True or False, got {trace!r}")
     adapter, multimodal = find_adapter(model)
+    for module in (model, multimodal, adapter.text_model):
+        _forget_removed(module)
     # Marked are the model and the modules a handle patches, so applying to an outer or inner module of
     # a model already patched (model and model.model share the language model) is refused too.
     if any(m.__dict__.get(_MARK) is not None for m in (model, multimodal, adapter.text_model)):

@@ -249,6 +249,17 @@ def test_copying_a_patched_model_is_refused_with_the_fix(family, model):
     assert handle.last_stats is not None and handle.last_stats.flops_ratio < 1
 
 
+def test_a_shallow_copy_made_while_patched_is_free_once_the_handle_is_removed(family, model):
+    """copy.copy copies the model's own attributes (the mark, the patched generate) but shares its modules:
+    once the handle is removed, the copy is neither 'already applied' nor uncopyable for good."""
+    with hieravid.apply(model, "hieravid", 0.3):
+        shallow = copy.copy(model)
+    with hieravid.apply(shallow, "hieravid", 0.3) as handle:
+        assert handle.active
+    assert "generate" not in shallow.__dict__ and shallow.generate.__self__ is shallow  # not the original's
+    copy.deepcopy(shallow)
+
+
 def test_text_and_last_token_are_never_pruned(family, model):
     inputs = build_inputs(family, model, batch=2, prompt_tokens=[6, 9], left_pad=[1, 0])
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.1) as handle:
