@@ -157,11 +157,13 @@ def apply(
     if not isinstance(trace, bool):
         raise ValueError(f"trace must be True or False, got {trace!r}")
     adapter, multimodal = find_adapter(model)
-    for module in (model, multimodal, adapter.text_model):
-        _forget_removed(module)
+    text_model = adapter.text_model
     # Marked are the model and the modules a handle patches, so applying to an outer or inner module of
     # a model already patched (model and model.model share the language model) is refused too.
-    if any(m.__dict__.get(_MARK) is not None for m in (model, multimodal, adapter.text_model)):
+    marked = (model, multimodal, text_model)
+    for module in marked:
+        _forget_removed(module)
+    if any(m.__dict__.get(_MARK) is not None for m in marked):
         raise ValueError("hieravid is already applied to this model: call handle.remove() before applying again")
     implementation = adapter.attn_implementation
     if implementation not in _SUPPORTED_ATTENTION:
@@ -179,7 +181,6 @@ def apply(
         )
     runtime = Runtime(adapter, build(method, budget, **options), trace=trace)
     runtime.method.decision_layers(adapter.num_layers)  # an unreachable budget fails here, not at prefill
-    text_model = adapter.text_model
     runtime.method.prepare(_execution_device(text_model))  # compile now, not in the first prefill
 
     signature = inspect.signature(type(multimodal).forward)
@@ -269,6 +270,6 @@ def apply(
     multimodal.get_video_features = _Patch(remember_video)
     if patched.get(model) == "generate":
         model.generate = _Patch(generate_whole_prompts)
-    for module in (model, multimodal, text_model):
+    for module in marked:
         module.__dict__[_MARK] = handle
     return handle
