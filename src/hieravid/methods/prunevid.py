@@ -73,7 +73,7 @@ Placement and other differences from the reference:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -260,6 +260,19 @@ def merged_count(sizes: list[int], ratio: float) -> int:
     return sum(clustered_count(n, ratio) for n in sizes if n)
 
 
+def _ratio_bounds(sizes: list[int], above: Callable[[int], bool], low: float, steps: int) -> tuple[float, float]:
+    """Bisect the cluster ratio in ``[low, 1]`` on the merged count, which grows with the ratio: the last
+    ratio whose count is not ``above`` and the first one whose count is."""
+    high = 1.0
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if above(merged_count(sizes, mid)):
+            high = mid
+        else:
+            low = mid
+    return low, high
+
+
 def cluster_ratio_for(sizes: list[int], target: float, steps: int = 40) -> float:
     """The smallest cluster ratio in (0, 1] whose merged count ``sum_g clustered_count(n_g, ratio)`` reaches
     ``target`` tokens (bisection; 1 when even ratio 1 stays below it).
@@ -268,31 +281,18 @@ def cluster_ratio_for(sizes: list[int], target: float, steps: int = 40) -> float
         sizes: tokens of each group before spatial clustering (0 for an empty group).
         target: tokens the merge should leave.
     """
-    low, high = 0.0, 1.0
-    if merged_count(sizes, high) < target:
-        return high
-    for _ in range(steps):
-        mid = (low + high) / 2
-        if merged_count(sizes, mid) >= target:
-            high = mid
-        else:
-            low = mid
-    return high
+    if merged_count(sizes, 1.0) < target:
+        return 1.0
+    return _ratio_bounds(sizes, lambda count: count >= target, 0.0, steps)[1]
 
 
 def cluster_ratio_at_most(sizes: list[int], most: int, steps: int = 40) -> float:
     """The largest cluster ratio in (0, 1] whose merged count stays at most ``most`` tokens (bisection); the
     smallest ratio tried (one cluster per clustered group) when even that count is above it."""
-    low, high = 1e-9, 1.0
-    if merged_count(sizes, low) > most:
-        return low
-    for _ in range(steps):
-        mid = (low + high) / 2
-        if merged_count(sizes, mid) <= most:
-            low = mid
-        else:
-            high = mid
-    return low
+    smallest = 1e-9
+    if merged_count(sizes, smallest) > most:
+        return smallest
+    return _ratio_bounds(sizes, lambda count: count > most, smallest, steps)[0]
 
 
 def _cluster_targets(features: torch.Tensor, ratio: float, k: int) -> torch.Tensor:
