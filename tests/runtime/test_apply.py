@@ -618,6 +618,10 @@ def test_a_video_given_with_embeddings_instead_of_ids_is_refused_with_the_fix(fa
     with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3):
         with pytest.raises(ValueError, match="pass input_ids"):
             model(**call)
+    with torch.no_grad():
+        expected = model(**call).logits
+        with hieravid.apply(model, "vanilla"):  # nothing pruned: no need to locate the video
+            torch.testing.assert_close(model(**call).logits, expected, rtol=0, atol=0)
 
 
 def test_new_video_after_a_pruned_prefill_is_refused(family, model):
@@ -827,7 +831,11 @@ def test_two_videos_in_one_prompt_are_refused_with_the_way_out(tmp_path):
         with pytest.raises(ValueError, match="one video per sample.*handle.remove"):
             model(**inputs)
     with torch.no_grad():
-        model(**inputs)  # the model itself takes it once the handle is removed
+        expected = model(**inputs).logits  # the model itself takes it once the handle is removed
+        for method, budget in [("vanilla", 1.0), ("hieravid", 1.0)]:  # nothing pruned: taken as the model does
+            with hieravid.apply(model, method, budget) as unpruned:
+                torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=0)
+            assert unpruned.last_stats.pruned is False
     assert not handle.active
 
 
