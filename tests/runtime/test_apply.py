@@ -172,9 +172,8 @@ def test_the_instruction_is_the_text_after_the_video_at_every_decision(family, m
     with torch.no_grad(), hieravid.apply(model, method):
         model(**inputs)
     video = inputs["input_ids"] == video_token_id(family, model)
-    newline = 1 if family == "llava_onevision" else 0  # the video's closing newline is text to the runtime
-    for b in range(2):
-        last_video = int(torch.nonzero(video[b]).max()) - newline
+    for b in range(2):  # LLaVA's closing newline, never pruned, is still the video's: not the instruction
+        last_video = int(torch.nonzero(video[b]).max())
         after = inputs["attention_mask"][b].bool() & (torch.arange(video.shape[1]) > last_video)
         for layer, instruction in method.seen[b::2]:
             torch.testing.assert_close(instruction, layer_inputs[layer][b, after], rtol=1e-5, atol=1e-5)
@@ -1372,3 +1371,55 @@ def test_a_generated_video_placeholder_is_text(family, model):
             torch.testing.assert_close(_generate(model, inputs, prefix_allowed_tokens_fn=force), want, rtol=0, atol=0)
         with hieravid.apply(model, "hieravid", 0.3):
             assert _generate(model, inputs, prefix_allowed_tokens_fn=force).shape == want.shape
+
+
+def _spy_instructions(handle) -> list[torch.Tensor]:
+    """The ``VideoTokens.instruction`` the method is given at each decision, in order."""
+    seen, decide = [], handle.runtime.method.decide
+
+    def spy(layer, tokens, state):
+        seen.append(tokens.instruction.clone())
+        return decide(layer, tokens, state)
+
+    handle.runtime.method.decide = spy
+    return seen
+
+
+@pytest.mark.parametrize("method", ["prunevid", "cdpruner"])
+def test_an_image_after_the_video_is_not_part_of_the_instruction(tmp_path, method):
+    """The instruction a method reads is the text after the prompt's last image or video, not the
+    image tokens placed between the video and the question."""
+    import numpy as np
+    from tiny_models import build_processor, random_video
+    from transformers.video_utils import VideoMetadata
+
+    model = build_model("qwen2_vl")
+    processor = build_processor("qwen2_vl", model, tmp_path)
+    video, image = "<|vision_start|><|video_pad|><|vision_end|>", "<|vision_start|><|image_pad|><|vision_end|>"
+    text = f"<|im_start|>user\n{video}{image}what is happening in the video ?<|im_end|>\n<|im_start|>assistant\n"
+    meta = [VideoMetadata(total_num_frames=8, fps=2.0, frames_indices=list(range(8)), height=112, width=168)]
+    picture = np.random.default_rng(3).integers(0, 256, (112, 168, 3), dtype=np.uint8)
+    inputs = processor(text=[text], images=[picture], videos=[random_video(8)], video_metadata=meta,
+                       return_tensors="pt")
+    ids = inputs["input_ids"][0]
+    text_after = ids.numel() - 1 - int(torch.nonzero(ids == model.config.image_token_id).max())
+    embeds = model.get_input_embeddings()(ids[-text_after:])  # (n_text, D)
+    with torch.no_grad(), hieravid.apply(model, method, 0.3) as handle:
+        seen = _spy_instructions(handle)
+        model(**inputs)
+    assert seen and all(rows.shape[0] == text_after for rows in seen)
+    torch.testing.assert_close(seen[0], embeds, rtol=0, atol=0)  # layer 0: the text's own embeddings
+
+
+def test_llava_video_newline_is_not_part_of_the_instruction():
+    """LLaVA's trailing newline carries the video's ``<video>`` id and a learned visual vector: it is
+    treated as text (never pruned) but is not part of the question the methods read."""
+    model = build_model("llava_onevision")
+    inputs = build_inputs("llava_onevision", model)
+    ids = inputs["input_ids"][0]
+    text_after = ids.numel() - 1 - int(torch.nonzero(ids == video_token_id("llava_onevision", model)).max())
+    with torch.no_grad(), hieravid.apply(model, "cdpruner", 0.3) as handle:
+        seen = _spy_instructions(handle)
+        model(**inputs)
+    assert [rows.shape[0] for rows in seen] == [text_after]
+    torch.testing.assert_close(seen[0], model.get_input_embeddings()(ids[-text_after:]), rtol=0, atol=0)

@@ -42,7 +42,8 @@ class VideoTokens:
             over all keys; Eq. 8's ``a`` before normalisation), computed on demand from this layer's own
             projections; ``None`` at layer 0, where no attention exists yet.
         instruction: ``(n_text, D)`` hidden states (at this decision point) of the text tokens that follow
-            the video (the question, the template's closing tokens); ``(0, D)`` if there are none.
+            the video (the question, the template's closing tokens) and any image after it; ``(0, D)`` if
+            there are none.
     """
 
     features: torch.Tensor

@@ -85,6 +85,8 @@ class ModelAdapter:
     family = "base"
     #: rows of position ids the decoder's rotary embedding takes (3 for M-RoPE, 1 for 1-D RoPE).
     rope_rows = 1
+    #: the config's attributes holding the ids of tokens that stand for an image or a video (not text).
+    media_token_attributes: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, text_model: nn.Module) -> None:
         self.model = model
@@ -159,6 +161,13 @@ class ModelAdapter:
         return q, k
 
     # --- the video ---------------------------------------------------------------------------------
+    def media_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` bool: the tokens of ``input_ids`` (B, N) that stand for an image or a video (their
+        features), not for text."""
+        config = self.model.config
+        ids = [int(getattr(config, name)) for name in self.media_token_attributes if hasattr(config, name)]
+        return torch.isin(input_ids, torch.tensor(ids, dtype=input_ids.dtype, device=input_ids.device))
+
     def video_layouts(self, context: CallContext, batch: int) -> list[VideoLayout | None]:
         """One layout per sample of the call's ``batch`` (None where the sample has no video); the video
         tokens are located in the call's input ids, which a call without a video need not have."""

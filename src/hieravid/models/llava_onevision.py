@@ -12,6 +12,7 @@ class LlavaOnevisionAdapter(ModelAdapter):
     newline is treated as text (spec section 2, Eq. 1)."""
 
     family = "llava_onevision"
+    media_token_attributes = ("image_token_index", "video_token_index")
 
     def video_layouts(self, context: CallContext, batch: int) -> list[VideoLayout | None]:
         """A video's frames follow from its token count (F * P + 1), so a call given features encoded

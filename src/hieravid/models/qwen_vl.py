@@ -17,6 +17,7 @@ class QwenVLAdapter(ModelAdapter):
 
     family = "qwen2_vl"
     rope_rows = 3
+    media_token_attributes = ("image_token_id", "video_token_id")
 
     @property
     def merge_size(self) -> int:

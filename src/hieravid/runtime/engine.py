@@ -344,19 +344,28 @@ class Runtime:
             index=torch.arange(length, device=device).expand(batch, -1),
             valid=valid, hidden=embeds, cos=cos, sin=sin, text_pos=text_pos, side=side,
         )
-        # On the host, in one read: the valid columns, and per sample its video's first and last position
-        # and the tokens after it (the instruction). No method removes text and every row ends with its
-        # last token, so the instruction is always the row's last columns, and a video with no text
-        # between its tokens always sits right before it.
+        # On the host, in one read: the valid columns, and per sample its video's first and last position,
+        # the tokens after the video, and the instruction: the text after the prompt's last image or video
+        # (an image may follow the video; LLaVA's newline is the video's). No method removes text and
+        # every row ends with its last token, so both are always the row's last columns, and a video with
+        # no text between its tokens always sits right before the tokens after it.
         with_video = [b for b, layout in enumerate(layouts) if layout is not None]
         span = torch.full((batch, 2), length, dtype=torch.long, device=device)  # no video: nothing follows
         span[with_video] = torch.stack([torch.stack(torch.aminmax(layouts[b].positions)) for b in with_video])
-        after_video = valid & (torch.arange(length, device=device) > span[:, 1:])  # (B, L)
+        columns = torch.arange(length, device=device)
+        after_video = valid & (columns > span[:, 1:])  # (B, L)
+        instruction = after_video
+        if with_video:  # then the call has input ids: the video was located in them
+            media = adapter.media_mask(self.context.input_ids().to(device))  # (B, L)
+            instruction = after_video & (columns > torch.where(media, columns, -1).amax(dim=1, keepdim=True))
         from_first_valid = length - valid.to(torch.int8).argmax(dim=1)  # (B,) columns from the first valid one on
-        host = torch.cat([span.view(-1), after_video.sum(dim=1), valid.sum(dim=1), from_first_valid]).tolist()
-        instruction_length, row_valid = host[2 * batch : 3 * batch], host[3 * batch : 4 * batch]
+        host = torch.cat(
+            [span.view(-1), after_video.sum(dim=1), valid.sum(dim=1), from_first_valid, instruction.sum(dim=1)]
+        ).tolist()
+        after_video_length, row_valid = host[2 * batch : 3 * batch], host[3 * batch : 4 * batch]
+        instruction_length = host[5 * batch :]
         # Each row's valid columns are its last ones (left padding, or none): as many as from its first on.
-        valid_last = row_valid == host[4 * batch :]
+        valid_last = row_valid == host[4 * batch : 5 * batch]
         num_valid = sum(row_valid)
         counts = [0 if layout is None else layout.positions.numel() for layout in layouts]  # (B,) visual tokens
         original_visual = list(counts)
@@ -373,7 +382,7 @@ class Runtime:
                 "it kept: pass an int (the last tokens, always kept text up to the instruction's length), or "
                 "call handle.remove() to score given positions"
             )
-        if decision_layers and any(instruction_length[b] == 0 for b in with_video):
+        if decision_layers and any(after_video_length[b] == 0 for b in with_video):
             raise ValueError(
                 "a prompt ends with a video token: the last prompt token is never pruned, so it must be text; "
                 "end the prompt with text after the video (as the model's chat template does)"
@@ -409,7 +418,8 @@ class Runtime:
                 start = device_clock(device)
                 seq, counts, num_valid = self._decide(
                     layer_idx, attended or (layer, seq.hidden), seq, num_valid, counts, layouts, text_tokens,
-                    instruction_length, video_is_a_run, frame_of, slot_of, visual, states, traced,
+                    after_video_length, instruction_length, video_is_a_run, frame_of, slot_of, visual, states,
+                    traced,
                 )
                 decide_by_layer[layer_idx] = device_clock(device) - start
             if layer_idx == 0 or deciding:
@@ -449,7 +459,7 @@ class Runtime:
         if cache is not None:
             cache.virtual_length = cache.prefill_length = length
             cache.past_valid = valid
-            cache.fixed_length = length - min(instruction_length[b] for b in with_video)
+            cache.fixed_length = length - min(after_video_length[b] for b in with_video)
         hidden = text_model.norm(seq.hidden)
 
         self._described = None if cache is None else weakref.ref(cache)
@@ -476,6 +486,7 @@ class Runtime:
         counts: list[int],
         layouts: list[VideoLayout | None],
         text_tokens: list[int],
+        after_video_length: list[int],
         instruction_length: list[int],
         video_is_a_run: list[bool],
         frame_of: torch.Tensor,
@@ -488,8 +499,9 @@ class Runtime:
         them in ``traced`` when tracing). ``attended``: the layer whose attention ranks
         (:meth:`PruningMethod.attention_layer`) and its input, with the columns of ``seq``. Host ints
         in: ``num_valid``, the valid columns of ``seq`` (each row's last ones); ``counts``, the visual tokens
-        of each row; per sample, ``text_tokens``, its text tokens, ``instruction_length``, the tokens after its
-        video (the row's last columns), and ``video_is_a_run``, no text between its video tokens.
+        of each row; per sample, ``text_tokens``, its text tokens, ``after_video_length``, the tokens after its
+        video, ``instruction_length``, the text after its last image or video (both the row's last columns),
+        and ``video_is_a_run``, no text between its video tokens.
         Returns the new sequence with its ``counts`` and ``num_valid``, read back together."""
         length = seq.valid.shape[1]
         keep = seq.valid.clone()  # (B, L)
@@ -518,7 +530,7 @@ class Runtime:
             if count == 0:
                 continue
             if video_is_a_run[b]:  # the row's columns right before the instruction: a slice, no read
-                end = length - instruction_length[b]
+                end = length - after_video_length[b]
                 cols: slice | torch.Tensor = slice(end - count, end)
             else:
                 cols = torch.nonzero(seq.valid[b] & is_visual[b]).squeeze(1)  # (N,)
