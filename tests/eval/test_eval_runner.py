@@ -126,6 +126,19 @@ def test_resume_after_an_interruption_loses_and_repeats_nothing(tmp_path, model_
     assert again == [] and len(_records(tmp_path)) == total
 
 
+def test_a_line_cut_inside_a_character_is_skipped_and_trimmed(tmp_path):
+    """Records keep their text as UTF-8: a kill can cut a line in the middle of a character."""
+    from hieravid.eval.records import PredictionLog
+
+    part = tmp_path / "predictions.part0.jsonl"
+    whole = {"task": "t", "id": "1", "method": "vanilla", "budget": 1.0, "answer": "caf\u00e9"}
+    cut = json.dumps({**whole, "id": "2"}, ensure_ascii=False).encode()
+    part.write_bytes((json.dumps(whole, ensure_ascii=False) + "\n").encode() + cut[: cut.index("é".encode()) + 1])
+    assert read_records([part]) == [whole]
+    PredictionLog(part).close()  # opening it for appending drops the cut line
+    assert part.read_bytes() == (json.dumps(whole, ensure_ascii=False) + "\n").encode()
+
+
 def test_resume_refuses_other_settings(tmp_path, model_dir, data_root, reference_run):
     code = main(["eval", "--model", str(model_dir), "--tasks", "mvbench", "--data-root", str(data_root),
                  "--out", str(reference_run), *RUN_ARGS[:-2], "--num-frames", "8", "--quiet"])
@@ -145,6 +158,22 @@ def test_the_shipped_model_named_or_left_out_is_one_setting(tmp_path):
     other = EvalConfig(tasks=["synthetic"], out=tmp_path, model=str(tmp_path), methods=["vanilla"])
     with pytest.raises(ValueError, match="holds a run with other settings"):
         _check_resume(tmp_path, other, answered)
+
+
+def test_a_setting_spelled_out_at_the_value_it_had_is_one_setting(tmp_path):
+    """``--max-new-tokens`` left out is each task's own: naming that number resumes the same run."""
+    from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
+    from hieravid.eval.tasks import get_task
+
+    answered = [{"task": "synthetic", "id": "0"}]
+    own = get_task("synthetic").max_new_tokens
+    left_out = EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"])
+    (tmp_path / RUN_FILE).write_text(json.dumps(_settings(left_out)))
+    _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"], max_new_tokens=own),
+                  answered)
+    with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, {own + 1} now"):
+        _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"],
+                                           max_new_tokens=own + 1), answered)
 
 
 def test_bad_command_lines(tmp_path, capsys):

@@ -46,13 +46,13 @@ def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
     for path in paths:
         if not Path(path).is_file():
             continue
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:  # bytes: a kill can cut a line inside a character
             for line in f:
-                if not line.endswith("\n"):
+                if not line.endswith(b"\n"):
                     continue
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
+                    record = json.loads(line.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
                     continue
                 if isinstance(record, dict) and all(k in record for k in ("task", "id", "method", "budget")):
                     records.append(record)

@@ -189,11 +189,17 @@ def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str,
     settings = _settings(config)
     if path.is_file() and previous:
         try:
-            before = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             before = None
         if isinstance(before, dict):
             before["model"] = _model_setting(before.get("model"))
+            # Left out, the tokens per answer are each task's own: the same as naming that number.
+            own = {get_task(name).max_new_tokens for name in config.tasks}
+            if len(own) == 1:  # one number for every task of this run
+                for named in (before, settings):
+                    if named.get("max_new_tokens") is None:
+                        named["max_new_tokens"] = next(iter(own))
             changed = [k for k in _RESULT_SETTINGS if before.get(k) != settings.get(k)]
             if changed:
                 diff = ", ".join(f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
