@@ -151,6 +151,12 @@ def test_wrong_family_bad_arguments_and_non_video_requests(loaded, data_root):
         Qwen2VLWrapper(loaded=loaded, method="hieravid", budget="abc")
     with pytest.raises(ValueError, match="unknown dtype 'float17'"):
         Qwen2VLWrapper(pretrained="unused", dtype="float17")
+    with pytest.raises(ValueError, match="fastv.*budget 0.01 cannot be reached"):  # the model's depth: before any request
+        Qwen2VLWrapper(loaded=loaded, method="fastv", budget=0.01)
+    with pytest.raises(ValueError, match="model_args max_num_frames must be an integer >= 1, got 'many'"):
+        Qwen2VLWrapper(loaded=loaded, max_num_frames="many")
+    with pytest.raises(ValueError, match="model_args max_new_tokens must be an integer >= 1, got '0'"):
+        Qwen2VLWrapper(loaded=loaded, max_new_tokens="0")
     model = Qwen2VLWrapper(loaded=loaded)
     model.task_dict = {"t": {"s": [{}]}}
     with pytest.raises(ValueError, match="exactly one video file"):
@@ -195,7 +201,7 @@ def test_a_pruning_method_without_a_budget_prunes_at_the_default(loaded):
     """``method=hieravid`` alone prunes (at 0.3, as ``hieravid run``), it does not run unpruned under the
     method's name; ``vanilla`` keeps everything."""
     assert Qwen2VLWrapper(loaded=loaded, method="hieravid").budget == 0.3
-    assert Qwen2VLWrapper(loaded=loaded, method="fastv").budget == 0.3
+    assert Qwen2VLWrapper(loaded=loaded, method="cdpruner").budget == 0.3
     assert Qwen2VLWrapper(loaded=loaded).budget == 1.0
     assert Qwen2VLWrapper(loaded=loaded, method="hieravid", budget="0.2").budget == 0.2
     with pytest.warns(UserWarning, match="vanilla keeps every visual token: budget 0.3 is ignored"):

@@ -95,6 +95,17 @@ def _ignored(category: type[Warning]) -> bool:
     return not probe
 
 
+def _count(name: str, value: Any) -> int:
+    """``value`` of model_args ``name`` (a string on lmms-eval's command line) as an int >= 1."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or str(count) != str(value).strip():
+        raise ValueError(f"model_args {name} must be an integer >= 1, got {value!r}")
+    return count
+
+
 class HieravidLMM:
     """A supported VideoLLM, pruned, answering lmms-eval ``generate_until`` requests.
 
@@ -151,10 +162,8 @@ class HieravidLMM:
             warnings.warn(f"method vanilla keeps every visual token: budget {self.budget:g} is ignored",
                           HieravidWarning, stacklevel=2)
             self.budget = 1.0  # what it runs at, as hieravid eval reports vanilla
-        self.max_num_frames = int(max_num_frames)
-        if self.max_num_frames < 1:
-            raise ValueError(f"max_num_frames must be >= 1, got {max_num_frames}")
-        self.max_new_tokens = int(max_new_tokens)
+        self.max_num_frames = _count("max_num_frames", max_num_frames)
+        self.max_new_tokens = _count("max_new_tokens", max_new_tokens)
         # Under ``accelerate launch`` lmms-eval gathers the processes' request counts through the model's
         # accelerator (``lm.accelerator.gather``); one process needs none.
         self.accelerator = None
@@ -177,6 +186,9 @@ class HieravidLMM:
         if self.family and loaded.family != self.family:
             right = next((name for name, fam in FAMILIES.items() if fam == loaded.family), None)
             raise ValueError(f"{pretrained or loaded.name} is a {loaded.family} model: use --model {right}")
+        from hieravid.eval.runner import _check_budgets
+
+        _check_budgets(loaded, [(self.method, self.budget)])  # the model's depth, before lmms-eval builds requests
         self.loaded = loaded
         self.task_dict: dict = getattr(self, "task_dict", {})
         self._rank = 0 if self.accelerator is None else self.accelerator.process_index
