@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -356,6 +358,15 @@ def _add_bench(subparsers: Any) -> None:
 _PICTURES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
+def _print_report(text: str, end: str = "\n") -> None:
+    """Print ``text`` on stdout. A reader that went away (``| head`` done, ``| tee`` stopped by the same
+    Ctrl-C) ends the printing only: the command's files are written and its exit status stays its own."""
+    try:
+        print(text, end=end, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
+
+
 def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None = None) -> None:
     """Refuse an output file whose folder is missing (or, with ``suffixes``, whose format is not one of
     them) before any work, not when it is written at the end."""
@@ -409,6 +420,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot", _PICTURES)
+    if args.json and args.plot and os.path.realpath(args.json) == os.path.realpath(args.plot):
+        raise ValueError(f"--json and --plot name the same file {args.json!r}: the picture would replace the "
+                         "measurements; name two files")
     if args.shape is not None and args.from_json is not None:
         raise ValueError("--shape measures and --from-json reports a saved run without measuring: pass one of them")
     if args.shape is None and args.from_json is None:
@@ -451,11 +465,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=None if args.quiet else progress,
         on_round=save if args.json else None,
     )
-    print(format_report(result))
     if args.json:
         save(result)
     if args.plot:
         plot_report(result, args.plot)
+    _print_report(format_report(result))
     if result.interrupted:
         print(f"hieravid bench: interrupted after {result.repeats} of {result.repeats_asked} timed rounds; "
               "the report above is of those", file=sys.stderr)
@@ -479,16 +493,17 @@ def _bench_from_json(args: argparse.Namespace) -> int:
     try:
         data = json.loads(Path(args.from_json).read_text())
         result = ModelBenchResult.from_dict(data)
+        report = format_report(result) if result.results else ""  # a value of the wrong type fails here
     except OSError as exc:
         raise ValueError(f"cannot read --from-json {args.from_json!r}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ValueError(f"{args.from_json} is not a file written by hieravid bench --json ({exc})") from None
     if not result.results:
         raise ValueError(f"{args.from_json} holds no measurement (its results are empty): it was saved before a "
                          "timed round ended, or is not a file written by hieravid bench --json")
-    print(format_report(result))
     if args.plot:
         plot_report(result, args.plot)
+    _print_report(report)
     return 0
 
 
@@ -582,15 +597,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from hieravid.eval.report import group_markdown, plot_summary
         from hieravid.eval.summary import to_markdown
 
-        print(to_markdown(summary), end="")
-        for task in summary["tasks"]:
-            table = group_markdown(summary, task)
-            if table:
-                print("\n" + table, end="")
+        text = to_markdown(summary) + "".join("\n" + table for task in summary["tasks"]
+                                              if (table := group_markdown(summary, task)))
         if any(row["scores"] for row in summary["rows"]):  # nothing to draw when every task failed to load
             plot = Path(args.out) / "scores.png"
             plot_summary(summary, plot)
-            print(f"\nplot: {plot}")
+            text += f"\nplot: {plot}\n"
+        _print_report(text, end="")
         if summary["task_errors"] and len(summary["task_errors"]) == len(summary["tasks"]):
             print("hieravid eval: error: no task could be loaded (reasons above)", file=sys.stderr)
             return 1
@@ -1110,6 +1123,24 @@ def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list
     sub.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM (``kill``, ``timeout``, a job scheduler) stops it as Ctrl-C does: it
+    reports and keeps what it finished. Signals reach the main thread only; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is None:
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hieravid`` command; returns the process exit code (2 on bad input)."""
     parser = build_parser()
@@ -1127,7 +1158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hieravid {args.command}: warning: {message}", file=sys.stderr)
 
     try:
-        with warnings.catch_warnings():  # restores the default printing when the command is done
+        with warnings.catch_warnings(), _terminate_as_interrupt():  # both undone when the command is done
             warnings.showwarning = show
             return int(args.func(args))
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading

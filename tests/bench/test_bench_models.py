@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -617,3 +619,59 @@ def test_the_load_is_judged_per_core_of_the_machine_that_measured(bench):
     result.others_cpu, result.load_average = None, [2.0 * os.cpu_count(), 0.0]
     result.cpu_count = 64 * os.cpu_count()  # a bigger machine: the same load is light there
     assert "timings are unreliable" not in format_report(result)
+
+
+class _GoneReader(io.StringIO):
+    """A stdout whose reader went away (``| head`` done, ``| tee`` killed by the same Ctrl-C)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("at_call", [None, 3])
+def test_a_reader_gone_away_costs_no_file_and_no_status(monkeypatch, tmp_path, at_call):
+    if at_call is not None:
+        _interrupt_measurement(monkeypatch, at_call=at_call)  # in round 2: round 1 is kept
+    monkeypatch.setattr(sys, "stdout", _GoneReader())
+    out, picture = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out), "--plot", str(picture)])
+    assert code == (0 if at_call is None else 130)
+    assert json.loads(out.read_text())["interrupted"] == (at_call is not None)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sigterm_stops_a_bench_as_ctrl_c_does(monkeypatch, tmp_path, capsys):
+    """``kill``, ``timeout`` and job schedulers send SIGTERM: the completed rounds are reported and saved."""
+    import hieravid.bench.models as bench_models
+
+    measure, calls = bench_models._measure, []
+
+    def measure_or_terminate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench_models, "_measure", measure_or_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out)])
+    assert code == 130 and "interrupted after 1 of 2 timed rounds" in capsys.readouterr().err
+    assert json.loads(out.read_text())["interrupted"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone once it returns
+
+
+def test_json_and_plot_naming_one_file_are_refused(tmp_path, capsys):
+    same = str(tmp_path / "bench.png")
+    assert main(["bench", "--shape", "tiny", "--quiet", "--json", same, "--plot", same]) == 2
+    assert "--json and --plot name the same file" in capsys.readouterr().err
+
+
+def test_a_saved_run_with_a_missing_number_is_refused_clearly(bench, tmp_path, capsys):
+    _, report = bench
+    broken = {**report, "results": [{**report["results"][0], "prefill_ms": None}, *report["results"][1:]]}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    assert main(["bench", "--from-json", str(tmp_path / "broken.json")]) == 2
+    assert "is not a file written by hieravid bench --json" in capsys.readouterr().err
