@@ -37,6 +37,12 @@ def test_flops_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "40.77" in out and "16.9%" in out and "exact" in out
 
 
+def test_flops_table_cells_stay_apart_at_any_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["flops", "--preset", "qwen2-vl-7b", "--budget", "0.3", "--frames", str(10**11)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "TFLOPs" in line]
+    assert len(rows) == 2 and all(len(row.split("TFLOPs")[1].split()) == 3 for row in rows)  # vanilla, pruned, ratio
+
+
 def test_flops_attention_count(capsys: pytest.CaptureFixture[str]) -> None:
     """``--attention dense`` counts the masked pairs too: more FLOPs, the paper convention unchanged."""
     runs = {}

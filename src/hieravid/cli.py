@@ -106,12 +106,12 @@ def _format_flops(report: FlopsReport) -> str:
         f"achieved budget={report.achieved_budget:.4f}",
         f"visual tokens {report.visual_tokens}, text tokens {report.text_tokens} (exact count only)",
         "",
-        f"{'':24}{'vanilla':>12}{'pruned':>12}{'ratio':>9}",
-        f"{'paper (Eq. 12) TFLOPs':24}{report.vanilla_tflops:>12.2f}{report.pruned_tflops:>12.2f}"
-        f"{100 * report.ratio:>8.1f}%",
-        f"{f'exact ({report.attention}) TFLOPs':24}{report.exact_vanilla_tflops:>12.2f}"
-        f"{report.exact_pruned_tflops:>12.2f}"
-        f"{100 * report.exact_ratio:>8.1f}%",
+        f"{'':24} {'vanilla':>11} {'pruned':>11} {'ratio':>8}",  # a space before each cell, at any width
+        f"{'paper (Eq. 12) TFLOPs':24} {report.vanilla_tflops:>11.2f} {report.pruned_tflops:>11.2f}"
+        f" {100 * report.ratio:>7.1f}%",
+        f"{f'exact ({report.attention}) TFLOPs':24} {report.exact_vanilla_tflops:>11.2f}"
+        f" {report.exact_pruned_tflops:>11.2f}"
+        f" {100 * report.exact_ratio:>7.1f}%",
         "",
         f"{'stage':>5}  {'layers':>9}  {'ratio':>7}  {'tokens':>8}",
     ]
