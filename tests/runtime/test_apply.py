@@ -749,8 +749,15 @@ def test_unsupported_model_class():
 
     llm = Qwen2ForCausalLM(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
-    with pytest.raises(ValueError, match="does not support Qwen2ForCausalLM"):
+    with pytest.raises(ValueError, match="does not support Qwen2ForCausalLM.*ForConditionalGeneration class"):
         hieravid.apply(llm, "hieravid")
+
+    class Qwen3VLMoeForConditionalGeneration(torch.nn.Module):  # a model class of a family without an adapter
+        pass
+
+    with pytest.raises(ValueError, match="no adapter for this model family") as refused:
+        hieravid.apply(Qwen3VLMoeForConditionalGeneration(), "hieravid")
+    assert "Load the model with" not in str(refused.value)  # it already is that class
 
 
 def test_wrapped_models_are_refused_naming_the_model_to_apply_to():

@@ -45,10 +45,12 @@ def find_adapter(model: nn.Module) -> tuple[ModelAdapter, nn.Module]:
             "before compiling it (or to compiled._orig_mod)"
         )
     if name not in _FAMILIES:
-        raise ValueError(
-            f"hieravid does not support {name}; supported model classes: {', '.join(SUPPORTED)}. "
-            "Load the model with its ...ForConditionalGeneration class (e.g. via AutoModelForImageTextToText)"
+        fix = (
+            "hieravid has no adapter for this model family"
+            if name.endswith("ForConditionalGeneration")
+            else "Load the model with its ...ForConditionalGeneration class (e.g. via AutoModelForImageTextToText)"
         )
+        raise ValueError(f"hieravid does not support {name}; supported model classes: {', '.join(SUPPORTED)}. {fix}")
     adapter_cls, family = _FAMILIES[name]
     multimodal = model.model if name.endswith("ForConditionalGeneration") else model
     adapter = adapter_cls(model, multimodal.language_model)
