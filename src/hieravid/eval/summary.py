@@ -125,5 +125,6 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
         lines += [f"- {task}: {reason}" for task, reason in summary["task_errors"].items()]
     failed = summary.get("failed_total", 0)
     if failed:
-        lines += ["", f"{failed} sample(s) failed (scored 0); their reasons are in predictions.jsonl (status 'failed')."]
+        lines += ["", f"{failed} answer(s) failed (scored 0; a sample counts once per method and budget); their "
+                   "reasons are in predictions.jsonl (status 'failed')."]
     return "\n".join(lines) + "\n"
