@@ -192,7 +192,9 @@ def render_decisions(
         path: the picture to write (its folder must exist; PNG, PDF, SVG or JPEG by its suffix; PNG, with
             ``.png`` added, when it has none).
         frames: ``(N, H, W, 3)`` uint8, the frames given to the model (N input frames; the model may see
-            fewer, e.g. Qwen-VL's temporal groups of 2).
+            fewer, e.g. Qwen-VL's temporal groups of 2). Frames that are not those (a whole video the
+            processor sampled itself, ``do_sample_frames=True``) are spread evenly over the model's frames,
+            which need not be the ones it picked: pass the frames it was given.
         trace: ``handle.last_trace`` (of ``hieravid.apply(..., trace=True)``) or one :class:`SampleTrace`
             (then the method's name is not known, and the picture names it "method").
         sample: which sample of a batch's trace to draw.
