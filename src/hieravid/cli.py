@@ -358,13 +358,18 @@ def _add_bench(subparsers: Any) -> None:
 _PICTURES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
-def _print_report(text: str, end: str = "\n") -> None:
-    """Print ``text`` on stdout. A reader that went away (``| head`` done, ``| tee`` stopped by the same
-    Ctrl-C) ends the printing only: the command's files are written and its exit status stays its own."""
+def _say(text: str, end: str = "\n", err: bool = False) -> None:
+    """Print ``text`` on stdout (stderr with ``err``). A reader that went away (``| head`` done, ``| tee``
+    stopped by the same Ctrl-C) ends the printing on that stream only: the command goes on, writes its
+    files and keeps its own exit status."""
     try:
-        print(text, end=end, flush=True)
+        print(text, end=end, file=sys.stderr if err else sys.stdout, flush=True)
     except BrokenPipeError:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
+        null = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at interpreter exit too
+        if err:
+            sys.stderr = null
+        else:
+            sys.stdout = null
 
 
 def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None = None) -> None:
@@ -433,7 +438,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
 
     def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        _say(line, err=True)
 
     unsaved: list[str] = []  # why the last write of --json failed (a full disk): measuring goes on
 
@@ -442,8 +447,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             write_json(args.json, result.to_dict())
         except OSError as exc:
             if not unsaved:
-                print(f"hieravid bench: warning: cannot write --json {args.json}: {exc.strerror or exc}; measuring "
-                      "goes on, and the report is printed at the end", file=sys.stderr, flush=True)
+                _say(f"hieravid bench: warning: cannot write --json {args.json}: {exc.strerror or exc}; measuring "
+                     "goes on, and the report is printed at the end", err=True)
             unsaved[:] = [exc.strerror or str(exc)]
         else:
             unsaved.clear()
@@ -467,16 +472,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.json:
         save(result)
+    _say(format_report(result))  # before the plot: with no --json, a plot that fails loses no measurement
     if args.plot:
         plot_report(result, args.plot)
-    _print_report(format_report(result))
     if result.interrupted:
-        print(f"hieravid bench: interrupted after {result.repeats} of {result.repeats_asked} timed rounds; "
-              "the report above is of those", file=sys.stderr)
+        _say(f"hieravid bench: interrupted after {result.repeats} of {result.repeats_asked} timed rounds; "
+             "the report above is of those", err=True)
         return 130
     if unsaved:
-        print(f"hieravid bench: error: --json {args.json} was not written ({unsaved[0]}): the report above is the "
-              "run's only copy", file=sys.stderr)
+        _say(f"hieravid bench: error: --json {args.json} was not written ({unsaved[0]}): the report above is the "
+             "run's only copy", err=True)
         return 1
     return 0
 
@@ -503,7 +508,7 @@ def _bench_from_json(args: argparse.Namespace) -> int:
                          "timed round ended, or is not a file written by hieravid bench --json")
     if args.plot:
         plot_report(result, args.plot)
-    _print_report(report)
+    _say(report)
     return 0
 
 
@@ -590,8 +595,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
-        print(f"hieravid eval: interrupted; the answers written so far are kept in {args.out}: run the same "
-              "command again to go on from there", file=sys.stderr)
+        _say(f"hieravid eval: interrupted; the answers written so far are kept in {args.out}: run the same "
+             "command again to go on from there", err=True)
         return 130
     if summary is not None:
         from hieravid.eval.report import group_markdown, plot_summary
@@ -603,9 +608,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             plot = Path(args.out) / "scores.png"
             plot_summary(summary, plot)
             text += f"\nplot: {plot}\n"
-        _print_report(text, end="")
+        _say(text, end="")
         if summary["task_errors"] and len(summary["task_errors"]) == len(summary["tasks"]):
-            print("hieravid eval: error: no task could be loaded (reasons above)", file=sys.stderr)
+            _say("hieravid eval: error: no task could be loaded (reasons above)", err=True)
             return 1
     return 0
 
@@ -1126,8 +1131,10 @@ def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """While a command runs, SIGTERM (``kill``, ``timeout``, a job scheduler) stops it as Ctrl-C does: it
-    reports and keeps what it finished. Signals reach the main thread only; elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is None:
+    reports and keeps what it finished. Signals reach the main thread only, and a SIGTERM the parent
+    process ignores stays ignored (as Python leaves an ignored SIGINT)."""
+    current = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or current in (None, signal.SIG_IGN):
         yield
         return
 
@@ -1155,7 +1162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
         args.warnings.append(str(message))
-        print(f"hieravid {args.command}: warning: {message}", file=sys.stderr)
+        _say(f"hieravid {args.command}: warning: {message}", err=True)
 
     try:
         with warnings.catch_warnings(), _terminate_as_interrupt():  # both undone when the command is done

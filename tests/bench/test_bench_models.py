@@ -633,6 +633,7 @@ def test_a_reader_gone_away_costs_no_file_and_no_status(monkeypatch, tmp_path, a
     if at_call is not None:
         _interrupt_measurement(monkeypatch, at_call=at_call)  # in round 2: round 1 is kept
     monkeypatch.setattr(sys, "stdout", _GoneReader())
+    monkeypatch.setattr(sys, "stderr", _GoneReader())  # `2>&1 | tee`: both streams
     out, picture = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
                  "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out), "--plot", str(picture)])
@@ -675,3 +676,27 @@ def test_a_saved_run_with_a_missing_number_is_refused_clearly(bench, tmp_path, c
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     assert main(["bench", "--from-json", str(tmp_path / "broken.json")]) == 2
     assert "is not a file written by hieravid bench --json" in capsys.readouterr().err
+
+
+def test_a_sigterm_the_parent_ignores_stays_ignored(monkeypatch, tmp_path):
+    from hieravid.cli import _terminate_as_interrupt
+
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_IGN)
+    installed = []
+    monkeypatch.setattr(signal, "signal", lambda *args: installed.append(args))
+    with _terminate_as_interrupt():
+        pass
+    assert installed == []
+
+
+def test_a_plot_that_cannot_be_written_loses_no_measurement(monkeypatch, tmp_path, capsys):
+    import hieravid.bench.models as bench_models
+
+    def full_disk(result, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench_models, "plot_report", full_disk)
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "1",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--plot", str(tmp_path / "b.png")])
+    captured = capsys.readouterr()
+    assert code == 1 and "| evs | 0.5 |" in captured.out and "No space left on device" in captured.err
