@@ -174,6 +174,16 @@ def test_a_setting_spelled_out_at_the_value_it_had_is_one_setting(tmp_path):
     with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, {own + 1} now"):
         _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"],
                                            max_new_tokens=own + 1), answered)
+    # A left-out number is the own number of the tasks of the run that left it out.
+    other = next(name for name in ("nextqa_mc", "mvbench", "videomme") if get_task(name).max_new_tokens != own)
+    theirs = get_task(other).max_new_tokens
+    (tmp_path / RUN_FILE).write_text(json.dumps(_settings(EvalConfig(tasks=[other], out=tmp_path, methods=["vanilla"]))))
+    _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"], max_new_tokens=theirs),
+                  answered)
+    with pytest.raises(ValueError, match=f"max_new_tokens: {theirs} there, {own} now"):
+        _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"], max_new_tokens=own),
+                      answered)
+    _check_resume(tmp_path, left_out, answered)  # both left out: each task its own, as before
 
 
 def test_bad_command_lines(tmp_path, capsys):

@@ -182,6 +182,18 @@ def _settings(config: EvalConfig) -> dict[str, Any]:
     return settings
 
 
+def _tokens_per_answer(given: Any, tasks: Any) -> int | None:
+    """The tokens per answer of a run: ``given``, or left out (None), the own number of its ``tasks``
+    when they share one; None when that is not one number."""
+    if given is not None:
+        return given
+    try:
+        own = {get_task(name).max_new_tokens for name in tasks or ()}
+    except (TypeError, ValueError):  # not a list of task names this release knows
+        return None
+    return next(iter(own)) if len(own) == 1 else None
+
+
 def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str, Any]]) -> None:
     """Refuse to add records to ``out`` made with settings that change the answers (a folder that holds
     no answer, ``previous`` empty: a run that failed before any, takes new settings)."""
@@ -194,12 +206,10 @@ def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str,
             before = None
         if isinstance(before, dict):
             before["model"] = _model_setting(before.get("model"))
-            # Left out, the tokens per answer are each task's own: the same as naming that number.
-            own = {get_task(name).max_new_tokens for name in config.tasks}
-            if len(own) == 1:  # one number for every task of this run
-                for named in (before, settings):
-                    if named.get("max_new_tokens") is None:
-                        named["max_new_tokens"] = next(iter(own))
+            # Left out, the tokens per answer are the run's tasks' own: the same as naming that number.
+            if before.get("max_new_tokens") != settings["max_new_tokens"]:
+                for named, tasks in ((before, before.get("tasks")), (settings, config.tasks)):
+                    named["max_new_tokens"] = _tokens_per_answer(named.get("max_new_tokens"), tasks)
             changed = [k for k in _RESULT_SETTINGS if before.get(k) != settings.get(k)]
             if changed:
                 diff = ", ".join(f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
