@@ -127,3 +127,31 @@ def test_an_unpruned_video_call_traces_its_video() -> None:
     assert sample is not None and sample.stages == []
     assert sample.num_tokens == handle.last_stats.visual_tokens[0] > 0
     assert sample.tokens_per_layer == handle.last_stats.tokens_per_layer
+
+
+def test_stats_and_trace_always_describe_one_call_across_threads(monkeypatch):
+    """Another thread's prefill that ends while this one builds its trace leaves the pair of one call."""
+    import threading
+
+    import hieravid.runtime.engine as engine
+
+    model = tm.build_model("qwen2_vl")
+    one = tm.build_inputs("qwen2_vl", model, seed=1)  # batch 1
+    two = tm.build_inputs("qwen2_vl", model, batch=2, frames=4, seed=2)  # batch 2
+    build, in_window, other_done = engine._build_trace, threading.Event(), threading.Event()
+
+    def slow_build(*args):
+        if threading.current_thread().name == "first":
+            in_window.set()
+            other_done.wait(60)
+        return build(*args)
+
+    monkeypatch.setattr(engine, "_build_trace", slow_build)
+    with torch.no_grad(), hieravid.apply(model, "hieravid", 0.3, trace=True) as handle:
+        first = threading.Thread(target=lambda: model(**one), name="first")
+        first.start()
+        in_window.wait(60)
+        model(**two)
+        other_done.set()
+        first.join()
+        assert len(handle.last_stats.visual_tokens) == len(handle.last_trace.samples)

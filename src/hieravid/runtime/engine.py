@@ -185,9 +185,17 @@ class Runtime:
         self.method = method
         self.trace = trace
         self._call = _CallState()
-        self.last_stats: PruneStats | None = None
-        self.last_trace: PruneTrace | None = None
+        # The last prefill's stats and trace, set together: a pair from one call, whatever other threads do.
+        self._last: tuple[PruneStats | None, PruneTrace | None] = (None, None)
         self._shape = ModelShape.from_config(adapter.text_config)
+
+    @property
+    def last_stats(self) -> PruneStats | None:
+        return self._last[0]
+
+    @property
+    def last_trace(self) -> PruneTrace | None:
+        return self._last[1]
 
     # ------------------------------------------------------------------------------------ dispatch
     def forward(
@@ -263,10 +271,13 @@ class Runtime:
     def _describe(self, stats: PruneStats, layouts: list[VideoLayout | None], cache: Any) -> None:
         """Report an unpruned call: ``stats``, its videos' ``layouts`` (traced with no decision, as vanilla's),
         and the cache it filled (its later steps keep the report)."""
-        self.last_stats = stats
-        if self.trace:
-            self.last_trace = _build_trace(self.method.name, self.adapter.num_layers, layouts,
-                                           [[] for _ in layouts], stats.per_sample_tokens_per_layer)
+        trace = (
+            _build_trace(self.method.name, self.adapter.num_layers, layouts, [[] for _ in layouts],
+                         stats.per_sample_tokens_per_layer)
+            if self.trace
+            else None
+        )
+        self._last = (stats, trace)
         self._described = None if cache is None else weakref.ref(cache)
 
     def remember_encoding(self, output: Any, arguments: dict[str, Any]) -> None:
@@ -463,7 +474,7 @@ class Runtime:
         hidden = text_model.norm(seq.hidden)
 
         self._described = None if cache is None else weakref.ref(cache)
-        self.last_stats = PruneStats(
+        stats = PruneStats(
             method=self.method.name,
             per_sample_tokens_per_layer=per_sample,
             visual_tokens=original_visual,
@@ -473,8 +484,8 @@ class Runtime:
             decide_seconds_by_layer=decide_by_layer,
             kept_positions=kept_positions,
         )
-        if traced is not None:
-            self.last_trace = _build_trace(self.method.name, num_layers, layouts, traced, per_sample)
+        trace = None if traced is None else _build_trace(self.method.name, num_layers, layouts, traced, per_sample)
+        self._last = (stats, trace)
         return text_model_output(hidden, cache)
 
     def _decide(
