@@ -88,7 +88,7 @@ class HieraVidConfig:
         relevance_sign: ``negative`` (r = Norm(-a), the reference) or ``positive`` (r = Norm(a)).
         relevance_query: ``last`` prompt token (default) or ``mean`` of the trailing query tokens.
         query_tokens: how many trailing prompt tokens ``mean`` averages over (at most the instruction's: the
-            text after the video and any image after it).
+            text after the prompt's last image or video).
         in_llm_selector: ``dpp`` at every in-LLM stage (default) or ``bins`` at the first in-LLM stage
             that prunes (stage 2 unless its ratio is 0) and DPP after it (the later reference variant).
         eps: the epsilon of the min-max normalisation (Eq. 8).

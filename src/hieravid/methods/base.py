@@ -41,9 +41,10 @@ class VideoTokens:
             the last ``query_rows`` prompt tokens to these tokens, averaged over heads and rows (softmax
             over all keys; Eq. 8's ``a`` before normalisation), computed on demand from this layer's own
             projections; ``None`` at layer 0, where no attention exists yet.
-        instruction: ``(n_text, D)`` hidden states (at this decision point) of the text tokens that follow
-            the video (the question, the template's closing tokens) and any image after it; ``(0, D)`` if
-            there are none.
+        instruction: ``(n_text, D)`` hidden states (at this decision point) of the instruction: the text
+            tokens after the prompt's last image or video (the question and the template's closing tokens,
+            when the question follows the media, as the models' examples place it; a question placed
+            before an image is not part of it); ``(0, D)`` if there are none.
     """
 
     features: torch.Tensor

@@ -15,8 +15,8 @@ What the method does (public code ``Visual-AI/PruneVid``, ``models/pllava/modeli
    and each cluster is averaged. The dynamic tokens of each frame are clustered the same way, frame by
    frame. With one frame in a segment every token is dynamic.
 3. **Question-guided selection** (inside the LLM, at layer M). The visual tokens are ranked by the
-   attention that the text tokens after the video (the question and the template's closing tokens) pay
-   them, and the top fraction alpha (0.4) is kept in every group: the static tokens of each segment, and
+   attention that the instruction's tokens (``VideoTokens.instruction``: the question and the template's
+   closing tokens) pay them, and the top fraction alpha (0.4) is kept in every group: the static tokens of each segment, and
    the dynamic tokens of each frame.
 
 Mapping of the relative token budget B (the kept visual fraction averaged over the L layers). The

@@ -21,7 +21,7 @@ layer 0, which lowers the reachable budget. Layer 0 has no attention yet, so tho
 by their cosine similarity to the instruction's input embeddings (the mean over the instruction's
 tokens, :func:`hieravid.ops.ranking.instruction_similarity`), highest kept: the instruction-relevance
 of CDPruner in PyramidDrop's "keep what the instruction looks at" direction. Without instruction
-tokens after the video, tokens evenly spaced over the sequence stay.
+tokens (``VideoTokens.instruction``), tokens evenly spaced over the sequence stay.
 
 ``lambda_`` overrides the solved ratio; the budget argument is then ignored and
 :meth:`PyramidDrop.achieved_budget` reports the realised one. Per-stage integer counts follow

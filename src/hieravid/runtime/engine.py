@@ -300,17 +300,16 @@ class Runtime:
             for ref, arguments in self._encodings:
                 if _same_encoding(video, ref()):
                     kwargs.update({k: v for k, v in arguments.items() if kwargs.get(k) is None})
-        deciding = bool(self.method.decision_layers(self.adapter.num_layers))
         try:
             layouts = self.adapter.video_layouts(CallContext(kwargs), batch)
         except ValueError:
-            if deciding:
+            if self.method.decision_layers(self.adapter.num_layers):
                 raise
             # Nothing is pruned (vanilla, budget 1): any input the model takes runs as the model runs it
             # (several videos in a sample, embeddings instead of ids), its visual tokens not counted.
             return [None] * batch
         if video is not None and all(layout is None for layout in layouts):
-            if deciding:
+            if self.method.decision_layers(self.adapter.num_layers):
                 raise ValueError(
                     "this call is given video features encoded elsewhere (mm_encoder_outputs) without what says "
                     "how they split into frames: pass the pixels (pixel_values_videos with video_grid_thw), or "
