@@ -389,3 +389,46 @@ def test_answer_takes_a_method_instance_with_its_own_budget(proxy_dir: Path) -> 
     assert instance.stats.tokens_per_layer == by_name.stats.tokens_per_layer
     with pytest.raises(ValueError, match="budget given with a method instance"):
         answer(loaded, frames, "what ?", method=HieraVid(HieraVidConfig(budget=0.3)), budget=0.7)
+
+
+def test_a_model_directory_named_from_home_loads(proxy_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """``--model=~/dir`` (a ``~`` the shell leaves as it is) is the directory it names, for loading too."""
+    import shutil
+
+    from hieravid.infer import load_model
+
+    shutil.copytree(proxy_dir, tmp_path / "proxy")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_model("~/proxy").name == "~/proxy"
+
+
+@pytest.mark.parametrize("missing", ["tokenizer", "chat template"])
+def test_a_model_directory_missing_its_tokenizer_or_chat_template_is_named_at_load(
+    proxy_dir: Path, tmp_path: Path, missing: str
+) -> None:
+    import shutil
+
+    from hieravid.infer import load_model
+
+    folder = tmp_path / "incomplete"
+    shutil.copytree(proxy_dir, folder)
+    if missing == "tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).unlink()
+    else:
+        (folder / "chat_template.jinja").unlink()
+        for name in ("processor_config.json", "tokenizer_config.json"):
+            config = json.loads((folder / name).read_text())
+            config.pop("chat_template", None)
+            (folder / name).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"could not load the model directory {folder}: .*{missing}.*save_pretrained"):
+        load_model(str(folder))
+
+
+def test_vanilla_named_with_blanks_is_vanilla(proxy_dir: Path, video_file: Path, capsys) -> None:
+    code, out, err = run_cli(["run", str(video_file), "-q", "what ?", "--model", str(proxy_dir), "--num-frames", "8",
+                              "--max-new-tokens", "2", "--method", " vanilla ", "--compare", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert [(r["method"], r["budget"]) for r in result["results"]] == [("vanilla", 1.0)]
+    assert "prefill_speedup" not in result

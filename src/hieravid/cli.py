@@ -981,9 +981,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not question:
         raise ValueError("the question is empty: pass the text to ask with --question \"...\"")
     budget = check_budget(args.budget)
-    from hieravid.methods import build
+    from hieravid.methods import build, method_name
 
     build(args.method, budget)  # an unknown method or option fails now, before decoding and loading
+    if method_name(args.method) == "vanilla":
+        args.method = "vanilla"  # as named, blanks and all, it would not be told apart from a pruning method
     _check_output(args.viz, "--viz", _PICTURES)
     status = _status(not args.json)
     with status(f"Decoding {args.video} ..."):

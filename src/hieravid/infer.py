@@ -135,16 +135,24 @@ def load_model(
         )
     if local.exists() and not (local / "config.json").is_file():
         raise FileNotFoundError(f"{name} has no config.json: pass a model directory saved with save_pretrained")
+    source = str(local) if local.exists() else name  # a "~" the shell left is the directory it names
     try:
-        config = AutoConfig.from_pretrained(name)  # its family, before the weights are read
+        config = AutoConfig.from_pretrained(source)  # its family, before the weights are read
         if config.model_type not in FAMILIES:
             classes = ", ".join(getattr(config, "architectures", None) or []) or "no class named"
             raise ValueError(
                 f"{name} is a {config.model_type!r} model ({classes}): hieravid supports the video-language "
                 f"families {', '.join(FAMILIES)} (model classes {', '.join(SUPPORTED)})"
             )
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
-        processor = AutoProcessor.from_pretrained(name)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype,
+                                                            attn_implementation=attn_implementation)
+        try:
+            processor = AutoProcessor.from_pretrained(source)
+        except ValueError as err:  # a tokenizer that cannot be built from what is there
+            raise OSError(f"its processor could not be built ({err})") from err
+        missing = _missing_from_processor(processor, model.config)
+        if missing:
+            raise OSError(missing)
     except (OSError, SafetensorError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if local.exists():  # a broken directory: weights missing or cut off, a bad config, no processor files
@@ -159,6 +167,19 @@ def load_model(
     adapter, _ = find_adapter(model)
     model.to(device).eval()
     return LoadedModel(model=model, processor=processor, family=adapter.family, name=name)
+
+
+def _missing_from_processor(processor: Any, config: Any) -> str | None:
+    """What a loaded processor lacks to prompt the model with a video (a tokenizer that does not know the
+    model's video token, no chat template), or None."""
+    token = getattr(processor, "video_token", None)
+    expected = getattr(config, "video_token_id", getattr(config, "video_token_index", None))
+    tokenizer = getattr(processor, "tokenizer", None)
+    if token is None or tokenizer is None or tokenizer.convert_tokens_to_ids(token) != expected:
+        return f"its tokenizer does not know the video token {token!r} as id {expected} (tokenizer files missing?)"
+    if not getattr(processor, "chat_template", None):
+        return "its processor has no chat template (chat_template.jinja), which prompts are built with"
+    return None
 
 
 # Families whose processors refuse frames whose longer side is more than 200 times the shorter (Qwen's smart_resize).
