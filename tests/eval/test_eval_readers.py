@@ -115,6 +115,17 @@ def test_missing_files_name_the_expected_layout(tmp_path):
             get_task(name).load(tmp_path)
 
 
+def test_nextqa_oe_needs_its_second_reference_answers(tmp_path, toy_wups):
+    """lmms-eval scores every open-ended answer against both references: without the second, WUPS would
+    drop on every question that has one."""
+    from fixtures import write_nextqa
+
+    write_nextqa(tmp_path)
+    (tmp_path / "nextqa" / "oe" / "add_reference_answer_test.json").unlink()
+    with pytest.raises(FileNotFoundError, match="second reference answers not found.*Expected layout"):
+        get_task("nextqa_oe").load(tmp_path)
+
+
 def test_malformed_annotation_files(tmp_path):
     write_mvbench(tmp_path)
     (tmp_path / "mvbench" / "json" / "action_count.json").write_text("{not json")

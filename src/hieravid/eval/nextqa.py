@@ -7,7 +7,7 @@ Data: the multiple-choice annotations from github.com/doc-doc/NExT-QA (``dataset
 
     nextqa/mc/test.csv                          video,frame_count,width,height,question,answer,qid,type,a0,...,a4
     nextqa/oe/test.csv                          video,frame_count,width,height,question,answer,qid,type
-    nextqa/oe/add_reference_answer_test.json    {"<video>": {"<qid>": "<second reference answer>"}}  (optional)
+    nextqa/oe/add_reference_answer_test.json    {"<video>": {"<qid>": "<second reference answer>"}}
     nextqa/map_vid_vidorID.json                 {"<video>": "<dir>/<video>"}
     nextqa/NExTVideo/<dir>/<video>.mp4          (or NExTVideo/<video>.mp4, lmms-eval's flat copy)
 
@@ -149,13 +149,13 @@ class NextQAOpenEnded(Task):
     def load(self, data_root: Path) -> list[Sample]:
         root = Path(data_root) / "nextqa"
         rows = _read_csv(require_file(root / "oe" / "test.csv", "NExT-OE open-ended annotations", LAYOUT), self._columns)
-        extra_path = root / "oe" / "add_reference_answer_test.json"
-        extra: dict[str, Any] = {}
-        if extra_path.is_file():
-            try:
-                extra = json.loads(extra_path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ValueError(f"{extra_path} is not valid JSON ({err}): download it again") from err
+        # Every answer is scored against both references, as lmms-eval does: the second ones are needed.
+        extra_path = require_file(root / "oe" / "add_reference_answer_test.json",
+                                  "NExT-OE second reference answers", LAYOUT)
+        try:
+            extra: dict[str, Any] = json.loads(extra_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{extra_path} is not valid JSON ({err}): download it again") from err
         mapping = _video_map(root)
         samples = []
         for row in rows:
