@@ -51,14 +51,12 @@ class PruneHandle:
     token, when applied with ``trace=True``); ``remove()`` (or leaving a ``with`` block) gives the model back
     exactly as it was."""
 
-    def __init__(
-        self, model: nn.Module, runtime: Runtime, patched: list[tuple[nn.Module, str]], hooks: list
-    ) -> None:
+    def __init__(self, model: nn.Module, runtime: Runtime, patched: dict[nn.Module, str], hooks: list) -> None:
         self.model = model
         self.runtime = runtime
         self._hooks = hooks
         # What each patched instance attribute was before (absent for the usual class methods).
-        self._saved = [(module, name, module.__dict__.get(name)) for module, name in patched]
+        self._saved = [(module, name, module.__dict__.get(name)) for module, name in patched.items()]
         self.active = True
 
     @property
@@ -186,19 +184,13 @@ def apply(
     runtime.method.prepare(_execution_device(text_model))  # compile now, not in the first prefill
 
     signature = inspect.signature(type(multimodal).forward)
-    # The multimodal call's arguments are kept for its decoder while it runs, and forgotten however it
-    # ends (they may be large: pixel values): a try/finally around its forward, as hooks torch calls
-    # after a forward that raised skip a KeyboardInterrupt.
-    multimodal_forward = multimodal.forward  # the class's, or an instance attribute (accelerate's)
 
-    @functools.wraps(multimodal_forward)
-    def forward_with_context(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind_partial(multimodal, *args, **kwargs).arguments
+    def remember_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        bound = signature.bind_partial(module, *args, **kwargs).arguments
         runtime.context = CallContext({k: bound.get(k) for k in _CONTEXT_KEYS})
-        try:
-            return multimodal_forward(*args, **kwargs)
-        finally:
-            runtime.context = None
+
+    def forget_call(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        runtime.context = None
 
     # `generate` encodes the video before the first forward and passes only the encoder outputs, which
     # do not say how the tokens split into frames: remember the grid each encoding was given.
@@ -231,28 +223,28 @@ def apply(
                     "handle.remove() to get them"
                 )
 
-    hooks = [  # the multimodal model may be called on its own too
-        caller.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True)
-        for caller in dict.fromkeys((model, multimodal))
+    hooks = [
+        multimodal.register_forward_pre_hook(_Patch(remember_call), with_kwargs=True),
+        # always_call: a forward that raises forgets its inputs too (they may be large: pixel values).
+        multimodal.register_forward_hook(_Patch(forget_call), with_kwargs=True, always_call=True),
     ]
-    # (module, attribute) pairs set on the model's instances below, restored by handle.remove().
-    patched = [(text_model, "forward"), (multimodal, "get_video_features"), (multimodal, "forward")]
     if model is not multimodal:  # the outer model runs the LM head: on the positions logits_to_keep names
         outer = inspect.signature(type(model).forward).parameters.get("logits_to_keep")
         unset = 0 if outer is None or outer.default is inspect.Parameter.empty else outer.default
-        outer_forward = model.forward
 
-        @functools.wraps(outer_forward)
-        def forward_with_logits_to_keep(*args: Any, **kwargs: Any) -> Any:
+        def remember_logits(module: nn.Module, args: tuple, kwargs: dict) -> None:
             runtime.logits_to_keep = kwargs.get("logits_to_keep", unset)
-            try:
-                return outer_forward(*args, **kwargs)
-            finally:
-                runtime.logits_to_keep = None
 
-        patched.append((model, "forward"))
+        def forget_logits(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            runtime.logits_to_keep = None
+
+        hooks.append(model.register_forward_pre_hook(_Patch(remember_logits), with_kwargs=True))
+        hooks.append(model.register_forward_hook(_Patch(forget_logits), with_kwargs=True, always_call=True))
+    for caller in dict.fromkeys((model, multimodal)):  # the multimodal model may be called on its own too
+        hooks.append(caller.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True))
+    patched = {text_model: "forward", multimodal: "get_video_features"}
     if model is not multimodal and callable(getattr(model, "generate", None)):
-        patched.append((model, "generate"))
+        patched[model] = "generate"
         generate = model.generate
         generate_signature = inspect.signature(generate)
 
@@ -276,10 +268,7 @@ def apply(
     handle = PruneHandle(model, runtime, patched, hooks)
     text_model.forward = _Patch(functools.partial(runtime.forward, text_model))
     multimodal.get_video_features = _Patch(remember_video)
-    multimodal.forward = _Patch(forward_with_context)
-    if model is not multimodal:
-        model.forward = _Patch(forward_with_logits_to_keep)
-    if (model, "generate") in patched:
+    if patched.get(model) == "generate":
         model.generate = _Patch(generate_whole_prompts)
     for module in marked:
         module.__dict__[_MARK] = handle
