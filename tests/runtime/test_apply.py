@@ -1430,3 +1430,32 @@ def test_llava_video_newline_is_not_part_of_the_instruction():
         model(**inputs)
     assert [rows.shape[0] for rows in seen] == [text_after]
     torch.testing.assert_close(seen[0], model.get_input_embeddings()(ids[-text_after:]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("where", ["decision", "vision"])
+def test_ctrl_c_mid_call_leaves_nothing_of_the_call_behind(family, model, where):
+    """A KeyboardInterrupt is not an Exception (torch's always-called hooks skip it): a later call of the
+    language model alone is not pruned with the interrupted call's video, and a decision stopped mid-way
+    leaves none of the call's inputs (its pixels) alive."""
+    inputs = build_inputs(family, model)
+    words = torch.randint(16, 200, (1, 6), generator=torch.Generator().manual_seed(0))
+    language_model = _language_model(model)
+    with torch.no_grad():
+        expected = language_model(input_ids=words).last_hidden_state
+        with hieravid.apply(model, "hieravid", 0.3) as handle:
+            if where == "decision":
+                def interrupt(*args, **kwargs):
+                    raise KeyboardInterrupt
+                handle.runtime.method.decide = interrupt
+                with pytest.raises(KeyboardInterrupt):
+                    model.generate(**inputs, max_new_tokens=2, do_sample=False)
+                assert handle.runtime.context is None and handle.runtime.logits_to_keep is None
+            else:  # a forward encodes its pixels inside the call (generate encodes them before it)
+                vision = model.model.visual if hasattr(model.model, "visual") else model.model.vision_tower
+                stop = vision.register_forward_pre_hook(lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+                with pytest.raises(KeyboardInterrupt):
+                    model(**inputs)
+                stop.remove()
+            got = language_model(input_ids=words).last_hidden_state
+            assert handle.last_stats.pruned is False
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -66,6 +66,15 @@ class CallContext:
             )
         return input_ids
 
+    def describes(self, batch: int, length: int) -> bool:
+        """Whether a ``(batch, length)`` call of the language model can be this call's: its token ids (or
+        mask) have that shape."""
+        for name in ("input_ids", "attention_mask"):
+            value = self.kwargs.get(name)
+            if torch.is_tensor(value) and value.dim() == 2:
+                return tuple(value.shape) == (batch, length)
+        return True
+
     def encoded_video(self) -> Any:
         """The video's encoder output the call was given (``mm_encoder_outputs["video"]``, as ``generate``
         passes it), or None."""

@@ -211,6 +211,27 @@ class Runtime:
     ) -> BaseModelOutputWithPast:
         """Drop-in replacement of the language model's ``forward`` (same arguments, same output type;
         transformers 5.24 and later pass the cache as ``cache``)."""
+        try:
+            return self._forward(text_model, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
+                                 use_cache, **kwargs)
+        finally:
+            # The model call's arguments are used up. Its hooks forget them after its forward too, but torch
+            # skips those for a KeyboardInterrupt (Ctrl-C mid-prefill): a later call of the language model
+            # alone must not find them.
+            self.context = None
+            self.logits_to_keep = None
+
+    def _forward(
+        self,
+        text_model: torch.nn.Module,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        past_key_values: Any,
+        inputs_embeds: torch.Tensor | None,
+        use_cache: bool | None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
         original = type(text_model).forward
         if CACHE_ARG in kwargs:
             past_key_values = kwargs.pop(CACHE_ARG)
@@ -229,7 +250,7 @@ class Runtime:
             inputs_embeds = text_model.embed_tokens(input_ids)
         if use_cache is None:
             use_cache = text_model.config.use_cache
-        layouts = self._layouts(inputs_embeds.shape[0])
+        layouts = self._layouts(*inputs_embeds.shape[:2])
         has_video = any(layout is not None for layout in layouts)
         if isinstance(past_key_values, PrunedCache) and past_key_values.virtual_length > 0:
             if has_video:
@@ -291,8 +312,11 @@ class Runtime:
         alive = [(r, a) for r, a in self._encodings if r() is not None and r() is not output]
         self._encodings = [*alive[-(_ENCODINGS_KEPT - 1) :], (ref, arguments)]
 
-    def _layouts(self, batch: int) -> list[VideoLayout | None]:
-        if self.context is None:  # the language model called by itself: no multimodal call placed a video
+    def _layouts(self, batch: int, length: int) -> list[VideoLayout | None]:
+        """Where each sample's video sits in this ``(batch, length)`` call of the language model."""
+        if self.context is None or not self.context.describes(batch, length):
+            # The language model called by itself (no multimodal call placed a video; or one was stopped
+            # before reaching it, by Ctrl-C in its vision tower, which its hooks do not see).
             return [None] * batch
         kwargs = dict(self.context.kwargs)
         video = self.context.encoded_video()
