@@ -164,3 +164,14 @@ def test_flops_counts_the_tokens_per_frame_asked(capsys: pytest.CaptureFixture[s
     shape = MODEL_PRESETS["llava-video-7b"].shape
     assert payload["exact_vanilla_tflops"] * 1e12 == pytest.approx(exact_flops(shape, [64 * 196] * 28, 65))
     assert main(["flops", "--preset", "llava-video-7b", "--budget", "0.3", "--tokens-per-frame", "0"]) == 2
+
+
+def test_an_error_keeps_its_status_when_stderrs_reader_is_gone(monkeypatch) -> None:
+    import io
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", Gone())
+    assert main(["flops", "--preset", "qwen2-vl-7b", "--budget", "5"]) == 2

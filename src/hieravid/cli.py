@@ -691,12 +691,12 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
         if (Path(args.out) / "checkpoint.pt").exists():
-            print(f"hieravid train-proxy: interrupted; {args.out}/checkpoint.pt holds the last checkpoint (every "
-                  f"{config.checkpoint_every} steps): run the same command with --resume to go on", file=sys.stderr)
+            _say(f"hieravid train-proxy: interrupted; {args.out}/checkpoint.pt holds the last checkpoint (every "
+                 f"{config.checkpoint_every} steps): run the same command with --resume to go on", err=True)
         else:
-            print(f"hieravid train-proxy: interrupted before the first checkpoint (at step "
-                  f"{min(config.checkpoint_every, config.steps)}): nothing to resume; run the same command again, without --resume",
-                  file=sys.stderr)
+            _say(f"hieravid train-proxy: interrupted before the first checkpoint (at step "
+                 f"{min(config.checkpoint_every, config.steps)}): nothing to resume; run the same command again, "
+                 "without --resume", err=True)
         return 130
     from hieravid.proxy.card import write_card
 
@@ -1170,17 +1170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(), _terminate_as_interrupt():  # both undone when the command is done
             warnings.showwarning = show
             return int(args.func(args))
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+    except BrokenPipeError:  # stdout piped into e.g. `head`, which stopped reading (stderr lines go by _say)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
         return 0
     except ValueError as exc:  # our validators name the bad value and the fix
-        print(f"hieravid {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"hieravid {args.command}: error: {exc}", err=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"hieravid {args.command}: interrupted", file=sys.stderr)
+        _say(f"hieravid {args.command}: interrupted", err=True)
         return 130
     except OSError as exc:  # a file that could not be written or read mid-way (a full disk, permissions)
-        print(f"hieravid {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"hieravid {args.command}: error: {exc}", err=True)
         return 1
 
 
