@@ -67,12 +67,14 @@ class CallContext:
         return input_ids
 
     def describes(self, batch: int, length: int) -> bool:
-        """Whether a ``(batch, length)`` call of the language model can be this call's: its token ids (or
-        mask) have that shape."""
-        for name in ("input_ids", "attention_mask"):
-            value = self.kwargs.get(name)
-            if torch.is_tensor(value) and value.dim() == 2:
-                return tuple(value.shape) == (batch, length)
+        """Whether a ``(batch, length)`` call of the language model can be this call's: its token ids have
+        that shape (without ids, its 2-D mask, which also covers the cached tokens, has ``batch`` rows of
+        at least ``length``)."""
+        ids, mask = self.kwargs.get("input_ids"), self.kwargs.get("attention_mask")
+        if torch.is_tensor(ids) and ids.dim() == 2:
+            return tuple(ids.shape) == (batch, length)
+        if torch.is_tensor(mask) and mask.dim() == 2:
+            return mask.shape[0] == batch and mask.shape[1] >= length
         return True
 
     def encoded_video(self) -> Any:
