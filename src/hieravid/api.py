@@ -199,7 +199,14 @@ def apply(
 
     @functools.wraps(encode_video)  # same signature: `generate` inspects it to pick the arguments
     def remember_video(*args: Any, **kwargs: Any) -> Any:
-        output = encode_video(*args, **kwargs)
+        try:
+            output = encode_video(*args, **kwargs)
+        except BaseException:
+            # The model call stops here: its inputs (the pixels) go now, as the hooks after its forward,
+            # which a KeyboardInterrupt skips, would not forget them.
+            runtime.context = None
+            runtime.logits_to_keep = None
+            raise
         bound = encode_signature.bind_partial(*args, **kwargs).arguments
         runtime.remember_encoding(output, {k: bound[k] for k in _VIDEO_KEYS if bound.get(k) is not None})
         return output

@@ -1456,6 +1456,11 @@ def test_ctrl_c_mid_call_leaves_nothing_of_the_call_behind(family, model, where)
                 with pytest.raises(KeyboardInterrupt):
                     model(**inputs)
                 stop.remove()
+                assert handle.runtime.context is None and handle.runtime.logits_to_keep is None
             got = language_model(input_ids=words).last_hidden_state
+            assert handle.last_stats.pruned is False
+            # a text call of the interrupted prompt's very shape
+            same_shape = torch.randint(16, 200, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(1))
+            assert language_model(input_ids=same_shape).last_hidden_state.shape[1] == same_shape.shape[1]
             assert handle.last_stats.pruned is False
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
