@@ -175,3 +175,16 @@ def test_an_error_keeps_its_status_when_stderrs_reader_is_gone(monkeypatch) -> N
 
     monkeypatch.setattr(sys, "stderr", Gone())
     assert main(["flops", "--preset", "qwen2-vl-7b", "--budget", "5"]) == 2
+
+
+def test_progress_lines_to_a_gone_stderr_leave_stdout_alone(monkeypatch, capsys) -> None:
+    import io
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", Gone())
+    assert main(["bench-ops", "--frames", "4", "--slots", "16", "--dim", "32", "--repeats", "2",
+                 "--greedy-backend", "torch"]) == 0
+    assert "total (median of 2 runs)" in capsys.readouterr().out

@@ -230,7 +230,7 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         device=args.device,
         config=HieraVidConfig(budget=args.budget, greedy_backend=args.greedy_backend),
-        progress=not args.json,
+        progress=None if args.json else lambda line: _say(line, err=True),
     )
     if args.json:
         _print_json(result.to_dict())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -103,12 +103,13 @@ def run_ops_bench(
     warmup: int = 1,
     device: str = "cpu",
     config: HieraVidConfig | None = None,
-    progress: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> OpsBenchResult:
     """Time the full four-stage HieraVid decision on one video of the given shape.
 
     Stage 1 = Eq. 1-4 + Eq. 3 merge; each later stage = Eq. 8 relevance from one query row + Eq. 5
     counts + Eq. 9-10 DPP. Times are medians over ``repeats`` runs after ``warmup`` runs, in ms.
+    ``progress``, when given, is called with a line after each timed run.
     """
     dev = bench_device(device)
     config = config or HieraVidConfig(budget=budget)
@@ -153,8 +154,8 @@ def run_ops_bench(
     runs = []
     for i in range(repeats):
         runs.append(one_run())
-        if progress:
-            print(f"  run {i + 1}/{repeats}: {1000 * sum(runs[-1][0]):.1f} ms", file=sys.stderr, flush=True)
+        if progress is not None:
+            progress(f"  run {i + 1}/{repeats}: {1000 * sum(runs[-1][0]):.1f} ms")
     stage_ms = [1000 * statistics.median(r[0][s] for r in runs) for s in range(len(runs[0][0]))]
     totals = [1000 * sum(r[0]) for r in runs]
     return OpsBenchResult(
