@@ -563,7 +563,7 @@ class Runtime:
             count = counts[b]
             if count == 0:
                 continue
-            if video_is_a_run[b]:  # the row's columns right before the instruction: a slice, no read
+            if video_is_a_run[b]:  # the row's columns right before the tokens after it: a slice, no read
                 end = length - after_video_length[b]
                 cols: slice | torch.Tensor = slice(end - count, end)
             else:
