@@ -150,7 +150,8 @@ def load_model(
             processor = AutoProcessor.from_pretrained(source)
         except ValueError as err:  # a tokenizer that cannot be built from what is there
             raise OSError(f"its processor could not be built ({err})") from err
-        missing = _missing_from_processor(processor, model.config)
+        adapter, _ = find_adapter(model)
+        missing = _missing_from_processor(processor, adapter.video_token_id)
         if missing:
             raise OSError(missing)
     except (OSError, SafetensorError) as err:
@@ -164,16 +165,14 @@ def load_model(
             f"{name} is not a local directory, and loading it as a Hugging Face hub id failed ({reason}): pass a "
             "directory saved with save_pretrained, or a hub id that is in the local cache or reachable"
         ) from err
-    adapter, _ = find_adapter(model)
     model.to(device).eval()
     return LoadedModel(model=model, processor=processor, family=adapter.family, name=name)
 
 
-def _missing_from_processor(processor: Any, config: Any) -> str | None:
+def _missing_from_processor(processor: Any, expected: int) -> str | None:
     """What a loaded processor lacks to prompt the model with a video (a tokenizer that does not know the
-    model's video token, no chat template), or None."""
+    model's video token, id ``expected``; no chat template), or None."""
     token = getattr(processor, "video_token", None)
-    expected = getattr(config, "video_token_id", getattr(config, "video_token_index", None))
     tokenizer = getattr(processor, "tokenizer", None)
     if token is None or tokenizer is None or tokenizer.convert_tokens_to_ids(token) != expected:
         return f"its tokenizer does not know the video token {token!r} as id {expected} (tokenizer files missing?)"

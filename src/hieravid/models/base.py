@@ -96,8 +96,9 @@ class ModelAdapter:
     family = "base"
     #: rows of position ids the decoder's rotary embedding takes (3 for M-RoPE, 1 for 1-D RoPE).
     rope_rows = 1
-    #: the config's attributes holding the ids of tokens that stand for an image or a video (not text).
-    media_token_attributes: tuple[str, ...] = ()
+    #: the config's attributes holding the ids of the image and the video placeholder tokens.
+    image_token_attribute = "image_token_id"
+    video_token_attribute = "video_token_id"
 
     def __init__(self, model: nn.Module, text_model: nn.Module) -> None:
         self.model = model
@@ -172,11 +173,15 @@ class ModelAdapter:
         return q, k
 
     # --- the video ---------------------------------------------------------------------------------
+    @property
+    def video_token_id(self) -> int:
+        """The id of the video's placeholder token."""
+        return int(getattr(self.model.config, self.video_token_attribute))
+
     def media_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` bool: the tokens of ``input_ids`` (B, N) that stand for an image or a video (their
         features), not for text."""
-        config = self.model.config
-        ids = [int(getattr(config, name)) for name in self.media_token_attributes if hasattr(config, name)]
+        ids = [int(getattr(self.model.config, self.image_token_attribute)), self.video_token_id]
         return torch.isin(input_ids, torch.tensor(ids, dtype=input_ids.dtype, device=input_ids.device))
 
     def video_layouts(self, context: CallContext, batch: int) -> list[VideoLayout | None]:

@@ -12,7 +12,8 @@ class LlavaOnevisionAdapter(ModelAdapter):
     newline is treated as text (spec section 2, Eq. 1)."""
 
     family = "llava_onevision"
-    media_token_attributes = ("image_token_index", "video_token_index")
+    image_token_attribute = "image_token_index"
+    video_token_attribute = "video_token_index"
 
     def video_layouts(self, context: CallContext, batch: int) -> list[VideoLayout | None]:
         """A video's frames follow from its token count (F * P + 1), so a call given features encoded
@@ -25,7 +26,7 @@ class LlavaOnevisionAdapter(ModelAdapter):
             return [None] * batch
         input_ids = context.input_ids()
         config = self.model.config
-        positions = video_token_positions(input_ids, int(config.video_token_index))
+        positions = video_token_positions(input_ids, self.video_token_id)
         side = config.vision_config.image_size // config.vision_config.patch_size  # patches per frame side
         pooled_side = -(-side // 2)  # the model's 2x2 pooling (ceil) of a square frame
         pooled = pooled_side**2  # P: tokens per frame

@@ -17,7 +17,6 @@ class QwenVLAdapter(ModelAdapter):
 
     family = "qwen2_vl"
     rope_rows = 3
-    media_token_attributes = ("image_token_id", "video_token_id")
 
     @property
     def merge_size(self) -> int:
@@ -37,7 +36,7 @@ class QwenVLAdapter(ModelAdapter):
         if grid is None:  # no video in this call (text only, or a decoding step)
             return [None] * batch
         input_ids = context.input_ids()
-        positions = video_token_positions(input_ids, int(self.model.config.video_token_id))
+        positions = video_token_positions(input_ids, self.video_token_id)
         grids = [tuple(int(v) for v in row) for row in grid.tolist()]
         temporal_patch = int(getattr(self.model.config.vision_config, "temporal_patch_size", 1) or 1)
         with_video = sum(pos.numel() > 0 for pos in positions)
