@@ -91,7 +91,7 @@ class PruneHandle:
                 module.__dict__[name] = before
         for module in {self.model, *(m for m, _, _ in self._saved)}:
             module.__dict__.pop(_MARK, None)
-        self.runtime.context = None  # nothing of the last call kept alive
+        self.runtime.forget_call()  # nothing of the last call kept alive
         self.runtime._encodings = []
         self.active = False
 
@@ -189,7 +189,7 @@ def apply(
         bound = signature.bind_partial(module, *args, **kwargs).arguments
         runtime.context = CallContext({k: bound.get(k) for k in _CONTEXT_KEYS})
 
-    def forget_call(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def forget_arguments(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         runtime.context = None
 
     # `generate` encodes the video before the first forward and passes only the encoder outputs, which
@@ -204,8 +204,7 @@ def apply(
         except BaseException:
             # The model call stops here: its inputs (the pixels) go now, as the hooks after its forward,
             # which a KeyboardInterrupt skips, would not forget them.
-            runtime.context = None
-            runtime.logits_to_keep = None
+            runtime.forget_call()
             raise
         bound = encode_signature.bind_partial(*args, **kwargs).arguments
         runtime.remember_encoding(output, {k: bound[k] for k in _VIDEO_KEYS if bound.get(k) is not None})
@@ -233,7 +232,7 @@ def apply(
     hooks = [
         multimodal.register_forward_pre_hook(_Patch(remember_call), with_kwargs=True),
         # always_call: a forward that raises forgets its inputs too (they may be large: pixel values).
-        multimodal.register_forward_hook(_Patch(forget_call), with_kwargs=True, always_call=True),
+        multimodal.register_forward_hook(_Patch(forget_arguments), with_kwargs=True, always_call=True),
     ]
     if model is not multimodal:  # the outer model runs the LM head: on the positions logits_to_keep names
         outer = inspect.signature(type(model).forward).parameters.get("logits_to_keep")

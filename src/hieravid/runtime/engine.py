@@ -218,8 +218,13 @@ class Runtime:
             # The model call's arguments are used up. Its hooks forget them after its forward too, but torch
             # skips those for a KeyboardInterrupt (Ctrl-C mid-prefill): a later call of the language model
             # alone must not find them.
-            self.context = None
-            self.logits_to_keep = None
+            self.forget_call()
+
+    def forget_call(self) -> None:
+        """Drop what this thread's model call left for its decoder: its arguments (the pixels among them)
+        and its ``logits_to_keep``."""
+        self.context = None
+        self.logits_to_keep = None
 
     def _forward(
         self,
