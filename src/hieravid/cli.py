@@ -230,7 +230,7 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         device=args.device,
         config=HieraVidConfig(budget=args.budget, greedy_backend=args.greedy_backend),
-        progress=None if args.json else lambda line: _say(line, err=True),
+        progress=None if args.json else _progress,
     )
     if args.json:
         _print_json(result.to_dict())
@@ -372,6 +372,11 @@ def _say(text: str, end: str = "\n", err: bool = False) -> None:
             sys.stdout = null
 
 
+def _progress(line: str) -> None:
+    """A progress line of a long command, on stderr."""
+    _say(line, err=True)
+
+
 def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None = None) -> None:
     """Refuse an output file whose folder is missing (or, with ``suffixes``, whose format is not one of
     them) before any work, not when it is written at the end."""
@@ -437,9 +442,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
 
-    def progress(line: str) -> None:
-        _say(line, err=True)
-
     unsaved: list[str] = []  # why the last write of --json failed (a full disk): measuring goes on
 
     def save(result: Any) -> None:  # after every round too: a killed run keeps its completed rounds
@@ -467,7 +469,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         allow_cpu=args.allow_cpu,
         cpu_malloc=args.cpu_malloc,
         scenes=args.scenes,
-        progress=None if args.quiet else progress,
+        progress=None if args.quiet else _progress,
         on_round=save if args.json else None,
     )
     if args.json:

@@ -21,8 +21,9 @@ are the fields of :class:`hieravid.HieraVidConfig` (plus the variant's own, list
   ``exact_total=True`` tops the counts up to exactly that many).
   Layer 0 has no attention, so the relevance r is CDPruner's instruction relevance: the mean cosine
   similarity of each (merged) visual token to the instruction's tokens (the text after the prompt's
-  last image or video, ``VideoTokens.instruction``, at the input embeddings), ``Norm(-s)`` with the config's ``relevance_sign="negative"`` (CDPruner's own
-  code and Eq. 8's default) or ``Norm(s)`` with ``"positive"``; all ones without instruction tokens.
+  last image or video, ``VideoTokens.instruction``, at the input embeddings), ``Norm(-s)`` with the
+  config's ``relevance_sign="negative"`` (CDPruner's own code and Eq. 8's default) or ``Norm(s)`` with
+  ``"positive"``; all ones without instruction tokens.
   Options that concern attention (``relevance_query``, ``query_tokens``, ``in_llm_selector``) are
   refused: it never reads them.
 """

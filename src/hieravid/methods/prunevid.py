@@ -16,8 +16,8 @@ What the method does (public code ``Visual-AI/PruneVid``, ``models/pllava/modeli
    frame. With one frame in a segment every token is dynamic.
 3. **Question-guided selection** (inside the LLM, at layer M). The visual tokens are ranked by the
    attention that the instruction's tokens (``VideoTokens.instruction``: the question and the template's
-   closing tokens) pay them, and the top fraction alpha (0.4) is kept in every group: the static tokens of each segment, and
-   the dynamic tokens of each frame.
+   closing tokens) pay them, and the top fraction alpha (0.4) is kept in every group: the static tokens
+   of each segment, and the dynamic tokens of each frame.
 
 Mapping of the relative token budget B (the kept visual fraction averaged over the L layers). The
 nominal profile keeps ``n_1`` tokens in layers ``[0, M)`` and a fraction ``alpha`` of them after, which
