@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from typing import Any
 
 import torch
@@ -51,13 +52,19 @@ class PruneHandle:
     token, when applied with ``trace=True``); ``remove()`` (or leaving a ``with`` block) gives the model back
     exactly as it was."""
 
-    def __init__(self, model: nn.Module, runtime: Runtime, patched: dict[nn.Module, str], hooks: list) -> None:
+    def __init__(self, model: nn.Module, runtime: Runtime, patches: list[tuple[nn.Module, str, _Patch]],
+                 hooks: list) -> None:
         self.model = model
         self.runtime = runtime
         self._hooks = hooks
-        # What each patched instance attribute was before (absent for the usual class methods).
-        self._saved = [(module, name, module.__dict__.get(name)) for module, name in patched.items()]
+        # Each patch, where it goes and what that instance attribute was before (absent for the usual class
+        # methods); install() puts them in place.
+        self._saved = [(module, name, patch, module.__dict__.get(name)) for module, name, patch in patches]
         self.active = True
+
+    def install(self) -> None:
+        for module, name, patch, _ in self._saved:
+            setattr(module, name, patch)
 
     @property
     def method(self) -> PruningMethod:
@@ -84,12 +91,13 @@ class PruneHandle:
             return
         for hook in self._hooks:
             hook.remove()
-        for module, name, before in self._saved:
-            if before is None:
-                module.__dict__.pop(name, None)
-            else:
-                module.__dict__[name] = before
-        for module in {self.model, *(m for m, _, _ in self._saved)}:
+        for module, name, patch, before in self._saved:
+            # A forward patch moves where accelerate's hooks move forwards (see _forward_slot): restore it
+            # where it is now, and leave whatever hook has since wrapped it in place.
+            for slot in _FORWARD_SLOTS if name in _FORWARD_SLOTS else (name,):
+                if module.__dict__.get(slot) is patch:
+                    _restore(module, slot, before)
+        for module in {self.model, *(m for m, _, _, _ in self._saved)}:
             module.__dict__.pop(_MARK, None)
         self.runtime.forget_call()  # nothing of the last call kept alive
         self.runtime._encodings = []
@@ -107,6 +115,31 @@ class PruneHandle:
         self.remove()
 
 
+# accelerate's hooks replace a module's ``forward`` with a wrapper that runs the hook around the forward it
+# keeps as ``_old_forward``, and put that back as ``forward`` when they are removed.
+_FORWARD_SLOTS = ("forward", "_old_forward")
+
+
+def _forward_slot(module: nn.Module) -> str:
+    """Where the pruned forward goes: inside the accelerate hook wrapping ``module``'s forward, if there is
+    one (the hook may move the inputs to the module's device and bring in offloaded weights), else ``forward``."""
+    hooked = getattr(module, "_hf_hook", None) is not None and "_old_forward" in module.__dict__
+    return "_old_forward" if hooked else "forward"
+
+
+def _restore(module: nn.Module, slot: str, before: Any) -> None:
+    """Put ``module``'s original method back in ``slot``, which held a patch; ``before`` is what the patched
+    attribute was (None: the class's own method)."""
+    own = getattr(before, "__func__", None) is getattr(type(module), "forward", None) and (
+        getattr(before, "__self__", None) is module)
+    if slot == "_old_forward":  # a hook's wrapper calls it: it must stay
+        module.__dict__[slot] = before if before is not None else types.MethodType(type(module).forward, module)
+    elif before is None or own:
+        module.__dict__.pop(slot, None)
+    else:
+        module.__dict__[slot] = before
+
+
 def _forget_removed(module: nn.Module) -> None:
     """Drop what a removed handle left in ``module``'s own attributes: its mark and patched methods stay
     on a shallow copy (``copy.copy``) made while the handle was active, which its ``remove`` never sees."""
@@ -115,7 +148,10 @@ def _forget_removed(module: nn.Module) -> None:
         return
     for name, value in list(module.__dict__.items()):
         if name == _MARK or isinstance(value, _Patch):
-            del module.__dict__[name]
+            if name in _FORWARD_SLOTS:
+                _restore(module, name, None)
+            else:
+                del module.__dict__[name]
 
 
 def _execution_device(module: nn.Module) -> torch.device:
@@ -248,9 +284,11 @@ def apply(
         hooks.append(model.register_forward_hook(_Patch(forget_logits), with_kwargs=True, always_call=True))
     for caller in dict.fromkeys((model, multimodal)):  # the multimodal model may be called on its own too
         hooks.append(caller.register_forward_pre_hook(_Patch(refuse_what_pruning_cannot_return), with_kwargs=True))
-    patched = {text_model: "forward", multimodal: "get_video_features"}
+    patches = [
+        (text_model, _forward_slot(text_model), _Patch(functools.partial(runtime.forward, text_model))),
+        (multimodal, "get_video_features", _Patch(remember_video)),
+    ]
     if model is not multimodal and callable(getattr(model, "generate", None)):
-        patched[model] = "generate"
         generate = model.generate
         generate_signature = inspect.signature(generate)
 
@@ -271,11 +309,9 @@ def apply(
                 )
             return generate(*args, **kwargs)
 
-    handle = PruneHandle(model, runtime, patched, hooks)
-    text_model.forward = _Patch(functools.partial(runtime.forward, text_model))
-    multimodal.get_video_features = _Patch(remember_video)
-    if patched.get(model) == "generate":
-        model.generate = _Patch(generate_whole_prompts)
+        patches.append((model, "generate", _Patch(generate_whole_prompts)))
+    handle = PruneHandle(model, runtime, patches, hooks)
+    handle.install()
     for module in marked:
         module.__dict__[_MARK] = handle
     return handle

@@ -5,6 +5,8 @@ preloaded as a whole (``preload_module_classes``) works too."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -61,3 +63,84 @@ def test_generate_on_a_dispatched_model_prunes_as_in_memory(family, dispatch):
     assert torch.equal(got, expected)
     assert handle.last_stats.per_sample_tokens_per_layer == kept
     assert handle.last_stats.achieved_budget < 0.6
+
+
+def _dispatch_in_blocks(accelerate, model) -> None:
+    """The vision tower and the language model each a block of its own with its own hook, as a device_map
+    that fits each on one GPU places them: the hook on the language model moves its inputs to its device."""
+    accelerate.dispatch_model(model, force_hooks=True, device_map={
+        "model.visual": "cpu", "model.language_model": "cpu", "lm_head": "cpu"})
+
+
+def test_a_hook_on_the_language_model_still_runs_around_the_pruned_forward_and_stays_after_remove():
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.hooks import remove_hook_from_submodules
+
+    reference = build_model("qwen2_vl")
+    inputs = build_inputs("qwen2_vl", reference)
+    with torch.no_grad():
+        unpatched = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+        with hieravid.apply(reference, "hieravid", 0.4):
+            expected = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+    model = build_model("qwen2_vl")
+    _dispatch_in_blocks(accelerate, model)
+    text_model = model.model.language_model
+    hook_forward = text_model.forward
+    calls = []
+    text_model._hf_hook.pre_forward = lambda module, *a, _pre=text_model._hf_hook.pre_forward, **k: (
+        calls.append(1), _pre(module, *a, **k))[1]
+    with torch.no_grad():
+        with hieravid.apply(model, "hieravid", 0.4) as handle:
+            got = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert torch.equal(got, expected) and handle.last_stats is not None
+        assert len(calls) == 3  # prefill and two decoding steps went through the hook
+        assert text_model.forward == hook_forward  # removed: the hook is in place, as before apply
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), unpatched)
+    remove_hook_from_submodules(model)
+    copy.deepcopy(model)  # nothing of the removed handle left behind
+
+
+def test_unhooking_a_dispatched_model_keeps_it_pruned_and_remove_then_leaves_it_unpatched():
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.hooks import remove_hook_from_submodules
+
+    reference = build_model("qwen2_vl")
+    inputs = build_inputs("qwen2_vl", reference)
+    with torch.no_grad():
+        unpatched = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+        with hieravid.apply(reference, "hieravid", 0.4):
+            expected = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+    model = build_model("qwen2_vl")
+    _dispatch_in_blocks(accelerate, model)
+    handle = hieravid.apply(model, "hieravid", 0.4)
+    remove_hook_from_submodules(model)  # as before model.to(...) or dispatching again
+    with torch.no_grad():
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), expected)
+        assert handle.last_stats is not None
+        handle.remove()
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), unpatched)
+    copy.deepcopy(model)
+
+
+def test_a_model_dispatched_after_apply_keeps_its_hook_when_the_handle_is_removed():
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.hooks import remove_hook_from_submodules
+
+    reference = build_model("qwen2_vl")
+    inputs = build_inputs("qwen2_vl", reference)
+    with torch.no_grad():
+        unpatched = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+        with hieravid.apply(reference, "hieravid", 0.4):
+            expected = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+    model = build_model("qwen2_vl")
+    handle = hieravid.apply(model, "hieravid", 0.4)
+    _dispatch_in_blocks(accelerate, model)
+    text_model = model.model.language_model
+    hook_forward = text_model.forward
+    with torch.no_grad():
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), expected)
+        handle.remove()
+        assert text_model.forward == hook_forward and text_model._hf_hook is not None
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), unpatched)
+    remove_hook_from_submodules(model)
+    copy.deepcopy(model)  # the removed handle's forward did not come back from the hook's _old_forward
