@@ -829,3 +829,104 @@ def test_a_pipe_is_refused_with_the_fix(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ValueError, match="not a regular file .*save the video to a file first"):
         read_video(fifo, 4)
+
+
+def test_a_track_name_that_is_not_utf8_does_not_stop_the_read(tmp_path):
+    # Some cameras and editors write their metadata in Latin-1; the frames are all that is read here.
+    path = write_bars(tmp_path / "v.mp4", 10)
+    with av.open(str(path)) as container:
+        handler = container.streams.video[0].metadata.get("handler_name", "")
+    assert handler, "the muxer names the track"
+    data = Path(path).read_bytes()
+    assert data.count(handler.encode()) == 1
+    Path(path).write_bytes(data.replace(handler.encode(), b"\xe9" * len(handler.encode())))
+    sampled = read_video(path, 10)
+    assert read_bars(sampled.frames) == list(range(10))
+
+
+def write_ts(path, first: int, stop: int, *, audio: bool) -> bytes:
+    """An MPEG-TS segment of ``stop - first`` noise frames at 25 fps (lossless: 230 KB a frame), with a
+    silent audio track when ``audio``."""
+    rng = np.random.default_rng(first)
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.options = {"preset": "ultrafast", "qp": "0"}
+        sound = container.add_stream("aac", rate=16000) if audio else None
+        for i in range(first, stop):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+            if sound is not None:
+                samples = av.AudioFrame.from_ndarray(np.zeros((1, 640), np.float32), format="fltp", layout="mono")
+                samples.sample_rate, samples.pts = 16000, i * 640
+                container.mux(sound.encode(samples))
+        container.mux(stream.encode(None))
+        if sound is not None:
+            container.mux(sound.encode(None))
+    return Path(path).read_bytes()
+
+
+def test_a_stream_that_starts_past_the_probe_does_not_end_the_read(tmp_path):
+    # Joined segments (a broadcast capture, HLS pieces): the audio track starts after the 5 MB FFmpeg reads
+    # at opening, so the demuxer adds a stream while it runs.
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(write_ts(tmp_path / "a.ts", 0, 150, audio=False) + write_ts(tmp_path / "b.ts", 150, 200, audio=True))
+    with av.open(str(joined)) as container:
+        assert len(container.streams) == 1  # the audio is not known yet
+    sampled = read_video(joined, 8)
+    assert sampled.source_frames == 200 and sampled.frame_indices[-1] == 199
+
+
+def test_a_damaged_png_frame_is_left_out_with_a_warning(tmp_path):
+    # PNG in MOV (screen recordings, exports with alpha): a damaged zlib stream is an "external library" error.
+    path = tmp_path / "v.mov"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "rgb24"
+        rng = np.random.default_rng(0)
+        for i in range(10):
+            picture = bars(i)
+            picture[-8:] = rng.integers(0, 256, (8, WIDTH, 3))  # noise: the compressed data fills the packet
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        container.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        packet = [p for p in container.demux(video=0) if p.size][5]
+        middle = packet.pos + packet.size // 2
+    data = bytearray(path.read_bytes())
+    data[middle:middle + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="the decoder refused 1 of its video packets as damaged"):
+        sampled = read_video(path, 9)
+    assert sampled.source_frames == 9 and read_bars(sampled.frames) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+
+
+def test_a_damaged_gif_is_read_as_far_as_it_decodes_not_called_a_permission_problem(tmp_path):
+    # FFmpeg's GIF decoder returns -1 on damaged data, which reads as EPERM.
+    path = tmp_path / "v.gif"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("gif", rate=8)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "rgb8"
+        for i in range(6):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(bars(i), format="rgb24")))
+        container.mux(stream.encode(None))
+    good = path.read_bytes()
+    refused = 0
+    for start in range(0, len(good), 50):  # the tail zeroed from each point on, as a download cut short
+        path.write_bytes(good[:start] + bytes(len(good) - start))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                read_video(path, 4)
+            except ValueError:
+                continue  # too little left to be a video: a clear error
+        refused += any("refused" in str(w.message) for w in caught)
+    assert refused > 0  # some cuts leave a packet the decoder refuses, and the frames before it are read
+
+
+def test_a_still_whose_name_looks_like_a_numbered_sequence_is_that_file(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32, 3), 10, np.uint8)).save(tmp_path / "shot%d.png")
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(tmp_path / "shot1.png")  # what %d would match
+    assert read_video(tmp_path / "shot%d.png", 1).frames.mean() < 20

@@ -308,6 +308,20 @@ def _url(path: str | os.PathLike) -> str:
     return "file:" + os.path.abspath(path)
 
 
+def _demux(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.Packet]:
+    """``container.demux(stream)``, ended cleanly where PyAV's raises IndexError: after the last packet, when
+    the demuxer found a stream the header did not list (a track starting past what FFmpeg reads at opening,
+    as in joined MPEG-TS segments), PyAV's flush looks the new stream up in the list of the old ones. Its
+    flush packet for ``stream`` comes before that."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except (StopIteration, IndexError):
+            return
+        yield packet
+
+
 def _packets(
     container: av.container.InputContainer, stream: av.VideoStream, cut_off: list[av.Packet] | None = None
 ) -> Iterator[av.Packet]:
@@ -315,7 +329,7 @@ def _packets(
     frame cut off with the file, which some decoders refuse outright; ``cut_off`` receives them). A corrupt
     packet followed by a sound one (damage a decoder conceals) is kept."""
     held: list[av.Packet] = []  # corrupt packets not yet known to be followed by a sound one
-    for packet in container.demux(stream):
+    for packet in _demux(container, stream):
         if packet.size and packet.is_corrupt:
             held.append(packet)
             continue
@@ -325,6 +339,11 @@ def _packets(
         yield packet
     if cut_off is not None:
         cut_off.extend(held)
+
+
+# How decoders refuse a damaged packet: most as invalid data, zlib's (PNG) as an external library's error,
+# those that return -1 (GIF) as EPERM.
+_DAMAGED = (av.error.InvalidDataError, av.error.ExternalError, av.error.PermissionError)
 
 
 def _frames(
@@ -337,7 +356,7 @@ def _frames(
     for number, packet in enumerate(_packets(container, stream)):
         try:
             frames = packet.decode()
-        except av.error.InvalidDataError:
+        except _DAMAGED:
             skipped.append(number)
             continue
         yield from frames
@@ -345,7 +364,11 @@ def _frames(
 
 def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open ``file`` and pick its first video stream (``warn``: say so when it has several)."""
-    container = av.open(_url(file))
+    # A metadata tag that is not UTF-8 (some cameras write Latin-1) must not stop the read. A still image
+    # named "shot%d.png" is that file, not a numbered sequence of others (the option only where a name has a
+    # "%": PyAV 15 can crash seeking in some formats opened with options their demuxer does not take).
+    options = {"pattern_type": "none"} if "%" in file.name else {}
+    container = av.open(_url(file), metadata_errors="replace", options=options)
     if container.format.name == "tty":  # FFmpeg draws a text file (.txt, .nfo, ANSI art) as pictures
         container.close()
         raise ValueError(f"could not decode video at {str(file)!r}: it is a text file, not a video file")
