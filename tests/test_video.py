@@ -326,6 +326,11 @@ def test_directory_is_not_a_video(tmp_path):
         read_video(tmp_path, 4)
 
 
+def test_an_empty_path_is_named_so_not_the_current_directory():
+    with pytest.raises(ValueError, match="the video path is empty"):
+        read_video("", 4)
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, None])
 def test_bad_num_frames(clips, bad):
     with pytest.raises(ValueError, match="num_frames"):

@@ -147,6 +147,8 @@ def read_video(
             many for the memory available.
     """
     _check_num_frames(num_frames)
+    if os.fspath(path) == "":  # Path("") is the current directory
+        raise ValueError("the video path is empty: give the path of a video file")
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"no video file at {str(file)!r}: check the path")
