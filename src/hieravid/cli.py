@@ -426,7 +426,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from hieravid.bench.models import format_report, plot_report, run_model_bench
-    from hieravid.eval.records import write_json
+    from hieravid.eval.records import is_stream, write_json, writes_to_stdout
 
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot", _PICTURES)
@@ -444,7 +444,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     unsaved: list[str] = []  # why the last write of --json failed (a full disk): measuring goes on
 
-    def save(result: Any) -> None:  # after every round too: a killed run keeps its completed rounds
+    def save(result: Any) -> None:  # after every round too (a file): a killed run keeps its completed rounds
         try:
             write_json(args.json, result.to_dict())
         except OSError as exc:
@@ -470,11 +470,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         cpu_malloc=args.cpu_malloc,
         scenes=args.scenes,
         progress=None if args.quiet else _progress,
-        on_round=save if args.json else None,
+        # A stream (standard output, a pipe) takes one document, written at the end.
+        on_round=save if args.json and not is_stream(args.json) else None,
     )
     if args.json:
         save(result)
-    _say(format_report(result))  # before the plot: with no --json, a plot that fails loses no measurement
+    # Before the plot: with no --json, a plot that fails loses no measurement. Beside the JSON on standard
+    # output, on standard error.
+    _say(format_report(result), err=bool(args.json) and writes_to_stdout(args.json))
     if args.plot:
         plot_report(result, args.plot)
     if result.interrupted:

@@ -700,3 +700,30 @@ def test_a_plot_that_cannot_be_written_loses_no_measurement(monkeypatch, tmp_pat
                  "--warmup", "0", "--new-tokens", "2", "--quiet", "--plot", str(tmp_path / "b.png")])
     captured = capsys.readouterr()
     assert code == 1 and "| evs | 0.5 |" in captured.out and "No space left on device" in captured.err
+
+
+def test_a_json_on_standard_output_is_one_document_with_the_report_beside_it(capfd):
+    # Written once, at the end (not after each round, which a stream would take one after another), and
+    # the report goes to standard error, so that the output is the JSON alone: `--json /dev/stdout | jq`.
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", "/dev/stdout"])
+    captured = capfd.readouterr()
+    assert code == 0
+    assert json.loads(captured.out)["repeats"] == 2
+    assert "| evs | 0.5 |" in captured.err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_json_into_a_named_pipe_is_written_once(tmp_path):
+    import subprocess
+    import sys
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = subprocess.Popen(["cat", str(pipe)], stdout=subprocess.PIPE)  # reads up to the first close
+    run = subprocess.run([sys.executable, "-m", "hieravid", "bench", "--shape", "tiny", "--methods", "vanilla",
+                          "--budgets", "1", "--repeats", "2", "--warmup", "0", "--new-tokens", "2", "--quiet",
+                          "--json", str(pipe)], capture_output=True, text=True, timeout=120)
+    out, _ = reader.communicate(timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(out)["repeats"] == 2  # the whole run's document, not the first round's

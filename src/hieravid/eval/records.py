@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PredictionLog", "part_files", "read_records", "record_key", "write_json", "write_jsonl"]
+__all__ = ["PredictionLog", "is_stream", "part_files", "read_records", "record_key", "write_json", "write_jsonl",
+           "writes_to_stdout"]
 
 PART_GLOB = "predictions.part*.jsonl"
 MERGED = "predictions.jsonl"
@@ -94,6 +95,26 @@ def _drop_partial_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
+def _own_stream(path: str | Path) -> int | None:
+    """The file descriptor ``path`` names in this process (``/dev/stdout``: 1, ``/dev/fd/N``: N), else None."""
+    own = re.fullmatch(r"/dev/std(out|err)|/(?:dev/fd|proc/self/fd)/(\d+)", os.path.abspath(path))
+    if not own:
+        return None
+    return {"out": 1, "err": 2}[own.group(1)] if own.group(1) else int(own.group(2))
+
+
+def is_stream(path: str | Path) -> bool:
+    """Whether :func:`write_json` writes into ``path`` (this process's output, a pipe, a device: what it
+    writes each time follows what it wrote before) instead of replacing a file."""
+    given = os.path.abspath(path)
+    return given.startswith(("/dev/", "/proc/")) or (os.path.exists(given) and not os.path.isfile(given))
+
+
+def writes_to_stdout(path: str | Path) -> bool:
+    """Whether ``path`` names this process's standard output."""
+    return _own_stream(path) == 1
+
+
 def _write_whole(path: str | Path, text: Iterable[str]) -> None:
     """Write ``text`` to ``path`` atomically: a temporary file beside the file a symbolic link names, renamed
     over it, so a reader or a kill mid-write never leaves a partial file. A stream is written into instead
@@ -101,15 +122,14 @@ def _write_whole(path: str | Path, text: Iterable[str]) -> None:
     at its place, whatever it is redirected to; any other name under /dev or /proc, or that is not a regular
     file (a pipe, a device), appended to."""
     given = os.path.abspath(path)
-    own = re.fullmatch(r"/dev/std(out|err)|/(?:dev/fd|proc/self/fd)/(\d+)", given)
-    if own:
-        fd = {"out": 1, "err": 2}[own.group(1)] if own.group(1) else int(own.group(2))
+    fd = _own_stream(given)
+    if fd is not None:
         sys.stdout.flush()
         sys.stderr.flush()
         with os.fdopen(os.dup(fd), "w", encoding="utf-8") as f:  # the same open file, from where it is
             f.writelines(text)
         return
-    if given.startswith(("/dev/", "/proc/")) or (os.path.exists(given) and not os.path.isfile(given)):
+    if is_stream(given):
         with open(given, "a", encoding="utf-8") as f:
             f.writelines(text)
         return
