@@ -307,6 +307,17 @@ def test_an_interrupted_bench_reports_its_complete_rounds(monkeypatch):
         run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=3, warmup=0, new_tokens=2)
 
 
+def test_ctrl_c_in_the_last_rounds_save_leaves_a_complete_run():
+    def save(partial):
+        if partial.repeats == 2:
+            raise KeyboardInterrupt  # while writing the file after the last round
+
+    result = run_model_bench("tiny", methods=["vanilla"], budgets=[0.5], repeats=2, warmup=0, new_tokens=2,
+                             on_round=save)
+    assert not result.interrupted and result.repeats == 2
+    assert "INTERRUPTED" not in format_report(result)
+
+
 def test_an_interrupted_bench_command_keeps_its_json(monkeypatch, tmp_path, capsys):
     _interrupt_measurement(monkeypatch, at_call=3)  # in round 2: round 1 is kept
     out = tmp_path / "bench.json"

@@ -908,15 +908,17 @@ def run_model_bench(
                 finally:
                     del multimodal.get_video_features  # back to the class method
                 if timed:  # a round counts whole or not at all: every method is measured the same times
-                    vision_runs.append(1000 * vision_seconds)
                     for config, (sample, stats) in this_round.items():
                         samples[config].append(sample)
                         stats_of[config] = stats
+                    vision_runs.append(1000 * vision_seconds)  # last: the rounds counted are complete
                     if on_round is not None:
                         on_round(assemble())
     except KeyboardInterrupt:
         if not vision_runs:
             raise  # not one timed round: nothing to report
+        if len(vision_runs) == repeats:  # in the last round's save: the run is complete
+            return assemble()
         say(f"interrupted: reporting the {len(vision_runs)} of {repeats} timed rounds completed")
         return assemble(interrupted=True)
     finally:
