@@ -307,6 +307,12 @@ def test_an_interrupted_bench_reports_its_complete_rounds(monkeypatch):
         run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.5], repeats=3, warmup=0, new_tokens=2)
 
 
+def test_budgets_that_differ_by_rounding_are_measured_once():
+    result = run_model_bench("tiny", methods=["vanilla", "evs"], budgets=[0.3, 0.1 * 3], repeats=1, warmup=0,
+                             new_tokens=2)
+    assert 0.1 * 3 != 0.3 and [(r.method, r.budget) for r in result.results] == [("vanilla", 1.0), ("evs", 0.3)]
+
+
 def test_ctrl_c_in_the_last_rounds_save_leaves_a_complete_run():
     def save(partial):
         if partial.repeats == 2:

@@ -771,7 +771,8 @@ def run_model_bench(
     text_model = adapter.text_model
     num_layers = adapter.num_layers
 
-    methods, budgets = list(dict.fromkeys(methods)), list(dict.fromkeys(budgets))  # each measured once
+    methods = list(dict.fromkeys(methods))  # each measured once; budgets as ModelBenchResult.get tells them apart
+    budgets = [b for i, b in enumerate(budgets) if not any(math.isclose(b, a) for a in budgets[:i])]
     configs: list[tuple[str, float]] = [("vanilla", 1.0)]
     configs += [(m, 1.0) for m in methods if m == UNPATCHED]
     configs += [(m, b) for m in methods if m not in ("vanilla", UNPATCHED) for b in budgets]
