@@ -506,7 +506,8 @@ def _bench_from_json(args: argparse.Namespace) -> int:
         report = format_report(result) if result.results else ""  # a value of the wrong type fails here
     except OSError as exc:
         raise ValueError(f"cannot read --from-json {args.from_json!r}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, KeyError, IndexError,
+            AttributeError) as exc:
         raise ValueError(f"{args.from_json} is not a file written by hieravid bench --json ({exc})") from None
     if not result.results:
         raise ValueError(f"{args.from_json} holds no measurement (its results are empty): it was saved before a "

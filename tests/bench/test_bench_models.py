@@ -687,10 +687,15 @@ def test_json_and_plot_naming_one_file_are_refused(tmp_path, capsys):
     assert "--json and --plot name the same file" in capsys.readouterr().err
 
 
-def test_a_saved_run_with_a_missing_number_is_refused_clearly(bench, tmp_path, capsys):
+@pytest.mark.parametrize("break_it", [
+    lambda r: {**r, "results": [{**r["results"][0], "prefill_ms": None}, *r["results"][1:]]},
+    lambda r: {**r, "results": [{**r["results"][0], "tokens_per_layer": []}, *r["results"][1:]]},
+    lambda r: {**r, "frame_size": [1]},
+    lambda r: {**r, "results": r["results"][1:]},  # vanilla's, the reference of every speed-up, lost
+])
+def test_a_saved_run_with_a_missing_number_is_refused_clearly(bench, tmp_path, capsys, break_it):
     _, report = bench
-    broken = {**report, "results": [{**report["results"][0], "prefill_ms": None}, *report["results"][1:]]}
-    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    (tmp_path / "broken.json").write_text(json.dumps(break_it(report)))
     assert main(["bench", "--from-json", str(tmp_path / "broken.json")]) == 2
     assert "is not a file written by hieravid bench --json" in capsys.readouterr().err
 

@@ -562,6 +562,8 @@ class ModelBenchResult:
             return {k: v for k, v in values.items() if k in names}
 
         results = [MethodResult(**known(MethodResult, r)) for r in data["results"]]
+        if results and (results[0].method, results[0].budget) != ("vanilla", 1.0):
+            raise ValueError("its first result is not vanilla's, which every other is measured against")
         return cls(**{**known(cls, data), "results": results})
 
     def get(self, method: str, budget: float | None = None) -> MethodResult:
