@@ -168,6 +168,17 @@ def test_plot_has_two_panels(bench, tmp_path):
     assert check_goals(result) == []  # no hieravid in this run
 
 
+def test_the_plot_draws_unpatched_as_a_reference(tmp_path):
+    result = run_model_bench("tiny", methods=["unpatched", "evs"], budgets=[0.5], repeats=1, warmup=0,
+                             new_tokens=2)
+    fig = plot_report(result, tmp_path / "p.png")
+    unpatched = result.get("unpatched")
+    for ax, y in zip(fig.axes, (unpatched.speedup, unpatched.kv_visual_bytes / 2**20)):
+        lines = [line for line in ax.lines if line.get_label().startswith("unpatched")]
+        assert len(lines) == 1 and list(lines[0].get_ydata()) == [y, y]
+    assert "unpatched (no hieravid.apply)" in [text.get_text() for text in fig.legends[0].get_texts()]
+
+
 def test_a_method_spec_is_measured_under_its_own_name(capsys):
     spec = "hieravid:greedy_backend=torch"
     result = run_model_bench("tiny", methods=["vanilla", spec], budgets=[0.5], repeats=1, warmup=0, new_tokens=2)

@@ -1197,7 +1197,8 @@ def format_report(result: ModelBenchResult) -> str:
 
 def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
     """Two panels against the budget: measured prefill speed-up (dotted, hollow markers: theoretical) and
-    visual KV-cache size, one line per method; vanilla as a horizontal reference. Written as a PNG by the
+    visual KV-cache size, one line per method; vanilla (and ``unpatched``, when measured) as horizontal
+    references. Written as a PNG by the
     figure's own Agg canvas (the caller's matplotlib backend is left alone).
 
     Returns the matplotlib figure."""
@@ -1225,6 +1226,12 @@ def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
         ax_kv.plot(x, [r.kv_visual_bytes / 2**20 for r in rows], marker + "-", color=color, label=name)
     ax_speed.axhline(1.0, color="gray", lw=1, ls="--", label="vanilla")
     ax_kv.axhline(vanilla.kv_visual_bytes / 2**20, color="gray", lw=1, ls="--", label="vanilla")
+    references = 1
+    for r in result.results:
+        if r.method == UNPATCHED:  # the model without the runtime: what the runtime itself costs vanilla
+            references += 1
+            for ax, y in ((ax_speed, r.speedup), (ax_kv, r.kv_visual_bytes / 2**20)):
+                ax.axhline(y, color="black", lw=1, ls="-.", label=f"{UNPATCHED} (no hieravid.apply)")
     ax_speed.set(xlabel="relative token budget B", ylabel="prefill speed-up over vanilla (x)",
                  title="Prefill speed-up (solid: measured; dotted, hollow: exact FLOPs)", ylim=(0, None))
     ax_kv.set(xlabel="relative token budget B", ylabel="visual KV cache after prefill (MiB)",
@@ -1232,8 +1239,8 @@ def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
     for ax in (ax_speed, ax_kv):
         ax.grid(alpha=0.3)
     # One legend for both panels, below them: a method has the same colour and marker in each.
-    columns = min(len(methods) + 1, 6)
-    rows = -(-(len(methods) + 1) // columns)
+    columns = min(len(methods) + references, 6)
+    rows = -(-(len(methods) + references) // columns)
     handles, labels = ax_kv.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.set_size_inches(12, 4.8 + 0.25 * rows)
