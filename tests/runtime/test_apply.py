@@ -188,6 +188,10 @@ def test_budget_one_equals_unpatched_model(family, model):
             out = model(**inputs).logits[:, -1]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert handle.last_stats.flops_ratio == pytest.approx(1.0)
+    with torch.no_grad():  # and the answer generated from them
+        expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        with hieravid.apply(model, "hieravid", budget=1.0):
+            assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), expected)
 
 
 def test_remove_restores_the_model_exactly(family, model):
