@@ -253,7 +253,7 @@ def _free_port() -> int:
 def test_two_processes_under_accelerate_give_the_output_of_one(tmp_path, model_dir, data_root, reference_run):
     tasks = "mvbench,egoschema,nextqa_mc,videomme_sub"  # not nextqa_oe: the subprocesses have no toy WordNet
     out = tmp_path / "out"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))  # torch's launcher leaves a folder there
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
