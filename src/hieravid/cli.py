@@ -426,7 +426,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from hieravid.bench.models import format_report, plot_report, run_model_bench
-    from hieravid.eval.records import is_stream, write_json, writes_to_stdout
+    from hieravid.eval.records import write_json
+    from hieravid.files import is_stream, writes_to_stdout
 
     _check_output(args.json, "--json")
     _check_output(args.plot, "--plot", _PICTURES)

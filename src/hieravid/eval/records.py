@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PredictionLog", "is_stream", "part_files", "read_records", "record_key", "write_json", "write_jsonl",
-           "writes_to_stdout"]
+from hieravid.files import write_whole
+
+__all__ = ["PredictionLog", "part_files", "read_records", "record_key", "write_json", "write_jsonl"]
 
 PART_GLOB = "predictions.part*.jsonl"
 MERGED = "predictions.jsonl"
@@ -95,58 +94,11 @@ def _drop_partial_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
-def _own_stream(path: str | Path) -> int | None:
-    """The file descriptor ``path`` names in this process (``/dev/stdout``: 1, ``/dev/fd/N``: N), else None."""
-    own = re.fullmatch(r"/dev/std(out|err)|/(?:dev/fd|proc/self/fd)/(\d+)", os.path.abspath(path))
-    if not own:
-        return None
-    return {"out": 1, "err": 2}[own.group(1)] if own.group(1) else int(own.group(2))
-
-
-def is_stream(path: str | Path) -> bool:
-    """Whether :func:`write_json` writes into ``path`` (this process's output, a pipe, a device: what it
-    writes each time follows what it wrote before) instead of replacing a file."""
-    given = os.path.abspath(path)
-    return given.startswith(("/dev/", "/proc/")) or (os.path.exists(given) and not os.path.isfile(given))
-
-
-def writes_to_stdout(path: str | Path) -> bool:
-    """Whether ``path`` names this process's standard output."""
-    return _own_stream(path) == 1
-
-
-def _write_whole(path: str | Path, text: Iterable[str]) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file beside the file a symbolic link names, renamed
-    over it, so a reader or a kill mid-write never leaves a partial file. A stream is written into instead
-    (renaming would replace it): this process's own output (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``),
-    at its place, whatever it is redirected to; any other name under /dev or /proc, or that is not a regular
-    file (a pipe, a device), appended to."""
-    given = os.path.abspath(path)
-    fd = _own_stream(given)
-    if fd is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        with os.fdopen(os.dup(fd), "w", encoding="utf-8") as f:  # the same open file, from where it is
-            f.writelines(text)
-        return
-    if is_stream(given):
-        with open(given, "a", encoding="utf-8") as f:
-            f.writelines(text)
-        return
-    path = Path(os.path.realpath(given))
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON to ``path``, whole or not at all (see :func:`_write_whole`)."""
-    _write_whole(path, [json.dumps(value, indent=1) + "\n"])
+    """Write ``value`` as indented JSON to ``path``, whole or not at all (see :func:`hieravid.files.write_whole`)."""
+    write_whole(path, [json.dumps(value, indent=1) + "\n"])
 
 
 def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Write ``records`` to ``path``, one JSON object per line, whole or not at all."""
-    _write_whole(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    write_whole(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))

@@ -51,6 +51,7 @@ from hieravid.eval.records import (
 )
 from hieravid.eval.summary import combinations, summarize, to_markdown
 from hieravid.eval.tasks import Sample, Task, cut_at_stop, get_task
+from hieravid.files import lock_folder, write_whole
 from hieravid.warning import HieravidWarning
 
 __all__ = ["EvalConfig", "run_eval"]
@@ -467,19 +468,10 @@ def _only_writer(out: Path, procs: _Processes) -> Iterator[None]:
     """Hold ``out``'s lock for the run (its main process takes it and tells the others): a second run into
     the same folder at the same time, with any number of processes, whose files would be merged and removed
     under it, is refused on every process. Released when the run ends, however it ends."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock
-        yield
-        return
     handle, refused = None, None
     if procs.main:
-        handle = open(out / ".lock", "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            handle = None
+        handle = lock_folder(out)
+        if handle is None:
             refused = f"another hieravid eval is writing to {out} now: wait for it to finish, or use another --out"
     refused = procs.share(refused)
     if refused:
@@ -690,5 +682,5 @@ def _finish(
         pairs = [(m, b) for m, b in pairs if (m, budget_key(b)) in recorded]
     summary = summarize(current, tasks, pairs, task_errors, info)
     write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(to_markdown(summary))
+    write_whole(out / "summary.md", [to_markdown(summary)])
     return summary

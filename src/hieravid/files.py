@@ -1,0 +1,88 @@
+"""Output files: written whole or not at all, and one writer at a time per output folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+__all__ = ["is_stream", "lock_folder", "only_writer", "write_whole", "writes_to_stdout"]
+
+
+def _own_stream(path: str | Path) -> int | None:
+    """The file descriptor ``path`` names in this process (``/dev/stdout``: 1, ``/dev/fd/N``: N), else None."""
+    own = re.fullmatch(r"/dev/std(out|err)|/(?:dev/fd|proc/self/fd)/(\d+)", os.path.abspath(path))
+    if not own:
+        return None
+    return {"out": 1, "err": 2}[own.group(1)] if own.group(1) else int(own.group(2))
+
+
+def is_stream(path: str | Path) -> bool:
+    """Whether :func:`write_whole` writes into ``path`` (this process's output, a pipe, a device: what it
+    writes each time follows what it wrote before) instead of replacing a file."""
+    given = os.path.abspath(path)
+    return given.startswith(("/dev/", "/proc/")) or (os.path.exists(given) and not os.path.isfile(given))
+
+
+def writes_to_stdout(path: str | Path) -> bool:
+    """Whether ``path`` names this process's standard output."""
+    return _own_stream(path) == 1
+
+
+def write_whole(path: str | Path, text: Iterable[str]) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file beside the file a symbolic link names, renamed
+    over it, so a reader or a kill mid-write never leaves a partial file. A stream is written into instead
+    (renaming would replace it): this process's own output (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``),
+    at its place, whatever it is redirected to; any other name under /dev or /proc, or that is not a regular
+    file (a pipe, a device), appended to."""
+    given = os.path.abspath(path)
+    fd = _own_stream(given)
+    if fd is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with os.fdopen(os.dup(fd), "w", encoding="utf-8") as f:  # the same open file, from where it is
+            f.writelines(text)
+        return
+    if is_stream(given):
+        with open(given, "a", encoding="utf-8") as f:
+            f.writelines(text)
+        return
+    path = Path(os.path.realpath(given))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def lock_folder(folder: Path) -> IO[str] | None:
+    """Take ``folder``'s lock (an advisory ``flock`` on ``folder/.lock``): the open lock file, which releases it
+    when closed (or when the process ends, however it ends), or None when another process holds it. Without
+    ``fcntl`` (not a POSIX system) nothing is locked."""
+    handle = open(folder / ".lock", "a")  # noqa: SIM115 - closed by the caller, which releases the lock
+    try:
+        import fcntl
+    except ImportError:
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+@contextmanager
+def only_writer(folder: Path, refusal: str) -> Iterator[None]:
+    """Hold ``folder``'s lock (:func:`lock_folder`) for the ``with`` block; ``ValueError(refusal)`` when another
+    process holds it."""
+    handle = lock_folder(folder)
+    if handle is None:
+        raise ValueError(refusal)
+    with handle:
+        yield
