@@ -685,15 +685,20 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
         aux_weight=args.aux_weight, type_weight=args.type_weight, eval_every=args.eval_every, curriculum=args.curriculum,
         summary_weight=args.summary_weight,
     )
+    _check_folder(args.out, "--out")
     console = Console(stderr=True)
 
     def show(entry: dict) -> None:
         scores = " ".join(f"{k} {v:.2f}" for k, v in entry["validation"].items())
         console.print(f"step {entry['step']}: loss {entry['loss']:.3f}, validation {scores}", soft_wrap=True)
 
+    from hieravid.proxy.card import write_card
+
     try:
         with _no_transformers_bars():
             result = train(args.out, config, resume=args.resume, log=show, progress=not args.json)
+        with console.status("measuring the test split for CARD.md"), _no_transformers_bars():
+            write_card(args.out)
     except FileExistsError as exc:
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -705,10 +710,6 @@ def _cmd_train_proxy(args: argparse.Namespace) -> int:
                  f"{min(config.checkpoint_every, config.steps)}): nothing to resume; run the same command again, "
                  "without --resume", err=True)
         return 130
-    from hieravid.proxy.card import write_card
-
-    with console.status("measuring the test split for CARD.md"), _no_transformers_bars():
-        write_card(args.out)
     if args.json:
         _print_json(result)
     else:

@@ -192,3 +192,57 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     assert main(["train-proxy", "--out", str(tmp_path / "run")]) == 130
     assert "checkpoint.pt holds the last checkpoint" in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path):
+    from hieravid.files import lock_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = lock_folder(out)  # a run writing there now
+    try:
+        with pytest.raises(ValueError, match="another hieravid train-proxy is writing to .* now"):
+            train(out, SMALL, progress=False)
+    finally:
+        held.close()
+    assert not (out / "train_log.jsonl").exists()  # nothing of the running one touched
+    assert train(out, SMALL, progress=False)["steps"] == 3  # released: the folder takes a run again
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 not a whole checkpoint"])
+def test_a_damaged_checkpoint_is_named_with_the_fix(tmp_path, damage):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(damage)
+    with pytest.raises(ValueError, match="checkpoint.pt cannot be read .*: remove it"):
+        train(out, SMALL, resume=True, progress=False)
+
+
+def test_ctrl_c_while_the_card_is_measured_says_how_to_finish(tmp_path, monkeypatch, capsys):
+    import hieravid.proxy.card as card
+    import hieravid.proxy.train as proxy_train
+    from hieravid.cli import main
+
+    def trained(out, *args, **kwargs):
+        (tmp_path / "run" / "checkpoint.pt").write_bytes(b"state")
+        return {"steps": 1, "train_seconds": 1.0, "validation": {"letter": 0.5}}
+
+    def interrupted(out):
+        raise KeyboardInterrupt
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(proxy_train, "train", trained)
+    monkeypatch.setattr(card, "write_card", interrupted)
+    assert main(["train-proxy", "--out", str(tmp_path / "run")]) == 130
+    assert "run the same command with --resume" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_takes_no_file_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    import hieravid.proxy.train as proxy_train
+    from hieravid.cli import main
+
+    monkeypatch.setattr(proxy_train, "train", lambda *args, **kwargs: pytest.fail("trained"))
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # a read-only file system, as root sees it
+    (tmp_path / "ro").mkdir()
+    assert main(["train-proxy", "--out", str(tmp_path / "ro")]) == 2
+    assert "is not writable" in capsys.readouterr().err

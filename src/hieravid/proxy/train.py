@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from hieravid.files import only_writer, write_whole
 from hieravid.proxy.build import build_model, build_processor, save
 from hieravid.proxy.config import TrainConfig
 from hieravid.proxy.labels import HEADS, SUMMARY, token_labels, video_summary
@@ -228,7 +230,10 @@ def _lr(config: TrainConfig, step: int) -> float:
 
 def _save_atomic(state: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces the last checkpoint
     os.replace(tmp, path)
 
 
@@ -261,8 +266,6 @@ def train(
 
     Returns the final validation scores and the training wall time (seconds).
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     config = config or TrainConfig()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -280,6 +283,17 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create --out {out}: {err.strerror or err}") from None
+    with only_writer(out, f"another hieravid train-proxy is writing to {out} now: wait for it to finish, or use "
+                          "another --out"):
+        return _train(out, config, resume=resume, log=log, progress=progress)
+
+
+def _train(out: Path, config: TrainConfig, *, resume: bool, log: Callable[[dict], None] | None,
+           progress: bool) -> dict:
+    """:func:`train`'s work, in the folder ``out`` it holds the lock of."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    checkpoint = out / "checkpoint.pt"
     if config.threads:
         torch.set_num_threads(config.threads)
     model = build_model(config.seed, hidden=config.hidden, intermediate=config.intermediate, vision_dim=config.vision_dim,
@@ -309,7 +323,11 @@ def train(
     running: float | None = None  # the loss's moving average, as the log shows it
     tally: dict[str, list[int]] = {}  # training heads' [right, asked] since the last validation
     if resume:
-        state = torch.load(checkpoint, weights_only=False)
+        try:
+            state = torch.load(checkpoint, weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # cut short: a full disk, a crash
+            raise ValueError(f"{checkpoint} cannot be read ({err}): remove it and run without --resume, or use a "
+                             "new directory") from None
         if state["config"] != asdict(config):
             now = asdict(config)
             changed = ", ".join(f"{k}: {state['config'].get(k)!r} there, {now.get(k)!r} now"
@@ -329,7 +347,7 @@ def train(
     # The log holds this run's lines up to its checkpoint: a fresh run starts it anew, and a resumed one
     # drops what was logged after the checkpoint (those steps are trained and logged again).
     kept = _log_lines_up_to(log_path, step) if resume and log_path.exists() else []
-    log_path.write_text("".join(line + "\n" for line in kept))
+    write_whole(log_path, [line + "\n" for line in kept])
 
     def record(entry: dict) -> None:  # log_file: opened for the training loop below
         log_file.write(json.dumps(entry) + "\n")
