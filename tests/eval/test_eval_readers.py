@@ -146,3 +146,46 @@ def test_budgets_that_differ_have_different_keys():
 
     assert (budget_key(0.3), budget_key(1.0), budget_key(1)) == ("0.3", "1", "1")  # the names files already use
     assert budget_key(0.3) != budget_key(0.3000001)
+
+
+@pytest.mark.parametrize("answer", ["(C)", "C. z", "2", "", "E"])
+def test_a_videomme_answer_that_is_not_an_option_letter_fails_its_sample(tmp_path, answer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from fixtures import VIDEOMME_ROWS, write_videomme
+
+    write_videomme(tmp_path)
+    rows = [{**VIDEOMME_ROWS[0], "answer": answer}, {**VIDEOMME_ROWS[1], "answer": " b "}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "videomme" / "videomme" / "test-00000-of-00001.parquet")
+    bad, good = get_task("videomme").load(tmp_path)
+    assert f"answer {answer!r} of 001-1 is not an option letter (A-D)" == bad.error
+    assert good.error is None and get_task("videomme").score(good, "B").value == 1.0
+
+
+def test_a_subtitle_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "s.srt"
+    path.write_bytes(SRT.encode().replace(b"first", b"f\xe9rst"))
+    with pytest.raises(ValueError, match=r"s\.srt is not UTF-8 text"):
+        parse_srt(path)
+
+
+def test_a_nextqa_csv_saved_with_a_byte_order_mark_is_read(tmp_path):
+    from fixtures import write_nextqa
+
+    write_nextqa(tmp_path)
+    path = tmp_path / "nextqa" / "mc" / "test.csv"
+    expected = get_task("nextqa_mc").load(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as a spreadsheet program saves UTF-8
+    assert get_task("nextqa_mc").load(tmp_path) == expected
+
+
+def test_a_missing_nextqa_video_map_is_named_when_videos_sit_in_subfolders(tmp_path):
+    from fixtures import write_nextqa
+
+    from hieravid.warning import HieravidWarning
+
+    write_nextqa(tmp_path)
+    (tmp_path / "nextqa" / "map_vid_vidorID.json").unlink()
+    with pytest.warns(HieravidWarning, match="map_vid_vidorID.json: the videos in .*subfolders are found through it"):
+        samples = get_task("nextqa_mc").load(tmp_path)
+    assert not Path(samples[0].video).is_file() and Path(samples[1].video).is_file()  # the flat copy still found

@@ -608,3 +608,18 @@ def test_json_named_as_standard_output_is_written_into_the_stream(capfd) -> None
     print("after", flush=True)
     out = capfd.readouterr().out
     assert out.startswith("before\n") and '"a": 1' in out and out.rstrip().endswith("after")
+
+
+def test_a_task_that_loads_no_sample_is_named_with_its_layout(tmp_path):
+    from hieravid.eval.runner import _load_tasks
+    from hieravid.eval.tasks import Task
+
+    class Empty(Task):
+        name = "empty"
+        layout = "<data-root>/empty/questions.json"
+
+        def load(self, data_root):
+            return []
+
+    _, errors = _load_tasks([Empty()], tmp_path, None)
+    assert errors["empty"] == f"no samples in its files under {tmp_path}: expected layout {Empty.layout}"

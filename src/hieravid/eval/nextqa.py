@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from hieravid.eval.tasks import (
     require_file,
 )
 from hieravid.eval.wups import Lexicon, NltkLexicon, nextqa_oe_score
+from hieravid.warning import HieravidWarning
 
 __all__ = ["NextQAMultipleChoice", "NextQAOpenEnded"]
 
@@ -60,7 +62,7 @@ LAYOUT = (
 
 def _read_csv(path: Path, needed: Sequence[str]) -> list[dict[str, str]]:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte order mark is not a column name
             reader = csv.DictReader(f)
             missing = [c for c in needed if c not in (reader.fieldnames or [])]
             if missing:
@@ -73,6 +75,13 @@ def _read_csv(path: Path, needed: Sequence[str]) -> list[dict[str, str]]:
 def _video_map(root: Path) -> dict[str, str]:
     path = root / "map_vid_vidorID.json"
     if not path.is_file():
+        videos = root / "NExTVideo"
+        if videos.is_dir() and any(p.is_dir() for p in videos.iterdir()):
+            warnings.warn(
+                f"no {path}: the videos in {videos}'s subfolders are found through it, so their questions "
+                "fail as missing videos; put the file there (from the NExT-QA download)",
+                HieravidWarning, stacklevel=3,
+            )
         return {}
     try:
         mapping = json.loads(path.read_text(encoding="utf-8"))

@@ -232,6 +232,10 @@ def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tu
         except (TypeError, KeyError, AttributeError) as err:  # data of a shape the loader did not expect
             errors[task.name] = f"malformed data ({type(err).__name__}: {err})"
             continue
+        if not loaded:  # files in place, but empty: nothing to score is not a score
+            expected = f": expected layout {task.layout}" if task.layout else ""
+            errors[task.name] = f"no samples in its files under {data_root}{expected}"
+            continue
         repeated = [i for i, n in Counter(s.id for s in loaded).items() if n > 1]  # in order of first sight
         if repeated:
             more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""

@@ -79,7 +79,10 @@ def parse_srt(path: Path) -> list[tuple[float, float, str]]:
         ValueError: a cue whose time line cannot be read.
     """
     cues: dict[tuple[float, float], str] = {}
-    content = Path(path).read_text(encoding="utf-8")
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err}): convert it to UTF-8") from None
     for section in content.split("\n\n"):
         if not section.strip():
             continue
@@ -142,8 +145,13 @@ class VideoMME(Task):
         video_id = str(row["videoID"])
         video = find_video([data / f"{video_id}.mp4", data / f"{video_id}.MP4", data / f"{video_id}.mkv"])
         meta["subtitle"] = str(root / "subtitle" / f"{video_id}.srt")
-        return Sample(id=sample_id, task=self.name, question=question, answer=str(row["answer"]).strip(),
-                      options=options, video=str(video), meta=meta)
+        answer = str(row["answer"]).strip()
+        letters = "ABCD"  # what the prompt asks for and the answer parser reads
+        if len(answer) != 1 or answer.upper() not in letters:
+            return Sample(id=sample_id, task=self.name, question=question, options=options, meta=meta,
+                          error=f"answer {row['answer']!r} of {sample_id} is not an option letter (A-D)")
+        return Sample(id=sample_id, task=self.name, question=question, answer=answer, options=options,
+                      video=str(video), meta=meta)
 
     def prompt(self, sample: Sample, video: Any | None) -> str:
         return f"{INSTRUCTION}\n{sample.question}\n{POST_PROMPT}"
