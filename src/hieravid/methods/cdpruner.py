@@ -5,7 +5,8 @@ CDPruner builds, over all visual tokens, the conditional kernel
 ``L~ = diag(r) X X^T diag(r)`` (X the L2-normalised visual features, r the instruction relevance)
 and keeps the greedy MAP subset of size K (Chen et al. 2018's fast greedy inference), in sequence
 order. Here it runs once, before layer 0, over ALL visual tokens of the video: one DPP, no segments,
-no stages. The kernel and the greedy loop are HieraVid's own operations
+no stages (the official LLaVA code, given frames as a batch of images, runs one DPP per frame with the
+same count in each). The kernel and the greedy loop are HieraVid's own operations
 (:func:`hieravid.ops.conditional_kernel`, :func:`hieravid.ops.greedy_map`) run on one group.
 
 Relevance, following the official code (``llava/model/llava_arch.py``, ``encode_images``):

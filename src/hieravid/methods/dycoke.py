@@ -1,7 +1,7 @@
 """DyCoke (Tao et al., CVPR 2025, "DyCoke: Dynamic Compression of Tokens for Fast Video Large Language
 Models"): its token temporal merging (TTM) stage, before the LLM.
 
-What TTM does (public code ``KD-TAO/DyCoke``, ``dycole_ttm`` in ``llava/model/llava_arch.py``): the frames
+What TTM does (the paper; public code ``KD-TAO/DyCoke``, ``dycole_ttm`` in ``llava/model/llava_arch.py``): the frames
 are taken in windows of 4, ``[a, a+1, a+2, a+3]``. The window's first frame ``a`` is the anchor and stays
 whole. Frame ``a+1`` and frame ``a+2`` are compared with the anchor, frame ``a+3`` with frame ``a+2`` (as it
 was before pruning), slot by slot (cosine similarity of the two tokens of the same slot); each compared
@@ -21,7 +21,12 @@ Differences from the public code: the per-frame counts are split to hit the budg
 reference keeps ``int((1 - K) P)`` in every compared frame); a trailing partial window is treated like a
 full one as far as it goes, and every window is processed (the reference skips the second comparison
 in its last window when 4 divides T, keeping that window's third frame whole, and drops the last frame
-of an odd T); ties in similarity go to the earlier slot.
+of an odd T); ties in similarity go to the earlier slot. Frame ``a+1`` is pruned by its own similarity to
+the anchor, as the paper describes: the code's loop over the odd frames reads the similarities of the
+previous pair of frames (``similarities[(i - 2) // 2]``, the last pair for frame 1), so there frame
+``a+1`` keeps the slots least similar between frames ``a-2`` and ``a-1``. Kept tokens stay in slot order
+with their original positions (the code orders them by similarity, and LLaVA numbers what is fed
+0, 1, 2, ...).
 
 Not implemented: DyCoke's second stage, dynamic KV-cache pruning during decoding (at layer 3 of each
 decoding step the visual tokens are re-ranked by the new token's attention and only the top fraction

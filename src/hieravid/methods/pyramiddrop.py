@@ -27,6 +27,10 @@ tokens (``VideoTokens.instruction``), tokens evenly spaced over the sequence sta
 :meth:`PyramidDrop.achieved_budget` reports the realised one. Per-stage integer counts follow
 :func:`hieravid.methods.budget.keep_count` of the tokens present, so they may sit a token above the
 nominal fractions.
+
+Positions: kept tokens keep their original ones, as the runtime gives every method; the public code
+renumbers the tokens 0, 1, 2, ... after each drop, so from stage 2 on its rotary positions, and with them
+the attention that ranks the next drop, differ from these.
 """
 
 from __future__ import annotations
