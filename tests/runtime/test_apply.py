@@ -1468,3 +1468,19 @@ def test_ctrl_c_mid_call_leaves_nothing_of_the_call_behind(family, model, where)
             assert language_model(input_ids=same_shape).last_hidden_state.shape[1] == same_shape.shape[1]
             assert handle.last_stats.pruned is False
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "hieravid"])
+def test_a_decoder_cut_short_in_place_counts_the_layers_it_has(method):
+    # Layers removed from the module list, the config left as it was: the model runs the layers it has,
+    # and so do the schedule and the FLOPs count.
+    model = build_model("qwen2_vl")
+    model.model.language_model.layers = model.model.language_model.layers[:4]
+    inputs = build_inputs("qwen2_vl", model)
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        with hieravid.apply(model, method, 0.5 if method == "hieravid" else 1.0) as handle:
+            got = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    if method == "vanilla":
+        assert torch.equal(got, expected)
+    assert len(handle.last_stats.tokens_per_layer) == 4

@@ -18,6 +18,7 @@ continue from the original, unpruned length) and attend to every stored key of e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import warnings
@@ -187,7 +188,9 @@ class Runtime:
         self._call = _CallState()
         # The last prefill's stats and trace, set together: a pair from one call, whatever other threads do.
         self._last: tuple[PruneStats | None, PruneTrace | None] = (None, None)
-        self._shape = ModelShape.from_config(adapter.text_config)
+        # The layers the model runs (its module list), whatever its config says: a decoder cut short in
+        # place runs fewer.
+        self._shape = dataclasses.replace(ModelShape.from_config(adapter.text_config), num_layers=adapter.num_layers)
 
     @property
     def last_stats(self) -> PruneStats | None:
