@@ -783,6 +783,20 @@ def test_wrapped_models_are_refused_naming_the_model_to_apply_to():
         hieravid.apply(torch.compile(model), "hieravid")
     hieravid.apply(PeftModelForCausalLM(model).get_base_model(), "hieravid").remove()
 
+    class LoraModel(torch.nn.Module):  # a PEFT tuner (peft_model.base_model): the model in its .model
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
+
+    class Pipeline:  # a transformers pipeline: not a module, the model in its .model
+        def __init__(self, inner):
+            self.model = inner
+
+    for wrapper in (LoraModel(model), Pipeline(model)):
+        with pytest.raises(ValueError, match=rf"{type(wrapper).__name__} holds Qwen2VLForConditionalGeneration in its "
+                                             r"\.model: apply hieravid to that, hieravid.apply\(wrapper.model, ...\)"):
+            hieravid.apply(wrapper, "hieravid")
+
 
 def test_flash_attention_is_refused_with_the_fix(family):
     model = build_model(family)

@@ -44,6 +44,12 @@ def find_adapter(model: nn.Module) -> tuple[ModelAdapter, nn.Module]:
             f"{name} is a torch.compile wrapper of {type(model._orig_mod).__name__}: apply hieravid to the model "
             "before compiling it (or to compiled._orig_mod)"
         )
+    inner = getattr(model, "model", None)  # a PEFT tuner (LoraModel), a transformers pipeline
+    if name not in _FAMILIES and type(inner).__name__ in _FAMILIES:
+        raise ValueError(
+            f"{name} holds {type(inner).__name__} in its .model: apply hieravid to that, "
+            "hieravid.apply(wrapper.model, ...), and call the wrapper as before"
+        )
     if name not in _FAMILIES:
         fix = (
             "hieravid has no adapter for this model family"
