@@ -20,7 +20,6 @@ _MARK = "_hieravid_handle"
 # The call arguments the adapters read to locate the video tokens.
 _CONTEXT_KEYS = ("input_ids", "video_grid_thw", "pixel_values_videos", "attention_mask", "mm_encoder_outputs")
 _VIDEO_KEYS = ("video_grid_thw",)  # small: never the pixels, which are not kept past their call
-_SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
 def _refuse_copy(*args: Any) -> None:
@@ -201,12 +200,7 @@ def apply(
         _forget_removed(module)
     if any(m.__dict__.get(_MARK) is not None for m in marked):
         raise ValueError("hieravid is already applied to this model: call handle.remove() before applying again")
-    implementation = adapter.attn_implementation
-    if implementation not in _SUPPORTED_ATTENTION:
-        raise ValueError(
-            f"hieravid supports attn_implementation {' or '.join(_SUPPORTED_ATTENTION)}, the model uses "
-            f"{implementation!r}: load it with attn_implementation='sdpa'"
-        )
+    adapter.check_attention()
     layer_types = list(getattr(adapter.text_config, "layer_types", None) or [])
     windowed = [i for i, kind in enumerate(layer_types) if kind != "full_attention"]
     if windowed:

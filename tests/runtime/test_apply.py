@@ -805,6 +805,17 @@ def test_flash_attention_is_refused_with_the_fix(family):
         hieravid.apply(model, "hieravid")
 
 
+def test_an_attention_switched_after_apply_is_refused_at_the_call():
+    model = build_model("qwen2_vl")
+    inputs = build_inputs("qwen2_vl", model)
+    with hieravid.apply(model, "hieravid", 0.3), torch.no_grad():
+        model.model.language_model.config._attn_implementation = "flash_attention_2"
+        with pytest.raises(ValueError, match="the model uses 'flash_attention_2': load it with attn_implementation='sdpa'"):
+            model(**inputs)
+        model.model.language_model.config._attn_implementation = "sdpa"
+        model(**inputs)  # switched back: runs
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
 def test_sliding_window_layers_are_refused_with_the_fix(family):
     """A Qwen2 decoder with its sliding window on (off in the released checkpoints) would be masked with full

@@ -15,6 +15,9 @@ from torch import nn
 
 __all__ = ["VideoLayout", "CallContext", "ModelAdapter"]
 
+#: The attention implementations the runtime's masks are made for.
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
 
 @dataclass(frozen=True)
 class VideoLayout:
@@ -120,6 +123,16 @@ class ModelAdapter:
     @property
     def attn_implementation(self) -> str:
         return self.text_config._attn_implementation or "eager"
+
+    def check_attention(self) -> None:
+        """Refuse an attention implementation the runtime's masks are not made for (it builds eager's float
+        mask or SDPA's boolean one): at ``apply``, and at every call, as the model may switch after it."""
+        if self.attn_implementation not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"hieravid supports attn_implementation {' or '.join(SUPPORTED_ATTENTION)}, the model uses "
+                f"{self.attn_implementation!r}: load it with attn_implementation='sdpa' (or "
+                "model.set_attn_implementation('sdpa'))"
+            )
 
     def split_positions(
         self, position_ids: torch.Tensor | None, batch: int, length: int, offset: int, device: torch.device

@@ -215,6 +215,7 @@ class Runtime:
         """Drop-in replacement of the language model's ``forward`` (same arguments, same output type;
         transformers 5.24 and later pass the cache as ``cache``)."""
         try:
+            self.adapter.check_attention()  # a model switched since apply
             return self._forward(text_model, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                  use_cache, **kwargs)
         finally:
