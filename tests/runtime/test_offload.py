@@ -72,16 +72,22 @@ def _dispatch_in_blocks(accelerate, model) -> None:
         "model.visual": "cpu", "model.language_model": "cpu", "lm_head": "cpu"})
 
 
-def test_a_hook_on_the_language_model_still_runs_around_the_pruned_forward_and_stays_after_remove():
-    accelerate = pytest.importorskip("accelerate")
-    from accelerate.hooks import remove_hook_from_submodules
-
+def _answers_in_memory() -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The inputs, and what the model in memory generates unpatched and with HieraVid at 0.4."""
     reference = build_model("qwen2_vl")
     inputs = build_inputs("qwen2_vl", reference)
     with torch.no_grad():
         unpatched = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
         with hieravid.apply(reference, "hieravid", 0.4):
             expected = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+    return inputs, unpatched, expected
+
+
+def test_a_hook_on_the_language_model_still_runs_around_the_pruned_forward_and_stays_after_remove():
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.hooks import remove_hook_from_submodules
+
+    inputs, unpatched, expected = _answers_in_memory()
     model = build_model("qwen2_vl")
     _dispatch_in_blocks(accelerate, model)
     text_model = model.model.language_model
@@ -104,12 +110,7 @@ def test_unhooking_a_dispatched_model_keeps_it_pruned_and_remove_then_leaves_it_
     accelerate = pytest.importorskip("accelerate")
     from accelerate.hooks import remove_hook_from_submodules
 
-    reference = build_model("qwen2_vl")
-    inputs = build_inputs("qwen2_vl", reference)
-    with torch.no_grad():
-        unpatched = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
-        with hieravid.apply(reference, "hieravid", 0.4):
-            expected = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+    inputs, unpatched, expected = _answers_in_memory()
     model = build_model("qwen2_vl")
     _dispatch_in_blocks(accelerate, model)
     handle = hieravid.apply(model, "hieravid", 0.4)
@@ -126,12 +127,7 @@ def test_a_model_dispatched_after_apply_keeps_its_hook_when_the_handle_is_remove
     accelerate = pytest.importorskip("accelerate")
     from accelerate.hooks import remove_hook_from_submodules
 
-    reference = build_model("qwen2_vl")
-    inputs = build_inputs("qwen2_vl", reference)
-    with torch.no_grad():
-        unpatched = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
-        with hieravid.apply(reference, "hieravid", 0.4):
-            expected = reference.generate(**inputs, max_new_tokens=3, do_sample=False)
+    inputs, unpatched, expected = _answers_in_memory()
     model = build_model("qwen2_vl")
     handle = hieravid.apply(model, "hieravid", 0.4)
     _dispatch_in_blocks(accelerate, model)
