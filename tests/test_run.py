@@ -286,6 +286,11 @@ def test_demo_errors_write_nothing(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     check_error(["demo", "--out", str(out), "--model", str(tmp_path / "missing-model")], capsys, "no model directory")
     assert not out.exists()  # the model is loaded before anything is written
+    for name in ("hieravid-demo.mp4", "hieravid-demo.png"):  # a folder where the demo writes a file
+        taken = tmp_path / f"taken-{name}"
+        (taken / name).mkdir(parents=True)
+        check_error(["demo", "--out", str(taken), "--model", str(tmp_path / "missing-model")], capsys,
+                    f"holds a folder named {name}")
 
 
 def test_default_model_missing_names_the_fix(tmp_path: Path, capsys, monkeypatch) -> None:

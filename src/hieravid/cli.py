@@ -1051,6 +1051,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     budget = check_budget(args.budget)
     _check_folder(args.out, "--out")
+    for name, what in ((f"{DEMO_NAME}.mp4", "video"), (f"{DEMO_NAME}.png", "picture")):
+        if (Path(args.out) / name).is_dir():
+            raise ValueError(f"--out {args.out!r} holds a folder named {name}, where the demo writes its {what}: "
+                             "move it, or pick another --out")
     status = _status(not args.json)
     with status(f"Loading {args.model or 'the shipped proxy model'} ..."):  # first: a missing model writes nothing
         loaded = _load(args.model, args.device, args.dtype)
