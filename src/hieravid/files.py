@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["is_stream", "lock_folder", "only_writer", "write_whole", "writes_to_stdout"]
+__all__ = ["is_stream", "lock_folder", "only_writer", "replaced_whole", "write_whole", "writes_to_stdout"]
 
 
 def _own_stream(path: str | Path) -> int | None:
@@ -51,10 +51,18 @@ def write_whole(path: str | Path, text: Iterable[str]) -> None:
         with open(given, "a", encoding="utf-8") as f:
             f.writelines(text)
         return
-    path = Path(os.path.realpath(given))
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replaced_whole(Path(os.path.realpath(given))) as f:
         f.writelines(text)
+
+
+@contextmanager
+def replaced_whole(path: Path, binary: bool = False) -> Iterator[IO]:
+    """A new file for the ``with`` block to write, which replaces ``path`` when the block ends, on disk
+    first (a temporary file beside it, ``path`` + ``.tmp``, fsynced and renamed over it): a reader or a kill
+    mid-write sees the old file or the new one, never a part. A block that raises leaves ``path`` as it was."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

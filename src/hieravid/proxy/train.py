@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from hieravid.files import only_writer, write_whole
+from hieravid.files import only_writer, replaced_whole, write_whole
 from hieravid.proxy.build import build_model, build_processor, save
 from hieravid.proxy.config import TrainConfig
 from hieravid.proxy.labels import HEADS, SUMMARY, token_labels, video_summary
@@ -229,12 +229,8 @@ def _lr(config: TrainConfig, step: int) -> float:
 
 
 def _save_atomic(state: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    with replaced_whole(path, binary=True) as f:  # on disk before it replaces the last checkpoint
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before it replaces the last checkpoint
-    os.replace(tmp, path)
 
 
 def _log_lines_up_to(path: Path, step: int) -> list[str]:
