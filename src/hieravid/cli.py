@@ -365,11 +365,17 @@ def _say(text: str, end: str = "\n", err: bool = False) -> None:
     try:
         print(text, end=end, file=sys.stderr if err else sys.stdout, flush=True)
     except BrokenPipeError:
-        null = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at interpreter exit too
-        if err:
-            sys.stderr = null
-        else:
-            sys.stdout = null
+        _silence(err)
+
+
+def _silence(err: bool = False) -> None:
+    """Send what is left for stdout (stderr with ``err``), whose reader went away, to the null device: the
+    flush at interpreter exit too."""
+    null = open(os.devnull, "w")  # noqa: SIM115 - open until the process ends
+    if err:
+        sys.stderr = null
+    else:
+        sys.stdout = null
 
 
 def _progress(line: str) -> None:
@@ -1183,7 +1189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = show
             return int(args.func(args))
     except BrokenPipeError:  # stdout piped into e.g. `head`, which stopped reading (stderr lines go by _say)
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
+        _silence()
         return 0
     except ValueError as exc:  # our validators name the bad value and the fix
         _say(f"hieravid {args.command}: error: {exc}", err=True)
