@@ -1198,8 +1198,8 @@ def format_report(result: ModelBenchResult) -> str:
 def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
     """Two panels against the budget: measured prefill speed-up (dotted, hollow markers: theoretical) and
     visual KV-cache size, one line per method; vanilla (and ``unpatched``, when measured) as horizontal
-    references. Written as a PNG by the
-    figure's own Agg canvas (the caller's matplotlib backend is left alone).
+    references. Written as a PNG by the figure's own Agg canvas (the caller's matplotlib backend is left
+    alone).
 
     Returns the matplotlib figure."""
     import matplotlib

@@ -146,8 +146,7 @@ class VideoMME(Task):
         video = find_video([data / f"{video_id}.mp4", data / f"{video_id}.MP4", data / f"{video_id}.mkv"])
         meta["subtitle"] = str(root / "subtitle" / f"{video_id}.srt")
         answer = str(row["answer"]).strip()
-        letters = "ABCD"  # what the prompt asks for and the answer parser reads
-        if len(answer) != 1 or answer.upper() not in letters:
+        if answer.upper() not in ("A", "B", "C", "D"):  # what the prompt asks for and the answer parser reads
             return Sample(id=sample_id, task=self.name, question=question, options=options, meta=meta,
                           error=f"answer {row['answer']!r} of {sample_id} is not an option letter (A-D)")
         return Sample(id=sample_id, task=self.name, question=question, answer=answer, options=options,

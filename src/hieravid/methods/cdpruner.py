@@ -26,7 +26,8 @@ paired text tower wired to the runtime, so both sides are the LLM's input embedd
 ``VideoTokens.features`` (the projected visual tokens, which are also CDPruner's X) and
 ``VideoTokens.instruction`` (the input embeddings of the text after the prompt's last image or video:
 the question and the chat template's closing tokens), via
-:func:`hieravid.ops.ranking.instruction_similarity`, which equals the mean of the per-token cosines. Without instruction tokens r is uniform (a plain DPP).
+:func:`hieravid.ops.ranking.instruction_similarity`, which equals the mean of the per-token cosines.
+Without instruction tokens r is uniform (a plain DPP).
 
 Greedy MAP: the official loop divides by ``sqrt(d2)`` without a guard (NaN, then repeated picks,
 once the residual variances reach zero). ``greedy_map`` instead treats a residual below its relative
