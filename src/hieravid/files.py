@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ def is_stream(path: str | Path) -> bool:
     """Whether :func:`write_whole` writes into ``path`` (this process's output, a pipe, a device: what it
     writes each time follows what it wrote before) instead of replacing a file."""
     given = os.path.abspath(path)
-    return given.startswith(("/dev/", "/proc/")) or (os.path.exists(given) and not os.path.isfile(given))
+    return _own_stream(given) is not None or (os.path.exists(given) and not os.path.isfile(given))
 
 
 def writes_to_stdout(path: str | Path) -> bool:
@@ -37,8 +38,8 @@ def write_whole(path: str | Path, text: Iterable[str]) -> None:
     """Write ``text`` to ``path`` atomically: a temporary file beside the file a symbolic link names, renamed
     over it, so a reader or a kill mid-write never leaves a partial file. A stream is written into instead
     (renaming would replace it): this process's own output (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``),
-    at its place, whatever it is redirected to; any other name under /dev or /proc, or that is not a regular
-    file (a pipe, a device), appended to."""
+    at its place, whatever it is redirected to; any other name that is not a regular file (a pipe, a device),
+    appended to."""
     given = os.path.abspath(path)
     fd = _own_stream(given)
     if fd is not None:
@@ -58,14 +59,19 @@ def write_whole(path: str | Path, text: Iterable[str]) -> None:
 @contextmanager
 def replaced_whole(path: Path, binary: bool = False) -> Iterator[IO]:
     """A new file for the ``with`` block to write, which replaces ``path`` when the block ends, on disk
-    first (a temporary file beside it, ``path`` + ``.tmp``, fsynced and renamed over it): a reader or a kill
-    mid-write sees the old file or the new one, never a part. A block that raises leaves ``path`` as it was."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    first (a temporary file beside it, fsynced and renamed over it): a reader or a kill mid-write sees the
+    old file or the new one, never a part, and of writers of one path at once each replaces it whole. A
+    block that raises leaves ``path`` as it was and removes its temporary file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # this writer's own
+    try:
+        with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def lock_folder(folder: Path) -> IO[str] | None:
