@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -188,3 +189,30 @@ def test_progress_lines_to_a_gone_stderr_leave_stdout_alone(monkeypatch, capsys)
     assert main(["bench-ops", "--frames", "4", "--slots", "16", "--dim", "32", "--repeats", "2",
                  "--greedy-backend", "torch"]) == 0
     assert "total (median of 2 runs)" in capsys.readouterr().out
+
+
+def test_a_stream_output_is_checked_for_itself_not_for_its_folder(monkeypatch, tmp_path):
+    """``--json /dev/stdout`` (or a pipe) for a user who cannot make files in /dev: the stream is written into,
+    so only it needs to be writable."""
+    import tempfile
+
+    from hieravid import cli
+
+    access, temporary = os.access, tempfile.TemporaryFile
+
+    def user_access(path, mode):  # /dev as a user other than root sees it: not writable
+        return access(path, mode) and not (os.path.abspath(path) == "/dev" and mode & os.W_OK)
+
+    def user_temporary(*args, dir=None, **kwargs):
+        if dir is not None and os.path.abspath(dir) == "/dev":
+            raise PermissionError(13, "Permission denied")
+        return temporary(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(cli.os, "access", user_access)
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", user_temporary)
+    cli._check_output("/dev/stdout", "--json")
+    cli._check_output("/dev/fd/2", "--json")
+    with pytest.raises(ValueError, match="--json '/dev/new.json' is not writable: pick another path"):
+        cli._check_output("/dev/new.json", "--json")  # a file to be made in /dev: the folder counts
+    os.mkfifo(tmp_path / "pipe")
+    cli._check_output(str(tmp_path / "pipe"), "--json")

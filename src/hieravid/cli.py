@@ -390,16 +390,22 @@ def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None 
         return
     if os.path.isdir(path):
         raise ValueError(f"{option} {path!r} is a folder: name a file in it")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"the folder of {option} {path!r} does not exist: create it or pick another path")
-    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ValueError(f"{option} {path!r} is not writable: pick another path")
-    try:  # a file made there (permissions alone say yes to root, also on a read-only or special file system)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ValueError(f"{option} {path!r} is not writable ({exc.strerror or exc}): pick another path") from None
+    from hieravid.files import is_stream
+
+    if is_stream(path):  # written into, not replaced: its folder (/dev for /dev/stdout) takes no file
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{option} {path!r} is not writable: pick another path")
+    else:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"the folder of {option} {path!r} does not exist: create it or pick another path")
+        if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise ValueError(f"{option} {path!r} is not writable: pick another path")
+        try:  # a file made there (permissions alone say yes to root, also on a read-only or special file system)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{option} {path!r} is not writable ({exc.strerror or exc}): pick another path") from None
     if suffixes is not None and os.path.splitext(path)[1].lower() not in suffixes:
         raise ValueError(f"{option} {path!r}: name a picture file ending in {', '.join(suffixes)}")
 
