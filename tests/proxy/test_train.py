@@ -218,6 +218,20 @@ def test_a_damaged_checkpoint_is_named_with_the_fix(tmp_path, damage):
         train(out, SMALL, resume=True, progress=False)
 
 
+def test_a_checkpoint_cut_short_anywhere_or_not_a_checkpoint_is_named_with_the_fix(tmp_path):
+    import io
+
+    out = tmp_path / "run"
+    train(out, SMALL, progress=False)
+    whole = (out / "checkpoint.pt").read_bytes()
+    listed = io.BytesIO()
+    torch.save([1, 2], listed)
+    for damage in (whole[:30000], whole[: len(whole) // 2], whole[:-100], listed.getvalue()):
+        (out / "checkpoint.pt").write_bytes(damage)
+        with pytest.raises(ValueError, match="checkpoint.pt cannot be read .*: remove it"):
+            train(out, SMALL, resume=True, progress=False)
+
+
 def test_ctrl_c_while_the_card_is_measured_says_how_to_finish(tmp_path, monkeypatch, capsys):
     import hieravid.proxy.card as card
     import hieravid.proxy.train as proxy_train

@@ -233,6 +233,23 @@ def _save_atomic(state: dict, path: Path) -> None:
         torch.save(state, f)
 
 
+def _read_checkpoint(path: Path) -> dict:
+    """The state :func:`_save_atomic` wrote at ``path``; ``ValueError`` naming the fix when the file is not
+    one (cut short by a full disk or a copy, or another file in its place)."""
+    try:
+        state = torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        problem = str(err)
+    else:
+        missing = {"config", "model", "heads", "optimizer", "step", "elapsed"} - set(state) if isinstance(state, dict) else None
+        if missing is None or missing:
+            problem = f"a {type(state).__name__}, not a checkpoint" if missing is None else f"it lacks {', '.join(sorted(missing))}"
+        else:
+            return state
+    raise ValueError(f"{path} cannot be read ({problem}): remove it and run without --resume, or use a new "
+                     "directory")
+
+
 def _log_lines_up_to(path: Path, step: int) -> list[str]:
     """The training log's lines of steps up to ``step``; a last line cut short (a kill while it was written)
     is dropped with the rest after the checkpoint."""
@@ -319,11 +336,7 @@ def _train(out: Path, config: TrainConfig, *, resume: bool, log: Callable[[dict]
     running: float | None = None  # the loss's moving average, as the log shows it
     tally: dict[str, list[int]] = {}  # training heads' [right, asked] since the last validation
     if resume:
-        try:
-            state = torch.load(checkpoint, weights_only=False)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # cut short: a full disk, a crash
-            raise ValueError(f"{checkpoint} cannot be read ({err}): remove it and run without --resume, or use a "
-                             "new directory") from None
+        state = _read_checkpoint(checkpoint)
         if state["config"] != asdict(config):
             now = asdict(config)
             changed = ", ".join(f"{k}: {state['config'].get(k)!r} there, {now.get(k)!r} now"
