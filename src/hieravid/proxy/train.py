@@ -241,9 +241,10 @@ def _read_checkpoint(path: Path) -> dict:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         problem = str(err)
     else:
-        missing = {"config", "model", "heads", "optimizer", "step", "elapsed"} - set(state) if isinstance(state, dict) else None
-        if missing is None or missing:
-            problem = f"a {type(state).__name__}, not a checkpoint" if missing is None else f"it lacks {', '.join(sorted(missing))}"
+        if not isinstance(state, dict):
+            problem = f"a {type(state).__name__}, not a checkpoint"
+        elif missing := sorted({"config", "model", "heads", "optimizer", "step", "elapsed"} - set(state)):
+            problem = f"it lacks {', '.join(missing)}"
         else:
             return state
     raise ValueError(f"{path} cannot be read ({problem}): remove it and run without --resume, or use a new "
