@@ -935,3 +935,7 @@ def test_a_still_whose_name_looks_like_a_numbered_sequence_is_that_file(tmp_path
     Image.fromarray(np.full((32, 32, 3), 10, np.uint8)).save(tmp_path / "shot%d.png")
     Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(tmp_path / "shot1.png")  # what %d would match
     assert read_video(tmp_path / "shot%d.png", 1).frames.mean() < 20
+    for folder in ("run%d", "run1"):  # a "%" in a folder's name is a name too
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((32, 32, 3), 10 if "%" in folder else 250, np.uint8)).save(tmp_path / folder / "a.png")
+    assert read_video(tmp_path / "run%d" / "a.png", 1).frames.mean() < 20

@@ -367,10 +367,12 @@ def _frames(
 def _open(file: Path, *, warn: bool = False) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open ``file`` and pick its first video stream (``warn``: say so when it has several)."""
     # A metadata tag that is not UTF-8 (some cameras write Latin-1) must not stop the read. A still image
-    # named "shot%d.png" is that file, not a numbered sequence of others (the option only where a name has a
-    # "%": PyAV 15 can crash seeking in some formats opened with options their demuxer does not take).
-    options = {"pattern_type": "none"} if "%" in file.name else {}
-    container = av.open(_url(file), metadata_errors="replace", options=options)
+    # named "shot%d.png" (or in a folder "run%d") is that file, not a numbered sequence of others (the option
+    # only where the path has a "%": PyAV 15 can crash seeking in some formats opened with options their
+    # demuxer does not take).
+    url = _url(file)
+    options = {"pattern_type": "none"} if "%" in url else {}
+    container = av.open(url, metadata_errors="replace", options=options)
     if container.format.name == "tty":  # FFmpeg draws a text file (.txt, .nfo, ANSI art) as pictures
         container.close()
         raise ValueError(f"could not decode video at {str(file)!r}: it is a text file, not a video file")
