@@ -42,7 +42,8 @@ def test_spec_options_reach_the_method():
         ("hieravid:lam=2", "lam must be in [0, 1]"),
         ("nope:k=1", "unknown method 'nope'"),
         ("vanilla:k=1", "takes no options"),
-        ("framefusion:budget=0.1", "the budget is not an option of framefusion: pass it as the budget"),
+        ("framefusion:budget=0.1", r"the budget is not an option of framefusion: pass it as the budget \(budget=B in "
+         r"Python and lmms-eval's model args, --budget B for hieravid run, --budgets B,\.\.\. for eval and bench\)"),
         ("hieravid:budget=0.1", "the budget is not an option of hieravid"),
     ],
 )

@@ -122,7 +122,8 @@ def build(method: str | PruningMethod, budget: float | None = None, **options: A
     if twice:
         raise ValueError(f"option(s) {', '.join(twice)} given both in the method spec {method!r} and as arguments")
     if "budget" in spec_options or "budget" in options:
-        raise ValueError(f"the budget is not an option of {name}: pass it as the budget (--budget B)")
+        raise ValueError(f"the budget is not an option of {name}: pass it as the budget (budget=B in Python and "
+                         "lmms-eval's model args, --budget B for hieravid run, --budgets B,... for eval and bench)")
     budget = check_budget(0.3 if budget is None else budget)
     return _REGISTRY[name](budget, **spec_options, **options)
 
