@@ -31,6 +31,7 @@ def test_every_sample_is_recorded_once_with_its_score(reference_run):
     keys = [record_key(r) for r in records]
     assert len(keys) == len(set(keys)) == PAIRS * sum(n for n, _ in EXPECTED.values())
     assert not list(reference_run.glob("predictions.part*.jsonl"))
+    assert {r["max_new_tokens"] for r in records} == {2}  # the tokens each answer was given (RUN_ARGS)
     for record in records:
         if record["status"] == "ok":
             assert record["prediction"] is not None and 0.0 <= record["score"] <= 1.0
@@ -165,7 +166,7 @@ def test_a_setting_spelled_out_at_the_value_it_had_is_one_setting(tmp_path):
     from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
     from hieravid.eval.tasks import get_task
 
-    answered = [{"task": "synthetic", "id": "0"}]
+    answered = [{"task": "synthetic", "id": "0"}]  # a record of a release that kept no tokens in it
     own = get_task("synthetic").max_new_tokens
     left_out = EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"])
     (tmp_path / RUN_FILE).write_text(json.dumps(_settings(left_out)))
@@ -174,16 +175,26 @@ def test_a_setting_spelled_out_at_the_value_it_had_is_one_setting(tmp_path):
     with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, {own + 1} now"):
         _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"],
                                            max_new_tokens=own + 1), answered)
-    # A left-out number is the own number of the tasks of the run that left it out.
-    other = next(name for name in ("nextqa_mc", "mvbench", "videomme") if get_task(name).max_new_tokens != own)
-    theirs = get_task(other).max_new_tokens
-    (tmp_path / RUN_FILE).write_text(json.dumps(_settings(EvalConfig(tasks=[other], out=tmp_path, methods=["vanilla"]))))
-    _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"], max_new_tokens=theirs),
-                  answered)
-    with pytest.raises(ValueError, match=f"max_new_tokens: {theirs} there, {own} now"):
-        _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"], max_new_tokens=own),
-                      answered)
     _check_resume(tmp_path, left_out, answered)  # both left out: each task its own, as before
+
+
+def test_the_tokens_per_answer_are_compared_task_by_task_with_the_records(tmp_path):
+    """Each record keeps the tokens it was answered with: a later run of other tasks (which rewrites
+    run.json) neither hides a change for the first task's records nor makes a task's own number a change."""
+    from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
+    from hieravid.eval.tasks import get_task
+
+    own = get_task("synthetic").max_new_tokens
+    other = next(name for name in ("nextqa_mc", "mvbench", "videomme") if get_task(name).max_new_tokens != own)
+    answered = [{"task": "synthetic", "id": "0", "max_new_tokens": own}]
+    (tmp_path / RUN_FILE).write_text(json.dumps(_settings(EvalConfig(tasks=[other], out=tmp_path))))
+    with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, {own + 12} now \\(synthetic's answers\\)"):
+        _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, max_new_tokens=own + 12), answered)
+    _check_resume(tmp_path, EvalConfig(tasks=["synthetic", other], out=tmp_path), answered)  # each its own
+    _check_resume(tmp_path, EvalConfig(tasks=[other], out=tmp_path, max_new_tokens=own + 12), answered)
+    (tmp_path / RUN_FILE).unlink()  # the records say it without run.json
+    with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, {own + 1} now"):
+        _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, max_new_tokens=own + 1), answered)
 
 
 def test_bad_command_lines(tmp_path, capsys):

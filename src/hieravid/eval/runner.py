@@ -58,7 +58,7 @@ __all__ = ["EvalConfig", "run_eval"]
 
 RUN_FILE = "run.json"
 # settings that change the answers: a resumed run must use the same
-_RESULT_SETTINGS = ("model", "num_frames", "dtype", "attn_implementation", "max_new_tokens")
+_RESULT_SETTINGS = ("model", "num_frames", "dtype", "attn_implementation")  # and the tokens per answer, per task
 
 
 @dataclass
@@ -198,26 +198,38 @@ def _tokens_per_answer(given: Any, tasks: Any) -> int | None:
 def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str, Any]]) -> None:
     """Refuse to add records to ``out`` made with settings that change the answers (a folder that holds
     no answer, ``previous`` empty: a run that failed before any, takes new settings)."""
+    if not previous:
+        return
     path = out / RUN_FILE
     settings = _settings(config)
-    if path.is_file() and previous:
+    before = None
+    if path.is_file():
         try:
             before = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            before = None
-        if isinstance(before, dict):
-            before["model"] = _model_setting(before.get("model"))
-            # Left out, the tokens per answer are the run's tasks' own: the same as naming that number.
-            if before.get("max_new_tokens") != settings["max_new_tokens"]:
-                for named, tasks in ((before, before.get("tasks")), (settings, config.tasks)):
-                    named["max_new_tokens"] = _tokens_per_answer(named.get("max_new_tokens"), tasks)
-            changed = [k for k in _RESULT_SETTINGS if before.get(k) != settings.get(k)]
-            if changed:
-                diff = ", ".join(f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
-                raise ValueError(
-                    f"{out} holds a run with other settings ({diff}): resume it with the same settings or pass a "
-                    "new --out"
-                )
+            pass
+    diff = []
+    if isinstance(before, dict):
+        before["model"] = _model_setting(before.get("model"))
+        diff = [f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in _RESULT_SETTINGS
+                if before.get(k) != settings.get(k)]
+    else:
+        before = {}
+    # The tokens per answer are each record's (those of an earlier release, which kept none: its run's, left
+    # out the own number of its tasks), compared task by task with what this run gives the task.
+    legacy = _tokens_per_answer(before.get("max_new_tokens"), before.get("tasks"))
+    made: dict[str, set[int]] = {}
+    for record in previous:
+        task = str(record.get("task"))
+        if task in config.tasks:
+            made.setdefault(task, set()).add(record.get("max_new_tokens", legacy) or get_task(task).max_new_tokens)
+    for task, then in made.items():
+        now = _tokens_per_answer(config.max_new_tokens, [task])
+        if then != {now}:
+            diff.append(f"max_new_tokens: {', '.join(map(str, sorted(then)))} there, {now} now ({task}'s answers)")
+    if diff:
+        raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}): resume it with the same settings "
+                         "or pass a new --out")
 
 
 def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tuple[dict[str, list[Sample]], dict[str, str]]:
@@ -500,6 +512,7 @@ def _evaluate(
 
     units = [(task, i, s) for task in tasks for i, s in enumerate(samples.get(task.name, []))]
     digests = {(task.name, str(s.id)): _sample_digest(s, data_root, task.prompt_files) for task, _, s in units}
+    tokens = {task.name: config.max_new_tokens or task.max_new_tokens for task in tasks}  # per answer
 
     def reusable(record: Mapping[str, Any]) -> bool:
         """Not a failure to retry, and made for the sample as it is now (a record written before digests
@@ -541,7 +554,8 @@ def _evaluate(
                     bar.update(bar_task, description=f"{task.name} (process 1 of {procs.world})")
                 digest = digests[(task.name, str(sample.id))]
                 for record in _run_sample(task, sample, index, todo, loaded, config, procs.rank):
-                    log.append({**record, "sample_digest": digest, "written_at": time.time()})
+                    log.append({**record, "sample_digest": digest, "max_new_tokens": tokens[task.name],
+                                "written_at": time.time()})
                     if bar is not None:
                         bar.advance(bar_task)
                     if on_record is not None:
