@@ -389,6 +389,13 @@ def test_a_saved_answer_is_reused_for_the_same_question_only(tmp_path, model_dir
     assert {k: v for k, v in now.items() if k != "action_antonym/0"} == {
         k: v for k, v in first.items() if k != "action_antonym/0"
     }
+    # Another video under the same name (another data root with other data under the same ids): the
+    # questions about it are asked again, those about the others are not.
+    other = (moved / "mvbench" / "perception" / "videos" / "p1.mp4").read_bytes()
+    (moved / "mvbench" / "video" / "ssv2_video_mp4" / "1001.webm.mp4").write_bytes(other)
+    asked.clear()
+    run_eval(config, loaded=load_model(str(model_dir)), on_record=lambda r: asked.append(r["id"]))
+    assert asked == ["action_antonym/0"]  # the one question about that video
 
 
 def test_the_data_root_spelled_another_way_keeps_the_records(tmp_path, model_dir, data_root, monkeypatch):

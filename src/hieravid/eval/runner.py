@@ -5,8 +5,8 @@ What one run does:
 1. reads every task's samples (:mod:`hieravid.eval.tasks`); a task whose files cannot be read is reported and
    skipped, a sample whose record is malformed is recorded as failed;
 2. skips what the output folder already holds (a finished or interrupted earlier run with the same settings),
-   unless the sample it answered has changed since (its question, options, answer or video: an edited
-   annotation file, or another data root holding other data under the same ids);
+   unless the sample it answered has changed since (its question, options, answer or video, the video's
+   contents included: an edited annotation file, or another data root holding other data under the same ids);
 3. splits the samples over the processes (``accelerate launch -m hieravid eval ...``: process r of W takes the
    samples r, r + W, r + 2W, ... of the whole list), loads the model once per process, decodes each video once
    and answers it with every method at every budget (:func:`hieravid.infer.answer`), appending each record to the
@@ -284,6 +284,39 @@ def _sample_digest(sample: Sample, data_root: Path, prompt_files: Sequence[str] 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _files_digest(sample: Sample, prompt_files: Sequence[str], seen: dict[str, Any]) -> str:
+    """A short hash of the contents of the files ``sample`` is asked from (its video, and the metadata
+    files named by ``prompt_files``, such as a subtitle file): another video under the same name asks
+    another question. Cheap for long videos: a file's size and its first and last 16 KiB; a folder's
+    file names and sizes; a missing file, nothing. ``seen`` keeps each path's look for the next sample."""
+
+    def look(path: str) -> Any:
+        if path not in seen:
+            try:
+                if os.path.isdir(path):
+                    seen[path] = sorted((e.name, e.stat().st_size) for e in os.scandir(path) if e.is_file())
+                else:
+                    with open(path, "rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        head = f.read(16384)
+                        f.seek(max(size - 16384, len(head)))
+                        seen[path] = [size, hashlib.sha256(head + f.read()).hexdigest()]
+            except OSError:
+                seen[path] = None
+        return seen[path]
+
+    named = [sample.video] + [sample.meta.get(key) for key in prompt_files]
+    text = json.dumps([look(path) if isinstance(path, str) else None for path in named])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _made_for_now(record: Mapping[str, Any], digests: Mapping[tuple[str, str], Mapping[str, str]]) -> bool:
+    """Whether ``record`` was made for its sample as it is now (``digests``: each loaded sample's); a record
+    of a release that kept a digest not yet stands for its sample."""
+    current = digests.get((str(record["task"]), str(record["id"])))
+    return current is not None and all(record.get(key, value) == value for key, value in current.items())
+
+
 def _record(task: Task, sample: Sample, index: int, method: str, budget: float, rank: int, **fields: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
         "task": task.name,
@@ -511,15 +544,16 @@ def _evaluate(
     pairs = combinations(config.methods, config.budgets)
 
     units = [(task, i, s) for task in tasks for i, s in enumerate(samples.get(task.name, []))]
-    digests = {(task.name, str(s.id)): _sample_digest(s, data_root, task.prompt_files) for task, _, s in units}
+    contents: dict[str, Any] = {}  # each file's look, once for the questions it serves
+    digests = {(task.name, str(s.id)): {"sample_digest": _sample_digest(s, data_root, task.prompt_files),
+                                        "files_digest": _files_digest(s, task.prompt_files, contents)}
+               for task, _, s in units}
     tokens = {task.name: config.max_new_tokens or task.max_new_tokens for task in tasks}  # per answer
 
     def reusable(record: Mapping[str, Any]) -> bool:
-        """Not a failure to retry, and made for the sample as it is now (a record written before digests
-        were kept stands for its sample)."""
-        current = digests.get((str(record["task"]), str(record["id"])))
+        """Not a failure to retry, and made for the sample as it is now."""
         retried = config.retry_failed and record.get("status") != "ok"
-        return not retried and record.get("sample_digest", current) == current
+        return not retried and _made_for_now(record, digests)
 
     done = {record_key(r) for r in previous if reusable(r)}
     mine = units[procs.rank :: procs.world]
@@ -554,8 +588,7 @@ def _evaluate(
                     bar.update(bar_task, description=f"{task.name} (process 1 of {procs.world})")
                 digest = digests[(task.name, str(sample.id))]
                 for record in _run_sample(task, sample, index, todo, loaded, config, procs.rank):
-                    log.append({**record, "sample_digest": digest, "max_new_tokens": tokens[task.name],
-                                "written_at": time.time()})
+                    log.append({**record, **digest, "max_new_tokens": tokens[task.name], "written_at": time.time()})
                     if bar is not None:
                         bar.advance(bar_task)
                     if on_record is not None:
@@ -647,7 +680,7 @@ def _finish(
     samples: Mapping[str, Sequence[Sample]],
     task_errors: Mapping[str, str],
     config: EvalConfig,
-    digests: Mapping[tuple[str, str], str],
+    digests: Mapping[tuple[str, str], Mapping[str, str]],
 ) -> dict[str, Any]:
     """Merge every process's records into predictions.jsonl (all of them, this run's and earlier runs')
     and write the summary of this run: its tasks, (method, budget) pairs and the samples it loaded, so
@@ -658,8 +691,7 @@ def _finish(
     its task's, is scored again (:func:`_rescored`)."""
 
     def rank(record: Mapping[str, Any]) -> tuple[bool, float]:
-        current = digests.get((str(record["task"]), str(record["id"])))
-        return record.get("sample_digest", current) == current, float(record.get("written_at") or 0.0)
+        return _made_for_now(record, digests), float(record.get("written_at") or 0.0)
 
     latest: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for record in read_records([out / MERGED] + part_files(out)):
