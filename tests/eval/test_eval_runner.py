@@ -161,6 +161,48 @@ def test_the_shipped_model_named_or_left_out_is_one_setting(tmp_path):
         _check_resume(tmp_path, other, answered)
 
 
+def test_the_shipped_model_is_its_weights_wherever_the_package_is(tmp_path, monkeypatch):
+    """A folder evaluated with the shipped proxy resumes after the package moved (a new environment):
+    the proxy is its weights, not the path it was installed at."""
+    import shutil
+
+    import hieravid.proxy
+    from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
+
+    answered = [{"task": "synthetic", "id": "0"}]
+    (tmp_path / RUN_FILE).write_text(json.dumps(_settings(EvalConfig(tasks=["synthetic"], out=tmp_path))))
+    moved = tmp_path / "elsewhere" / "weights"
+    shutil.copytree(hieravid.proxy.model_dir(), moved)
+    monkeypatch.setattr(hieravid.proxy, "model_dir", lambda: moved)
+    _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path), answered)
+    _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, model=str(moved)), answered)
+    weights = moved / "model.safetensors"  # a release shipping another proxy
+    weights.write_bytes(weights.read_bytes()[:-1] + b"!")
+    with pytest.raises(ValueError, match="model: 'the shipped proxy model .*' there, 'the shipped proxy model"):
+        _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path), answered)
+
+
+def test_a_model_trained_again_into_its_folder_is_another_model(tmp_path, model_dir):
+    import os
+    import shutil
+
+    from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    answered = [{"task": "synthetic", "id": "0"}]
+    config = EvalConfig(tasks=["synthetic"], out=tmp_path, model=str(model))
+    (tmp_path / RUN_FILE).write_text(json.dumps(_settings(config)))
+    _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, model=f"{tmp_path}/./model"), answered)
+    weights = next(model.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # written again
+    with pytest.raises(ValueError, match=f"the files of the model at {model} changed since"):
+        _check_resume(tmp_path, config, answered)
+    (tmp_path / RUN_FILE).write_text(json.dumps({**_settings(config), "model_files": None}))  # an earlier release's
+    _check_resume(tmp_path, config, answered)
+
+
 def test_a_setting_spelled_out_at_the_value_it_had_is_one_setting(tmp_path):
     """``--max-new-tokens`` left out is each task's own: naming that number resumes the same run."""
     from hieravid.eval.runner import RUN_FILE, _check_resume, _settings

@@ -163,21 +163,37 @@ def _check(config: EvalConfig) -> list[Task]:
 
 
 def _model_setting(model: Any) -> Any:
-    """A local model directory as an absolute path (``model``, ``./model`` and ``/abs/model`` are one;
-    None, the shipped proxy model, is its directory)."""
-    if model is None:
-        from hieravid.proxy import model_dir
+    """Which model answered: a local directory as an absolute path (``model``, ``./model`` and
+    ``/abs/model`` are one); the shipped proxy model (None, or its directory named) by its weights'
+    contents, wherever the package is installed."""
+    from hieravid.proxy import model_dir
 
-        return str(Path(model_dir()).resolve())
-    if not isinstance(model, str):
-        return model
-    local = Path(model).expanduser()
-    return str(local.resolve()) if local.exists() else model
+    shipped = Path(model_dir()).resolve()
+    local = Path(model).expanduser().resolve() if isinstance(model, str) and Path(model).expanduser().exists() else None
+    if model is None or local == shipped:
+        digest = hashlib.sha256((shipped / "model.safetensors").read_bytes()).hexdigest()[:16]
+        return f"the shipped proxy model (weights {digest})"
+    return str(local) if local is not None else model
+
+
+def _model_files(model: Any) -> str | None:
+    """A short hash of the names, sizes and modification times of a local model directory's weights and
+    configuration (a model trained again into the same directory answers otherwise); None for the shipped
+    proxy model (its setting names its contents) and for a hub id."""
+    if not isinstance(model, str) or not Path(model).expanduser().is_dir():
+        return None
+    folder = Path(model).expanduser().resolve()
+    if _model_setting(model) != str(folder):
+        return None
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+                   if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt") or f.name == "config.json"))
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
 def _settings(config: EvalConfig) -> dict[str, Any]:
     settings = asdict(config)
     settings["model"] = _model_setting(config.model)
+    settings["model_files"] = _model_files(config.model)
     settings["out"] = str(config.out)
     settings["data_root"] = None if config.data_root is None else str(config.data_root)
     return settings
@@ -213,6 +229,9 @@ def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str,
         before["model"] = _model_setting(before.get("model"))
         diff = [f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in _RESULT_SETTINGS
                 if before.get(k) != settings.get(k)]
+        if not diff and None not in (before.get("model_files"), settings["model_files"]) and \
+                before["model_files"] != settings["model_files"]:  # (a run.json of an earlier release has none)
+            diff.append(f"the files of the model at {settings['model']} changed since")
     else:
         before = {}
     # The tokens per answer are each record's (those of an earlier release, which kept none: its run's, left
