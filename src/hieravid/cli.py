@@ -614,8 +614,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
-        _say(f"hieravid eval: interrupted; the answers written so far are kept in {args.out}: run the same "
-             "command again to go on from there", err=True)
+        if any(Path(args.out).glob("predictions*.jsonl")):
+            _say(f"hieravid eval: interrupted; the answers written so far are kept in {args.out}: run the same "
+                 "command again to go on from there", err=True)
+        else:
+            _say("hieravid eval: interrupted before any answer was written", err=True)
         return 130
     if summary is not None:
         from hieravid.eval.report import group_markdown, plot_summary

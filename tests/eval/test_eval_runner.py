@@ -520,11 +520,34 @@ def test_a_run_that_cannot_load_its_model_leaves_the_folder_free(tmp_path, model
     args = ["--tasks", "mvbench", "--data-root", str(data_root), "--out", str(out), "--limit", "1", *RUN_ARGS]
     assert main(["eval", "--model", str(tmp_path / "no-such-model"), *args]) == 2
     assert "no model directory at" in capsys.readouterr().err
-    assert not (out / "run.json").exists()
+    assert not out.exists()  # the folder it made, with nothing written in it, is gone
     assert main(["eval", "--model", str(model_dir), *args]) == 0
     # the same directory named relative to the working directory is the same model
     monkeypatch.chdir(model_dir.parent)
     assert main(["eval", "--model", os.path.join(".", model_dir.name), *args]) == 0
+
+
+def test_a_run_stopped_before_any_answer_leaves_no_folder_it_made(tmp_path, capsys, monkeypatch):
+    """A budget the model cannot reach, named, stops the run before it starts: no output folder is left
+    (one that was there stays); Ctrl-C before the first answer says nothing is kept."""
+    import hieravid.infer
+
+    out = tmp_path / "out"
+    args = ["eval", "--suite", "synthetic", "--methods", "fastv", "--budgets", "0.1", "--limit", "1", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 2
+    assert "fastv" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    assert main([*args, "--out", str(out)]) == 2
+    assert out.is_dir()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hieravid.infer, "load_model", interrupted)
+    assert main(["eval", "--suite", "synthetic", "--methods", "vanilla", "--limit", "1", "--quiet", "--out",
+                 str(tmp_path / "new")]) == 130
+    assert "interrupted before any answer was written" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_every_task_failing_to_load_is_an_error(tmp_path, model_dir, capsys):

@@ -526,9 +526,25 @@ def run_eval(
     tasks = _check(config)
     procs = _processes(config.device)
     out = Path(config.out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with _only_writer(out, procs):
-        return _evaluate(config, tasks, procs, out, loaded, on_record)
+    try:
+        with _only_writer(out, procs):
+            return _evaluate(config, tasks, procs, out, loaded, on_record)
+    except BaseException:
+        if created and procs.main:  # a run stopped before it wrote anything (a budget the model cannot reach,
+            _remove_if_unused(out)  # Ctrl-C while it loads) leaves no folder behind
+        raise
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Remove the folder ``out`` when it holds nothing but its lock file."""
+    try:
+        if {entry.name for entry in out.iterdir()} <= {".lock"}:
+            (out / ".lock").unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:  # written meanwhile, or not ours to remove: it stays
+        pass
 
 
 @contextmanager
