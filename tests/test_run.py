@@ -437,3 +437,17 @@ def test_vanilla_named_with_blanks_is_vanilla(proxy_dir: Path, video_file: Path,
     result = json.loads(out)
     assert [(r["method"], r["budget"]) for r in result["results"]] == [("vanilla", 1.0)]
     assert "prefill_speedup" not in result
+
+
+def test_a_cuda_device_torch_does_not_see_is_named_as_given(monkeypatch) -> None:
+    from hieravid.infer import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device 'cuda:1' was asked for but torch sees no CUDA device; use --device cpu"):
+        check_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"--device 'cuda:2' was asked for but torch sees 2 CUDA devices \(cuda:0 to "
+                                         r"cuda:1\): pick one of them"):
+        check_device("cuda:2")

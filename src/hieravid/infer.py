@@ -86,7 +86,10 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"hieravid runs on cpu or cuda devices, not {dev.type}: use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        raise ValueError(f"--device {str(device)!r} was asked for but torch sees no CUDA device; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= (count := torch.cuda.device_count()):
+        raise ValueError(f"--device {str(device)!r} was asked for but torch sees {count} CUDA device"
+                         f"{'s' if count > 1 else ''} (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}): pick one of them")
     return dev
 
 
