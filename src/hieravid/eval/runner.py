@@ -168,12 +168,19 @@ def _model_setting(model: Any) -> Any:
     contents, wherever the package is installed."""
     from hieravid.proxy import model_dir
 
-    shipped = Path(model_dir()).resolve()
     local = Path(model).expanduser().resolve() if isinstance(model, str) and Path(model).expanduser().exists() else None
+    if model is not None and local is None:  # a hub id
+        return model
+    try:
+        shipped = Path(model_dir()).resolve()
+    except FileNotFoundError:  # a package without its proxy: only naming it (model None) needs it
+        if model is None:
+            raise
+        return str(local)
     if model is None or local == shipped:
         digest = hashlib.sha256((shipped / "model.safetensors").read_bytes()).hexdigest()[:16]
         return f"the shipped proxy model (weights {digest})"
-    return str(local) if local is not None else model
+    return str(local)
 
 
 def _model_files(model: Any) -> str | None:
