@@ -606,3 +606,49 @@ def test_the_numba_loop_compiles_where_no_cache_can_be_written(monkeypatch):
     kernel = torch.diag(torch.tensor([0.5, 0.75, 0.25])).unsqueeze(0)
     picked = greedy_map(kernel, torch.tensor([2]), torch.ones(1, 3, dtype=torch.bool), backend="numba")
     assert picked.tolist() == [[True, True, False]]
+
+
+def run_select(*args, backend, **kwargs):
+    if backend == "numba-blocked":
+        with mock.patch.object(dpp_module, "_UNBLOCKED_FLOATS", 0):
+            return segment_dpp_select(*args, backend="numba", **kwargs)
+    return segment_dpp_select(*args, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_token_that_is_not_finite_is_left_out_and_the_others_keep_their_selection(backend, bad):
+    """A hidden state that overflowed (float16 gives inf) makes a zero row of the kernel, not a NaN one:
+    the segment keeps exactly k tokens, the same the DPP picks without that token, on every backend."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 16, generator=gen)
+    r = torch.rand(40, generator=gen) + 0.1
+    segment = torch.arange(40) // 20  # two segments of 20
+    k = torch.tensor([6, 5])
+    poisoned = x.clone()
+    poisoned[7, 3] = bad
+    keep = run_select(poisoned, r, segment, k, backend=backend)
+    rest = torch.cat((torch.arange(7), torch.arange(8, 40)))
+    alone = run_select(x[rest], r[rest], segment[rest], k, backend=backend)
+    assert not keep[7] and torch.equal(keep[rest], alone)
+    assert torch.equal(torch.bincount(segment[keep], minlength=2), k)
+    nan_relevance = r.clone()
+    nan_relevance[30] = float("nan")
+    keep = run_select(x, nan_relevance, segment, k, backend=backend)
+    assert not keep[30] and torch.equal(torch.bincount(segment[keep], minlength=2), k)
+    kernel = conditional_kernel(poisoned[None], r[None], torch.ones(1, 40, dtype=torch.bool))
+    assert torch.isfinite(kernel).all() and not kernel[0, 7].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_features_that_are_all_nan_still_keep_k_tokens_by_relevance(backend):
+    x = torch.full((10, 4), float("nan"))
+    r = torch.arange(10, dtype=torch.float32)
+    keep = run_select(x, r, torch.zeros(10, dtype=torch.long), torch.tensor([5]), backend=backend)
+    assert keep.sum() == 5
+
+
+def test_segment_bin_select_leaves_out_a_token_of_nan_relevance():
+    keep = segment_bin_select(torch.tensor([float("nan"), 0.5, 0.2]), torch.zeros(3, dtype=torch.long),
+                              torch.tensor([1]))
+    assert keep.tolist() == [False, True, False]

@@ -297,3 +297,19 @@ def test_keep_counts_exact_total_with_full_segments():
     present = torch.tensor([3, 40, 7])
     k = keep_counts(present, torch.tensor([0.0, 1.0, -1.0]), 0.0, exact_total=True)
     assert k.tolist() == [3, 40, 7]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_token_that_is_not_finite_leaves_the_scores_finite_and_the_counts_those_of_z_zero(bad):
+    """One overflowed hidden state (float16 gives inf) makes its segment's mean, and through the running
+    sums every later one, not finite: the scores fall back to 0 (every segment at the stage's own
+    ratio) instead of emptying the video."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, 8, generator=gen)
+    x[4, 1, 0] = bad
+    z = segment_scores(x, torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert torch.isfinite(z).all()
+    present = torch.tensor([8, 8, 8])
+    nan_z = torch.tensor([float("nan"), 0.5, -0.5])
+    assert keep_counts(present, nan_z, 0.5).tolist() == keep_counts(present, torch.tensor([0.0, 0.5, -0.5]), 0.5).tolist()
+    assert keep_counts(present, nan_z, 0.5, exact_total=True).sum() == 12

@@ -58,7 +58,7 @@ def conditional_kernel(features: torch.Tensor, relevance: torch.Tensor, valid: t
         ``(G, n, n)`` float32 kernel blocks.
     """
     x = features.float()  # (G, n, D)
-    return _gram(x * torch.where(valid, _kernel_scale(x, relevance), 0.0).unsqueeze(2))
+    return _gram(_finite_rows(x * torch.where(valid, _kernel_scale(x, relevance), 0.0).unsqueeze(2)))
 
 
 def _kernel_scale(x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
@@ -66,6 +66,14 @@ def _kernel_scale(x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
     ``L~ = (scale x)(scale x)^T``: ``x (..., D)`` float32, ``relevance (...)``."""
     norm = torch.linalg.vector_norm(x, dim=-1)
     return torch.where(norm > 0, relevance.float() / norm.clamp(min=1e-30), 0.0)
+
+
+def _finite_rows(y: torch.Tensor) -> torch.Tensor:
+    """``y`` (weighted rows ``scale_i x_i``) in place with the row of a token whose hidden state or
+    relevance is not finite (a float16 hidden state overflows to inf; inf x 0 is NaN) made zero, as a
+    zero vector's is: its kernel row and column are 0, so the greedy loop takes it last, and the other
+    tokens' picks are those without it. O(n D), against the kernel block's O(n^2 D)."""
+    return y.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 # The kernel block is symmetric: from this many tokens on, only its lower block triangle is multiplied
@@ -569,7 +577,7 @@ def segment_dpp_select(
         part = slice(start, start + len(bucket))
         start += len(bucket)
         width = max(sizes[i] for i in bucket)
-        rows_x = x[safe[part, :width]].mul_(scale[part, :width].unsqueeze(2))  # (G, n, D) a copy, weighted
+        rows_x = _finite_rows(x[safe[part, :width]].mul_(scale[part, :width].unsqueeze(2)))  # (G, n, D) a copy
         kernel = _gram(rows_x)  # (G, n, n) ours: the Schur updates may overwrite it
         bucket_kmax = max(counts[i] for i in bucket)
         picks = _greedy_picks(kernel, group_k[part], valid[part, :width], bucket_kmax, None, loop, rank_floor,
@@ -615,7 +623,7 @@ def segment_bin_select(relevance: torch.Tensor, segment: torch.Tensor, k: torch.
     if num_bins == 0:
         return keep
     idx = torch.nonzero(has_bins).squeeze(1)
-    r = relevance[idx].float()
+    r = relevance[idx].float().nan_to_num(nan=float("-inf"))  # a NaN relevance ranks last in its bin
     best = torch.full((num_bins,), float("-inf"), device=relevance.device)
     best = best.scatter_reduce(0, bin_id[idx], r, reduce="amax")
     is_best = r == best[bin_id[idx]]

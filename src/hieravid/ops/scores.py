@@ -43,6 +43,9 @@ def segment_scores(x: torch.Tensor, frame_segment: torch.Tensor, lam: float = 0.
     ``MV_i = lam * cos(s_i, g_sel_i) + (1 - lam) * (1 - cos(s_i, g_rem_i))`` where g_sel_i is the mean
     of earlier segments' means and g_rem_i that of later ones; a cosine whose set is empty is 0 (first
     or last segment). ``z = (MV - mean MV) / (population std + 1e-8)``; a single segment gets z = 0.
+    A token that is not finite (a float16 hidden state overflows to inf) makes its segment's mean, and
+    through the running sums the others', not finite: then every z is 0 (each segment at the stage's
+    ratio) rather than NaN, which Eq. 5 would turn into keeping nothing.
 
     Args:
         x: ``(T, P, D)`` visual tokens at layer 0, before merging.
@@ -62,7 +65,7 @@ def segment_scores(x: torch.Tensor, frame_segment: torch.Tensor, lam: float = 0.
     # Both cosines in one call; a cosine whose set is empty is 0.
     cos = torch.where(sides > 0, F.cosine_similarity(s.expand_as(g), g, dim=2), 0.0)  # (2, M)
     mv = lam * cos[0] + (1.0 - lam) * (1.0 - cos[1])
-    return (mv - mv.mean()) / (mv.std(unbiased=False) + 1e-8)
+    return ((mv - mv.mean()) / (mv.std(unbiased=False) + 1e-8)).nan_to_num_(nan=0.0)
 
 
 def keep_counts(
@@ -92,7 +95,8 @@ def keep_counts(
         ``(M,)`` int64 keep counts, ``0 <= k_i <= n_i``.
     """
     check_ratio(ratio, "ratio")
-    rate = (1.0 - ratio + delta * z.double()).clamp(clip[0], clip[1])  # float64, as Python floats
+    z = z.double().nan_to_num(nan=0.0)  # float64, as Python floats; a NaN score is no score (see segment_scores)
+    rate = (1.0 - ratio + delta * z).clamp(clip[0], clip[1])
     # Rounded before the floor as pruned_count does: 10 tokens at R = 0.9 keep 1, not the float product's 0.
     k = torch.floor(torch.round(present.double() * rate, decimals=COUNT_DECIMALS)).long().clamp(min=0)
     k = torch.minimum(k, present)
