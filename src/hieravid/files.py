@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -11,7 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["is_stream", "lock_folder", "only_writer", "replaced_whole", "write_whole", "writes_to_stdout"]
+__all__ = ["content_print", "is_stream", "lock_folder", "only_writer", "replaced_whole", "write_whole",
+           "writes_to_stdout"]
+
+# replaced_whole's temporary files: "<name>.<pid>-<8 hex digits>.tmp"
+_TEMPORARY = re.compile(r".+\.\d+-[0-9a-f]{8}\.tmp")
 
 
 def _own_stream(path: str | Path) -> int | None:
@@ -62,7 +67,7 @@ def replaced_whole(path: Path, binary: bool = False) -> Iterator[IO]:
     first (a temporary file beside it, fsynced and renamed over it): a reader or a kill mid-write sees the
     old file or the new one, never a part, and of writers of one path at once each replaces it whole. A
     block that raises leaves ``path`` as it was and removes its temporary file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # this writer's own
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # this writer's own (_TEMPORARY)
     try:
         with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as f:
             yield f
@@ -76,8 +81,10 @@ def replaced_whole(path: Path, binary: bool = False) -> Iterator[IO]:
 
 def lock_folder(folder: Path) -> IO[str] | None:
     """Take ``folder``'s lock (an advisory ``flock`` on ``folder/.lock``): the open lock file, which releases it
-    when closed (or when the process ends, however it ends), or None when another process holds it. Without
-    ``fcntl`` (not a POSIX system) nothing is locked."""
+    when closed (or when the process ends, however it ends), or None when another process holds it. The
+    holder is the folder's only writer, so the temporary files of :func:`replaced_whole` found there are
+    those of a writer killed mid-write (a checkpoint's can be large): they are removed. Without ``fcntl``
+    (not a POSIX system) nothing is locked, or removed."""
     handle = open(folder / ".lock", "a")  # noqa: SIM115 - closed by the caller, which releases the lock
     try:
         import fcntl
@@ -88,7 +95,26 @@ def lock_folder(folder: Path) -> IO[str] | None:
     except BlockingIOError:
         handle.close()
         return None
+    for entry in os.scandir(folder):
+        if _TEMPORARY.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
     return handle
+
+
+def content_print(path: str | Path) -> list | None:
+    """What tells a file's contents apart without reading it all (a video, a model's weights): its size
+    and a hash of its first, middle and last 16 KiB; None when it cannot be read."""
+    chunk = 16384
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest = hashlib.sha256()
+            for start in sorted({0, max(size // 2 - chunk // 2, 0), max(size - chunk, 0)}):
+                f.seek(start)
+                digest.update(f.read(chunk))
+            return [size, digest.hexdigest()]
+    except OSError:
+        return None
 
 
 @contextmanager

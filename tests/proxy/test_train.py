@@ -232,6 +232,29 @@ def test_a_checkpoint_cut_short_anywhere_or_not_a_checkpoint_is_named_with_the_f
             train(out, SMALL, resume=True, progress=False)
 
 
+def test_a_checkpoint_that_cannot_be_opened_is_not_called_damaged(tmp_path, monkeypatch):
+    """A permission error names the file; the advice to remove it is for a file cut short."""
+    out = tmp_path / "run"
+    train(out, SMALL, progress=False)
+    real = torch.load
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(PermissionError, match="checkpoint.pt"):
+        train(out, SMALL, resume=True, progress=False)
+    monkeypatch.setattr(torch, "load", real)
+
+
+def test_a_checkpoint_left_half_written_by_a_killed_run_is_removed_by_the_next(tmp_path):
+    out = tmp_path / "run"
+    train(out, SMALL, progress=False)
+    (out / "checkpoint.pt.4242-0123abcd.tmp").write_bytes(b"half a checkpoint")  # a run killed mid-save
+    train(out, SMALL, resume=True, progress=False)
+    assert not list(out.glob("*.tmp"))
+
+
 def test_ctrl_c_while_the_card_is_measured_says_how_to_finish(tmp_path, monkeypatch, capsys):
     import hieravid.proxy.card as card
     import hieravid.proxy.train as proxy_train

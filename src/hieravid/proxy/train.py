@@ -20,6 +20,7 @@ answer letter the model scores highest among A-D) is logged per question type ev
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -238,7 +239,11 @@ def _read_checkpoint(path: Path) -> dict:
     one (cut short by a full disk or a copy, or another file in its place)."""
     try:
         state = torch.load(path, weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+    except OSError as err:
+        if err.errno not in (None, errno.EINVAL):  # not the file's contents (permissions, a folder): as it is
+            raise
+        problem = str(err)  # a file cut short below torch's header size
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
         problem = str(err)
     else:
         if not isinstance(state, dict):
