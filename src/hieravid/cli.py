@@ -614,7 +614,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
-        if any(Path(args.out).glob("predictions*.jsonl")):
+        if any(part.stat().st_size for part in Path(args.out).glob("predictions*.jsonl")):  # opened empty at start
             _say(f"hieravid eval: interrupted; the answers written so far are kept in {args.out}: run the same "
                  "command again to go on from there", err=True)
         else:

@@ -183,7 +183,6 @@ def test_the_shipped_model_is_its_weights_wherever_the_package_is(tmp_path, monk
 
 
 def test_a_model_trained_again_into_its_folder_is_another_model(tmp_path, model_dir):
-    import os
     import shutil
 
     from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
@@ -195,8 +194,9 @@ def test_a_model_trained_again_into_its_folder_is_another_model(tmp_path, model_
     (tmp_path / RUN_FILE).write_text(json.dumps(_settings(config)))
     _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, model=f"{tmp_path}/./model"), answered)
     weights = next(model.glob("*.safetensors"))
-    stat = weights.stat()
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # written again
+    trained = bytearray(weights.read_bytes())
+    trained[-8:] = bytes(8)  # written again: the same size and header, other values
+    weights.write_bytes(bytes(trained))
     with pytest.raises(ValueError, match=f"the files of the model at {model} changed since"):
         _check_resume(tmp_path, config, answered)
     (tmp_path / RUN_FILE).write_text(json.dumps({**_settings(config), "model_files": None}))  # an earlier release's
@@ -237,6 +237,74 @@ def test_the_tokens_per_answer_are_compared_task_by_task_with_the_records(tmp_pa
     (tmp_path / RUN_FILE).unlink()  # the records say it without run.json
     with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, {own + 1} now"):
         _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, max_new_tokens=own + 1), answered)
+
+
+def test_records_of_an_earlier_release_keep_the_tokens_its_run_json_said_after_other_runs(tmp_path):
+    """Records without their tokens (an earlier release's) take them from the run.json that release
+    wrote, carried forward when a later run rewrites run.json, not from whatever run.json says now."""
+    from hieravid.eval.runner import RUN_FILE, _check_resume, _settings, _written_settings
+    from hieravid.eval.tasks import get_task
+
+    own = get_task("synthetic").max_new_tokens
+    earlier = _settings(EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"]))
+    del earlier["model_files"]  # what an earlier release wrote
+    (tmp_path / RUN_FILE).write_text(json.dumps(earlier))
+    records = [{"task": "synthetic", "id": "0"}]
+    other = EvalConfig(tasks=["mvbench"], out=tmp_path, methods=["vanilla"], max_new_tokens=64)
+    legacy = _check_resume(tmp_path, other, records)  # another task: taken
+    (tmp_path / RUN_FILE).write_text(json.dumps(_written_settings(other, legacy)))
+    records.append({"task": "mvbench", "id": "0", "max_new_tokens": 64})
+    _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"]), records)
+    with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, 64 now \\(synthetic's answers\\)"):
+        _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, methods=["vanilla"], max_new_tokens=64),
+                      records)
+
+
+def test_a_model_folder_copied_with_new_times_is_the_same_model(tmp_path, model_dir):
+    import shutil
+
+    from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    config = EvalConfig(tasks=["synthetic"], out=tmp_path, model=str(model))
+    (tmp_path / RUN_FILE).write_text(json.dumps(_settings(config)))
+    shutil.rmtree(model)
+    shutil.copytree(model_dir, model, copy_function=shutil.copyfile)  # the same bytes, new times
+    _check_resume(tmp_path, config, [{"task": "synthetic", "id": "0"}])
+
+
+def test_a_run_refused_by_the_lock_leaves_the_folder_of_the_run_holding_it(tmp_path, monkeypatch):
+    """Two runs started at once into a new folder: the one refused does not remove what the other made."""
+    import hieravid.eval.runner as runner
+
+    real, held = runner.lock_folder, []
+
+    def other_run_first(folder):
+        held.append(real(folder))  # the other run takes the lock just before this one asks
+        return real(folder)
+
+    monkeypatch.setattr(runner, "lock_folder", other_run_first)
+    out = tmp_path / "shared"
+    try:
+        assert main(["eval", "--suite", "synthetic", "--methods", "vanilla", "--limit", "1", "--quiet", "--out",
+                     str(out)]) == 2
+        assert out.is_dir() and (out / ".lock").exists()
+    finally:
+        for handle in held:
+            handle.close()
+
+
+def test_ctrl_c_during_the_first_answer_says_none_is_kept(tmp_path, monkeypatch, capsys):
+    import hieravid.infer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hieravid.infer, "answer", interrupted)
+    assert main(["eval", "--suite", "synthetic", "--methods", "vanilla", "--limit", "1", "--quiet", "--out",
+                 str(tmp_path / "new")]) == 130
+    assert "interrupted before any answer was written" in capsys.readouterr().err
 
 
 def test_bad_command_lines(tmp_path, capsys):
@@ -643,7 +711,7 @@ def test_a_second_run_into_the_same_folder_at_once_is_refused(tmp_path, model_di
 
     out = tmp_path / "out"
     out.mkdir()
-    with _only_writer(out, _Processes(rank=0, world=1, device="cpu", wait=lambda: None)):  # another run, now
+    with _only_writer(out, _Processes(rank=0, world=1, device="cpu", wait=lambda: None), False):  # another run, now
         with pytest.raises(ValueError, match="another hieravid eval is writing to"):
             run_eval(EvalConfig(model=str(model_dir), tasks=("mvbench",), out=str(out), data_root=str(data_root),
                                 methods=("vanilla",), budgets=(0.3,), num_frames=4, max_new_tokens=2, progress=False))

@@ -51,7 +51,7 @@ from hieravid.eval.records import (
 )
 from hieravid.eval.summary import combinations, summarize, to_markdown
 from hieravid.eval.tasks import Sample, Task, cut_at_stop, get_task
-from hieravid.files import lock_folder, write_whole
+from hieravid.files import content_print, lock_folder, write_whole
 from hieravid.warning import HieravidWarning
 
 __all__ = ["EvalConfig", "run_eval"]
@@ -184,15 +184,16 @@ def _model_setting(model: Any) -> Any:
 
 
 def _model_files(model: Any) -> str | None:
-    """A short hash of the names, sizes and modification times of a local model directory's weights and
-    configuration (a model trained again into the same directory answers otherwise); None for the shipped
-    proxy model (its setting names its contents) and for a hub id."""
+    """A short hash of a local model directory's weights and configuration, each file by its name and
+    :func:`hieravid.files.content_print` (a model trained again into the same directory answers otherwise;
+    a copy of it does not); None for the shipped proxy model (its setting names its contents) and for a
+    hub id."""
     if not isinstance(model, str) or not Path(model).expanduser().is_dir():
         return None
     folder = Path(model).expanduser().resolve()
     if _model_setting(model) != str(folder):
         return None
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+    files = sorted((f.name, content_print(f)) for f in folder.iterdir()
                    if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt") or f.name == "config.json"))
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
@@ -218,11 +219,19 @@ def _tokens_per_answer(given: Any, tasks: Any) -> int | None:
     return next(iter(own)) if len(own) == 1 else None
 
 
-def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str, Any]]) -> None:
+def _written_settings(config: EvalConfig, legacy: int | None) -> dict[str, Any]:
+    """What run.json keeps: the run's settings, and the tokens per answer of the records an earlier release
+    wrote without them (``legacy``, from :func:`_check_resume`), carried forward from the run.json that
+    release wrote."""
+    return {**_settings(config), "legacy_max_new_tokens": legacy}
+
+
+def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str, Any]]) -> int | None:
     """Refuse to add records to ``out`` made with settings that change the answers (a folder that holds
-    no answer, ``previous`` empty: a run that failed before any, takes new settings)."""
+    no answer, ``previous`` empty: a run that failed before any, takes new settings). Returns the tokens
+    per answer of the records an earlier release wrote without them (None: each task's own)."""
     if not previous:
-        return
+        return None
     path = out / RUN_FILE
     settings = _settings(config)
     before = None
@@ -242,8 +251,12 @@ def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str,
     else:
         before = {}
     # The tokens per answer are each record's (those of an earlier release, which kept none: its run's, left
-    # out the own number of its tasks), compared task by task with what this run gives the task.
-    legacy = _tokens_per_answer(before.get("max_new_tokens"), before.get("tasks"))
+    # out the own number of its tasks, as the run.json it wrote says), compared task by task with what this
+    # run gives the task. A run.json of this release (it has model_files) carries that number forward.
+    if "model_files" in before:
+        legacy = before.get("legacy_max_new_tokens")
+    else:
+        legacy = _tokens_per_answer(before.get("max_new_tokens"), before.get("tasks"))
     made: dict[str, set[int]] = {}
     for record in previous:
         task = str(record.get("task"))
@@ -256,6 +269,7 @@ def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str,
     if diff:
         raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}): resume it with the same settings "
                          "or pass a new --out")
+    return legacy
 
 
 def _load_tasks(tasks: Sequence[Task], data_root: Path, limit: int | None) -> tuple[dict[str, list[Sample]], dict[str, str]]:
@@ -313,20 +327,14 @@ def _sample_digest(sample: Sample, data_root: Path, prompt_files: Sequence[str] 
 def _files_digest(sample: Sample, prompt_files: Sequence[str], seen: dict[str, Any]) -> str:
     """A short hash of the contents of the files ``sample`` is asked from (its video, and the metadata
     files named by ``prompt_files``, such as a subtitle file): another video under the same name asks
-    another question. Cheap for long videos: a file's size and its first and last 16 KiB; a folder's
-    file names and sizes; a missing file, nothing. ``seen`` keeps each path's look for the next sample."""
+    another question. Cheap for long videos (:func:`hieravid.files.content_print`); a folder of frames by
+    its file names and sizes; a missing file, nothing. ``seen`` keeps each path's look for the next sample."""
 
     def look(path: str) -> Any:
         if path not in seen:
             try:
-                if os.path.isdir(path):
-                    seen[path] = sorted((e.name, e.stat().st_size) for e in os.scandir(path) if e.is_file())
-                else:
-                    with open(path, "rb") as f:
-                        size = os.fstat(f.fileno()).st_size
-                        head = f.read(16384)
-                        f.seek(max(size - 16384, len(head)))
-                        seen[path] = [size, hashlib.sha256(head + f.read()).hexdigest()]
+                seen[path] = (sorted((e.name, e.stat().st_size) for e in os.scandir(path) if e.is_file())
+                              if os.path.isdir(path) else content_print(path))
             except OSError:
                 seen[path] = None
         return seen[path]
@@ -535,13 +543,8 @@ def run_eval(
     out = Path(config.out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        with _only_writer(out, procs):
-            return _evaluate(config, tasks, procs, out, loaded, on_record)
-    except BaseException:
-        if created and procs.main:  # a run stopped before it wrote anything (a budget the model cannot reach,
-            _remove_if_unused(out)  # Ctrl-C while it loads) leaves no folder behind
-        raise
+    with _only_writer(out, procs, created):
+        return _evaluate(config, tasks, procs, out, loaded, on_record)
 
 
 def _remove_if_unused(out: Path) -> None:
@@ -555,10 +558,12 @@ def _remove_if_unused(out: Path) -> None:
 
 
 @contextmanager
-def _only_writer(out: Path, procs: _Processes) -> Iterator[None]:
+def _only_writer(out: Path, procs: _Processes, created: bool) -> Iterator[None]:
     """Hold ``out``'s lock for the run (its main process takes it and tells the others): a second run into
     the same folder at the same time, with any number of processes, whose files would be merged and removed
-    under it, is refused on every process. Released when the run ends, however it ends."""
+    under it, is refused on every process. Released when the run ends, however it ends; a run that made
+    the folder (``created``) and stopped before it wrote anything in it (a budget the model cannot reach,
+    Ctrl-C while it loads) removes it first."""
     handle, refused = None, None
     if procs.main:
         handle = lock_folder(out)
@@ -569,6 +574,10 @@ def _only_writer(out: Path, procs: _Processes) -> Iterator[None]:
         raise ValueError(refused)
     try:
         yield
+    except BaseException:
+        if created and handle is not None:
+            _remove_if_unused(out)
+        raise
     finally:
         if handle is not None:
             handle.close()  # closing releases the lock
@@ -580,7 +589,7 @@ def _evaluate(
 ) -> dict[str, Any] | None:
     """:func:`run_eval` with ``out`` locked."""
     previous = read_records(part_files(out) + [out / MERGED])
-    _check_resume(out, config, previous)
+    legacy = _check_resume(out, config, previous)
     data_root = Path(config.data_root) if config.data_root is not None else Path("data")
     samples, task_errors = _load_tasks(tasks, data_root, config.limit)
     pairs = combinations(config.methods, config.budgets)
@@ -616,7 +625,7 @@ def _evaluate(
         jobs = [(task, index, sample, [pair for pair in todo if pair in pairs]) for task, index, sample, todo in jobs]
         total = sum(len(job[3]) for job in jobs)
     if procs.main and (total or previous):  # once the model has loaded: a run with no answer leaves no settings
-        write_json(out / RUN_FILE, _settings(config))
+        write_json(out / RUN_FILE, _written_settings(config, legacy))
     if total:
         from hieravid.bench.models import CpuWatch
 
