@@ -188,6 +188,17 @@ def test_merge_keeps_dtype():
     assert decision.features.dtype == torch.bfloat16 and decision.features.shape == (6, 4)
 
 
+def test_a_sum_past_float16_s_range_saturates_instead_of_becoming_inf():
+    """The reference's sum merge can reach twice the largest feature: in float16 a finite feature (the
+    unpruned model's is) must not come back as inf."""
+    x = torch.randn(1, 6, 4)
+    x[0, :, 0] = 40000.0
+    keep = torch.tensor([[True, False, True, False, False, False]])
+    merged = prumerge_merge(x.half(), torch.ones(1, 6), keep, neighbors=2, merge="sum")
+    assert merged.dtype == torch.float16 and torch.isfinite(merged).all()
+    assert (merged[:, 0] == torch.finfo(torch.float16).max).all()
+
+
 # ------------------------------------------------------------------------------------------ the method
 
 

@@ -180,7 +180,10 @@ def prumerge_merge(
     else:
         total = (a + weights.sum(dim=2)).unsqueeze(2)  # (T, P, 1) > 0 unless every weight underflowed
         merged = torch.where(total > 0, (a.unsqueeze(2) * xf + absorbed) / total.clamp(min=1e-30), xf)
-    return merged[keep].to(x.dtype)
+    # The sum can reach twice the largest feature: past the range of x's dtype (float16's 65504) it
+    # saturates rather than turn a finite feature into inf.
+    limit = torch.finfo(x.dtype).max
+    return merged[keep].clamp_(-limit, limit).to(x.dtype)
 
 
 class PruMerge(BeforeLLMMethod):
