@@ -295,16 +295,20 @@ def test_a_run_refused_by_the_lock_leaves_the_folder_of_the_run_holding_it(tmp_p
             handle.close()
 
 
-def test_ctrl_c_during_the_first_answer_says_none_is_kept(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("while_in", ["load_model", "answer"])
+def test_ctrl_c_before_any_answer_says_none_is_kept(tmp_path, monkeypatch, capsys, while_in):
+    """Ctrl-C while the model loads (the folder it made is removed) or during the first answer (the
+    prediction file is open, empty)."""
     import hieravid.infer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hieravid.infer, "answer", interrupted)
+    monkeypatch.setattr(hieravid.infer, while_in, interrupted)
     assert main(["eval", "--suite", "synthetic", "--methods", "vanilla", "--limit", "1", "--quiet", "--out",
                  str(tmp_path / "new")]) == 130
     assert "interrupted before any answer was written" in capsys.readouterr().err
+    assert (tmp_path / "new").exists() == (while_in == "answer")
 
 
 def test_bad_command_lines(tmp_path, capsys):
@@ -595,11 +599,9 @@ def test_a_run_that_cannot_load_its_model_leaves_the_folder_free(tmp_path, model
     assert main(["eval", "--model", os.path.join(".", model_dir.name), *args]) == 0
 
 
-def test_a_run_stopped_before_any_answer_leaves_no_folder_it_made(tmp_path, capsys, monkeypatch):
+def test_a_run_stopped_before_any_answer_leaves_no_folder_it_made(tmp_path, capsys):
     """A budget the model cannot reach, named, stops the run before it starts: no output folder is left
-    (one that was there stays); Ctrl-C before the first answer says nothing is kept."""
-    import hieravid.infer
-
+    (one that was there stays)."""
     out = tmp_path / "out"
     args = ["eval", "--suite", "synthetic", "--methods", "fastv", "--budgets", "0.1", "--limit", "1", "--quiet"]
     assert main([*args, "--out", str(out)]) == 2
@@ -607,15 +609,6 @@ def test_a_run_stopped_before_any_answer_leaves_no_folder_it_made(tmp_path, caps
     out.mkdir()
     assert main([*args, "--out", str(out)]) == 2
     assert out.is_dir()
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(hieravid.infer, "load_model", interrupted)
-    assert main(["eval", "--suite", "synthetic", "--methods", "vanilla", "--limit", "1", "--quiet", "--out",
-                 str(tmp_path / "new")]) == 130
-    assert "interrupted before any answer was written" in capsys.readouterr().err
-    assert not (tmp_path / "new").exists()
 
 
 def test_every_task_failing_to_load_is_an_error(tmp_path, model_dir, capsys):
