@@ -219,6 +219,11 @@ def _tokens_per_answer(given: Any, tasks: Any) -> int | None:
     return next(iter(own)) if len(own) == 1 else None
 
 
+def _answer_tokens(config: EvalConfig, task: Task) -> int:
+    """The tokens each answer of ``task`` may take in this run: ``--max-new-tokens``, or the task's own."""
+    return config.max_new_tokens or task.max_new_tokens
+
+
 def _written_settings(config: EvalConfig, legacy: int | None) -> dict[str, Any]:
     """What run.json keeps: the run's settings, and the tokens per answer of the records an earlier release
     wrote without them (``legacy``, from :func:`_check_resume`), carried forward from the run.json that
@@ -263,7 +268,7 @@ def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str,
         if task in config.tasks:
             made.setdefault(task, set()).add(record.get("max_new_tokens", legacy) or get_task(task).max_new_tokens)
     for task, then in made.items():
-        now = _tokens_per_answer(config.max_new_tokens, [task])
+        now = _answer_tokens(config, get_task(task))
         if then != {now}:
             diff.append(f"max_new_tokens: {', '.join(map(str, sorted(then)))} there, {now} now ({task}'s answers)")
     if diff:
@@ -599,7 +604,6 @@ def _evaluate(
     digests = {(task.name, str(s.id)): {"sample_digest": _sample_digest(s, data_root, task.prompt_files),
                                         "files_digest": _files_digest(s, task.prompt_files, contents)}
                for task, _, s in units}
-    tokens = {task.name: config.max_new_tokens or task.max_new_tokens for task in tasks}  # per answer
 
     def reusable(record: Mapping[str, Any]) -> bool:
         """Not a failure to retry, and made for the sample as it is now."""
@@ -639,7 +643,8 @@ def _evaluate(
                     bar.update(bar_task, description=f"{task.name} (process 1 of {procs.world})")
                 digest = digests[(task.name, str(sample.id))]
                 for record in _run_sample(task, sample, index, todo, loaded, config, procs.rank):
-                    log.append({**record, **digest, "max_new_tokens": tokens[task.name], "written_at": time.time()})
+                    log.append({**record, **digest, "max_new_tokens": _answer_tokens(config, task),
+                                "written_at": time.time()})
                     if bar is not None:
                         bar.advance(bar_task)
                     if on_record is not None:
@@ -700,7 +705,7 @@ def _run_sample(
         for method, budget in todo:
             yield _record(task, sample, index, method, budget, rank, **failure)
         return
-    max_new_tokens = config.max_new_tokens or task.max_new_tokens
+    max_new_tokens = _answer_tokens(config, task)
     for method, budget in todo:
         try:
             result = answer(loaded, frames, prompt, method=method, budget=budget, max_new_tokens=max_new_tokens,
