@@ -88,8 +88,8 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {str(device)!r} was asked for but torch sees no CUDA device; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= (count := torch.cuda.device_count()):
-        raise ValueError(f"--device {str(device)!r} was asked for but torch sees {count} CUDA device"
-                         f"{'s' if count > 1 else ''} (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}): pick one of them")
+        seen = "1 CUDA device (cuda:0)" if count == 1 else f"{count} CUDA devices (cuda:0 to cuda:{count - 1})"
+        raise ValueError(f"--device {str(device)!r} was asked for but torch sees {seen}: pick one of them")
     return dev
 
 

@@ -239,11 +239,11 @@ def _read_checkpoint(path: Path) -> dict:
     one (cut short by a full disk or a copy, or another file in its place)."""
     try:
         state = torch.load(path, weights_only=False)
-    except OSError as err:
-        if err.errno not in (None, errno.EINVAL):  # not the file's contents (permissions, a folder): as it is
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        # An OSError is the file's contents only as EINVAL (cut short below torch's header size); any other
+        # (permissions, a folder) is left as it is.
+        if isinstance(err, OSError) and err.errno not in (None, errno.EINVAL):
             raise
-        problem = str(err)  # a file cut short below torch's header size
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
         problem = str(err)
     else:
         if not isinstance(state, dict):
