@@ -389,3 +389,19 @@ def test_the_budgets_refused_on_a_video_are_those_below_the_minimum_it_names():
             assert not accepted, f"{budget} refused after {accepted[-1]} was accepted"
             named.add(float(re.search(r"smallest budget reachable here is ([0-9.]+)", str(err)).group(1)))
     assert accepted and len(named) == 1 and round(named.pop(), 3) in accepted
+
+
+def test_the_merge_reads_the_device_as_often_whatever_the_number_of_segments():
+    """Stage 1 reads values back (each a GPU stall) a fixed number of times, not once or more per segment."""
+    from device_reads import DeviceReads
+
+    reads, segments = [], []
+    for cuts in ([8], [2, 4, 6, 8, 10, 12, 14]):
+        x, _ = planted_video(4, 16, cuts, 20, noise=0.01)
+        state = {"num_layers": 28}
+        with DeviceReads() as counter:
+            PruneVid(0.3).decide(0, tokens_of(x), state)
+        reads.append(len(counter.reads))
+        segments.append(state["num_segments"])
+    assert segments[0] < segments[1]
+    assert reads[0] == reads[1], f"device reads with {segments[0]} segments vs {segments[1]}: {reads}"

@@ -219,13 +219,19 @@ def temporal_segments(
     Returns:
         ``(T,)`` int64 segment id of each frame, 0-based and non-decreasing.
     """
+    return torch.tensor(_segment_ids(x, ratio, k), dtype=torch.long, device=x.device)
+
+
+def _segment_ids(x: torch.Tensor, ratio: float, k: int) -> list[int]:
+    """:func:`temporal_segments` on the host (the refinement runs there: one read of the labels)."""
     num_frames = x.shape[0]
     num_clusters = max(1, int(num_frames * ratio))
     labels, _ = dpc_knn(x.float().mean(dim=1).unsqueeze(0), num_clusters, k)  # (1, T)
-    refined = torch.tensor(refine_clusters(labels[0].tolist()), device=x.device)
-    starts = torch.ones(num_frames, dtype=torch.long, device=x.device)
-    starts[1:] = (refined[1:] != refined[:-1]).long()
-    return torch.cumsum(starts, dim=0) - 1
+    refined = refine_clusters(labels[0].tolist())
+    ids = [0]
+    for before, now in zip(refined, refined[1:]):  # T frames, host ints
+        ids.append(ids[-1] + (now != before))
+    return ids
 
 
 def static_slots(x: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
@@ -422,14 +428,17 @@ class PruneVid(PruningMethod):
         num_frames, num_slots = tokens.num_frames, tokens.num_slots
         x = tokens.grid("PruneVid's merging")  # (T, P, D)
         device = x.device
-        segment = temporal_segments(x, self.temporal_segment_ratio, self.knn)  # (T,)
-        bounds = torch.nonzero(torch.diff(segment, prepend=segment[:1] - 1)).squeeze(1).tolist() + [num_frames]
-        spans = list(zip(bounds[:-1], bounds[1:]))
-        static = [static_slots(x[start:end], self.tau) for start, end in spans]  # (P,) each
+        frame_segment = _segment_ids(x, self.temporal_segment_ratio, self.knn)  # (T,) host ints
+        firsts = [t for t in range(num_frames) if t == 0 or frame_segment[t] != frame_segment[t - 1]]
+        spans = list(zip(firsts, firsts[1:] + [num_frames]))
+        # (M, P) static slots of each segment: a few device operations per segment, each on a slice small
+        # enough to stay in cache (one pass over the whole video, materialising its unit vectors, is slower
+        # on the CPU); nothing is read back until all are known.
+        static = torch.stack([static_slots(x[start:end], self.tau) for start, end in spans])
+        num_static = static.sum(dim=1).tolist()  # one read from the device
         sizes: list[int] = []  # tokens of every group before spatial clustering
-        for (start, end), mask in zip(spans, static):
-            num_static = int(mask.sum())
-            sizes += [num_static] + [num_slots - num_static] * (end - start)
+        for (start, end), count in zip(spans, num_static):
+            sizes += [count] + [num_slots - count] * (end - start)
         num_layers = state["num_layers"]
         ratio = cluster_ratio_for(sizes, self.merged_fraction(num_layers) * tokens.num_tokens)
         most = self.most_merged(num_layers, tokens.num_tokens)
@@ -438,16 +447,18 @@ class PruneVid(PruningMethod):
         flat = torch.arange(num_frames * num_slots, device=device).view(num_frames, num_slots)
         target = flat.clone()  # (T, P) flat index of the token each token merges into
         group = torch.empty(num_frames, num_slots, dtype=torch.long, device=device)
+        # Each segment's static slots, then its dynamic ones, in slot order: split at the counts read above.
+        slot_order = torch.argsort((~static).to(torch.uint8), dim=1, stable=True)  # (M, P)
         next_group = 0
-        for (start, end), mask in zip(spans, static):
+        for (start, end), count, order in zip(spans, num_static, slot_order):  # segments: a few dozen at most
             span = x[start:end]  # (W, P, D)
-            slots = torch.nonzero(mask).squeeze(1)
-            if slots.numel():
+            slots = order[:count]
+            if count:
                 centre = _cluster_targets(span[:, slots].float().mean(dim=0, keepdim=True), ratio, self.knn)[0]
                 target[start:end, slots] = flat[start, slots[centre]]
                 group[start:end, slots] = next_group
-            slots = torch.nonzero(~mask).squeeze(1)
-            if slots.numel():
+            slots = order[count:]
+            if count < num_slots:
                 centre = _cluster_targets(span[:, slots], ratio, self.knn)  # (W, n_d)
                 target[start:end, slots] = flat[start:end].gather(1, slots[centre])
                 group[start:end, slots] = next_group + 1 + torch.arange(end - start, device=device).unsqueeze(1)
