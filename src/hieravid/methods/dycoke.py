@@ -113,7 +113,12 @@ def ttm_keep(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     if compared.numel() == 0:
         return keep
     unit = torch.nn.functional.normalize(x.float(), dim=-1)  # (T, P, D)
-    sim = torch.linalg.vecdot(unit[compared], unit[ref[compared]])  # (F, P) cosine, 0 for a zero token
+    # Cosine of each compared frame with its reference, on strided views (no copy of the frames): the odd
+    # frames (2nd and 4th of a window) against the frame before, the 3rd (t % 4 == 2) against t - 2.
+    sim_all = torch.zeros(num_frames, num_slots, dtype=unit.dtype, device=x.device)  # (T, P)
+    sim_all[1::2] = torch.linalg.vecdot(unit[1::2], unit[0 : num_frames - 1 : 2])
+    sim_all[2::WINDOW] = torch.linalg.vecdot(unit[2::WINDOW], unit[0 : num_frames - 2 : WINDOW])
+    sim = sim_all[compared]  # (F, P) cosine, 0 for a zero token
     order = torch.argsort(sim, dim=1, stable=True)  # (F, P) least similar first, ties by slot
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(num_slots, device=x.device).expand_as(order))
