@@ -41,8 +41,8 @@ index (``torch.argmax``), as in the official loop.
 
 Cost: the N x N kernel (float32) and the greedy loop over K picks (one Python loop; each pick a few
 O(N) operations plus a blocked Cholesky update, see :func:`hieravid.ops.greedy_map`). Memory: the
-kernel and its working copy (two N x N float32 matrices, 1.26 GB at N = 12544 = 64 frames x 196),
-plus the temporaries of building the kernel.
+kernel, which the greedy loop's Schur updates overwrite (one N x N float32 matrix, 630 MB at N = 12544 =
+64 frames x 196; the loop's smaller compacted copies come after it), plus the temporaries of building it.
 
 Budget rule: pruning before layer 0 keeps f = B (:func:`hieravid.methods.budget.keep_fraction_from_layer`
 with layer 0), K = ``keep_count(B, N)`` exactly (the official code takes a token count).
@@ -106,7 +106,7 @@ def cdpruner_select(features: torch.Tensor, relevance: torch.Tensor, k: int) -> 
     valid = torch.ones(1, n, dtype=torch.bool, device=features.device)
     kernel = conditional_kernel(features.unsqueeze(0), relevance.unsqueeze(0), valid)  # (1, N, N)
     k_group = torch.tensor([k], dtype=torch.long, device=features.device)
-    return greedy_map(kernel, k_group, valid)[0]
+    return greedy_map(kernel, k_group, valid, scratch=True)[0]  # the kernel is ours: no (N, N) working copy
 
 
 def _check_theta(theta: float | None) -> float | None:

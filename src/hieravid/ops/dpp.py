@@ -106,6 +106,7 @@ def greedy_map(
     block: int | None = None,
     backend: str = "auto",
     rank_floor: float = _RANK_FLOOR,
+    scratch: bool = False,
 ) -> torch.Tensor:
     """Eq. 10: greedy MAP inference (Chen et al. 2018) for a batch of kernels, each with its own k.
 
@@ -141,6 +142,8 @@ def greedy_map(
             as used-up rank (zero update row, kernel-diagonal order). The default 1e-3 is a deviation from
             the specification's plain rule (clamp ``d2 >= 0``, guard the square root), which ``0`` gives:
             then only variances that are exactly 0 (below 1e-30) are treated so.
+        scratch: the caller no longer needs ``kernel`` (float32, contiguous), which the blocked updates may
+            then overwrite instead of working on a copy of it.
 
     Returns:
         ``(G, n)`` bool mask of the picked tokens.
@@ -150,7 +153,8 @@ def greedy_map(
     if bool(((k < 0) | (k > available)).any()):
         raise ValueError(f"each group's k must be in [0, its token count]; got k={k.tolist()} for {available.tolist()}")
     kmax = int(k.max()) if num_groups else 0
-    chosen = _greedy_picks(kernel, k, valid, kmax, block, resolve_greedy_backend(backend, kernel.device), rank_floor)
+    chosen = _greedy_picks(kernel, k, valid, kmax, block, resolve_greedy_backend(backend, kernel.device), rank_floor,
+                           scratch)
     # (G, n + 1): groups with fewer picks than max k write their -1 entries into the spare last column.
     picked = torch.zeros(num_groups, n + 1, dtype=torch.bool, device=kernel.device)
     picked.scatter_(1, torch.where(chosen >= 0, chosen, n), True)
