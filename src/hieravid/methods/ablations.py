@@ -208,15 +208,15 @@ class HieraVidNoLayer(HieraVid):
             sign = -1.0 if self.config.relevance_sign == "negative" else 1.0
             relevance = minmax_normalize(sign * similarity, self.config.eps)
         backend = self.config.greedy_backend
-        selected = segment_dpp_select(first.features, relevance, segment, k, backend=backend,
+        selected = segment_dpp_select(first.features, relevance, segment, k, backend=backend, present=present,
                                       rank_floor=self.config.dpp_rank_floor)  # (N1,)
         state["segment"] = segment[selected]
 
-        keep = merged_keep.clone()
-        keep[torch.nonzero(merged_keep).squeeze(1)[~selected]] = False  # anchors the DPP dropped
+        keep = torch.zeros_like(merged_keep)
+        keep[first.kept_index] = selected  # the anchors the DPP kept (kept_index: the anchors, in order)
         # Tokens merged into a dropped anchor are dropped with it, merged into nothing.
+        # (A kept anchor's merge_into is already its own index.)
         merge_into = torch.where(keep[merge_into], merge_into, torch.full_like(merge_into, -1))
-        merge_into[keep] = torch.nonzero(keep).squeeze(1)
         return Decision(
             keep=keep, merge_into=merge_into, features=first.features[selected], frame_segment=first.frame_segment
         )
