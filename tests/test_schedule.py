@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hieravid.methods.budget import keep_count
-from hieravid.schedule import PRESETS, Schedule, pruned_count, solve_schedule, stage_boundaries
+from hieravid.schedule import MIN_BUDGET, PRESETS, Schedule, pruned_count, solve_schedule, stage_boundaries
 
 # The paper's table (spec section 3), written out by hand.
 PAPER_TABLE = {
@@ -284,4 +284,5 @@ def first_refused(budget: float, num_layers: int) -> int | None:
 
 def test_float64_refuses_only_tiny_budgets_over_many_stages_as_the_readme_says():
     assert (first_refused(5e-4, 64), first_refused(5e-4, 200)) == (47, 80)
+    assert first_refused(1e-3, 59) == 47 and first_refused(MIN_BUDGET, 58) is None
     assert first_refused(1e-4, 48) is None and first_refused(2e-3, 64) is None and first_refused(2e-3, 200) is None

@@ -339,7 +339,7 @@ def _solve_geometric(budget: float, num_layers: int, widths: list[int]) -> tuple
         else:
             hi = mid
     candidates = [q for q in (lo, hi) if q > 0.0 and all(r < 1.0 for r in _geometric_ratios(first_kept, q, num_stages))]
-    if not candidates:  # 1 - q^(k-1) rounds to 1: B ~1e-3 or less with many stages (47+ at L = 64, 80+ at 200)
+    if not candidates:  # 1 - q^(k-1) rounds to 1: B ~1e-3 or less with many stages (from 47 at L = 59, 80 at 200)
         raise ValueError(
             f"no geometric schedule reaches budget {budget!r} with {num_stages} stages over {num_layers} "
             f"layers; use fewer stages"
