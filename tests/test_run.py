@@ -392,6 +392,10 @@ def test_answer_takes_a_method_instance_with_its_own_budget(proxy_dir: Path) -> 
     by_name = answer(loaded, frames, "what ?", method="hieravid", budget=0.3, max_new_tokens=1)
     instance = answer(loaded, frames, "what ?", method=HieraVid(HieraVidConfig(budget=0.3)), max_new_tokens=1)
     assert instance.stats.tokens_per_layer == by_name.stats.tokens_per_layer
+    default = answer(loaded, frames, "what ?", method="hieravid", max_new_tokens=1)  # apply()'s default, 0.3
+    assert default.stats.tokens_per_layer == by_name.stats.tokens_per_layer
+    vanilla = answer(loaded, frames, "what ?", max_new_tokens=1)
+    assert vanilla.stats.achieved_budget == 1.0
     with pytest.raises(ValueError, match="budget given with a method instance"):
         answer(loaded, frames, "what ?", method=HieraVid(HieraVidConfig(budget=0.3)), budget=0.7)
 

@@ -305,7 +305,8 @@ def answer(
     trace: bool = False,
     source_fps: float | None = None,
 ) -> Answer:
-    """Generate an answer (greedy) about ``frames`` with ``method`` at ``budget``.
+    """Generate an answer (greedy) about ``frames`` with ``method`` at ``budget`` (default 0.3, as
+    :func:`hieravid.apply`; an instance carries its own).
 
     The method is applied for this call only (``vanilla`` runs the same machinery and prunes nothing, so its
     statistics are comparable). See :func:`build_inputs` for the arguments describing the video. ``trace=True``
@@ -316,8 +317,6 @@ def answer(
     adapter, multimodal = find_adapter(model)
     vision = getattr(multimodal, "visual", None) or getattr(multimodal, "vision_tower", None)
     device = loaded.device
-    if budget is None and isinstance(method, str):
-        budget = 1.0  # a name alone prunes nothing; an instance carries its own budget
     with apply(model, method, budget, trace=trace, **(options or {})) as handle, torch.inference_mode():
         with _timed_calls(adapter.text_model, device) as llm_times, _timed_calls(vision, device) as vision_times:
             start = device_clock(device)
