@@ -143,7 +143,7 @@ class HieraVidConfig:
         if not is_integer(self.num_stages) or self.num_stages < 1:
             raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
         if self.ratios is not None:
-            if not isinstance(self.ratios, (tuple, list)):
+            if not isinstance(self.ratios, (tuple, list)) or not self.ratios:
                 raise ValueError(
                     f"ratios must be a list of one pruning ratio per stage, e.g. (0.5, 0.3, 0.3, 0.57) (on the "
                     f"command line hieravid:ratios=(0.5,0.3,0.3,0.57)), got {self.ratios!r}"

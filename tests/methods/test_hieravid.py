@@ -222,7 +222,7 @@ def test_config_bad_ratios_name_the_stage(ratios, name):
         HieraVidConfig(ratios=ratios)
 
 
-@pytest.mark.parametrize("ratios", [0.5, "(0.5,0.2", "abcd", {0.5, 0.3, 0.3, 0.57}])
+@pytest.mark.parametrize("ratios", [0.5, "(0.5,0.2", "abcd", {0.5, 0.3, 0.3, 0.57}, (), []])
 def test_config_ratios_that_are_no_list_name_the_form(ratios):
     with pytest.raises(ValueError, match=r"ratios must be a list of one pruning ratio per stage, e\.g\. \(0\.5, 0\.3"):
         HieraVidConfig(ratios=ratios)
