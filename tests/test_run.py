@@ -447,11 +447,12 @@ def test_a_cuda_device_torch_does_not_see_is_named_as_given(monkeypatch) -> None
     from hieravid.infer import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="--device 'cuda:1' was asked for but torch sees no CUDA device; use --device cpu"):
+    with pytest.raises(ValueError, match=r"^device 'cuda:1' was asked for but torch sees no CUDA device; use "
+                                         r"device='cpu' \(--device cpu on the command line\)$"):
         check_device("cuda:1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert check_device("cuda:1") == torch.device("cuda:1")
-    with pytest.raises(ValueError, match=r"--device 'cuda:2' was asked for but torch sees 2 CUDA devices \(cuda:0 to "
+    with pytest.raises(ValueError, match=r"^device 'cuda:2' was asked for but torch sees 2 CUDA devices \(cuda:0 to "
                                          r"cuda:1\): pick one of them"):
         check_device("cuda:2")
