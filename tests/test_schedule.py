@@ -127,7 +127,7 @@ def test_solver_skips_in_llm_stages_eq5_cannot_realise() -> None:
     assert solve_schedule(0.99, 24, min_stage_ratio=0.05).ratios == pytest.approx((0.01, 0.0, 0.0, 0.0))
     assert solve_schedule(0.3, 28, min_stage_ratio=0.05).ratios == PRESETS[0.3]  # presets are untouched
     assert solve_schedule(0.5, 28, min_stage_ratio=1.0).ratios == (0.5, 0.0, 0.0, 0.0)  # keep_clip (0, 0)
-    with pytest.raises(ValueError, match="min_stage_ratio must be in"):
+    with pytest.raises(ValueError, match="min_stage_ratio must be a number in"):
         solve_schedule(0.5, 28, min_stage_ratio=1.5)
 
 
@@ -286,3 +286,28 @@ def test_float64_refuses_only_tiny_budgets_over_many_stages_as_the_readme_says()
     assert (first_refused(5e-4, 64), first_refused(5e-4, 200)) == (47, 80)
     assert first_refused(1e-3, 59) == 47 and first_refused(MIN_BUDGET, 58) is None
     assert first_refused(1e-4, 48) is None and first_refused(2e-3, 64) is None and first_refused(2e-3, 200) is None
+
+
+def test_numpy_integers_are_taken_as_python_ones_and_stay_json_ready():
+    import json
+
+    import numpy as np
+
+    for schedule in (Schedule((0.1,) * 4, np.int64(8)), solve_schedule(0.3, np.int64(28), 4)):
+        assert type(schedule.num_layers) is int
+        json.dumps(schedule.to_dict())
+    schedule = Schedule((0.5, 0.3, 0.3, 0.57), 28)
+    assert schedule.stage_tokens(np.int64(100)) == schedule.stage_tokens(100)
+    assert schedule.stage_tokens(100, first_limit=np.int64(20))[0] == 80
+
+
+@pytest.mark.parametrize("first_limit", [-5, 2.5, "3", True])
+def test_a_bad_first_limit_is_refused(first_limit):
+    with pytest.raises(ValueError, match="first_limit"):
+        Schedule((0.5, 0.3, 0.3, 0.57), 28).stage_tokens(100, first_limit=first_limit)
+
+
+@pytest.mark.parametrize("value", ["0.05", None, float("nan"), -0.1])
+def test_a_bad_min_stage_ratio_is_refused_naming_it(value):
+    with pytest.raises(ValueError, match="min_stage_ratio must be a number in"):
+        solve_schedule(0.3, min_stage_ratio=value)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from hieravid.config import check_budget, check_ratio, is_integer
+from hieravid.config import check_budget, check_ratio, is_integer, is_number
 
 __all__ = [
     "MIN_BUDGET",
@@ -112,6 +112,7 @@ class Schedule:
         )
         object.__setattr__(self, "ratios", checked)
         stage_boundaries(self.num_layers, len(checked))  # validates num_layers >= num_stages
+        object.__setattr__(self, "num_layers", int(self.num_layers))  # a numpy integer as Python's (JSON-ready)
 
     @property
     def num_stages(self) -> int:
@@ -159,8 +160,11 @@ class Schedule:
         most ``(T-1) * P`` tokens: frame 0 has no predecessor). This is the nominal count: HieraVid's
         per-segment keep rates (Eq. 5) may let the real total drift a little at stages >= 2.
         """
-        if not isinstance(n0, int) or isinstance(n0, bool) or n0 < 0:
+        if not is_integer(n0) or n0 < 0:
             raise ValueError(f"n0 (visual tokens) must be an integer >= 0, got {n0!r}")
+        if first_limit is not None and (not is_integer(first_limit) or first_limit < 0):
+            raise ValueError(f"first_limit (most tokens stage 1 may remove) must be an integer >= 0, got {first_limit!r}")
+        n0 = int(n0)
         counts: list[int] = []
         current = n0
         for k, r in enumerate(self.ratios):
@@ -300,8 +304,8 @@ def solve_schedule(
             f"budget must be at least {MIN_BUDGET:g} for the schedule solver, got {budget!r}; "
             f"such a budget keeps less than one visual token, raise it"
         )
-    if not 0.0 <= min_stage_ratio <= 1.0:  # 1: no in-LLM stage may run (a keep_clip of at most 0)
-        raise ValueError(f"min_stage_ratio must be in [0, 1], got {min_stage_ratio!r}")
+    if not is_number(min_stage_ratio) or not 0.0 <= min_stage_ratio <= 1.0:  # 1: no in-LLM stage may run
+        raise ValueError(f"min_stage_ratio must be a number in [0, 1], got {min_stage_ratio!r}")
     boundaries = stage_boundaries(num_layers, num_stages)
     if use_presets and num_stages == 4 and num_layers % num_stages == 0:
         for nominal, ratios in PRESETS.items():
