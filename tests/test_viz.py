@@ -89,6 +89,9 @@ def test_token_grid() -> None:
     assert token_grid(169, (384, 384)) == (13, 13)
     with pytest.raises(ValueError, match="at least one token"):
         token_grid(0, (10, 10))
+    for frame_hw in [(0, 10), (10, 0), (-4, 4)]:
+        with pytest.raises(ValueError, match=r"frame_hw is a frame's \(height, width\), both above 0"):
+            token_grid(4, frame_hw)
 
 
 def test_bad_input(proxy, frames: np.ndarray, tmp_path: Path) -> None:
@@ -117,6 +120,17 @@ def test_the_picture_has_the_format_its_name_says(proxy, frames, tmp_path, suffi
     _check_output(str(path), "--viz", _PICTURES)  # the command takes what the library writes
     picture = render_decisions(path, frames, trace)
     assert path.read_bytes().startswith(magic) and picture.width_px > 0
+
+
+def test_a_name_whose_suffix_is_no_picture_format_is_refused_before_drawing(proxy, frames, tmp_path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    trace = traced(proxy, frames, "fastv").trace
+    drawn = []
+    monkeypatch.setattr(Figure, "add_axes", lambda *a, **k: drawn.append(1) or pytest.fail("drew before refusing"))
+    with pytest.raises(ValueError, match=r"matplotlib cannot write a '\.3' picture .*end the name with \.png"):
+        render_decisions(tmp_path / "decisions_0.3", frames, trace)
+    assert not drawn and not list(tmp_path.iterdir())
 
 
 def test_skipped_stages_keep_their_numbers(proxy, frames, tmp_path) -> None:

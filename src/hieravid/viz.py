@@ -74,6 +74,8 @@ def token_grid(num_slots: int, frame_hw: tuple[int, int]) -> tuple[int, int]:
     aspect ratio (on a log scale)."""
     if num_slots < 1:
         raise ValueError(f"a frame needs at least one token, got num_slots={num_slots}")
+    if not all(side > 0 for side in frame_hw):
+        raise ValueError(f"frame_hw is a frame's (height, width), both above 0, got {tuple(frame_hw)}")
     target = math.log(frame_hw[0] / frame_hw[1])
     pairs = [(r, num_slots // r) for r in range(1, num_slots + 1) if num_slots % r == 0]
     return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - target))
@@ -214,6 +216,14 @@ def render_decisions(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    elif path.suffix[1:].lower() not in FigureCanvasAgg.get_supported_filetypes():  # refused before drawing
+        raise ValueError(
+            f"matplotlib cannot write a {path.suffix!r} picture ({str(path)!r}): end the name with .png, .pdf, .svg "
+            "or .jpg (a name without a suffix gets .png)"
+        )
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be an (N, H, W, 3) array, got shape {frames.shape}")
@@ -268,9 +278,7 @@ def render_decisions(
         """Axes rectangle from inches measured from the top-left corner."""
         return [x_in / width, 1 - (top_in + h_in) / height, w_in / width, h_in / height]
 
-    path = Path(path)
-    picture = Picture(path=path if path.suffix else path.with_suffix(".png"), frames_shown=T, columns=columns,
-                      grid_hw=(rows, cols))
+    picture = Picture(path=path, frames_shown=T, columns=columns, grid_hw=(rows, cols))
 
     # header
     y = 0.15
