@@ -138,11 +138,12 @@ def test_subpackages_load_on_first_use_and_import_stays_light() -> None:
         "assert 'transformers' not in sys.modules\n"
         "print(','.join(hieravid.methods.available()))\n"
         "try:\n    hieravid.no_such_thing\nexcept AttributeError:\n    print('refused')\n"
+        "print(not hasattr(hieravid, 'foo.bar') and not hasattr(hieravid, 'methods.fastv'))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    names, refused = result.stdout.split()
-    assert "hieravid" in names.split(",") and refused == "refused"
+    names, refused, dotted = result.stdout.split()
+    assert "hieravid" in names.split(",") and refused == "refused" and dotted == "True"
 
 
 def test_the_command_starts_without_torch() -> None:

@@ -22,6 +22,6 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     # Subpackages on first use, so `import hieravid; hieravid.methods.available()` works.
-    if not name.startswith("_") and importlib.util.find_spec(f"hieravid.{name}") is not None:
+    if name.isidentifier() and not name.startswith("_") and importlib.util.find_spec(f"hieravid.{name}") is not None:
         return importlib.import_module(f"hieravid.{name}")
     raise AttributeError(f"module 'hieravid' has no attribute {name!r}")
