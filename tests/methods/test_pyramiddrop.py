@@ -81,6 +81,12 @@ def test_budget_below_the_first_stage_names_the_minimum_and_the_option():
     with pytest.raises(ValueError, match=r"use budget >= 0\.0179 or a smaller first_stage_keep") as refused:
         PyramidDrop(0.01, first_stage_keep=0.5, stages=28).decision_layers(28)  # a stage per layer already
     assert "more stages" not in str(refused.value)
+    for stages in (6, 7):  # 8 layers: the first stage already has 1 layer, as with a stage per layer
+        with pytest.raises(ValueError, match=r"smallest reachable budget is 0\.1250") as refused:
+            PyramidDrop(0.05, stages=stages).decision_layers(8)
+        assert "more stages" not in str(refused.value)
+    with pytest.raises(ValueError, match="more stages"):
+        PyramidDrop(0.05, stages=4).decision_layers(8)
 
 
 def test_budget_above_first_stage_keep_is_refused():

@@ -78,7 +78,7 @@ def solve_lambda(
     lowest, highest = _budget_of(0.0, first_stage_keep, widths), first_stage_keep
     if budget < lowest - _TOLERANCE:
         ways = [f"budget >= {lowest:.4f}"]
-        if num_stages < num_layers:
+        if widths[0] > 1:  # more stages help only by making the first one shorter
             ways.append("more stages")
         ways.append("a smaller first_stage_keep (prunes before layer 0)")
         raise ValueError(
