@@ -164,6 +164,21 @@ def test_compare_rejects_bad_input() -> None:
         compare("llava-video-7b", "fastv", 0.3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="vanilla"):
         compare("llava-video-7b", "vanilla", 0.3)
+    with pytest.raises(ValueError, match=r"causal must be True \(causal pairs\) or False"):
+        compare("qwen2-vl-7b", "hieravid", 0.3, causal="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="frames must be an integer >= 1, got 2.5"):
+        compare("qwen2-vl-7b", "hieravid", 0.3, frames=2.5)  # type: ignore[arg-type]
+    shape = MODEL_PRESETS["qwen2-vl-7b"].shape
+    with pytest.raises(ValueError, match="text_tokens, lm_head_tokens and past_tokens must be >= 0, got nan"):
+        exact_flops(shape, [1] * shape.num_layers, float("nan"))
+
+
+def test_compare_takes_numpy_integers_as_pythons() -> None:
+    import numpy as np
+
+    given = compare("qwen2-vl-7b", "hieravid", 0.3, frames=np.int64(8), text_tokens=np.int32(64),
+                    tokens_per_frame=np.int64(100))
+    assert given == compare("qwen2-vl-7b", "hieravid", 0.3, frames=8, text_tokens=64, tokens_per_frame=100)
 
 
 def test_shape_from_hf_style_config() -> None:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Mapping, Sequence
 
-from hieravid.config import HieraVidConfig, check_budget, check_choice
+from hieravid.config import HieraVidConfig, check_budget, check_choice, is_integer
 from hieravid.schedule import floor_count, solve_schedule
 
 __all__ = [
@@ -179,7 +179,9 @@ def exact_flops(
             f"visual_tokens_per_layer has {len(counts)} entries but {shape.name} has {shape.num_layers} "
             f"layers; give one count per decoder layer"
         )
-    if text_tokens < 0 or lm_head_tokens < 0 or past_tokens < 0:
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be True (causal pairs) or False (dense products), got {causal!r}")
+    if not all(count >= 0 for count in (text_tokens, lm_head_tokens, past_tokens)):  # NaN fails too
         raise ValueError(
             f"text_tokens, lm_head_tokens and past_tokens must be >= 0, got {text_tokens!r}, {lm_head_tokens!r} "
             f"and {past_tokens!r}"
@@ -335,16 +337,11 @@ def compare(
     check_choice(method, "method", METHODS)
     budget = check_budget(budget)
     preset = MODEL_PRESETS[preset_name]
-    if frames is not None and (not isinstance(frames, int) or isinstance(frames, bool) or frames < 1):
-        raise ValueError(f"frames must be an integer >= 1, got {frames!r}")
-    if text_tokens is not None and (
-        not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 0
-    ):
-        raise ValueError(f"text_tokens must be an integer >= 0, got {text_tokens!r}")
-    if tokens_per_frame is not None and (
-        not isinstance(tokens_per_frame, int) or isinstance(tokens_per_frame, bool) or tokens_per_frame < 1
-    ):
-        raise ValueError(f"tokens_per_frame must be an integer >= 1, got {tokens_per_frame!r}")
+    overrides = {"frames": (frames, 1), "text_tokens": (text_tokens, 0), "tokens_per_frame": (tokens_per_frame, 1)}
+    for name, (value, least) in overrides.items():
+        if value is not None and (not is_integer(value) or value < least):
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    frames, text_tokens, tokens_per_frame = (None if v is None else int(v) for v, _ in overrides.values())
     shape = preset.shape
     num_layers = shape.num_layers
     per_frame = preset.tokens_per_frame if tokens_per_frame is None else tokens_per_frame
