@@ -459,6 +459,24 @@ def test_a_bad_method_option_is_refused_before_building(monkeypatch):
     assert built == []
 
 
+def test_a_named_budget_the_decoder_cannot_reach_is_refused_before_building(monkeypatch):
+    """FastV at 0.2 on 8 layers fails from the architecture alone (meta device), before the weights are made
+    and before the C library's allocator is set for the run."""
+    import hieravid.bench.models as bench_models
+
+    devices, build = [], bench_models.build_bench_model
+
+    def recorded(shape, **kw):
+        devices.append(kw["device"])
+        return build(shape, **kw)
+
+    monkeypatch.setattr(bench_models, "build_bench_model", recorded)
+    monkeypatch.setattr(bench_models, "keep_freed_memory", lambda: pytest.fail("malloc set before the refusal"))
+    with pytest.raises(ValueError, match="cannot be reached"):
+        run_model_bench("tiny", methods=["vanilla", "fastv"], budgets=[0.3, 0.2], repeats=1, warmup=0, new_tokens=2)
+    assert devices and all(str(device) == "meta" for device in devices)
+
+
 @pytest.mark.parametrize(
     ("shape", "video_tokens", "params_billions"),
     [("qwen2-vl-7b", 16 * 256, 8.29), ("llava-onevision-7b", 32 * 196 + 1, 8.03),

@@ -756,6 +756,32 @@ def run_model_bench(
     check_weights_fit(shape, dev, dtype)
     say = progress or (lambda line: None)
 
+    methods = list(dict.fromkeys(methods))  # each measured once; budgets as ModelBenchResult.get tells them apart
+    budgets = [b for i, b in enumerate(budgets) if not any(math.isclose(b, a) for a in budgets[:i])]
+    configs: list[tuple[str, float]] = [("vanilla", 1.0)]
+    configs += [(m, 1.0) for m in methods if m == UNPATCHED]
+    configs += [(m, b) for m in methods if m not in ("vanilla", UNPATCHED) for b in budgets]
+    skipped: list[str] = []
+
+    def leave_out(name: str, budget: float, exc: ValueError) -> None:
+        if not skip_unreachable or name == "vanilla":
+            raise exc
+        configs.remove((name, budget))
+        skipped.append(f"{name}@{budget:g}: {exc}")
+        warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", HieravidWarning, stacklevel=3)
+
+    # An unreachable budget (e.g. FastV below K / L) fails now, as hieravid.apply would fail it, from the
+    # decoder's depth alone (the meta device allocates no weights), not after the build, which takes a minute
+    # at the 7B shapes, nor midway.
+    depth = find_adapter(build_bench_model(shape, device="meta", dtype=dtype))[0].num_layers
+    for name, budget in list(configs):
+        if name == UNPATCHED:
+            continue
+        try:
+            build(name, budget).decision_layers(depth)
+        except ValueError as exc:
+            leave_out(name, budget, exc)
+
     if dev.type == "cuda":
         allocator = "torch's CUDA caching allocator"
     elif cpu_malloc == "keep":
@@ -772,28 +798,6 @@ def run_model_bench(
     adapter, multimodal = find_adapter(model)
     text_model = adapter.text_model
     num_layers = adapter.num_layers
-
-    methods = list(dict.fromkeys(methods))  # each measured once; budgets as ModelBenchResult.get tells them apart
-    budgets = [b for i, b in enumerate(budgets) if not any(math.isclose(b, a) for a in budgets[:i])]
-    configs: list[tuple[str, float]] = [("vanilla", 1.0)]
-    configs += [(m, 1.0) for m in methods if m == UNPATCHED]
-    configs += [(m, b) for m in methods if m not in ("vanilla", UNPATCHED) for b in budgets]
-    skipped: list[str] = []
-
-    def leave_out(name: str, budget: float, exc: ValueError) -> None:
-        if not skip_unreachable or name == "vanilla":
-            raise exc
-        configs.remove((name, budget))
-        skipped.append(f"{name}@{budget:g}: {exc}")
-        warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", HieravidWarning, stacklevel=3)
-
-    for name, budget in list(configs):  # an unreachable budget (e.g. FastV below K / L) fails now, not midway
-        if name == UNPATCHED:
-            continue
-        try:
-            hieravid.apply(model, name, budget).remove()
-        except ValueError as exc:
-            leave_out(name, budget, exc)
 
     encode = multimodal.get_video_features
     encode_kwargs = _encoder_kwargs(encode, inputs)
