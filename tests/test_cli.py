@@ -106,6 +106,17 @@ def test_parser_has_subcommands() -> None:
     assert args.command == "schedule" and callable(args.func)
 
 
+@pytest.mark.parametrize("option, value", [("--budgets", "0.3,,0.1"), ("--budgets", "0.3,0.2,"), ("--methods", "hieravid,,fastv"),
+                                           ("--methods", ",evs")])
+def test_an_empty_item_in_a_list_is_refused_not_dropped(option, value, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["bench", "--shape", "tiny", option, value])
+    assert stopped.value.code == 2
+    assert f"an empty item in {value!r}: remove the extra comma or fill it in" in capsys.readouterr().err
+    args = build_parser().parse_args(["bench", "--shape", "tiny", "--methods", "hieravid:ratios=(0.5,0.2,0.2,0.5),evs"])
+    assert list(args.methods) == ["hieravid:ratios=(0.5,0.2,0.2,0.5)", "evs"]
+
+
 def test_module_entry_point() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hieravid.cli", "flops", "--preset", "llava-video-7b", "--budget", "0.2", "--json"],

@@ -256,9 +256,11 @@ def _cmd_bench_ops(args: argparse.Namespace) -> int:
 def _comma_list(text: str) -> list[str]:
     from hieravid.methods.spec import split_top_level
 
-    items = split_top_level(text)  # commas inside brackets belong to an option: hieravid:ratios=(0.5,0.2)
-    if not items:
+    if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    items = split_top_level(text, keep_empty=True)  # commas inside brackets belong to an option: hieravid:ratios=(0.5,0.2)
+    if not all(items):  # "0.3,,0.1" is more likely a typo than a wish for two budgets
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}: remove the extra comma or fill it in")
     return items
 
 

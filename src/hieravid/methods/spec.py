@@ -40,8 +40,9 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), options
 
 
-def split_top_level(text: str, sep: str = ",") -> list[str]:
-    """Split ``text`` at ``sep`` outside brackets: ``"a,b:ratios=(0.5,0.2)"`` -> ``["a", "b:ratios=(0.5,0.2)"]``."""
+def split_top_level(text: str, sep: str = ",", keep_empty: bool = False) -> list[str]:
+    """Split ``text`` at ``sep`` outside brackets: ``"a,b:ratios=(0.5,0.2)"`` -> ``["a", "b:ratios=(0.5,0.2)"]``;
+    empty items are dropped unless ``keep_empty``."""
     items, depth, start = [], 0, 0
     for i, char in enumerate(text):
         if char in "([{":
@@ -52,4 +53,4 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
             items.append(text[start:i])
             start = i + 1
     items.append(text[start:])
-    return [item.strip() for item in items if item.strip()]
+    return [item.strip() for item in items if keep_empty or item.strip()]
