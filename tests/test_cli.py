@@ -117,6 +117,12 @@ def test_an_empty_item_in_a_list_is_refused_not_dropped(option, value, capsys) -
     assert list(args.methods) == ["hieravid:ratios=(0.5,0.2,0.2,0.5)", "evs"]
 
 
+def test_the_new_tokens_the_bench_needs_are_checked_as_an_option(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--shape", "tiny", "--new-tokens", "1"])
+    assert "argument --new-tokens: must be an integer >= 2, got '1'" in capsys.readouterr().err
+
+
 def test_module_entry_point() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hieravid.cli", "flops", "--preset", "llava-video-7b", "--budget", "0.2", "--json"],

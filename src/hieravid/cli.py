@@ -336,8 +336,8 @@ def _add_bench(subparsers: Any) -> None:
     parser.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds (default 3)")
     parser.add_argument("--warmup", type=_non_negative_int, default=2,
                         help="untimed rounds first (default 2; on CPU memory is measured in those after the first)")
-    parser.add_argument("--new-tokens", type=_positive_int, default=8,
-                        help="greedy tokens per generate, >= 2 (default 8)")
+    parser.add_argument("--new-tokens", type=lambda text: _int_at_least(text, 2), default=8,
+                        help="greedy tokens per generate, >= 2: the decode time per token needs a second (default 8)")
     parser.add_argument("--scenes", type=_positive_int, default=None,
                         help="plant this many scenes in the video's features (random weights give the 7B towers "
                              "one segment whatever the pixels; the DPP's cost depends on the segments); default: "
