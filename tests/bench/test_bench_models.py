@@ -179,6 +179,16 @@ def test_the_plot_draws_unpatched_as_a_reference(tmp_path):
     assert "unpatched (no hieravid.apply)" in [text.get_text() for text in fig.legends[0].get_texts()]
 
 
+def test_every_line_of_the_plot_is_in_view_vanilla_alone_too(tmp_path):
+    for methods in (["vanilla"], ["unpatched", "evs"]):
+        result = run_model_bench("tiny", methods=methods, budgets=[0.5], repeats=1, warmup=0, new_tokens=2)
+        fig = plot_report(result, tmp_path / "p.png")
+        for ax in fig.axes:
+            bottom, top = ax.get_ylim()
+            highest = max(max(line.get_ydata()) for line in ax.lines)
+            assert bottom == 0 and highest < top, (methods, ax.get_title(), highest, top)
+
+
 def test_a_method_spec_is_measured_under_its_own_name(capsys):
     spec = "hieravid:greedy_backend=torch"
     result = run_model_bench("tiny", methods=["vanilla", spec], budgets=[0.5], repeats=1, warmup=0, new_tokens=2)

@@ -1237,11 +1237,14 @@ def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
             for ax, y in ((ax_speed, r.speedup), (ax_kv, r.kv_visual_bytes / 2**20)):
                 ax.axhline(y, color="black", lw=1, ls="-.", label=f"{UNPATCHED} (no hieravid.apply)")
     ax_speed.set(xlabel="relative token budget B", ylabel="prefill speed-up over vanilla (x)",
-                 title="Prefill speed-up (solid: measured; dotted, hollow: exact FLOPs)", ylim=(0, None))
+                 title="Prefill speed-up (solid: measured; dotted, hollow: exact FLOPs)")
     ax_kv.set(xlabel="relative token budget B", ylabel="visual KV cache after prefill (MiB)",
-              title="Visual KV cache after prefill", ylim=(0, None))
+              title="Visual KV cache after prefill")
     for ax in (ax_speed, ax_kv):
         ax.grid(alpha=0.3)
+        # From 0 to a tenth above the highest line, so that a reference on top (vanilla alone) stays in view.
+        highest = max((max(line.get_ydata(), default=0.0) for line in ax.get_lines()), default=0.0)
+        ax.set_ylim(0, 1.1 * highest if highest > 0 else 1.0)
     # One legend for both panels, below them: a method has the same colour and marker in each.
     columns = min(len(methods) + references, 6)
     rows = -(-(len(methods) + references) // columns)
