@@ -258,7 +258,8 @@ def _comma_list(text: str) -> list[str]:
 
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-    items = split_top_level(text, keep_empty=True)  # commas inside brackets belong to an option: hieravid:ratios=(0.5,0.2)
+    # Commas inside brackets belong to an option: hieravid:ratios=(0.5,0.2).
+    items = split_top_level(text, keep_empty=True)
     if not all(items):  # "0.3,,0.1" is more likely a typo than a wish for two budgets
         raise argparse.ArgumentTypeError(f"an empty item in {text!r}: remove the extra comma or fill it in")
     return items
@@ -470,24 +471,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         else:
             unsaved.clear()
 
-    result = run_model_bench(
-        args.shape,
-        frames=args.frames,
-        methods=args.methods,
-        skip_unreachable=getattr(args.methods, "skip_unreachable", False),
-        budgets=args.budgets,
-        device=args.device,
-        dtype=dtype,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        new_tokens=args.new_tokens,
-        allow_cpu=args.allow_cpu,
-        cpu_malloc=args.cpu_malloc,
-        scenes=args.scenes,
-        progress=None if args.quiet else _progress,
-        # A stream (standard output, a pipe) takes one document, written at the end.
-        on_round=save if args.json and not is_stream(args.json) else None,
-    )
+    try:
+        result = run_model_bench(
+            args.shape,
+            frames=args.frames,
+            methods=args.methods,
+            skip_unreachable=getattr(args.methods, "skip_unreachable", False),
+            budgets=args.budgets,
+            device=args.device,
+            dtype=dtype,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            new_tokens=args.new_tokens,
+            allow_cpu=args.allow_cpu,
+            cpu_malloc=args.cpu_malloc,
+            scenes=args.scenes,
+            progress=None if args.quiet else _progress,
+            # A stream (standard output, a pipe) takes one document, written at the end.
+            on_round=save if args.json and not is_stream(args.json) else None,
+        )
+    except KeyboardInterrupt:  # before the first timed round ended (from one on, the rounds done are reported)
+        untouched = ""
+        if args.json and not is_stream(args.json):
+            earlier = " (it holds an earlier file)" if os.path.exists(args.json) else ""
+            untouched = f"; --json {args.json} was not written{earlier}"
+        _say(f"hieravid bench: interrupted before the first timed round ended: nothing measured{untouched}", err=True)
+        return 130
     if args.json:
         save(result)
     # Before the plot: with no --json, a plot that fails loses no measurement. Beside the JSON on standard

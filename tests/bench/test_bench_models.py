@@ -357,6 +357,20 @@ def test_an_interrupted_bench_command_keeps_its_json(monkeypatch, tmp_path, caps
     assert saved["interrupted"] and saved["repeats"] == 1 and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("earlier", [False, True])
+def test_ctrl_c_before_the_first_timed_round_ends_says_nothing_was_measured(monkeypatch, tmp_path, capsys, earlier):
+    _interrupt_measurement(monkeypatch, at_call=1)  # in round 1
+    out = tmp_path / "bench.json"
+    if earlier:
+        out.write_text("{}")
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out)])
+    err = capsys.readouterr().err
+    said = f"hieravid bench: interrupted before the first timed round ended: nothing measured; --json {out} was not written"
+    assert code == 130 and said in err
+    assert ("(it holds an earlier file)" in err) == earlier and out.exists() == earlier
+
+
 def test_a_json_that_cannot_be_written_mid_run_loses_no_measurement(monkeypatch, tmp_path, capsys):
     # The folder takes files when the run starts; then its disk fills up: the run measures on, prints its
     # report, and ends with an error naming the file.
