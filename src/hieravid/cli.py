@@ -525,13 +525,15 @@ def _bench_from_json(args: argparse.Namespace) -> int:
         raise ValueError(f"--from-json reports a saved run without measuring: {flags} would change nothing; leave "
                          "them out (--plot applies)")
     try:
-        data = json.loads(Path(args.from_json).read_text())
-        result = ModelBenchResult.from_dict(data)
-        report = format_report(result) if result.results else ""  # a value of the wrong type fails here
+        text = Path(args.from_json).read_text()
+        if not text.strip():
+            raise ValueError("it is empty")
+        result = ModelBenchResult.from_dict(json.loads(text))  # checks the type of every value it knows
+        report = format_report(result) if result.results else ""
     except OSError as exc:
         raise ValueError(f"cannot read --from-json {args.from_json!r}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, KeyError, IndexError,
-            AttributeError) as exc:
+            AttributeError, ArithmeticError) as exc:
         raise ValueError(f"{args.from_json} is not a file written by hieravid bench --json ({exc})") from None
     if not result.results:
         raise ValueError(f"{args.from_json} holds no measurement (its results are empty): it was saved before a "

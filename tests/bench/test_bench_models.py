@@ -366,8 +366,8 @@ def test_ctrl_c_before_the_first_timed_round_ends_says_nothing_was_measured(monk
     code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
                  "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", str(out)])
     err = capsys.readouterr().err
-    said = f"hieravid bench: interrupted before the first timed round ended: nothing measured; --json {out} was not written"
-    assert code == 130 and said in err
+    said = "hieravid bench: interrupted before the first timed round ended: nothing measured; --json"
+    assert code == 130 and f"{said} {out} was not written" in err
     assert ("(it holds an earlier file)" in err) == earlier and out.exists() == earlier
 
 
@@ -740,17 +740,45 @@ def test_json_and_plot_naming_one_file_are_refused(tmp_path, capsys):
     assert "--json and --plot name the same file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda r: {**r, "results": [{**r["results"][0], "prefill_ms": None}, *r["results"][1:]]},
-    lambda r: {**r, "results": [{**r["results"][0], "tokens_per_layer": []}, *r["results"][1:]]},
-    lambda r: {**r, "frame_size": [1]},
-    lambda r: {**r, "results": r["results"][1:]},  # vanilla's, the reference of every speed-up, lost
+@pytest.mark.parametrize("break_it, why", [
+    (lambda r: {**r, "results": [{**r["results"][0], "prefill_ms": None}, *r["results"][1:]]},
+     "results[0].prefill_ms is None, not float"),
+    (lambda r: {**r, "results": [r["results"][0], {**r["results"][1], "speedup": None}]},
+     "results[1].speedup is None, not float"),
+    (lambda r: {**r, "results": [{**r["results"][0], "tokens_per_layer": ["8"]}, *r["results"][1:]]},
+     "results[0].tokens_per_layer is ['8'], not list[int]"),
+    (lambda r: {**r, "load_average": None}, "load_average is None, not list[float | None]"),
+    (lambda r: {**r, "results": [{**r["results"][0], "tokens_per_layer": []}, *r["results"][1:]]}, "out of range"),
+    (lambda r: {**r, "frame_size": [1]}, "out of range"),
+    (lambda r: {**r, "results": r["results"][1:]}, "its first result is not vanilla's"),  # every speed-up's reference
+    (lambda r: [r], "it holds no 'results' list"),
+    (lambda r: {"total_ms": 3.0}, "it holds no 'results' list"),  # a bench-ops --json file
+    (lambda r: "", "it is empty"),
 ])
-def test_a_saved_run_with_a_missing_number_is_refused_clearly(bench, tmp_path, capsys, break_it):
+def test_a_saved_run_with_a_missing_number_is_refused_clearly(bench, tmp_path, capsys, break_it, why):
     _, report = bench
-    (tmp_path / "broken.json").write_text(json.dumps(break_it(report)))
+    broken = break_it(report)
+    (tmp_path / "broken.json").write_text(json.dumps(broken) if broken != "" else "\n")
     assert main(["bench", "--from-json", str(tmp_path / "broken.json")]) == 2
-    assert "is not a file written by hieravid bench --json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not a file written by hieravid bench --json" in err and why in err, err
+
+
+def test_a_saved_run_is_reported_with_its_ratios_computed_again(bench, tmp_path, capsys):
+    """The speed-ups and shares come from the medians and FLOPs in the file, not from the ratios stored beside
+    them: a file whose vanilla prefill was edited reports what that prefill makes of them."""
+    _, report = bench
+    edited = json.loads(json.dumps(report))
+    edited["results"][0]["prefill_ms"] *= 2
+    for row in edited["results"]:
+        row["speedup"], row["theoretical_speedup"] = 99.0, 99.0
+    again = ModelBenchResult.from_dict(edited)
+    original = ModelBenchResult.from_dict(report)
+    for before, after in zip(original.results[1:], again.results[1:]):
+        assert after.speedup == pytest.approx(2 * before.speedup)
+        assert after.decide_pct_of_vanilla_prefill == pytest.approx(before.decide_pct_of_vanilla_prefill / 2)
+        assert after.theoretical_speedup == pytest.approx(before.flops_vanilla_exact / before.flops_exact)
+        assert after.efficiency == pytest.approx(after.speedup / after.theoretical_speedup)
 
 
 def test_a_sigterm_the_parent_ignores_stays_ignored(monkeypatch, tmp_path):

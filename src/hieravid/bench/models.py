@@ -62,15 +62,17 @@ import os
 import platform
 import statistics
 import time
+import types
+import typing
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
 import hieravid
 from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
-from hieravid.config import check_budget, check_choice
+from hieravid.config import check_budget, check_choice, is_integer, is_number
 from hieravid.methods import available, build, parse_method, warn_if_budget_is_ignored
 from hieravid.models import CallContext, find_adapter
 from hieravid.runtime import device_clock
@@ -557,14 +559,26 @@ class ModelBenchResult:
         """The inverse of :meth:`to_dict` (e.g. to re-plot a saved ``--json`` file). Keys this release does
         not know (from a later one) are left out; fields added since a file was written take defaults."""
 
-        def known(kind: type, values: dict[str, Any]) -> dict[str, Any]:
-            names = {f.name for f in fields(kind)}
-            return {k: v for k, v in values.items() if k in names}
+        def known(kind: type, values: Any, where: str) -> dict[str, Any]:
+            if not isinstance(values, dict):
+                raise ValueError(f"{where or 'the file'} is a JSON {type(values).__name__}, not an object")
+            hints = typing.get_type_hints(kind)
+            for name, value in values.items():
+                if name in hints and not _is_a(value, hints[name]):
+                    expected = hints[name].__name__ if isinstance(hints[name], type) else str(hints[name])
+                    raise ValueError(f"{where}{name} is {value!r}, not {expected}")
+            return {k: v for k, v in values.items() if k in hints}
 
-        results = [MethodResult(**known(MethodResult, r)) for r in data["results"]]
+        if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+            raise ValueError("it holds no 'results' list")
+        results = [MethodResult(**known(MethodResult, r, f"results[{i}].")) for i, r in enumerate(data["results"])]
         if results and (results[0].method, results[0].budget) != ("vanilla", 1.0):
             raise ValueError("its first result is not vanilla's, which every other is measured against")
-        return cls(**{**known(cls, data), "results": results})
+        if results:  # the ratios again, from the medians and FLOPs the file holds
+            for r in results:
+                r.theoretical_speedup = r.flops_vanilla_exact / r.flops_exact
+            _relate(results)
+        return cls(**{**known(cls, {k: v for k, v in data.items() if k != "results"}, ""), "results": results})
 
     def get(self, method: str, budget: float | None = None) -> MethodResult:
         """The result of ``method`` (at ``budget``; vanilla has one, at 1.0)."""
@@ -572,6 +586,25 @@ class ModelBenchResult:
             if r.method == method and (budget is None or math.isclose(r.budget, budget)):
                 return r
         raise KeyError(f"no result for {method} at budget {budget}")
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON has the type ``hint`` names (float, int, str, bool, None, their unions,
+    lists and string-keyed dicts of them); a bool is no number."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_is_a(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_is_a(v, args[1]) for v in value.values())
+    if hint is float:
+        return is_number(value)
+    if hint is int:
+        return is_integer(value)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 # ---------------------------------------------------------------------------------------------- run
