@@ -460,11 +460,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     unsaved: list[str] = []  # why the last write of --json failed (a full disk): measuring goes on
 
-    def save(result: Any) -> None:  # after every round too (a file): a killed run keeps its completed rounds
+    def save(result: Any, last: bool = False) -> None:  # after every round too (a file): a killed run keeps its rounds
         try:
             write_json(args.json, result.to_dict())
         except OSError as exc:
-            if not unsaved:
+            if not unsaved and not last:  # the last write's failure is said with the report
                 _say(f"hieravid bench: warning: cannot write --json {args.json}: {exc.strerror or exc}; measuring "
                      "goes on, and the report is printed at the end", err=True)
             unsaved[:] = [exc.strerror or str(exc)]
@@ -498,7 +498,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _say(f"hieravid bench: interrupted before the first timed round ended: nothing measured{untouched}", err=True)
         return 130
     if args.json:
-        save(result)
+        save(result, last=True)
     # Before the plot: with no --json, a plot that fails loses no measurement. Beside the JSON on standard
     # output, on standard error.
     _say(format_report(result), err=bool(args.json) and writes_to_stdout(args.json))
@@ -538,9 +538,9 @@ def _bench_from_json(args: argparse.Namespace) -> int:
     if not result.results:
         raise ValueError(f"{args.from_json} holds no measurement (its results are empty): it was saved before a "
                          "timed round ended, or is not a file written by hieravid bench --json")
+    _say(report)  # before the plot, which may fail to be written
     if args.plot:
         plot_report(result, args.plot)
-    _say(report)
     return 0
 
 

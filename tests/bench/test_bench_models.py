@@ -390,6 +390,15 @@ def test_a_json_that_cannot_be_written_mid_run_loses_no_measurement(monkeypatch,
     assert not out.exists()
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_stream_that_takes_no_json_at_the_end_is_said_once_as_an_error(capsys):
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla", "--repeats", "1", "--warmup", "0",
+                 "--new-tokens", "2", "--quiet", "--json", "/dev/full"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--json /dev/full was not written (No space left on device)" in err
+    assert "measuring goes on" not in err  # it has ended
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_a_json_in_a_folder_that_takes_no_file_is_refused_before_measuring(capsys):
     # /proc: root may write there by its permissions, but no file can be made
