@@ -460,7 +460,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     unsaved: list[str] = []  # why the last write of --json failed (a full disk): measuring goes on
 
-    def save(result: Any, last: bool = False) -> None:  # after every round too (a file): a killed run keeps its rounds
+    def save(result: Any, last: bool = False) -> None:  # after every round too (a file): a killed run keeps them
         try:
             write_json(args.json, result.to_dict())
         except OSError as exc:
