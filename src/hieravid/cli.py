@@ -621,15 +621,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.quiet,
     )
+    from hieravid.eval.runner import ProcessesLost
+
+    def kept() -> bool:
+        return any(part.stat().st_size for part in Path(args.out).glob("predictions*.jsonl"))  # opened empty at start
+
+    again = f"the answers written so far are kept in {args.out}: run the same command again to go on from there"
     try:
         with _no_transformers_bars():
             summary = run_eval(config)
+    except ProcessesLost as exc:  # not the command line's fault: said as what happened, with the way on
+        _say(f"hieravid eval: error: {exc}; " + (again if kept() else "no answer was written"), err=True)
+        return 1
     except (FileNotFoundError, RuntimeError) as exc:  # missing model files, NLTK data, pyarrow: name the fix
         raise ValueError(str(exc)) from exc
     except KeyboardInterrupt:
-        if any(part.stat().st_size for part in Path(args.out).glob("predictions*.jsonl")):  # opened empty at start
-            _say(f"hieravid eval: interrupted; the answers written so far are kept in {args.out}: run the same "
-                 "command again to go on from there", err=True)
+        if kept():
+            _say(f"hieravid eval: interrupted; {again}", err=True)
         else:
             _say("hieravid eval: interrupted before any answer was written", err=True)
         return 130

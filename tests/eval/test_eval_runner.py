@@ -197,10 +197,48 @@ def test_a_model_trained_again_into_its_folder_is_another_model(tmp_path, model_
     trained = bytearray(weights.read_bytes())
     trained[-8:] = bytes(8)  # written again: the same size and header, other values
     weights.write_bytes(bytes(trained))
-    with pytest.raises(ValueError, match=f"the files of the model at {model} changed since"):
+    with pytest.raises(ValueError, match=f"the weights or configuration of the model at {model} changed since"):
         _check_resume(tmp_path, config, answered)
     (tmp_path / RUN_FILE).write_text(json.dumps({**_settings(config), "model_files": None}))  # an earlier release's
     _check_resume(tmp_path, config, answered)
+
+
+def test_a_model_given_another_chat_template_or_tokenizer_is_another_model(tmp_path, model_dir):
+    import shutil
+
+    from hieravid.eval.runner import RUN_FILE, _check_resume, _settings
+
+    answered = [{"task": "synthetic", "id": "0"}]
+    for name in ("chat_template.jinja", "tokenizer.json", "generation_config.json"):
+        model = tmp_path / name / "model"
+        shutil.copytree(model_dir, model)
+        config = EvalConfig(tasks=["synthetic"], out=tmp_path, model=str(model))
+        (tmp_path / RUN_FILE).write_text(json.dumps(_settings(config)))
+        (model / "README.md").write_text("notes")  # no part of an answer
+        _check_resume(tmp_path, config, answered)
+        edited = model / name
+        edited.write_text(edited.read_text() + "\n")
+        with pytest.raises(ValueError, match=f"the tokenizer, chat template, processor or generation files of the "
+                                             f"model at {model} changed since"):
+            _check_resume(tmp_path, config, answered)
+        earlier = {k: v for k, v in _settings(config).items() if k != "model_prompt_files"}  # an earlier release's
+        (tmp_path / RUN_FILE).write_text(json.dumps(earlier))
+        _check_resume(tmp_path, config, answered)
+
+
+@pytest.mark.parametrize("run_json", [None, "{", "[]"])
+def test_answers_without_the_settings_they_were_made_with_are_not_resumed(tmp_path, run_json):
+    """A folder with answers but no readable run.json (its main process stopped before writing it, or it
+    was removed) cannot say whether a resumed run's settings match: refused, naming the ways out."""
+    from hieravid.eval.runner import RUN_FILE, _check_resume
+
+    if run_json is not None:
+        (tmp_path / RUN_FILE).write_text(run_json)
+    config = EvalConfig(tasks=["synthetic"], out=tmp_path)
+    with pytest.raises(ValueError, match=f"holds answers but no readable {RUN_FILE} naming the settings .* pass a "
+                                         "new --out, or move the predictions\\*.jsonl files out"):
+        _check_resume(tmp_path, config, [{"task": "synthetic", "id": "0"}])
+    assert _check_resume(tmp_path, config, []) is None  # no answer: nothing to match
 
 
 def test_a_setting_spelled_out_at_the_value_it_had_is_one_setting(tmp_path):
@@ -234,8 +272,9 @@ def test_the_tokens_per_answer_are_compared_task_by_task_with_the_records(tmp_pa
         _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, max_new_tokens=own + 12), answered)
     _check_resume(tmp_path, EvalConfig(tasks=["synthetic", other], out=tmp_path), answered)  # each its own
     _check_resume(tmp_path, EvalConfig(tasks=[other], out=tmp_path, max_new_tokens=own + 12), answered)
-    (tmp_path / RUN_FILE).unlink()  # the records say it without run.json
-    with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, {own + 1} now"):
+    (tmp_path / RUN_FILE).write_text(json.dumps(_settings(EvalConfig(tasks=["synthetic"], out=tmp_path,
+                                                                       max_new_tokens=own + 1))))
+    with pytest.raises(ValueError, match=f"max_new_tokens: {own} there, {own + 1} now"):  # the records say it
         _check_resume(tmp_path, EvalConfig(tasks=["synthetic"], out=tmp_path, max_new_tokens=own + 1), answered)
 
 
@@ -309,6 +348,69 @@ def test_ctrl_c_before_any_answer_says_none_is_kept(tmp_path, monkeypatch, capsy
                  str(tmp_path / "new")]) == 130
     assert "interrupted before any answer was written" in capsys.readouterr().err
     assert (tmp_path / "new").exists() == (while_in == "answer")
+
+
+def test_waiting_for_the_other_processes_takes_ctrl_c_and_names_a_lost_one():
+    """The wait at a barrier is polled in Python, so Ctrl-C (or SIGTERM, taken as it) ends it while the
+    others still work; a peer that went away (gloo: "Connection closed by peer") is a ProcessesLost."""
+    import _thread
+    import threading
+
+    from hieravid.eval.runner import ProcessesLost, wait_for_others
+
+    class Work:
+        def __init__(self, done: bool, error: str | None = None):
+            self.done, self.error = done, error
+
+        def is_completed(self) -> bool:
+            return self.done
+
+        def wait(self) -> bool:
+            if self.error:
+                raise RuntimeError(self.error)
+            return True
+
+    wait_for_others(lambda: Work(True))
+    threading.Timer(0.2, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        wait_for_others(lambda: Work(False))  # the others never arrive
+    with pytest.raises(ProcessesLost, match=r"another process of this run stopped \(.*Connection closed by peer"):
+        wait_for_others(lambda: Work(True, "[gloo/pair.cc:561] Connection closed by peer [127.0.0.1]:4496"))
+
+
+def test_no_process_answers_before_run_json_names_the_settings(tmp_path, monkeypatch):
+    """Every process waits, after the main one wrote run.json and before it answers: a run stopped while
+    its main process loaded the model leaves no answers without their settings."""
+    import hieravid.eval.runner as runner
+
+    out, seen = tmp_path / "run", []
+
+    def wait() -> None:
+        seen.append(((out / runner.RUN_FILE).exists(), sorted(p.name for p in out.glob("predictions*.jsonl"))))
+
+    monkeypatch.setattr(runner, "_processes", lambda device: runner._Processes(0, 1, "cpu", wait))
+    assert main(["eval", "--suite", "synthetic", "--methods", "vanilla", "--limit", "1", "--quiet", "--out",
+                 str(out)]) == 0
+    assert seen[0] == (True, [])  # the first wait: settings written, no answer yet
+    assert len(seen) == 2  # and the one before the merge
+
+
+def test_a_process_of_the_run_lost_is_said_as_such_with_the_way_on(tmp_path, monkeypatch, capsys):
+    import hieravid.eval
+    from hieravid.eval.runner import ProcessesLost
+
+    out = tmp_path / "run"
+
+    def lost(config):
+        out.mkdir()
+        (out / "predictions.part0.jsonl").write_text('{"task": "synthetic"}\n')
+        raise ProcessesLost("another process of this run stopped (Connection closed by peer)")
+
+    monkeypatch.setattr(hieravid.eval, "run_eval", lost)
+    assert main(["eval", "--suite", "synthetic", "--methods", "vanilla", "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "hieravid eval: error: another process of this run stopped (Connection closed by peer); the answers " \
+           f"written so far are kept in {out}: run the same command again to go on from there" in err
 
 
 def test_bad_command_lines(tmp_path, capsys):

@@ -118,23 +118,48 @@ class _Processes:
         return self.rank == 0
 
 
+class ProcessesLost(RuntimeError):
+    """Another process of a run over several processes stopped (killed, crashed, interrupted) while this one
+    waited for it or exchanged a value with it."""
+
+
+def wait_for_others(barrier: Callable[[], Any], poll_seconds: float = 0.05) -> None:
+    """Wait on ``barrier()``'s work (``torch.distributed.barrier(async_op=True)``) by polling, so that Ctrl-C
+    and SIGTERM are taken while the other processes finish (a barrier waited on in C++ holds them off until
+    it ends); a peer that went away is a :class:`ProcessesLost`."""
+    try:
+        work = barrier()
+        while not work.is_completed():
+            time.sleep(poll_seconds)
+        work.wait()
+    except RuntimeError as exc:
+        raise ProcessesLost(f"another process of this run stopped ({exc})") from exc
+
+
 def _processes(device: str) -> _Processes:
     import torch
     from accelerate import PartialState
 
     cuda = torch.cuda.is_available() and device != "cpu"
-    # A long timeout: processes wait for each other only at the end, after shards of unequal length.
+    # A long timeout: processes wait for each other at the end, after shards of unequal length.
     state = PartialState(cpu=not cuda, timeout=timedelta(days=7))
     if device == "auto" or (cuda and device == "cuda" and state.num_processes > 1):
         device = f"cuda:{state.local_process_index}" if cuda else "cpu"
+    if state.num_processes == 1:
+        return _Processes(rank=0, world=1, device=device, wait=lambda: None)
+
+    def wait() -> None:
+        wait_for_others(lambda: torch.distributed.barrier(async_op=True))
 
     def share(value: Any) -> Any:
         from accelerate.utils import broadcast_object_list
 
-        return broadcast_object_list([value], from_process=0)[0] if state.num_processes > 1 else value
+        try:
+            return broadcast_object_list([value], from_process=0)[0]
+        except RuntimeError as exc:
+            raise ProcessesLost(f"another process of this run stopped ({exc})") from exc
 
-    return _Processes(rank=state.process_index, world=state.num_processes, device=device, wait=state.wait_for_everyone,
-                      share=share)
+    return _Processes(rank=state.process_index, world=state.num_processes, device=device, wait=wait, share=share)
 
 
 def _check(config: EvalConfig) -> list[Task]:
@@ -183,18 +208,27 @@ def _model_setting(model: Any) -> Any:
     return str(local)
 
 
-def _model_files(model: Any) -> str | None:
-    """A short hash of a local model directory's weights and configuration, each file by its name and
-    :func:`hieravid.files.content_print` (a model trained again into the same directory answers otherwise;
-    a copy of it does not); None for the shipped proxy model (its setting names its contents) and for a
-    hub id."""
+def _is_weights(file: Path) -> bool:
+    """The weights and the architecture's configuration."""
+    return file.suffix in (".safetensors", ".bin", ".pt") or file.name == "config.json"
+
+
+def _is_prompt_file(file: Path) -> bool:
+    """The other files that shape an answer: tokenizer, chat template, processor and generation settings."""
+    return not _is_weights(file) and file.suffix in (".json", ".jinja", ".txt", ".model", ".tiktoken")
+
+
+def _model_files(model: Any, kind: Callable[[Path], bool] = _is_weights) -> str | None:
+    """A short hash of the files of a local model directory that ``kind`` selects, each by its name and
+    :func:`hieravid.files.content_print` (a model trained again into the same directory, or given another
+    chat template, answers otherwise; a copy of it does not); None for the shipped proxy model (its setting
+    names its contents) and for a hub id."""
     if not isinstance(model, str) or not Path(model).expanduser().is_dir():
         return None
     folder = Path(model).expanduser().resolve()
     if _model_setting(model) != str(folder):
         return None
-    files = sorted((f.name, content_print(f)) for f in folder.iterdir()
-                   if f.is_file() and (f.suffix in (".safetensors", ".bin", ".pt") or f.name == "config.json"))
+    files = sorted((f.name, content_print(f)) for f in folder.iterdir() if f.is_file() and kind(f))
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
@@ -202,6 +236,7 @@ def _settings(config: EvalConfig) -> dict[str, Any]:
     settings = asdict(config)
     settings["model"] = _model_setting(config.model)
     settings["model_files"] = _model_files(config.model)
+    settings["model_prompt_files"] = _model_files(config.model, _is_prompt_file)
     settings["out"] = str(config.out)
     settings["data_root"] = None if config.data_root is None else str(config.data_root)
     return settings
@@ -232,8 +267,9 @@ def _written_settings(config: EvalConfig, legacy: int | None) -> dict[str, Any]:
 
 
 def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str, Any]]) -> int | None:
-    """Refuse to add records to ``out`` made with settings that change the answers (a folder that holds
-    no answer, ``previous`` empty: a run that failed before any, takes new settings). Returns the tokens
+    """Refuse to add records to ``out`` made with settings that change the answers, or to answers whose
+    settings no readable run.json names (a folder that holds no answer, ``previous`` empty: a run that
+    failed before any, takes new settings). Returns the tokens
     per answer of the records an earlier release wrote without them (None: each task's own)."""
     if not previous:
         return None
@@ -245,16 +281,20 @@ def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str,
             before = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass
-    diff = []
-    if isinstance(before, dict):
-        before["model"] = _model_setting(before.get("model"))
-        diff = [f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in _RESULT_SETTINGS
-                if before.get(k) != settings.get(k)]
-        if not diff and None not in (before.get("model_files"), settings["model_files"]) and \
-                before["model_files"] != settings["model_files"]:  # (a run.json of an earlier release has none)
-            diff.append(f"the files of the model at {settings['model']} changed since")
-    else:
-        before = {}
+    if not isinstance(before, dict):
+        raise ValueError(
+            f"{out} holds answers but no readable {RUN_FILE} naming the settings they were made with (a run stopped "
+            f"before its main process wrote it, or the file was removed): pass a new --out, or move the "
+            f"predictions*.jsonl files out of {out} to start it over"
+        )
+    before["model"] = _model_setting(before.get("model"))
+    diff = [f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in _RESULT_SETTINGS
+            if before.get(k) != settings.get(k)]
+    for key, files in (("model_files", "weights or configuration"),
+                       ("model_prompt_files", "tokenizer, chat template, processor or generation files")):
+        # (compared where both run.json files have the key: one of an earlier release may not)
+        if not diff and None not in (before.get(key), settings[key]) and before[key] != settings[key]:
+            diff.append(f"the {files} of the model at {settings['model']} changed since")
     # The tokens per answer are each record's (those of an earlier release, which kept none: its run's, left
     # out the own number of its tasks, as the run.json it wrote says), compared task by task with what this
     # run gives the task. A run.json of this release (it has model_files) carries that number forward.
@@ -630,6 +670,7 @@ def _evaluate(
         total = sum(len(job[3]) for job in jobs)
     if procs.main and (total or previous):  # once the model has loaded: a run with no answer leaves no settings
         write_json(out / RUN_FILE, _written_settings(config, legacy))
+    procs.wait()  # no process writes an answer before run.json names the settings it is made with
     if total:
         from hieravid.bench.models import CpuWatch
 
