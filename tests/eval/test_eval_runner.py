@@ -395,6 +395,20 @@ def test_no_process_answers_before_run_json_names_the_settings(tmp_path, monkeyp
     assert len(seen) == 2  # and the one before the merge
 
 
+def test_a_resumed_run_shares_the_samples_left_evenly(tmp_path, monkeypatch):
+    """A 2-process run whose second process answered nothing: run again with 2 processes, the first takes
+    half of what is left, not nothing (its own share of every sample is done)."""
+    import hieravid.eval.runner as runner
+
+    out, answered = tmp_path / "run", []
+    monkeypatch.setattr(runner, "_processes", lambda device: runner._Processes(0, 2, "cpu", lambda: None))
+    args = ["eval", "--suite", "synthetic", "--methods", "vanilla", "--limit", "8", "--quiet", "--out", str(out)]
+    assert main(args) == 0  # as process 1 of 2: samples 0, 2, 4, 6
+    monkeypatch.setattr(runner, "_run_sample", lambda task, sample, *a: answered.append(sample.id) or iter(()))
+    assert main(args) == 0
+    assert len(answered) == 2  # of samples 1, 3, 5, 7
+
+
 def test_a_process_of_the_run_lost_is_said_as_such_with_the_way_on(tmp_path, monkeypatch, capsys):
     import hieravid.eval
     from hieravid.eval.runner import ProcessesLost

@@ -651,12 +651,13 @@ def _evaluate(
         return not retried and _made_for_now(record, digests)
 
     done = {record_key(r) for r in previous if reusable(r)}
-    mine = units[procs.rank :: procs.world]
     jobs = [
         (task, index, sample, [(m, b) for m, b in pairs if (task.name, sample.id, m, budget_key(b)) not in done])
-        for task, index, sample in mine
+        for task, index, sample in units
     ]
-    jobs = [job for job in jobs if job[3]]
+    # The samples left, shared out in turn: every process read the same files (none writes before the wait
+    # below), so the shares are disjoint and even however the last run stopped.
+    jobs = [job for job in jobs if job[3]][procs.rank :: procs.world]
     total = sum(len(job[3]) for job in jobs)
 
     if total:
