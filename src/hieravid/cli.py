@@ -504,15 +504,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _say(format_report(result), err=bool(args.json) and writes_to_stdout(args.json))
     if args.plot:
         plot_report(result, args.plot)
+    if unsaved:
+        _say(f"hieravid bench: error: --json {args.json} was not written ({unsaved[0]}): the report above is the "
+             "run's only copy", err=True)
     if result.interrupted:
         _say(f"hieravid bench: interrupted after {result.repeats} of {result.repeats_asked} timed rounds; "
              "the report above is of those", err=True)
         return 130
-    if unsaved:
-        _say(f"hieravid bench: error: --json {args.json} was not written ({unsaved[0]}): the report above is the "
-             "run's only copy", err=True)
-        return 1
-    return 0
+    return 1 if unsaved else 0
 
 
 def _bench_from_json(args: argparse.Namespace) -> int:

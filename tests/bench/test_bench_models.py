@@ -357,6 +357,16 @@ def test_an_interrupted_bench_command_keeps_its_json(monkeypatch, tmp_path, caps
     assert saved["interrupted"] and saved["repeats"] == 1 and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_an_interrupted_run_whose_json_cannot_be_written_says_both(monkeypatch, capsys):
+    _interrupt_measurement(monkeypatch, at_call=3)  # in round 2: round 1 is reported
+    code = main(["bench", "--shape", "tiny", "--methods", "vanilla,evs", "--budgets", "0.5", "--repeats", "2",
+                 "--warmup", "0", "--new-tokens", "2", "--quiet", "--json", "/dev/full"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted after 1 of 2 timed rounds" in err
+    assert "--json /dev/full was not written (No space left on device): the report above is the run's only copy" in err
+
+
 @pytest.mark.parametrize("earlier", [False, True])
 def test_ctrl_c_before_the_first_timed_round_ends_says_nothing_was_measured(monkeypatch, tmp_path, capsys, earlier):
     _interrupt_measurement(monkeypatch, at_call=1)  # in round 1
@@ -760,6 +770,7 @@ def test_json_and_plot_naming_one_file_are_refused(tmp_path, capsys):
     (lambda r: {**r, "results": [{**r["results"][0], "tokens_per_layer": []}, *r["results"][1:]]}, "out of range"),
     (lambda r: {**r, "frame_size": [1]}, "out of range"),
     (lambda r: {**r, "results": r["results"][1:]}, "its first result is not vanilla's"),  # every speed-up's reference
+    (lambda r: {**r, "results": [[1]]}, "results[0] is a JSON list, not an object"),
     (lambda r: [r], "it holds no 'results' list"),
     (lambda r: {"total_ms": 3.0}, "it holds no 'results' list"),  # a bench-ops --json file
     (lambda r: "", "it is empty"),

@@ -561,7 +561,7 @@ class ModelBenchResult:
 
         def known(kind: type, values: Any, where: str) -> dict[str, Any]:
             if not isinstance(values, dict):
-                raise ValueError(f"{where or 'the file'} is a JSON {type(values).__name__}, not an object")
+                raise ValueError(f"{where.rstrip('.') or 'the file'} is a JSON {type(values).__name__}, not an object")
             hints = typing.get_type_hints(kind)
             for name, value in values.items():
                 if name in hints and not _is_a(value, hints[name]):
