@@ -214,7 +214,8 @@ def test_a_model_given_another_chat_template_or_tokenizer_is_another_model(tmp_p
         shutil.copytree(model_dir, model)
         config = EvalConfig(tasks=["synthetic"], out=tmp_path, model=str(model))
         (tmp_path / RUN_FILE).write_text(json.dumps(_settings(config)))
-        (model / "README.md").write_text("notes")  # no part of an answer
+        for other in ("README.md", "eval_results.json", "notes.txt"):  # no part of an answer
+            (model / other).write_text("notes")
         _check_resume(tmp_path, config, answered)
         edited = model / name
         edited.write_text(edited.read_text() + "\n")

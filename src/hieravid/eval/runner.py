@@ -26,6 +26,7 @@ failed sample (status ``failed``, its reason and kind) and scores 0; the run goe
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -213,9 +214,14 @@ def _is_weights(file: Path) -> bool:
     return file.suffix in (".safetensors", ".bin", ".pt") or file.name == "config.json"
 
 
+_PROMPT_FILES = ("tokenizer*", "*chat_template*", "special_tokens_map.json", "added_tokens.json", "vocab.*",
+                 "merges.txt", "*.model", "*.tiktoken", "*preprocessor_config.json", "processor_config.json",
+                 "generation_config.json")
+
+
 def _is_prompt_file(file: Path) -> bool:
     """The other files that shape an answer: tokenizer, chat template, processor and generation settings."""
-    return not _is_weights(file) and file.suffix in (".json", ".jinja", ".txt", ".model", ".tiktoken")
+    return any(fnmatch.fnmatch(file.name, pattern) for pattern in _PROMPT_FILES)
 
 
 def _model_files(model: Any, kind: Callable[[Path], bool] = _is_weights) -> str | None:
