@@ -18,6 +18,7 @@ from fixtures import EXPECTED
 from hieravid.cli import main
 from hieravid.eval import EvalConfig, run_eval
 from hieravid.eval.records import read_records, record_key
+from hieravid.warning import HieravidWarning
 
 PAIRS = 2  # vanilla at 1, hieravid at 0.3
 
@@ -408,6 +409,29 @@ def test_a_resumed_run_shares_the_samples_left_evenly(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "_run_sample", lambda task, sample, *a: answered.append(sample.id) or iter(()))
     assert main(args) == 0
     assert len(answered) == 2  # of samples 1, 3, 5, 7
+
+
+def test_a_sample_whose_every_pair_is_left_out_is_not_decoded(tmp_path, monkeypatch):
+    """Vanilla answered the first sample before; FastV cannot reach 0.1 on the proxy's 8 layers and is left
+    out: only the second sample, still without vanilla's answer, is decoded."""
+    import hieravid.eval.runner as runner
+
+    out = tmp_path / "run"
+    assert main(["eval", "--suite", "synthetic", "--methods", "vanilla", "--limit", "1", "--quiet", "--out",
+                 str(out)]) == 0
+    decoded, decode = [], runner._decode
+
+    def recorded(sample, frames):
+        decoded.append(str(sample.id))
+        return decode(sample, frames)
+
+    monkeypatch.setattr(runner, "_decode", recorded)
+    config = EvalConfig(tasks=["synthetic"], out=out, methods=["vanilla", "fastv"], budgets=[0.1], limit=2,
+                        skip_unreachable=True, progress=False)
+    with pytest.warns(HieravidWarning, match="not evaluated: fastv at budget 0.1"):
+        run_eval(config)
+    first, second = (str(r["id"]) for r in _records(out) if r["method"] == "vanilla")
+    assert decoded == [second]
 
 
 def test_a_process_of_the_run_lost_is_said_as_such_with_the_way_on(tmp_path, monkeypatch, capsys):

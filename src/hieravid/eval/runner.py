@@ -674,6 +674,7 @@ def _evaluate(
                                 attn_implementation=config.attn_implementation)
         pairs = _check_budgets(loaded, pairs, config.skip_unreachable)
         jobs = [(task, index, sample, [pair for pair in todo if pair in pairs]) for task, index, sample, todo in jobs]
+        jobs = [job for job in jobs if job[3]]  # a sample whose every pair was left out is not decoded
         total = sum(len(job[3]) for job in jobs)
     if procs.main and (total or previous):  # once the model has loaded: a run with no answer leaves no settings
         write_json(out / RUN_FILE, _written_settings(config, legacy))
