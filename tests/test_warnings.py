@@ -32,3 +32,23 @@ def test_every_warning_is_a_hieravid_warning():
     assert calls >= 10  # the scan finds the calls
     assert wrong == []
     assert issubclass(hieravid.HieravidWarning, UserWarning)
+
+
+def _leading_text(node: ast.AST) -> str:
+    """The text a message expression starts with (an f-string's first literal part)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+        return node.values[0].value
+    if isinstance(node, ast.BinOp):  # "a" + "b", "a" "b" is one constant already
+        return _leading_text(node.left)
+    return ""
+
+
+def test_no_warning_names_hieravid_itself():
+    """The command prints each warning as ``hieravid COMMAND: warning: ...`` and Python names its category:
+    a message starting with ``hieravid:`` would say it twice."""
+    named = [f"{path.relative_to(SOURCE)}:{call.lineno}"
+             for path in sorted(SOURCE.rglob("*.py")) for call in _warn_calls(ast.parse(path.read_text()))
+             if _leading_text(call.args[0]).startswith("hieravid:")]
+    assert named == []

@@ -157,10 +157,10 @@ def check_reachable(ratios: tuple[float, ...], config: HieraVidConfig) -> None:
     for stage, ratio in enumerate(ratios[1:], start=2):
         if ratio > 1.0 - low + 1e-9:
             warnings.warn(
-                f"hieravid: stage {stage} prunes R_{stage}={ratio:g} of every segment, but keep_clip={config.keep_clip} "
-                f"sets every segment's keep rate to at least {low:g} (Eq. 5), so the stage's token counts drift from "
-                f"the schedule: lower keep_clip's first value to <= {1.0 - ratio:g}, use fewer stages or a lower "
-                "ratio, or pass exact_total=True",
+                f"HieraVid's stage {stage} prunes R_{stage}={ratio:g} of every segment, but "
+                f"keep_clip={config.keep_clip} sets every segment's keep rate to at least {low:g} (Eq. 5), so the "
+                f"stage's token counts drift from the schedule: lower keep_clip's first value to <= {1.0 - ratio:g}, "
+                "use fewer stages or a lower ratio, or pass exact_total=True",
                 HieravidWarning, stacklevel=3,
             )
             return

@@ -436,7 +436,7 @@ def _compiled_block_picks():
             if "cannot cache" not in str(err):
                 raise
             warnings.warn(
-                f"hieravid: Numba cannot cache the compiled DPP loop ({err}); it is compiled again in every "
+                f"Numba cannot cache the compiled DPP loop ({err}); it is compiled again in every "
                 "process (about a second): set NUMBA_CACHE_DIR to a writable folder to keep it",
                 HieravidWarning, stacklevel=2,
             )

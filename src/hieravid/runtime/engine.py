@@ -280,7 +280,7 @@ class Runtime:
             if continues:
                 # Pruning needs the whole prompt in one prefill: the cached prefix's layers hold every token.
                 warnings.warn(
-                    f"hieravid: this call continues a cache that already holds {past} "
+                    f"this call continues a cache that already holds {past} "
                     "tokens (a cached prefix or an earlier turn), so its video is not pruned; to prune it, pass "
                     "the whole prompt without a cache (or with a new DynamicCache)",
                     HieravidWarning, stacklevel=2,
