@@ -40,3 +40,17 @@ def test_sdist_carries_the_suite_and_what_it_reads(sdist):
 def test_sdist_carries_the_licence_the_metadata_names(sdist):
     assert "LICENSE" in sdist and "Apache License" in (ROOT / "LICENSE").read_text()
     assert "src/hieravid/py.typed" in sdist and "src/hieravid/proxy/weights/model.safetensors" in sdist
+
+
+def test_the_proxy_files_ship_and_what_training_leaves_beside_them_does_not():
+    import fnmatch
+    import tomllib
+
+    import hieravid.proxy
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = package_data["hieravid.proxy"]
+    shipped = [f"weights/{f.name}" for f in sorted(hieravid.proxy.model_dir().iterdir()) if not f.name.startswith(".")]
+    assert [f for f in shipped if not any(fnmatch.fnmatch(f, p) for p in patterns)] == []
+    left = ["weights/checkpoint.pt", "weights/.lock", "weights/checkpoint.pt.123-abcdef01.tmp"]
+    assert [f for f in left if any(fnmatch.fnmatch(f, p) for p in patterns)] == []
