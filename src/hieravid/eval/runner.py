@@ -275,8 +275,8 @@ def _written_settings(config: EvalConfig, legacy: int | None) -> dict[str, Any]:
 def _check_resume(out: Path, config: EvalConfig, previous: Sequence[Mapping[str, Any]]) -> int | None:
     """Refuse to add records to ``out`` made with settings that change the answers, or to answers whose
     settings no readable run.json names (a folder that holds no answer, ``previous`` empty: a run that
-    failed before any, takes new settings). Returns the tokens
-    per answer of the records an earlier release wrote without them (None: each task's own)."""
+    failed before any, takes new settings). Returns the tokens per answer of the records an earlier
+    release wrote without them (None: each task's own)."""
     if not previous:
         return None
     path = out / RUN_FILE
