@@ -503,8 +503,8 @@ def test_a_bad_method_option_is_refused_before_building(monkeypatch):
 
 
 def test_a_named_budget_the_decoder_cannot_reach_is_refused_before_building(monkeypatch):
-    """FastV at 0.2 on 8 layers fails from the architecture alone (meta device), before the weights are made
-    and before the C library's allocator is set for the run."""
+    """FastV at 0.2 on 8 layers fails from the architecture alone (meta device), and a greedy loop the device
+    cannot run when it is compiled, both before the weights are made and the C library's allocator is set."""
     import hieravid.bench.models as bench_models
 
     devices, build = [], bench_models.build_bench_model
@@ -517,6 +517,9 @@ def test_a_named_budget_the_decoder_cannot_reach_is_refused_before_building(monk
     monkeypatch.setattr(bench_models, "keep_freed_memory", lambda: pytest.fail("malloc set before the refusal"))
     with pytest.raises(ValueError, match="cannot be reached"):
         run_model_bench("tiny", methods=["vanilla", "fastv"], budgets=[0.3, 0.2], repeats=1, warmup=0, new_tokens=2)
+    with pytest.raises(ValueError, match="greedy backend 'triton' runs on CUDA tensors"):
+        run_model_bench("tiny", methods=["vanilla", "hieravid:greedy_backend=triton"], budgets=[0.3], repeats=1,
+                        warmup=0, new_tokens=2)
     assert devices and all(str(device) == "meta" for device in devices)
 
 

@@ -803,15 +803,17 @@ def run_model_bench(
         skipped.append(f"{name}@{budget:g}: {exc}")
         warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", HieravidWarning, stacklevel=3)
 
-    # An unreachable budget (e.g. FastV below K / L) fails now, as hieravid.apply would fail it, from the
-    # decoder's depth alone (the meta device allocates no weights), not after the build, which takes a minute
-    # at the 7B shapes, nor midway.
+    # What hieravid.apply would refuse fails now, not after the build (a minute at the 7B shapes) nor midway:
+    # an unreachable budget (e.g. FastV below K / L), from the decoder's depth alone (the meta device
+    # allocates no weights), or a greedy loop that cannot run on the device (compiled here, as apply does).
     depth = find_adapter(build_bench_model(shape, device="meta", dtype=dtype))[0].num_layers
     for name, budget in list(configs):
         if name == UNPATCHED:
             continue
         try:
-            build(name, budget).decision_layers(depth)
+            method = build(name, budget)
+            method.decision_layers(depth)
+            method.prepare(dev)
         except ValueError as exc:
             leave_out(name, budget, exc)
 
