@@ -137,6 +137,13 @@ class HieraVidConfig:
         return 0.0 if self.exact_total else 1.0 - self.keep_clip[1]
 
     def __post_init__(self) -> None:
+        # numpy's arrays of the ratios and clip range, and its booleans, as the Python values they hold
+        for name in ("ratios", "keep_clip"):
+            value = getattr(self, name)
+            if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
+                object.__setattr__(self, name, tuple(value.tolist()))
+        if getattr(self.exact_total, "dtype", None) == bool and getattr(self.exact_total, "ndim", None) == 0:
+            object.__setattr__(self, "exact_total", bool(self.exact_total))
         object.__setattr__(self, "budget", check_budget(self.budget))
         if not is_number(self.dpp_rank_floor) or not 0.0 <= self.dpp_rank_floor < 1.0:
             raise ValueError(f"dpp_rank_floor must be a number in [0, 1), got {self.dpp_rank_floor!r}")

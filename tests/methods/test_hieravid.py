@@ -314,6 +314,10 @@ def test_config_keeps_numpy_numbers_as_pythons():
     assert json.loads(json.dumps(dataclasses.asdict(config)))["num_stages"] == 4
     assert HieraVid(config).schedule(28).ratios == (0.5, 0.3, 0.3, 0.57)
     assert HieraVid(config).decision_layers(np.int64(28)) == [0, 7, 14, 21]
+    arrays = HieraVidConfig(ratios=np.array([0.5, 0.3, 0.3, 0.57]), keep_clip=np.array([0.05, 0.95]),
+                            exact_total=np.bool_(True))
+    assert arrays == HieraVidConfig(ratios=(0.5, 0.3, 0.3, 0.57), keep_clip=(0.05, 0.95), exact_total=True)
+    assert json.loads(json.dumps(dataclasses.asdict(arrays)))["ratios"] == [0.5, 0.3, 0.3, 0.57]
 
 
 def test_keep_clip_that_cannot_reach_a_stage_ratio_is_named(recwarn):
