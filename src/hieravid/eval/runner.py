@@ -7,8 +7,8 @@ What one run does:
 2. skips what the output folder already holds (a finished or interrupted earlier run with the same settings),
    unless the sample it answered has changed since (its question, options, answer or video, the video's
    contents included: an edited annotation file, or another data root holding other data under the same ids);
-3. splits the samples over the processes (``accelerate launch -m hieravid eval ...``: process r of W takes the
-   samples r, r + W, r + 2W, ... of the whole list), loads the model once per process, decodes each video once
+3. splits the samples left over the processes (``accelerate launch -m hieravid eval ...``: process r of W takes
+   the samples r, r + W, r + 2W, ... of those), loads the model once per process, decodes each video once
    and answers it with every method at every budget (:func:`hieravid.infer.answer`), appending each record to the
    process's JSONL file as soon as it is scored;
 4. waits for every process, then the main one merges the records into ``predictions.jsonl`` (a fixed order, so
@@ -124,17 +124,25 @@ class ProcessesLost(RuntimeError):
     waited for it or exchanged a value with it."""
 
 
+@contextmanager
+def _with_peers() -> Iterator[None]:
+    """A block that waits for or exchanges with the other processes: a peer that went away (gloo's
+    "Connection closed by peer", a RuntimeError) is a :class:`ProcessesLost`."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise ProcessesLost(f"another process of this run stopped ({exc})") from exc
+
+
 def wait_for_others(barrier: Callable[[], Any], poll_seconds: float = 0.05) -> None:
     """Wait on ``barrier()``'s work (``torch.distributed.barrier(async_op=True)``) by polling, so that Ctrl-C
     and SIGTERM are taken while the other processes finish (a barrier waited on in C++ holds them off until
     it ends); a peer that went away is a :class:`ProcessesLost`."""
-    try:
+    with _with_peers():
         work = barrier()
         while not work.is_completed():
             time.sleep(poll_seconds)
         work.wait()
-    except RuntimeError as exc:
-        raise ProcessesLost(f"another process of this run stopped ({exc})") from exc
 
 
 def _processes(device: str) -> _Processes:
@@ -155,10 +163,8 @@ def _processes(device: str) -> _Processes:
     def share(value: Any) -> Any:
         from accelerate.utils import broadcast_object_list
 
-        try:
+        with _with_peers():
             return broadcast_object_list([value], from_process=0)[0]
-        except RuntimeError as exc:
-            raise ProcessesLost(f"another process of this run stopped ({exc})") from exc
 
     return _Processes(rank=state.process_index, world=state.num_processes, device=device, wait=wait, share=share)
 
@@ -224,25 +230,23 @@ def _is_prompt_file(file: Path) -> bool:
     return any(fnmatch.fnmatch(file.name, pattern) for pattern in _PROMPT_FILES)
 
 
-def _model_files(model: Any, kind: Callable[[Path], bool] = _is_weights) -> str | None:
-    """A short hash of the files of a local model directory that ``kind`` selects, each by its name and
+def _model_files(setting: Any, kind: Callable[[Path], bool] = _is_weights) -> str | None:
+    """A short hash of the files that ``kind`` selects in the local model directory a run's model setting
+    names (:func:`_model_setting`: its absolute path), each by its name and
     :func:`hieravid.files.content_print` (a model trained again into the same directory, or given another
     chat template, answers otherwise; a copy of it does not); None for the shipped proxy model (its setting
     names its contents) and for a hub id."""
-    if not isinstance(model, str) or not Path(model).expanduser().is_dir():
+    if not isinstance(setting, str) or not Path(setting).is_dir():
         return None
-    folder = Path(model).expanduser().resolve()
-    if _model_setting(model) != str(folder):
-        return None
-    files = sorted((f.name, content_print(f)) for f in folder.iterdir() if f.is_file() and kind(f))
+    files = sorted((f.name, content_print(f)) for f in Path(setting).iterdir() if f.is_file() and kind(f))
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
 def _settings(config: EvalConfig) -> dict[str, Any]:
     settings = asdict(config)
     settings["model"] = _model_setting(config.model)
-    settings["model_files"] = _model_files(config.model)
-    settings["model_prompt_files"] = _model_files(config.model, _is_prompt_file)
+    settings["model_files"] = _model_files(settings["model"])
+    settings["model_prompt_files"] = _model_files(settings["model"], _is_prompt_file)
     settings["out"] = str(config.out)
     settings["data_root"] = None if config.data_root is None else str(config.data_root)
     return settings
