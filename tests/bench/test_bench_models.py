@@ -503,8 +503,9 @@ def test_a_bad_method_option_is_refused_before_building(monkeypatch):
 
 
 def test_a_named_budget_the_decoder_cannot_reach_is_refused_before_building(monkeypatch):
-    """FastV at 0.2 on 8 layers fails from the architecture alone (meta device), and a greedy loop the device
-    cannot run when it is compiled, both before the weights are made and the C library's allocator is set."""
+    """FastV at 0.2 on 8 layers fails from the shape's config, and a greedy loop the device cannot run when it
+    is compiled, both before any weights are made (only the meta device is built on) and the C library's
+    allocator is set."""
     import hieravid.bench.models as bench_models
 
     devices, build = [], bench_models.build_bench_model

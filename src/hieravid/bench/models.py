@@ -804,9 +804,9 @@ def run_model_bench(
         warnings.warn(f"not measured: {name} at budget {budget:g}: {exc}", HieravidWarning, stacklevel=3)
 
     # What hieravid.apply would refuse fails now, not after the build (a minute at the 7B shapes) nor midway:
-    # an unreachable budget (e.g. FastV below K / L), from the decoder's depth alone (the meta device
-    # allocates no weights), or a greedy loop that cannot run on the device (compiled here, as apply does).
-    depth = find_adapter(build_bench_model(shape, device="meta", dtype=dtype))[0].num_layers
+    # an unreachable budget (e.g. FastV below K / L), from the decoder's depth in the shape's config, or a
+    # greedy loop that cannot run on the device (compiled here, as apply does).
+    depth = spec.config().get_text_config().num_hidden_layers
     for name, budget in list(configs):
         if name == UNPATCHED:
             continue
