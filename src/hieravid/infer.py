@@ -87,8 +87,8 @@ def check_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"hieravid runs on cpu or cuda devices, not {dev.type}: use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"device {str(device)!r} was asked for but torch sees no CUDA device; use device='cpu' (--device cpu on the "
-            "command line)"
+            f"device {str(device)!r} was asked for but torch sees no CUDA device; use device='cpu' (--device cpu on "
+            "the command line)"
         )
     if dev.type == "cuda" and dev.index is not None and dev.index >= (count := torch.cuda.device_count()):
         seen = "1 CUDA device (cuda:0)" if count == 1 else f"{count} CUDA devices (cuda:0 to cuda:{count - 1})"

@@ -163,7 +163,9 @@ class Schedule:
         if not is_integer(n0) or n0 < 0:
             raise ValueError(f"n0 (visual tokens) must be an integer >= 0, got {n0!r}")
         if first_limit is not None and (not is_integer(first_limit) or first_limit < 0):
-            raise ValueError(f"first_limit (most tokens stage 1 may remove) must be an integer >= 0, got {first_limit!r}")
+            raise ValueError(
+                f"first_limit (most tokens stage 1 may remove) must be an integer >= 0, got {first_limit!r}"
+            )
         n0 = int(n0)
         counts: list[int] = []
         current = n0
