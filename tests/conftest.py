@@ -45,6 +45,31 @@ def proxy_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def stop_savefig_halfway(monkeypatch):
+    """A function that makes matplotlib's ``Figure.savefig`` stop as Ctrl-C would, halfway through its file:
+    it writes the first half of what it would write, then raises KeyboardInterrupt."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    real = Figure.savefig
+
+    def halfway(self, fname, *args, **kwargs):
+        if isinstance(fname, (str, Path)):
+            kwargs.setdefault("format", Path(fname).suffix[1:])
+        whole = io.BytesIO()
+        real(self, whole, *args, **kwargs)
+        half = whole.getvalue()[: len(whole.getvalue()) // 2]
+        if hasattr(fname, "write"):
+            fname.write(half)
+        else:
+            Path(fname).write_bytes(half)
+        raise KeyboardInterrupt
+
+    return lambda: monkeypatch.setattr(Figure, "savefig", halfway)
+
+
 @pytest.fixture(autouse=True)
 def _seeded_torch():
     """Every test starts from the same torch RNG state, so unseeded draws are reproducible."""

@@ -10,10 +10,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["content_print", "is_stream", "lock_folder", "only_writer", "replaced_whole", "write_whole",
-           "writes_to_stdout"]
+__all__ = ["content_print", "is_stream", "lock_folder", "only_writer", "replaced_whole", "save_figure",
+           "write_whole", "writes_to_stdout"]
 
 # replaced_whole's temporary files: "<name>.<pid>-<8 hex digits>.tmp"
 _TEMPORARY = re.compile(r".+\.\d+-[0-9a-f]{8}\.tmp")
@@ -59,6 +59,18 @@ def write_whole(path: str | Path, text: Iterable[str]) -> None:
         return
     with replaced_whole(Path(os.path.realpath(given))) as f:
         f.writelines(text)
+
+
+def save_figure(figure: Any, path: str | Path, **options: Any) -> None:
+    """Save a matplotlib ``figure`` to ``path`` in the format its suffix names, whole or not at all, as
+    :func:`write_whole` writes text: a picture interrupted mid-write leaves the one before it in place."""
+    given = os.path.abspath(path)
+    if is_stream(given):
+        figure.savefig(given, **options)
+        return
+    suffix = Path(given).suffix[1:].lower()
+    with replaced_whole(Path(os.path.realpath(given)), binary=True) as f:
+        figure.savefig(f, format=suffix or None, **options)
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from hieravid.files import save_figure
 from hieravid.runtime.trace import PruneTrace, SampleTrace, StageTrace
 
 __all__ = ["Picture", "render_decisions", "token_grid"]
@@ -433,7 +434,7 @@ def render_decisions(
     ax.grid(alpha=0.25)
     picture.panels.append(curve_title)
 
-    fig.savefig(picture.path, dpi=dpi)  # the format of the file's suffix
+    save_figure(fig, picture.path, dpi=dpi)  # the format of the file's suffix
     if picture.path.suffix.lower() in (".pdf", ".svg", ".svgz", ".eps", ".ps"):  # a vector format's nominal size
         picture.width_px, picture.height_px = (int(round(v * dpi)) for v in fig.get_size_inches())
     else:  # the size as written

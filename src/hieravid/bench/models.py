@@ -73,6 +73,7 @@ import torch
 import hieravid
 from hieravid.bench.shapes import SHAPES, TOKEN_IDS, BenchShape
 from hieravid.config import check_budget, check_choice, is_integer, is_number
+from hieravid.files import save_figure
 from hieravid.methods import available, build, parse_method, warn_if_budget_is_ignored
 from hieravid.models import CallContext, find_adapter
 from hieravid.runtime import device_clock
@@ -1291,5 +1292,5 @@ def plot_report(result: ModelBenchResult, path: str | os.PathLike) -> Any:
         f"({result.machine})", fontsize=8,
     )
     fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))  # room for the legend
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return fig

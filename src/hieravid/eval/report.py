@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from hieravid.files import save_figure
+
 __all__ = ["group_markdown", "plot_summary"]
 
 
@@ -119,5 +121,5 @@ def plot_summary(summary: Mapping[str, Any], path: str | Path, title: str | None
     figure.suptitle(title or f"hieravid eval: {summary.get('model') or 'the shipped proxy model'}", fontsize=11)
     figure.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 8), 1, 0.97))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     return [p[0] for p in panels]
