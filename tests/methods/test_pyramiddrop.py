@@ -124,8 +124,9 @@ def test_lambda_override_ignores_the_budget():
         (dict(stages=True), "stages"),
         (dict(lambda_=1.5), "lambda_"),
         (dict(lambda_=-0.1), "lambda_"),
-        (dict(first_stage_keep=0.0), "first_stage_keep"),
-        (dict(first_stage_keep=1.2), "first_stage_keep"),
+        (dict(first_stage_keep=0.0), "first_stage_keep .*kept before layer 0"),
+        (dict(first_stage_keep=1.2), "first_stage_keep .*kept before layer 0"),
+        (dict(first_stage_keep="all"), "first_stage_keep .*kept before layer 0"),
         (dict(ratio=0.5), "unknown option"),
     ],
 )
@@ -134,9 +135,12 @@ def test_bad_options(options, match):
         create_pyramiddrop(0.5, **options)
 
 
-def test_more_stages_than_layers():
-    with pytest.raises(ValueError, match="num_stages"):
-        PyramidDrop(0.5, stages=9).decision_layers(8)
+def test_more_stages_than_layers_names_the_option_to_lower():
+    for method in (PyramidDrop(0.5, stages=9), PyramidDrop(0.5, stages=9, lambda_=0.5)):
+        for call in (method.decision_layers, method.achieved_budget, method.kept_fractions):
+            with pytest.raises(ValueError, match=r"9 stages .* 8 decoder layers.*stages=8 or fewer") as info:
+                call(8)
+            assert "num_stages" not in str(info.value)  # HieraVid's option, not PyramidDrop's
 
 
 # ---------------------------------------------------------------------------------------------- decide

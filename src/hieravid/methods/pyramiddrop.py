@@ -55,7 +55,17 @@ _BISECTION_STEPS = 200
 _TOLERANCE = 1e-12
 
 
+def _check_depth(num_layers: int, num_stages: int) -> None:
+    """Refuse more stages than decoder layers, naming PyramidDrop's own option (``stages``)."""
+    if is_integer(num_layers) and is_integer(num_stages) and 1 <= num_layers < num_stages:
+        raise ValueError(
+            f"PyramidDrop's {num_stages} stages need at least {num_stages} decoder layers, and the model has "
+            f"{num_layers} decoder layers: every stage needs one; pass stages={num_layers} or fewer"
+        )
+
+
 def _stage_widths(num_layers: int, num_stages: int) -> list[int]:
+    _check_depth(num_layers, num_stages)
     starts = stage_boundaries(num_layers, num_stages)
     return [end - start for start, end in zip(starts, starts[1:] + [num_layers])]
 
@@ -134,12 +144,17 @@ class PyramidDrop(PruningMethod):
         ):
             raise ValueError(f"lambda_ (kept ratio per stage) must be in [0, 1], got {lambda_!r}; the paper uses 0.5")
         self.lambda_ = None if lambda_ is None else float(lambda_)
-        self.first_stage_keep = check_budget(first_stage_keep, "first_stage_keep")
+        if not is_number(first_stage_keep) or not 0.0 < float(first_stage_keep) <= 1.0:
+            raise ValueError(
+                f"first_stage_keep must be the fraction of the visual tokens kept before layer 0, in (0, 1], got "
+                f"{first_stage_keep!r}; 1 (the paper's) prunes nothing there"
+            )
+        self.first_stage_keep = float(first_stage_keep)
 
     def keep_ratio(self, num_layers: int) -> float:
         """lambda for a decoder of ``num_layers`` layers (``lambda_`` if given, else solved from B)."""
         if self.lambda_ is not None:
-            stage_boundaries(num_layers, self.stages)  # validates stages <= L
+            _stage_widths(num_layers, self.stages)  # validates stages <= L
             return self.lambda_
         return solve_lambda(self.budget, num_layers, self.stages, self.first_stage_keep)
 
