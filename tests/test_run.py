@@ -208,6 +208,14 @@ def test_missing_or_empty_question(video_file: Path, proxy_dir: Path, capsys) ->
     check_error(["run", str(video_file), "-q", "   ", "--model", str(proxy_dir)], capsys, "question is empty")
 
 
+def test_a_question_holding_a_visual_placeholder_is_refused_naming_it(video_file: Path, proxy_dir: Path,
+                                                                     llava_dir: Path, capsys) -> None:
+    for model, token in ((proxy_dir, "<|video_pad|>"), (proxy_dir, "<|image_pad|>"), (llava_dir, "<video>"),
+                         (llava_dir, "<image>")):
+        check_error(["run", str(video_file), "-q", f"what does {token} mean ?", "--model", str(model),
+                     "--num-frames", "4"], capsys, f"the question contains {token!r}", "reword")
+
+
 def test_bad_model_and_budget(video_file: Path, tmp_path: Path, capsys) -> None:
     check_error(["run", str(video_file), "-q", "what ?", "--model", str(tmp_path)], capsys, "config.json")
     check_error(["run", str(video_file), "-q", "what ?", "--budget", "1.5"], capsys, "budget")

@@ -228,6 +228,15 @@ def build_inputs(
         )
     if not question.strip():
         raise ValueError("the question is empty: pass the text to ask about the video")
+    processor = loaded.processor
+    placeholders = [getattr(processor, name, None) for name in ("video_token", "image_token")]
+    for text, what in ((question, "question"), (system or "", "system prompt")):
+        for token in placeholders:
+            if isinstance(token, str) and token and token in text:
+                raise ValueError(
+                    f"the {what} contains {token!r}, the text the model's processor replaces with the visual "
+                    f"tokens of a video or an image: remove or reword it"
+                )
     count, height, width = frames.shape[:3]
     limit = _MAX_ASPECT.get(loaded.family)
     if limit is not None and max(height, width) > limit * min(height, width):
@@ -253,7 +262,6 @@ def build_inputs(
     if system:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
-    processor = loaded.processor
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     metadata = VideoMetadata(total_num_frames=count, fps=fps, frames_indices=indices, height=height, width=width)
     try:
