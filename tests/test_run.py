@@ -250,6 +250,32 @@ def test_warnings_are_one_line_and_in_the_json(proxy_dir: Path, video_file: Path
     assert len(warned) == 1 and "stage 1 can merge 0 of" in warned[0]
 
 
+def test_a_run_keeping_far_fewer_tokens_than_its_budget_says_so_and_names_the_fix(proxy_dir: Path, tmp_path: Path,
+                                                                                   capsys) -> None:
+    """Frames of noise make 16 segments of 36 tokens: without layer pruning, each segment's count rounded
+    down (Eq. 5) keeps about 0.07 of the tokens for a budget of 0.1."""
+    import numpy as np
+
+    noise = tmp_path / "noise.mp4"
+    write_test_video(noise, np.random.default_rng(0).integers(0, 256, (32, 96, 96, 3), dtype=np.uint8), fps=4)
+    common = ["run", str(noise), "-q", "what ?", "--model", str(proxy_dir), "--max-new-tokens", "1", "--json"]
+
+    def warned(method: str, budget: str) -> tuple[float, list[str]]:
+        code, out, _ = run_cli([*common, "--method", method, "--budget", budget], capsys)
+        assert code == 0
+        payload = json.loads(out)
+        return payload["results"][0]["achieved_budget"], [w for w in payload["warnings"] if "unreliable" not in w]
+
+    kept, said = warned("hieravid_no_layer", "0.1")
+    assert kept < 0.085 and len(said) == 1
+    assert f"kept {kept:.3f} of the visual tokens" in said[0] and "budget 0.1" in said[0]
+    assert "--method hieravid_no_layer:exact_total=True" in said[0]
+    kept, said = warned("hieravid_no_layer:exact_total=True", "0.1")
+    assert kept >= 0.1 and said == []
+    kept, said = warned("hieravid", "0.3")  # a little under its budget: nothing to say
+    assert 0.85 * 0.3 < kept < 0.3 and said == []
+
+
 def test_times_taken_under_load_are_called_unreliable(proxy_dir: Path, video_file: Path, capsys, monkeypatch) -> None:
     from hieravid.bench.models import CpuWatch
 

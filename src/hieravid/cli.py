@@ -951,6 +951,34 @@ def _format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# How far below its budget a run may keep before the command says so (relative): whole-token counts per
+# segment or frame always land a little off it.
+_BUDGET_SHORTFALL = 0.15
+
+
+def _warn_if_far_below_budget(method: str, result: dict[str, Any]) -> None:
+    """Warn when ``method`` kept far fewer visual tokens than its budget: its counts, rounded down per segment
+    or frame, add up far from the budget on a video of few tokens per segment. (Keeping more than the budget
+    has its own warning where it happens: stage 1's merge cap.)"""
+    from hieravid.methods import parse_method
+    from hieravid.warning import HieravidWarning
+
+    kept, budget = result["achieved_budget"], result["budget"]
+    if not result["stages"] or kept >= (1.0 - _BUDGET_SHORTFALL) * budget:
+        return
+    name, options = parse_method(method)
+    fix = "give the video more frames or pixels (more tokens per segment)"
+    if name.split("_")[0] == "hieravid" and not options.get("exact_total"):  # HieraVid and its ablations
+        fix = f"pass --method {method}:exact_total=True to keep the budget's total, or " + fix
+    segments = f" in {result['segments']} segments" if result["segments"] else ""
+    warnings.warn(
+        f"{name} kept {kept:.3f} of the visual tokens for budget {budget:g} (averaged over layers): its token "
+        f"counts, whole numbers rounded down, add up far below the budget on {result['visual_tokens']} visual "
+        f"tokens{segments}; {fix}",
+        HieravidWarning, stacklevel=2,
+    )
+
+
 def _speedup(vanilla: dict[str, Any], pruned: dict[str, Any]) -> float:
     """Prefill seconds of vanilla / of the pruned run."""
     return vanilla["prefill_seconds"] / pruned["prefill_seconds"] if pruned["prefill_seconds"] > 0 else float("nan")
@@ -1041,6 +1069,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = _answer_all(loaded, video, question, runs, args.method if args.viz else None, status,
                           args.max_new_tokens)
     main_result, main_answer = results[args.method]
+    _warn_if_far_below_budget(args.method, main_result)
     payload: dict[str, Any] = {
         "video": _video_dict(video), "question": question, **_model_fields(loaded, args.device),
         "results": [r for r, _ in results.values()],
