@@ -70,9 +70,15 @@ def test_budget_one_decides_nothing():
     assert FastV(1.0).expected_tokens_per_layer(10, 4) == [10] * 4
 
 
-@pytest.mark.parametrize("k", [0, -1, True, 2.0, "2"])
-def test_bad_k(k):
-    with pytest.raises(ValueError, match="k"):
+@pytest.mark.parametrize("k", [0, -1])
+def test_k_below_one_is_refused_with_the_reason(k):
+    with pytest.raises(ValueError, match="layer 0 has no attention to rank by"):
+        create_fastv(0.5, k=k)
+
+
+@pytest.mark.parametrize("k", [True, 2.0, "2"])
+def test_k_not_an_integer_is_refused_as_such(k):
+    with pytest.raises(ValueError, match=r"must be an integer, got .*; the paper uses k=2$"):
         FastV(0.5, k=k)
 
 

@@ -44,10 +44,12 @@ class FastV(PruningMethod):
     def __init__(self, budget: float = 0.3, k: int = DEFAULT_K) -> None:
         self.name = "fastv"
         self.budget = check_budget(budget)
-        if not is_integer(k) or k < 1:
+        if not is_integer(k):
+            raise ValueError(f"k (FastV's pruning layer) must be an integer, got {k!r}; the paper uses k=2")
+        if k < 1:
             raise ValueError(
-                f"k (FastV's pruning layer) must be an integer >= 1, got {k!r}: layer 0 has no attention to "
-                "rank by; the paper uses k=2"
+                f"k (FastV's pruning layer) must be >= 1, got {k!r}: layer 0 has no attention to rank by; the "
+                "paper uses k=2"
             )
         self.k = int(k)
 
