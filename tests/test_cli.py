@@ -117,6 +117,24 @@ def test_an_empty_item_in_a_list_is_refused_not_dropped(option, value, capsys) -
     assert list(args.methods) == ["hieravid:ratios=(0.5,0.2,0.2,0.5)", "evs"]
 
 
+@pytest.mark.parametrize("argv, field", [
+    (["run", "~/x", "-q", "what ?"], "video"),
+    (["run", "clip.mp4", "-q", "what ?", "--viz=~/x"], "viz"),
+    (["demo", "--out=~/x"], "out"),
+    (["eval", "--tasks", "mvbench", "--out=~/x"], "out"),
+    (["eval", "--tasks", "mvbench", "--out", "o", "--data-root=~/x"], "data_root"),
+    (["train-proxy", "--out=~/x"], "out"),
+    (["bench", "--shape", "tiny", "--json=~/x"], "json"),
+    (["bench", "--shape", "tiny", "--plot=~/x"], "plot"),
+    (["bench", "--from-json=~/x"], "from_json"),
+])
+def test_a_path_from_home_the_shell_left_as_it_is_names_that_path(argv, field, tmp_path, monkeypatch) -> None:
+    """``--out=~/x`` reaches the command with its ``~`` (the shell expands it only at a word's start), as
+    ``--model=~/dir`` does, which loads the directory it names."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert getattr(build_parser().parse_args(argv), field) == str(tmp_path / "x")
+
+
 def test_the_new_tokens_the_bench_needs_are_checked_as_an_option(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--shape", "tiny", "--new-tokens", "1"])

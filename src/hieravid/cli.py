@@ -47,6 +47,11 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def _path(text: str) -> str:
+    """A path option, ``~`` expanded: the shell leaves it in ``--out=~/x``."""
+    return os.path.expanduser(text)
+
+
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
@@ -317,7 +322,7 @@ def _add_bench(subparsers: Any) -> None:
     parser.add_argument("--shape", default=None, choices=SHAPE_NAMES,
                         help="model shape: tiny (seconds), mini (Qwen2-0.5B-shaped decoder), or a 7B shape for a GPU "
                              "(on a CPU with --allow-cpu)")
-    parser.add_argument("--from-json", metavar="FILE", default=None,
+    parser.add_argument("--from-json", metavar="FILE", type=_path, default=None,
                         help="measure nothing: print the report (and --plot) of a run saved with --json")
     parser.add_argument("--frames", type=_positive_int, default=None,
                         help="raw video frames (default: the shape's; Qwen2-VL takes 2 per temporal group)")
@@ -348,9 +353,9 @@ def _add_bench(subparsers: Any) -> None:
                         help="on CPU: keep (default) has glibc keep freed memory for reuse, so large activations "
                              "do not page-fault afresh on every call (as on a GPU, whose caching allocator does "
                              "the same); default measures the C library as it is")
-    parser.add_argument("--json", metavar="FILE", default=None,
+    parser.add_argument("--json", metavar="FILE", type=_path, default=None,
                         help="also write every number to FILE as JSON, rewritten after every timed round")
-    parser.add_argument("--plot", metavar="FILE.png", default=None,
+    parser.add_argument("--plot", metavar="FILE.png", type=_path, default=None,
                         help="also plot speed-up and visual KV cache against the budget to FILE.png")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     measuring = ("frames", "methods", "budgets", "device", "dtype", "repeats", "warmup", "new_tokens", "scenes",
@@ -573,11 +578,11 @@ def _add_eval(subparsers: Any) -> None:
                              "each spec its own row")
     parser.add_argument("--budgets", type=_budget_list, default=[0.3, 0.2, 0.1],
                         help="comma-separated relative token budgets (default 0.3,0.2,0.1)")
-    parser.add_argument("--data-root", default="data", help="folder holding the benchmarks (default ./data)")
+    parser.add_argument("--data-root", type=_path, default="data", help="folder holding the benchmarks (default ./data)")
     parser.add_argument("--num-frames", type=_positive_int, default=32,
                         help="frames per video (default 32, the paper's for LLaVA-OneVision; the paper "
                              "gives LLaVA-Video 64: pass --num-frames 64 there)")
-    parser.add_argument("--out", required=True, help="output folder (an existing one is resumed)")
+    parser.add_argument("--out", type=_path, required=True, help="output folder (an existing one is resumed)")
     parser.add_argument("--device", default="auto",
                         help="auto (one GPU per process if CUDA is there, else CPU), cpu, cuda (default auto)")
     _add_dtype_option(parser)
@@ -676,7 +681,7 @@ def _add_train_proxy(subparsers: Any) -> None:
             "--resume continues an interrupted run."
         ),
     )
-    parser.add_argument("--out", required=True, help="directory for the model, checkpoint and training log")
+    parser.add_argument("--out", type=_path, required=True, help="directory for the model, checkpoint and training log")
     parser.add_argument("--steps", type=_positive_int, default=defaults.steps, help="optimizer steps (default %(default)s)")
     parser.add_argument("--batch", type=_positive_int, default=defaults.batch, help="videos per step (default %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default %(default)s)")
@@ -772,7 +777,7 @@ def _add_run(subparsers: Any) -> None:
             "supported Hugging Face model id or directory."
         ),
     )
-    parser.add_argument("video", help="video file (anything FFmpeg decodes: .mp4, .mkv, .webm, ...)")
+    parser.add_argument("video", type=_path, help="video file (anything FFmpeg decodes: .mp4, .mkv, .webm, ...)")
     parser.add_argument("--question", "-q", required=True, help="the question to ask about the video")
     parser.add_argument("--model", default=None,
                         help="hub id or local model directory (from_pretrained); default: the shipped proxy model")
@@ -784,7 +789,7 @@ def _add_run(subparsers: Any) -> None:
     parser.add_argument("--num-frames", type=_positive_int, default=32, help="frames sampled from the video (default 32)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=16, help="tokens generated (default 16)")
     parser.add_argument("--compare", action="store_true", help="also answer unpruned (vanilla) and print the speed-up")
-    parser.add_argument("--viz", metavar="FILE.png", default=None, help="write the picture of the decisions to FILE.png")
+    parser.add_argument("--viz", metavar="FILE.png", type=_path, default=None, help="write the picture of the decisions to FILE.png")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _add_dtype_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -802,7 +807,7 @@ def _add_demo(subparsers: Any) -> None:
             "Needs no network and no arguments (the shipped proxy model)."
         ),
     )
-    parser.add_argument("--out", default=".", help="folder for the video and the picture (default: the current one)")
+    parser.add_argument("--out", type=_path, default=".", help="folder for the video and the picture (default: the current one)")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="which synthetic test sample (default 0)")
     parser.add_argument("--budget", type=float, default=0.3, help="HieraVid's relative token budget (default 0.3)")
     parser.add_argument("--model", default=None,

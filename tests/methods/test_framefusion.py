@@ -79,7 +79,6 @@ def simulate(method, x: torch.Tensor, num_layers: int, score: torch.Tensor):
 def test_previous_slot_similarity_matches_a_loop(seed, num_frames, num_slots):
     gen = torch.Generator().manual_seed(seed)
     present = torch.rand(num_frames * num_slots, generator=gen) < 0.7  # an incomplete grid, as after merges
-    frame = torch.arange(num_frames).repeat_interleave(num_slots)[present]
     slot = torch.arange(num_slots).repeat(num_frames)[present]
     features = torch.randn(int(present.sum()), 6, generator=gen)
     order, sim = previous_slot_similarity(features, slot)
