@@ -216,6 +216,33 @@ def test_a_question_holding_a_visual_placeholder_is_refused_naming_it(video_file
                      "--num-frames", "4"], capsys, f"the question contains {token!r}", "reword")
 
 
+def test_more_visual_tokens_than_the_decoder_has_positions_are_refused_before_processing(
+        llava_dir: Path, capsys, monkeypatch) -> None:
+    """The tiny LLaVA-OneVision makes 25 tokens a frame and takes 4096 positions: 200 frames need 5001."""
+    import numpy as np
+
+    from hieravid import infer
+
+    loaded = infer.load_model(str(llava_dir))
+    processed = []
+    monkeypatch.setattr(type(loaded.processor), "__call__", lambda *a, **k: processed.append(1) or {})
+    frames = np.zeros((200, 64, 64, 3), np.uint8)
+    prompt = loaded.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what ?"}]}],
+        add_generation_prompt=True, tokenize=False)
+    text = len(loaded.processor.tokenizer(prompt)["input_ids"]) - 1
+    fits = (4096 - text - 1) // 25  # and the video's newline token
+    with pytest.raises(ValueError, match=rf"^200 frames of 64x64 pixels make 5001 visual tokens, which with the "
+                                         rf"prompt's {text} text tokens is more than the 4096 positions .*"
+                                         rf"max_position_embeddings.*at most {fits} frames"):
+        infer.build_inputs(loaded, frames, "what ?")
+    assert processed == []  # refused before the processor turned them into float pixels
+    infer.build_inputs(loaded, frames[:fits], "what ?")
+    assert processed == [1]
+    with pytest.raises(ValueError, match="at most"):
+        infer.build_inputs(loaded, frames[:fits + 1], "what ?")
+
+
 def test_bad_model_and_budget(video_file: Path, tmp_path: Path, capsys) -> None:
     check_error(["run", str(video_file), "-q", "what ?", "--model", str(tmp_path)], capsys, "config.json")
     check_error(["run", str(video_file), "-q", "what ?", "--budget", "1.5"], capsys, "budget")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from hieravid.api import apply
+from hieravid.config import is_integer
 from hieravid.methods import PruningMethod
 from hieravid.models import FAMILIES, SUPPORTED, find_adapter
 from hieravid.runtime import PruneStats, PruneTrace, device_clock
@@ -200,6 +201,43 @@ def _aspect_error(family: str, height: int, width: int) -> ValueError:
     )
 
 
+def _check_positions(loaded: LoadedModel, prompt: str, count: int, height: int, width: int) -> None:
+    """Refuse, before the processor turns them into float pixels, frames that make more visual tokens than the
+    decoder has positions (``max_position_embeddings``) beside the prompt's text: such a prompt lies past what
+    the model was trained on, and building it can take more memory than the machine has. The count is the
+    processor's own (transformers' ``_get_num_multimodal_tokens``, which vLLM reads); a processor without it is
+    not checked."""
+    processor = loaded.processor
+    counter = getattr(processor, "_get_num_multimodal_tokens", None)
+    positions = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
+    if counter is None or not is_integer(positions):
+        return
+
+    def tokens(frames: int) -> int | None:
+        try:
+            return int(counter(video_sizes=[(frames, height, width)])["num_video_tokens"][0])
+        except Exception:  # noqa: BLE001 - a count this processor cannot give: its own errors stand
+            return None
+
+    made = tokens(count)
+    if made is None or made <= positions // 2:  # no prompt's text takes half the positions
+        return
+    text = len(processor.tokenizer(prompt)["input_ids"]) - 1  # less the video's one placeholder
+    room = positions - text
+    if made <= room:
+        return
+    low, high = 0, count  # the most frames that fit: tokens(low) <= room < tokens(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        fits = tokens(middle)
+        low, high = (middle, high) if fits is not None and fits <= room else (low, middle)
+    raise ValueError(
+        f"{count} frames of {width}x{height} pixels make {made} visual tokens, which with the prompt's {text} "
+        f"text tokens is more than the {positions} positions of the model's decoder (max_position_embeddings): "
+        f"pass at most {low} frames (--num-frames on the command line)"
+    )
+
+
 def build_inputs(
     loaded: LoadedModel,
     frames: np.ndarray,
@@ -263,6 +301,7 @@ def build_inputs(
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    _check_positions(loaded, prompt, count, height, width)
     metadata = VideoMetadata(total_num_frames=count, fps=fps, frames_indices=indices, height=height, width=width)
     try:
         inputs = processor(  # channels last, stated: frames 1 or 3 pixels high would be guessed channels first
