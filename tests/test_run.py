@@ -372,6 +372,11 @@ def test_run_vanilla_reports_budget_one_and_no_pruning_note(proxy_dir: Path, vid
     code, out, err = run_cli([*base, "--method", "vanilla", "--json"], capsys)
     assert code == 0, err
     assert [r["budget"] for r in json.loads(out)["results"]] == [1.0]
+    assert not [w for w in json.loads(out)["warnings"] if "budget" in w]
+    code, out, err = run_cli([*base, "--method", "vanilla", "--budget", "0.2", "--json"], capsys)
+    assert code == 0, err
+    assert [r["budget"] for r in json.loads(out)["results"]] == [1.0]
+    assert "method vanilla keeps every visual token: budget 0.2 is ignored" in json.loads(out)["warnings"]
     code, out, err = run_cli([*base, "--budget", "1", "--compare"], capsys)
     assert code == 0, err
     assert "nothing was pruned at this budget" in out and "deciding took" not in out

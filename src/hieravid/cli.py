@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from hieravid.config import DEFAULT_BUDGET
 from hieravid.flops import MODEL_PRESETS, FlopsReport, compare
 from hieravid.schedule import Schedule, solve_schedule
 
@@ -784,8 +785,9 @@ def _add_run(subparsers: Any) -> None:
     parser.add_argument("--method", default="hieravid",
                         help="pruning method (default hieravid; 'vanilla' prunes nothing); options as "
                              "name:key=value[:key=value], e.g. hieravid:segmentation=none")
-    parser.add_argument("--budget", type=float, default=0.3,
-                        help="relative token budget in (0, 1]: visual tokens kept, averaged over layers (default 0.3)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help=f"relative token budget in (0, 1]: visual tokens kept, averaged over layers (default "
+                             f"{DEFAULT_BUDGET:g}; vanilla keeps every token)")
     parser.add_argument("--num-frames", type=_positive_int, default=32, help="frames sampled from the video (default 32)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=16, help="tokens generated (default 16)")
     parser.add_argument("--compare", action="store_true", help="also answer unpruned (vanilla) and print the speed-up")
@@ -1056,12 +1058,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     question = args.question.strip()
     if not question:
         raise ValueError("the question is empty: pass the text to ask with --question \"...\"")
-    budget = check_budget(args.budget)
+    budget = None if args.budget is None else check_budget(args.budget)
     from hieravid.methods import build, method_name
 
     build(args.method, budget)  # an unknown method or option fails now, before decoding and loading
     if method_name(args.method) == "vanilla":
         args.method = "vanilla"  # as named, blanks and all, it would not be told apart from a pruning method
+    budget = DEFAULT_BUDGET if budget is None else budget
     _check_output(args.viz, "--viz", _PICTURES)
     status = _status(not args.json)
     with status(f"Decoding {args.video} ..."):

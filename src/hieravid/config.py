@@ -29,6 +29,10 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+#: The relative token budget when none is given (``apply``, ``hieravid run``, the lmms-eval models).
+DEFAULT_BUDGET = 0.3
+
+
 def check_budget(budget: float, name: str = "budget") -> float:
     """Return ``budget`` as a float if it lies in (0, 1]; otherwise raise a ``ValueError`` naming it."""
     if not is_number(budget) or not 0.0 < float(budget) <= 1.0:

@@ -22,6 +22,7 @@ from hieravid.flops import paper_flops
 from hieravid.runtime import PrunedCache
 from hieravid.runtime.compat import CACHE_ARG, cache_of
 from hieravid.schedule import pruned_count
+from hieravid.warning import HieravidWarning
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -211,6 +212,17 @@ def test_remove_restores_the_model_exactly(family, model):
     assert not model.model._forward_hooks and not model.model._forward_pre_hooks
     assert all(torch.equal(before_state[k], v) for k, v in model.state_dict().items())
     handle.remove()  # idempotent
+
+
+def test_a_budget_given_to_vanilla_is_said_to_be_ignored(family, model):
+    import warnings
+
+    with pytest.warns(HieravidWarning, match=r"^method vanilla keeps every visual token: budget 0.05 is ignored$"):
+        hieravid.apply(model, "vanilla", 0.05).remove()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hieravid.apply(model, "vanilla").remove()
+        hieravid.apply(model, "vanilla", 1.0).remove()
 
 
 def test_apply_twice_is_refused(family, model):

@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from hieravid.config import DEFAULT_BUDGET
 from hieravid.eval.tasks import cut_at_stop
 from hieravid.warning import HieravidWarning
 
@@ -64,7 +65,6 @@ CLASS_NAMES = {
     "hieravid_llava_onevision": "HieravidLlavaOneVision",
 }
 _MODEL_OF_CLASS = {cls: name for name, cls in CLASS_NAMES.items()}
-DEFAULT_BUDGET = 0.3  # as `hieravid run`
 
 
 @contextmanager
@@ -158,9 +158,7 @@ class HieravidLMM:
         except ValueError:
             raise ValueError(f"model_args budget must be a number in (0, 1], got {budget!r}") from None
         build(self.method, self.budget)  # an unknown method or a bad budget fails here, naming the allowed values
-        if self.method == "vanilla" and self.budget != 1.0:
-            warnings.warn(f"method vanilla keeps every visual token: budget {self.budget:g} is ignored",
-                          HieravidWarning, stacklevel=2)
+        if self.method == "vanilla":  # a budget given to it was said to be ignored
             self.budget = 1.0  # what it runs at, as hieravid eval reports vanilla
         self.max_num_frames = _count("max_num_frames", max_num_frames)
         self.max_new_tokens = _count("max_new_tokens", max_new_tokens)

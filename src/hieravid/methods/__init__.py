@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
-from hieravid.config import HieraVidConfig, check_budget
+from hieravid.config import DEFAULT_BUDGET, HieraVidConfig, check_budget
 from hieravid.methods.ablations import create_hieravid_no_layer, create_hieravid_no_seg, create_hieravid_topk
 from hieravid.methods.base import Decision, PruningMethod, VideoTokens, check_options
 from hieravid.methods.cdpruner import create_cdpruner
@@ -124,7 +124,10 @@ def build(method: str | PruningMethod, budget: float | None = None, **options: A
     if "budget" in spec_options or "budget" in options:
         raise ValueError(f"the budget is not an option of {name}: pass it as the budget (budget=B in Python and "
                          "lmms-eval's model args, --budget B for hieravid run, --budgets B,... for eval and bench)")
-    budget = check_budget(0.3 if budget is None else budget)
+    if name == "vanilla" and budget is not None and check_budget(budget) != 1.0:
+        warnings.warn(f"method vanilla keeps every visual token: budget {budget:g} is ignored", HieravidWarning,
+                      stacklevel=3)  # the caller of apply
+    budget = check_budget(DEFAULT_BUDGET if budget is None else budget)
     return _REGISTRY[name](budget, **spec_options, **options)
 
 
