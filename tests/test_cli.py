@@ -135,6 +135,13 @@ def test_a_path_from_home_the_shell_left_as_it_is_names_that_path(argv, field, t
     assert getattr(build_parser().parse_args(argv), field) == str(tmp_path / "x")
 
 
+@pytest.mark.parametrize("argv", [["demo"], ["eval", "--tasks", "mvbench"], ["train-proxy"]])
+def test_an_empty_out_folder_is_refused_not_taken_as_the_current_one(argv, capsys) -> None:
+    for blank in ("", " "):
+        assert main([*argv, "--out", blank]) == 2
+        assert "--out is empty: pass a folder" in capsys.readouterr().err
+
+
 def test_the_new_tokens_the_bench_needs_are_checked_as_an_option(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--shape", "tiny", "--new-tokens", "1"])

@@ -422,7 +422,9 @@ def _check_output(path: str | None, option: str, suffixes: Sequence[str] | None 
 def _check_folder(path: str, option: str) -> None:
     """Refuse an output folder that cannot be made, before any work: a file in its place or above it, or
     a nearest existing folder that is not writable."""
-    folder = Path(path).absolute()  # as it will be created: a "~" the shell left is a folder name
+    if not path.strip():  # Path("") is the current folder
+        raise ValueError(f"{option} is empty: pass a folder")
+    folder = Path(path).absolute()  # as it will be created
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if existing == folder and not folder.is_dir():
         raise ValueError(f"{option} {path!r} is a file: pass a folder")

@@ -1,6 +1,7 @@
 """train-proxy: an interrupted run resumes to exactly the weights of an uninterrupted one."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -128,9 +129,42 @@ def test_bad_starts_are_refused_with_the_fix(tmp_path):
     assert (trained / "model.safetensors").read_bytes() == b"weights"
     assert (trained / "train_log.jsonl").read_text() == '{"step": 1}\n'
     for bad in ({"lr": 0.0}, {"aux_weight": -1.0}, {"summary_weight": -2.0}, {"val_size": 0}, {"eval_every": 0},
-                {"checkpoint_every": 0}, {"batch": 0}, {"steps": -1}, {"batch": 2.5}):
+                {"checkpoint_every": 0}, {"batch": 0}, {"steps": -1}, {"batch": 2.5}, {"lr": float("inf")},
+                {"aux_weight": float("inf")}, {"type_weight": float("nan")}, {"seed": -1}, {"seed": 2**63},
+                {"seed": 1.5}, {"threads": (os.cpu_count() or 1) + 1}):
         with pytest.raises(ValueError, match="must be"):
             TrainConfig(**{**SMALL.__dict__, **bad})
+
+
+def test_command_line_values_torch_cannot_take_are_named(tmp_path, capsys):
+    from hieravid.cli import main
+
+    for option, value, said in (("--seed", str(2**64), "--seed must be"), ("--threads", "100000", "--threads must be"),
+                                ("--lr", "inf", "--lr must be"), ("--out", "", "--out is empty"),
+                                ("--out", "  ", "--out is empty")):
+        argv = ["train-proxy", "--out", str(tmp_path / "run"), option, value]
+        assert main(argv) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_loss_that_is_no_longer_a_number_stops_the_run_naming_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"the loss is (nan|inf) at step [23] .*lower --lr"):
+        train(tmp_path / "run", TrainConfig(**{**SMALL.__dict__, "lr": 1e30}), progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_checkpoint_the_disk_cannot_take_is_one_error_naming_it(tmp_path, monkeypatch):
+    import hieravid.proxy.train as proxy_train
+
+    def full_disk(state, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(proxy_train.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write the checkpoint .*checkpoint\.pt .*unexpected pos"):
+        train(tmp_path / "run", SMALL, progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_a_fresh_run_starts_its_own_log(tmp_path):

@@ -3,6 +3,8 @@ reads its defaults without loading torch."""
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 __all__ = ["TrainConfig"]
@@ -40,8 +42,14 @@ class TrainConfig:
         for name in ("steps", "warmup", "curriculum", "threads"):  # threads 0: torch's own choice
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a whole number of at least 0, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be above 0, got {self.lr!r}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):  # what torch.manual_seed takes
+            raise ValueError(f"--seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+        cpus = os.cpu_count() or 1
+        if self.threads > cpus:  # torch crashes with many thousands, and crawls well before
+            raise ValueError(f"--threads must be at most the {cpus} CPUs of this machine (0: torch's own choice), got "
+                             f"{self.threads}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a number above 0, got {self.lr!r}")
         for name in ("aux_weight", "type_weight", "summary_weight", "weight_decay"):
-            if not getattr(self, name) >= 0:
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be 0 or more (0 turns it off), got {getattr(self, name)!r}")

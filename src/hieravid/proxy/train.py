@@ -230,8 +230,12 @@ def _lr(config: TrainConfig, step: int) -> float:
 
 
 def _save_atomic(state: dict, path: Path) -> None:
-    with replaced_whole(path, binary=True) as f:  # on disk before it replaces the last checkpoint
-        torch.save(state, f)
+    try:
+        with replaced_whole(path, binary=True) as f:  # on disk before it replaces the last checkpoint
+            torch.save(state, f)
+    except RuntimeError as err:  # torch's own report of a write that failed (a full disk, say)
+        raise OSError(f"could not write the checkpoint {path} ({err}): is its disk full? the checkpoint before it "
+                      "is kept") from err
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -409,13 +413,19 @@ def _train(out: Path, config: TrainConfig, *, resume: bool, log: Callable[[dict]
                         heads["answer_summary"], outputs.hidden_states[ANSWER_LAYER][answer], turn_facts, tally, "answer"
                     )
                 ) / 2
+            value = loss.item()
+            if not math.isfinite(value):  # every later step would be too, and the weights with them
+                raise ValueError(
+                    f"the loss is {value} at step {step + 1} (the training diverged): start again in a new directory "
+                    f"with a lower --lr (this run's is {config.lr:g})"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             optimizer.step()
             step += 1
             elapsed += time.perf_counter() - start
-            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            running = value if running is None else 0.95 * running + 0.05 * value
             bar.update(task, completed=step, loss=running)
             if step % config.eval_every == 0 or step == config.steps:
                 scores = letter_accuracy(model, processor, validation)
@@ -432,5 +442,5 @@ def _train(out: Path, config: TrainConfig, *, resume: bool, log: Callable[[dict]
     save(model, out)
     scores = letter_accuracy(model, processor, validation)
     result = {"validation": scores, "train_seconds": elapsed, "steps": step, "config": asdict(config)}
-    (out / "train_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_whole(out / "train_result.json", [json.dumps(result, indent=2) + "\n"])
     return result
