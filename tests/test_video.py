@@ -49,6 +49,34 @@ def clips(tmp_path_factory) -> dict[str, str]:
     return out
 
 
+def test_a_video_stopped_mid_write_leaves_the_one_before(tmp_path, monkeypatch):
+    path = tmp_path / "clip.mp4"
+    write_test_video(path, colour_video(6), fps=FPS)
+    before = path.read_bytes()
+    made = []
+
+    def stopped(array, format):
+        if len(made) == 90:  # past the encoder's look-ahead: the muxer has written the start of the file
+            raise KeyboardInterrupt
+        made.append(1)
+        return from_ndarray(array, format=format)
+
+    from_ndarray = av.VideoFrame.from_ndarray
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_test_video(path, colour_video(100), fps=FPS)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+
+
+def test_a_video_the_disk_cannot_take_is_named_as_given(tmp_path, monkeypatch):
+    def full(path, *args):
+        raise OSError(28, "No space left on device", f"file:{path}")
+
+    monkeypatch.setattr(video, "_encode", full)
+    with pytest.raises(OSError, match=r"could not write the video 'out/clip.mp4': No space left on device$"):
+        write_test_video("out/clip.mp4", colour_video(2), fps=FPS)
+
+
 def test_write_test_video_codec_and_count(tmp_path):
     path = tmp_path / "v.mp4"
     codec = write_test_video(path, colour_video(6), fps=FPS)

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["content_print", "is_stream", "lock_folder", "only_writer", "replaced_whole", "save_figure",
-           "write_whole", "writes_to_stdout"]
+__all__ = ["content_print", "is_stream", "lock_folder", "only_writer", "replaced_path", "replaced_whole",
+           "save_figure", "write_whole", "writes_to_stdout"]
 
-# replaced_whole's temporary files: "<name>.<pid>-<8 hex digits>.tmp"
-_TEMPORARY = re.compile(r".+\.\d+-[0-9a-f]{8}\.tmp")
+# replaced_path's temporary files: "<name>.<pid>-<8 hex digits>.tmp<name's suffix>"
+_TEMPORARY = re.compile(r".+\.\d+-[0-9a-f]{8}\.tmp(\.[^.]*)?")
 
 
 def _own_stream(path: str | Path) -> int | None:
@@ -74,21 +74,30 @@ def save_figure(figure: Any, path: str | Path, **options: Any) -> None:
 
 
 @contextmanager
-def replaced_whole(path: Path, binary: bool = False) -> Iterator[IO]:
-    """A new file for the ``with`` block to write, which replaces ``path`` when the block ends, on disk
-    first (a temporary file beside it, fsynced and renamed over it): a reader or a kill mid-write sees the
-    old file or the new one, never a part, and of writers of one path at once each replaces it whole. A
-    block that raises leaves ``path`` as it was and removes its temporary file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # this writer's own (_TEMPORARY)
+def replaced_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the ``with`` block to write a file at, which replaces ``path`` when
+    the block ends, on disk first (fsynced, then renamed over it): a reader or a kill mid-write sees the old file
+    or the new one, never a part, and of writers of one path at once each replaces it whole. Its name ends in
+    ``path``'s suffix, so a writer that picks the format by the suffix (FFmpeg) picks the same. A block that
+    raises leaves ``path`` as it was and removes the temporary file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")  # (_TEMPORARY)
     try:
-        with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def replaced_whole(path: Path, binary: bool = False) -> Iterator[IO]:
+    """A new file for the ``with`` block to write, which replaces ``path`` when the block ends, whole (see
+    :func:`replaced_path`)."""
+    with replaced_path(path) as tmp, open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as f:
+        yield f
+        f.flush()
 
 
 def lock_folder(folder: Path) -> IO[str] | None:

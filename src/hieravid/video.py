@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import av
 import numpy as np
 
+from hieravid.files import is_stream, replaced_path
 from hieravid.warning import HieravidWarning
 
 if TYPE_CHECKING:
@@ -205,7 +206,8 @@ def write_test_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) 
 
     The container follows the suffix (``.mp4``, ``.mkv``, ...). The codec is H.264 (``libx264``, near-lossless
     ``crf=10``, keyframe every second, B-frames on) where this PyAV build has it, else MPEG-4 Part 2 (``mpeg4``);
-    pixels are stored as yuv420p, so H and W must be even. Returns the codec name used.
+    pixels are stored as yuv420p, so H and W must be even. The file is written whole or not at all (a
+    temporary file beside it, renamed over it). Returns the codec name used.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 1:
@@ -219,6 +221,21 @@ def write_test_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) 
         raise ValueError(f"fps must be a positive integer (frames per second), got {fps!r}")
     codec = _encoder()
     rate = Fraction(fps, 1)
+    if is_stream(path):  # a pipe or a device: written into, as it comes
+        _encode(path, frames, codec, rate, fps)
+        return codec
+    target = Path(os.path.realpath(os.path.abspath(path)))
+    try:
+        with replaced_path(target) as tmp:  # a run stopped mid-write leaves the file before it, not a part
+            _encode(tmp, frames, codec, rate, fps)
+    except OSError as err:
+        raise OSError(err.errno, f"could not write the video {str(path)!r}: {err.strerror or err}") from err
+    return codec
+
+
+def _encode(path: str | os.PathLike, frames: np.ndarray, codec: str, rate: Fraction, fps: int) -> None:
+    """Encode ``frames`` (checked by :func:`write_test_video`) into a new file at ``path``."""
+    height, width = int(frames.shape[1]), int(frames.shape[2])
     with av.open(_url(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -233,7 +250,6 @@ def write_test_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) 
             frame.pts, frame.time_base = i, 1 / rate
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    return codec
 
 
 # ------------------------------------------------------------------------------------------------------------
