@@ -115,6 +115,10 @@ def test_validation_does_not_change_the_weights(tmp_path):
 def test_bad_starts_are_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="holds no checkpoint.pt to continue; run without --resume"):
         train(tmp_path / "none", SMALL, resume=True, progress=False)
+    (tmp_path / "folder" / "checkpoint.pt").mkdir(parents=True)
+    for resume in (True, False):
+        with pytest.raises(ValueError, match=r"checkpoint\.pt is a folder, where the run keeps its checkpoint: move it"):
+            train(tmp_path / "folder", SMALL, resume=resume, progress=False)
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match="is a file, not a directory"):
         train(tmp_path / "afile", SMALL, progress=False)
@@ -167,6 +171,19 @@ def test_a_checkpoint_the_disk_cannot_take_is_one_error_naming_it(tmp_path, monk
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_the_last_step_s_validation_is_the_result_not_measured_twice(tmp_path, monkeypatch):
+    import hieravid.proxy.train as proxy_train
+
+    measured = []
+    real = proxy_train.letter_accuracy
+    monkeypatch.setattr(proxy_train, "letter_accuracy", lambda *a, **k: measured.append(1) or real(*a, **k))
+    result = train(tmp_path / "run", SMALL, progress=False)  # validates at steps 1, 2 and 3
+    last = json.loads((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert len(measured) == 3 and result["validation"] == last["validation"]
+    again = train(tmp_path / "run", SMALL, resume=True, progress=False)  # nothing left to train: measured anew
+    assert len(measured) == 4 and again["validation"] == result["validation"]
+
+
 def test_a_fresh_run_starts_its_own_log(tmp_path):
     """A run killed before its first checkpoint leaves log lines but nothing to resume: the next run's log
     holds its own lines only."""
@@ -192,6 +209,10 @@ def test_a_log_line_cut_short_by_a_kill_does_not_stop_the_resume(tmp_path):
     log.write_text('{"step": 1}\n{"st\n{"step": 2}\n')
     with pytest.raises(ValueError, match=r"train_log\.jsonl: line 2 is not JSON: remove that line"):
         _log_lines_up_to(log, 2)
+    for edited in ("[1, 2]", '{"loss": 1.0}', '{"step": "2"}'):
+        log.write_text(f'{{"step": 1}}\n{edited}\n{{"step": 2}}\n')
+        with pytest.raises(ValueError, match=r"train_log\.jsonl: line 2 is not a step's record: remove that line"):
+            _log_lines_up_to(log, 2)
 
 
 def test_the_card_is_measured_without_transformers_bars(tmp_path, monkeypatch, capsys):

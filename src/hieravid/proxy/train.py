@@ -272,6 +272,8 @@ def _log_lines_up_to(path: Path, step: int) -> list[str]:
             if number == len(lines):
                 break
             raise ValueError(f"{path}: line {number} is not JSON: remove that line (or the file) to resume") from None
+        if not (isinstance(entry, dict) and type(entry.get("step")) is int):  # a hand-edited line
+            raise ValueError(f"{path}: line {number} is not a step's record: remove that line (or the file) to resume")
         if entry["step"] <= step:
             kept.append(line)
     return kept
@@ -294,6 +296,8 @@ def train(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory: name a directory to write the model into")
     checkpoint = out / "checkpoint.pt"
+    if checkpoint.is_dir():
+        raise ValueError(f"{checkpoint} is a folder, where the run keeps its checkpoint: move it, or use another --out")
     if resume and not checkpoint.is_file():
         raise ValueError(f"--resume: {out} holds no checkpoint.pt to continue; run without --resume to start")
     model_files = [name for name in ("model.safetensors", "config.json") if (out / name).exists()]
@@ -380,6 +384,7 @@ def _train(out: Path, config: TrainConfig, *, resume: bool, log: Callable[[dict]
         TextColumn("loss {task.fields[loss]:.3f} elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
         TimeRemainingColumn(),
     )
+    scores = None  # validation of the weights as they are now
     with log_path.open("a") as log_file, Progress(*columns, disable=not progress) as bar:  # closed when interrupted too
         task = bar.add_task("train", total=config.steps, completed=step, loss=float("nan"))
         while step < config.steps:
@@ -428,7 +433,7 @@ def _train(out: Path, config: TrainConfig, *, resume: bool, log: Callable[[dict]
             running = value if running is None else 0.95 * running + 0.05 * value
             bar.update(task, completed=step, loss=running)
             if step % config.eval_every == 0 or step == config.steps:
-                scores = letter_accuracy(model, processor, validation)
+                scores = letter_accuracy(model, processor, validation)  # the final ones at the last step
                 heads_seen = {name: round(right / max(asked, 1), 3) for name, (right, asked) in sorted(tally.items())}
                 record({"step": step, "loss": running, "seconds": round(elapsed, 1), "validation": scores, "heads": heads_seen})
                 tally.clear()
@@ -440,7 +445,8 @@ def _train(out: Path, config: TrainConfig, *, resume: bool, log: Callable[[dict]
                 )
     model.eval()
     save(model, out)
-    scores = letter_accuracy(model, processor, validation)
+    if scores is None:  # the run had ended before this resume: its last weights were not measured here
+        scores = letter_accuracy(model, processor, validation)
     result = {"validation": scores, "train_seconds": elapsed, "steps": step, "config": asdict(config)}
     write_whole(out / "train_result.json", [json.dumps(result, indent=2) + "\n"])
     return result
