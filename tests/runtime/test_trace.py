@@ -12,7 +12,7 @@ import tiny_models as tm
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run(model, inputs: dict, method: str, budget: float = 0.3, trace: bool = True):
+def run(model, inputs: dict, method: str, budget: float | None = None, trace: bool = True):
     with hieravid.apply(model, method, budget, trace=trace) as handle, torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
         return out, handle.last_stats, handle.last_trace

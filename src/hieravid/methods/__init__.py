@@ -124,11 +124,11 @@ def build(method: str | PruningMethod, budget: float | None = None, **options: A
     if "budget" in spec_options or "budget" in options:
         raise ValueError(f"the budget is not an option of {name}: pass it as the budget (budget=B in Python and "
                          "lmms-eval's model args, --budget B for hieravid run, --budgets B,... for eval and bench)")
-    if name == "vanilla" and budget is not None and check_budget(budget) != 1.0:
+    built = _REGISTRY[name](check_budget(DEFAULT_BUDGET if budget is None else budget), **spec_options, **options)
+    if name == "vanilla" and budget is not None and budget != 1.0:
         warnings.warn(f"method vanilla keeps every visual token: budget {budget:g} is ignored", HieravidWarning,
                       stacklevel=3)  # the caller of apply
-    budget = check_budget(DEFAULT_BUDGET if budget is None else budget)
-    return _REGISTRY[name](budget, **spec_options, **options)
+    return built
 
 
 def warn_if_budget_is_ignored(methods: list[str], budgets: list[float]) -> None:
