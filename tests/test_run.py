@@ -216,7 +216,7 @@ def test_a_question_holding_a_visual_placeholder_is_refused_naming_it(video_file
                      "--num-frames", "4"], capsys, f"the question contains {token!r}", "reword")
 
 
-def test_more_visual_tokens_than_the_decoder_has_positions_are_refused_before_processing(
+def test_llava_visual_tokens_past_the_decoder_s_positions_are_refused_before_processing(
         llava_dir: Path, capsys, monkeypatch) -> None:
     """The tiny LLaVA-OneVision makes 25 tokens a frame and takes 4096 positions: 200 frames need 5001."""
     import numpy as np
@@ -241,6 +241,28 @@ def test_more_visual_tokens_than_the_decoder_has_positions_are_refused_before_pr
     assert processed == [1]
     with pytest.raises(ValueError, match="at most"):
         infer.build_inputs(loaded, frames[:fits + 1], "what ?")
+
+
+def test_qwen_frames_past_the_decoder_s_positions_run_and_pixels_past_the_memory_are_refused(
+        proxy_dir: Path, monkeypatch) -> None:
+    """The proxy (Qwen2-VL, 4096 positions) makes 36 tokens of 2 frames: 256 frames make 4608, whose M-RoPE
+    positions reach only about 150 (they grow with the grid). Each token's pixel values take 4 bytes x 3
+    channels x its 2 x 2 patches of 2 frames of 8 x 8 pixels."""
+    import numpy as np
+
+    from hieravid import infer
+
+    loaded = infer.load_model(str(proxy_dir))
+    frames = np.zeros((256, 96, 96, 3), np.uint8)
+    inputs = infer.build_inputs(loaded, frames, "what ?")
+    assert int((inputs["input_ids"] == loaded.model.config.video_token_id).sum()) == 4608
+    per_token = 4 * 3 * (2 * 2) * 2 * 8**2
+    monkeypatch.setattr(infer, "available_memory", lambda: 2 * per_token * 1000)  # pixels of 1000 tokens, and a copy
+    with pytest.raises(ValueError, match=r"^256 frames of 96x96 pixels make 4608 visual tokens, whose pixel values the "
+                                         r"processor builds in 54.0 MiB \(float32, with a copy\), more than the 11.7 MiB "
+                                         r"of memory available: pass at most 54 frames"):
+        infer.build_inputs(loaded, frames, "what ?")
+    infer.build_inputs(loaded, frames[:54], "what ?")  # 27 temporal groups of 36 tokens: 972
 
 
 def test_bad_model_and_budget(video_file: Path, tmp_path: Path, capsys) -> None:

@@ -529,7 +529,7 @@ def test_too_many_frames_for_memory_are_refused_before_decoding(clips, monkeypat
     def no_decoding(*args):
         raise AssertionError("decoded before the memory check")
 
-    monkeypatch.setattr(video, "_available_memory", lambda: 2**20)  # 1 MiB
+    monkeypatch.setattr(video, "available_memory", lambda: 2**20)  # 1 MiB
     monkeypatch.setattr(video, "_decode_selected", no_decoding)
     # 100 frames out and the clip's 40 decoded ones, 18 KiB each; at most 1 MiB / (2 x 18 KiB) frames
     message = (r"num_frames=100 frames of 96x64 pixels need 2.5 MiB \(the frames decoded and the array they are "

@@ -26,6 +26,7 @@ from hieravid.config import is_integer
 from hieravid.methods import PruningMethod
 from hieravid.models import FAMILIES, SUPPORTED, find_adapter
 from hieravid.runtime import PruneStats, PruneTrace, device_clock
+from hieravid.video import available_memory, size_text
 
 __all__ = ["Answer", "LoadedModel", "answer", "build_inputs", "check_device", "load_model"]
 
@@ -201,17 +202,32 @@ def _aspect_error(family: str, height: int, width: int) -> ValueError:
     )
 
 
-def _check_positions(loaded: LoadedModel, prompt: str, count: int, height: int, width: int) -> None:
-    """Refuse, before the processor turns them into float pixels, frames that make more visual tokens than the
-    decoder has positions (``max_position_embeddings``) beside the prompt's text: such a prompt lies past what
-    the model was trained on, and building it can take more memory than the machine has. The count is the
-    processor's own (transformers' ``_get_num_multimodal_tokens``, which vLLM reads); a processor without it is
-    not checked."""
+def _check_size(loaded: LoadedModel, prompt: str, count: int, height: int, width: int) -> None:
+    """Refuse, before the processor builds them, frames the model or the machine cannot take, naming the most
+    frames that fit:
+
+    - LLaVA-OneVision gives each token a position of its own: more visual tokens, beside the prompt's text,
+      than its decoder's positions (``max_position_embeddings``, default RoPE) lie past what it was trained on.
+      (The Qwen families' M-RoPE positions grow with the frames' grid, not with their tokens.)
+    - The Qwen families' processors build float32 pixel values of every patch (3 x temporal x patch^2 values
+      each): twice their size beyond the memory available would end the process.
+
+    The token count is the processor's own (transformers' ``_get_num_multimodal_tokens``, which vLLM reads; it
+    counts Qwen2-VL's frames uncapped by ``cap_pixels_per_frame``, so it errs towards more); a processor
+    without it is not checked."""
     processor = loaded.processor
     counter = getattr(processor, "_get_num_multimodal_tokens", None)
-    positions = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
-    if counter is None or not is_integer(positions):
+    if counter is None:
         return
+    text_config = loaded.model.config.get_text_config()
+    positions = getattr(text_config, "max_position_embeddings", None)
+    rope = (getattr(text_config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if loaded.family != "llava_onevision" or not is_integer(positions) or rope != "default":
+        positions = None
+    video = getattr(processor, "video_processor", None)
+    sizes = [getattr(video, name, None) for name in ("merge_size", "temporal_patch_size", "patch_size")]
+    per_token = 4 * 3 * sizes[0] ** 2 * sizes[1] * sizes[2] ** 2 if all(map(is_integer, sizes)) else None  # bytes
+    available = available_memory() if loaded.family != "llava_onevision" and per_token else None
 
     def tokens(frames: int) -> int | None:
         try:
@@ -220,21 +236,31 @@ def _check_positions(loaded: LoadedModel, prompt: str, count: int, height: int, 
             return None
 
     made = tokens(count)
-    if made is None or made <= positions // 2:  # no prompt's text takes half the positions
+    if made is None:
         return
-    text = len(processor.tokenizer(prompt)["input_ids"]) - 1  # less the video's one placeholder
-    room = positions - text
-    if made <= room:
+    room = None
+    if positions is not None and made > positions // 2:  # no prompt's text takes half the positions
+        text = len(processor.tokenizer(prompt)["input_ids"]) - 1  # less the video's one placeholder
+        room = positions - text
+    memory = None if available is None else available // (2 * per_token)  # visual tokens whose pixels fit
+    limit = min(v for v in (room, memory, made) if v is not None)
+    if made <= limit:
         return
-    low, high = 0, count  # the most frames that fit: tokens(low) <= room < tokens(high)
+    low, high = 0, count  # the most frames that fit: tokens(low) <= limit < tokens(high)
     while high - low > 1:
         middle = (low + high) // 2
         fits = tokens(middle)
-        low, high = (middle, high) if fits is not None and fits <= room else (low, middle)
+        low, high = (middle, high) if fits is not None and fits <= limit else (low, middle)
+    made_text = f"{count} frames of {width}x{height} pixels make {made} visual tokens"
+    fix = f"pass at most {low} frames (--num-frames on the command line)"
+    if limit == room:
+        raise ValueError(
+            f"{made_text}, which with the prompt's {text} text tokens is more than the {positions} positions of the "
+            f"model's decoder (max_position_embeddings): {fix}"
+        )
     raise ValueError(
-        f"{count} frames of {width}x{height} pixels make {made} visual tokens, which with the prompt's {text} "
-        f"text tokens is more than the {positions} positions of the model's decoder (max_position_embeddings): "
-        f"pass at most {low} frames (--num-frames on the command line)"
+        f"{made_text}, whose pixel values the processor builds in {size_text(2 * made * per_token)} (float32, with a "
+        f"copy), more than the {size_text(available)} of memory available: {fix}"
     )
 
 
@@ -301,7 +327,7 @@ def build_inputs(
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    _check_positions(loaded, prompt, count, height, width)
+    _check_size(loaded, prompt, count, height, width)
     metadata = VideoMetadata(total_num_frames=count, fps=fps, frames_indices=indices, height=height, width=width)
     try:
         inputs = processor(  # channels last, stated: frames 1 or 3 pixels high would be guessed channels first

@@ -482,7 +482,7 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
     )
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """Bytes of memory new allocations can take: Linux's MemAvailable, or less where a cgroup (a container,
     a batch job) limits the process, else psutil's reading (psutil comes with accelerate); None when none
     can tell."""
@@ -516,17 +516,17 @@ def _check_memory(num_frames: int, distinct: int, height: int, width: int) -> No
     ``(N, H, W, 3)`` uint8 result they are stacked into."""
     frame_bytes = height * width * 3
     need = (num_frames + distinct) * frame_bytes
-    available = _available_memory()
+    available = available_memory()
     if frame_bytes <= 0 or available is None or need <= available:
         return
     raise ValueError(
-        f"num_frames={num_frames} frames of {width}x{height} pixels need {_bytes(need)} (the frames decoded and "
-        f"the array they are stacked into, RGB), more than the {_bytes(available)} of memory available: ask for "
+        f"num_frames={num_frames} frames of {width}x{height} pixels need {size_text(need)} (the frames decoded and "
+        f"the array they are stacked into, RGB), more than the {size_text(available)} of memory available: ask for "
         f"fewer frames (at most about {available // (2 * frame_bytes)})"
     )
 
 
-def _bytes(size: int) -> str:
+def size_text(size: int) -> str:
     """``size`` bytes in GiB, or MiB below one GiB."""
     return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
