@@ -321,6 +321,10 @@ def test_a_run_keeping_far_fewer_tokens_than_its_budget_says_so_and_names_the_fi
     assert "--method hieravid_no_layer:exact_total=True" in said[0]
     kept, said = warned("hieravid_no_layer:exact_total=True", "0.1")
     assert kept >= 0.1 and said == []
+    kept, said = warned("hieravid_no_layer:exact_total=False", "0.1")  # the option is turned, not given twice
+    assert kept < 0.085 and len(said) == 1 and "set exact_total=True in --method" in said[0]
+    kept, said = warned("hieravid:ratios=(0.5,0.5,0.5,0.5)", "0.5")  # its ratios, not rounding, keep 0.23
+    assert kept < 0.3 and said == []
     kept, said = warned("hieravid", "0.3")  # a little under its budget: nothing to say
     assert 0.85 * 0.3 < kept < 0.3 and said == []
 

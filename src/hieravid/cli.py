@@ -966,19 +966,23 @@ _BUDGET_SHORTFALL = 0.15
 
 
 def _warn_if_far_below_budget(method: str, result: dict[str, Any]) -> None:
-    """Warn when ``method`` kept far fewer visual tokens than its budget: its counts, rounded down per segment
-    or frame, add up far from the budget on a video of few tokens per segment. (Keeping more than the budget
-    has its own warning where it happens: stage 1's merge cap.)"""
+    """Warn when HieraVid (or an ablation) kept far fewer visual tokens than its budget: its per-segment counts,
+    rounded down (Eq. 5), add up far from the budget on a video of few tokens per segment, which
+    ``exact_total=True`` tops up. Not when its ``ratios`` fix the schedule whatever the budget, nor for other
+    methods, whose schedules fall short by design where they do (PruneVid on a static video). Keeping more
+    than the budget has its own warning where it happens: stage 1's merge cap."""
     from hieravid.methods import parse_method
     from hieravid.warning import HieravidWarning
 
     kept, budget = result["achieved_budget"], result["budget"]
-    if not result["stages"] or kept >= (1.0 - _BUDGET_SHORTFALL) * budget:
-        return
     name, options = parse_method(method)
-    fix = "give the video more frames or pixels (more tokens per segment)"
-    if name.split("_")[0] == "hieravid" and not options.get("exact_total"):  # HieraVid and its ablations
-        fix = f"pass --method {method}:exact_total=True to keep the budget's total, or " + fix
+    hieravid = name == "hieravid" or name.startswith("hieravid_")  # and its ablations
+    if not hieravid or "ratios" in options or options.get("exact_total") is True or not result["stages"]:
+        return
+    if kept >= (1.0 - _BUDGET_SHORTFALL) * budget:
+        return
+    given = "set exact_total=True in --method" if "exact_total" in options else f"pass --method {method}:exact_total=True"
+    fix = f"{given} to keep the budget's total, or give the video more frames or pixels (more tokens per segment)"
     segments = f" in {result['segments']} segments" if result["segments"] else ""
     warnings.warn(
         f"{name} kept {kept:.3f} of the visual tokens for budget {budget:g} (averaged over layers): its token "
