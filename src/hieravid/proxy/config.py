@@ -44,10 +44,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a whole number of at least 0, got {getattr(self, name)!r}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):  # what torch.manual_seed takes
             raise ValueError(f"--seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
-        cpus = os.cpu_count() or 1
-        if self.threads > cpus:  # torch crashes with many thousands, and crawls well before
-            raise ValueError(f"--threads must be at most the {cpus} CPUs of this machine (0: torch's own choice), got "
-                             f"{self.threads}")
+        most = max(64, 4 * (os.cpu_count() or 1))  # torch crashes with many thousands, and crawls well before;
+        if self.threads > most:  # a few more than the CPUs still resume a run begun on a larger machine
+            raise ValueError(f"--threads must be at most {most} (4 per CPU of this machine, or 64; 0: torch's own "
+                             f"choice), got {self.threads}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a number above 0, got {self.lr!r}")
         for name in ("aux_weight", "type_weight", "summary_weight", "weight_decay"):
