@@ -37,6 +37,18 @@ def test_a_writer_that_fails_leaves_the_file_as_it_was_and_nothing_beside_it(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.jsonl"]
 
 
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary_file(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from hieravid.files import save_figure
+
+    path = tmp_path / "missing" / "plot.png"
+    for write in (lambda: save_figure(Figure(), path), lambda: write_json(path, {"a": 1})):
+        with pytest.raises(FileNotFoundError) as raised:
+            write()
+        assert raised.value.filename == str(path) and ".tmp" not in str(raised.value)
+
+
 def test_a_new_file_gets_the_usual_permissions(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     try:

@@ -86,6 +86,11 @@ def replaced_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if str(tmp) not in str(err.filename):
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err  # the file asked for, not its stand-in
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
