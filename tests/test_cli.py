@@ -142,6 +142,17 @@ def test_an_empty_out_folder_is_refused_not_taken_as_the_current_one(argv, capsy
         assert "--out is empty: pass a folder" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_the_options_are_read_is_one_line(monkeypatch, capsys) -> None:
+    import hieravid.cli as cli
+
+    def interrupted(text):
+        raise KeyboardInterrupt  # as when it lands while torch is imported for --methods' check
+
+    monkeypatch.setattr(cli, "_method_list", interrupted)
+    assert main(["eval", "--suite", "synthetic", "--methods", "hieravid", "--out", "x"]) == 130
+    assert capsys.readouterr().err == "hieravid: interrupted\n"
+
+
 def test_the_new_tokens_the_bench_needs_are_checked_as_an_option(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--shape", "tiny", "--new-tokens", "1"])

@@ -1250,6 +1250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage and the error on stderr
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    except KeyboardInterrupt:  # while an option's check imports what it needs (torch, for --methods)
+        _say("hieravid: interrupted", err=True)
+        return 130
     args.warnings = []  # what the command warned about, for the --json answers that carry them
 
     def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:

@@ -446,7 +446,7 @@ def _read(file: Path, num_frames: int, start_s: float | None, end_s: float | Non
             "e.g. by an interrupted download): their frames are left out; frames are sampled from the others",
             HieravidWarning, stacklevel=3,
         )
-    _check_memory(num_frames, min(num_frames, index.count), height, width)
+    check_frames_memory(num_frames, min(num_frames, index.count), height, width)
 
     fps = _frame_rate(index, stated)
     wanted = _select(index, num_frames, start_s, end_s, fps)
@@ -511,7 +511,7 @@ def available_memory() -> int | None:
         return None
 
 
-def _check_memory(num_frames: int, distinct: int, height: int, width: int) -> None:
+def check_frames_memory(num_frames: int, distinct: int, height: int, width: int) -> None:
     """Refuse, before decoding, a request that cannot fit in memory: the ``distinct`` frames decoded and the
     ``(N, H, W, 3)`` uint8 result they are stacked into."""
     frame_bytes = height * width * 3

@@ -18,6 +18,18 @@ def test_synthetic_task_reads_the_test_split():
     assert task.score(samples[0], "no idea").failure is not None
 
 
+def test_more_synthetic_frames_than_memory_holds_are_refused_before_any_are_made(monkeypatch):
+    import pytest
+
+    from hieravid import video
+
+    sample = get_task("synthetic").load(None)[0]
+    monkeypatch.setattr(video, "available_memory", lambda: 4 * 2**20)  # 4 MiB: 151 frames of 96 x 96 x 3
+    with pytest.raises(ValueError, match=r"num_frames=99999999999 frames of 96x96 pixels need .* ask for fewer frames"):
+        sample.frames(99_999_999_999)  # its indices alone would take 745 GiB
+    assert sample.frames(16).shape == (16, 96, 96, 3)
+
+
 def test_eval_suite_synthetic_end_to_end(proxy_dir, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["eval", "--suite", "synthetic", "--model", str(proxy_dir), "--methods", "vanilla,hieravid",

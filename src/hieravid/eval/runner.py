@@ -747,8 +747,8 @@ def _run_sample(
         frames, timestamps, video = _decode(sample, config.num_frames)
     except FileNotFoundError as err:
         failure = _failed("data", str(err))
-    except (ValueError, OSError, RuntimeError) as err:
-        failure = _failed("video", str(err))
+    except (ValueError, OSError, RuntimeError, MemoryError) as err:  # MemoryError: frames past a check's estimate
+        failure = _failed("video", str(err) or type(err).__name__)
     if failure is None:
         try:
             prompt = task.prompt(sample, video)

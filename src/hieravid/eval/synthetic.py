@@ -18,7 +18,7 @@ import numpy as np
 from hieravid.eval.choice import videomme_option
 from hieravid.eval.tasks import Sample, Score, Task, register_task
 from hieravid.synthetic import LETTERS, QUESTION_TYPES, generate_sample
-from hieravid.video import sample_indices
+from hieravid.video import check_frames_memory, sample_indices
 
 __all__ = ["SyntheticTask"]
 
@@ -40,6 +40,7 @@ class SyntheticTask(Task):
 
         def frames(num_frames: int) -> np.ndarray:
             video = generate_sample(index, "test").frames  # (32, 96, 96, 3), rendered now: no pixels are held
+            check_frames_memory(num_frames, len(video), *video.shape[1:3])  # as a video file's, before indexing
             return video[sample_indices(len(video), num_frames)]
 
         return Sample(
