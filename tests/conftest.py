@@ -46,9 +46,11 @@ def proxy_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def stop_savefig_halfway(monkeypatch):
-    """A function that makes matplotlib's ``Figure.savefig`` stop as Ctrl-C would, halfway through its file:
-    it writes the first half of what it would write, then raises KeyboardInterrupt."""
+def check_a_picture_stopped_mid_write(monkeypatch):
+    """A check: ``write()`` writes the picture at ``path`` (alone in its folder); stopped as Ctrl-C would
+    stop it halfway through its file (matplotlib's ``Figure.savefig`` writes the first half of what it would
+    write, then raises KeyboardInterrupt), a second ``write()`` leaves the first picture as it was, and
+    nothing beside it."""
     import io
 
     from matplotlib.figure import Figure
@@ -67,7 +69,16 @@ def stop_savefig_halfway(monkeypatch):
             Path(fname).write_bytes(half)
         raise KeyboardInterrupt
 
-    return lambda: monkeypatch.setattr(Figure, "savefig", halfway)
+    def check(write, path: Path) -> None:
+        write()
+        before = path.read_bytes()
+        with monkeypatch.context() as patched:
+            patched.setattr(Figure, "savefig", halfway)
+            with pytest.raises(KeyboardInterrupt):
+                write()
+        assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == [path.name]
+
+    return check
 
 
 @pytest.fixture(autouse=True)

@@ -230,15 +230,10 @@ def test_any_sample_of_a_batch_is_drawn_with_its_method(proxy, frames: np.ndarra
 
 
 def test_a_picture_stopped_mid_write_leaves_the_one_before(proxy, frames: np.ndarray, tmp_path: Path,
-                                                           stop_savefig_halfway) -> None:
+                                                           check_a_picture_stopped_mid_write) -> None:
     trace = traced(proxy, frames, "fastv").trace
     path = tmp_path / "decisions.png"
-    render_decisions(path, frames, trace)
-    before = path.read_bytes()
-    stop_savefig_halfway()
-    with pytest.raises(KeyboardInterrupt):
-        render_decisions(path, frames, trace)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["decisions.png"]
+    check_a_picture_stopped_mid_write(lambda: render_decisions(path, frames, trace), path)
 
 
 def test_the_picture_says_the_file_it_wrote(proxy, frames: np.ndarray, tmp_path: Path) -> None:

@@ -168,15 +168,10 @@ def test_plot_has_two_panels(bench, tmp_path):
     assert check_goals(result) == []  # no hieravid in this run
 
 
-def test_a_plot_stopped_mid_write_leaves_the_one_before(tmp_path, stop_savefig_halfway):
+def test_a_plot_stopped_mid_write_leaves_the_one_before(tmp_path, check_a_picture_stopped_mid_write):
     result = run_model_bench("tiny", methods=["vanilla"], budgets=[0.5], repeats=1, warmup=0, new_tokens=2)
     path = tmp_path / "bench.svg"
-    plot_report(result, path)
-    before = path.read_bytes()
-    stop_savefig_halfway()
-    with pytest.raises(KeyboardInterrupt):
-        plot_report(result, path)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["bench.svg"]
+    check_a_picture_stopped_mid_write(lambda: plot_report(result, path), path)
 
 
 def test_the_plot_draws_unpatched_as_a_reference(tmp_path):

@@ -68,17 +68,12 @@ def test_summary_in_the_paper_form(reference_run):
     assert "| vanilla | 1 |" in table and "| hieravid | 0.3 |" in table
 
 
-def test_a_plot_stopped_mid_write_leaves_the_one_before(reference_run, tmp_path, stop_savefig_halfway):
+def test_a_plot_stopped_mid_write_leaves_the_one_before(reference_run, tmp_path, check_a_picture_stopped_mid_write):
     from hieravid.eval.report import plot_summary
 
     summary = json.loads((reference_run / "summary.json").read_text())
     path = tmp_path / "scores.png"
-    plot_summary(summary, path)
-    before = path.read_bytes()
-    stop_savefig_halfway()
-    with pytest.raises(KeyboardInterrupt):
-        plot_summary(summary, path)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["scores.png"]
+    check_a_picture_stopped_mid_write(lambda: plot_summary(summary, path), path)
 
 
 def test_a_missing_benchmark_is_reported_and_the_others_run(tmp_path, model_dir, data_root):
